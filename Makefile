@@ -1,0 +1,52 @@
+# Two commands on a fresh machine with only Python:  make demo  |  make test
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-fast lint serve-whisper serve-orpheus bench-stt bench-tts deploy-whisper deploy-orpheus clean
+
+$(STAMP): requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Streams a bundled speech sample through the whisper truss on the real Truss server (CPU, tiny.en).
+demo: venv
+	$(BIN)/python scripts/demo.py
+
+## Unit + end-to-end tests (real Truss server over real WebSockets), lint first.
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not e2e"
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+serve-whisper: venv
+	$(BIN)/python scripts/serve.py whisper_streaming_truss
+
+serve-orpheus: venv
+	$(BIN)/python scripts/serve.py orpheus_tts_truss --dummy-weights
+
+bench-stt: venv
+	$(BIN)/python scripts/bench_stt.py
+
+bench-tts: venv
+	$(BIN)/python scripts/bench_tts.py --dummy-weights
+
+deploy-whisper: venv
+	$(BIN)/python scripts/deploy.py whisper_streaming_truss
+
+deploy-orpheus: venv
+	$(BIN)/python scripts/deploy.py orpheus_tts_truss
+
+clean:
+	rm -rf $(VENV) .truss_build .pytest_cache .ruff_cache

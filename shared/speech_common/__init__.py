@@ -1,0 +1,1 @@
+"""Common library bundled into both trusses: audio codecs, VAD, text buffering, batching."""

@@ -1,0 +1,72 @@
+"""WebSocket edge helpers shared by both trusses: close codes and typed error frames."""
+
+from __future__ import annotations
+
+import logging
+from enum import IntEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+logger = logging.getLogger(__name__)
+
+# Truss passes a close reason through only up to 123 bytes; a longer one breaks the close (1006).
+MAX_CLOSE_REASON_BYTES = 123
+
+
+class CloseCode(IntEnum):
+    NORMAL = 1000
+    UNSUPPORTED_DATA = 1003
+    POLICY_VIOLATION = 1008  # bad data from the client
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013  # overloaded
+
+
+class ErrorBody(BaseModel):
+    error_type: str
+    message: str
+    recoverable: bool = False
+
+
+class ErrorFrame(BaseModel):
+    type: Literal["error"] = "error"
+    body: ErrorBody
+
+
+class ProtocolError(Exception):
+    """A client error that ends the session with an error frame and a close code."""
+
+    def __init__(
+        self, error_type: str, message: str, close_code: CloseCode = CloseCode.POLICY_VIOLATION
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.close_code = close_code
+
+    def frame(self) -> dict[str, Any]:
+        return ErrorFrame(body=ErrorBody(error_type=self.error_type, message=self.message)).model_dump()
+
+
+def truncate_reason(reason: str) -> str:
+    """Cut a close reason to what the WebSocket close frame can carry (whole UTF-8 characters)."""
+    encoded = reason.encode()[:MAX_CLOSE_REASON_BYTES]
+    return encoded.decode(errors="ignore")
+
+
+async def send_error_and_close(websocket: Any, error: ProtocolError) -> None:
+    """Best effort: the typed error frame, then the close code. A gone client is not an error."""
+    try:
+        await websocket.send_json(error.frame())
+    except Exception:  # client already gone
+        logger.debug("could not send error frame %s", error.error_type)
+    await safe_close(websocket, error.close_code, error.message)
+
+
+async def safe_close(websocket: Any, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+    """Close once; ignore a socket that is already closed."""
+    try:
+        await websocket.close(code=int(code), reason=truncate_reason(reason))
+    except Exception:
+        logger.debug("close(%s) on a closed socket", code)
