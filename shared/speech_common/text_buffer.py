@@ -1,0 +1,160 @@
+"""Sans-I/O text buffering for streaming TTS: words in, speakable chunks out.
+
+Clients stream text word by word (an LLM's output, a transcript). Each generation should be a
+whole sentence, short enough that the model does not drift, and start as soon as possible:
+
+* A sentence is complete once the *next* one has started (one word of lookahead lets the
+  segmenter tell "Mr. Smith" or "3.5" from a sentence end). Complete sentences are spoken
+  at once, packed together when several arrive in one frame.
+* If no sentence ends within ``buffer_size`` words, the buffered words are spoken anyway.
+* No chunk is longer than ``max_chars`` characters, except a single word that is longer on its
+  own: words are never split, so emotive tags such as ``<laugh>`` stay intact.
+* ``flush()`` (the client's ``__END__``) returns everything still buffered: nothing is dropped.
+
+Frame boundaries are word boundaries (the published client sends one word per frame); words are
+rejoined with single spaces.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+import pysbd
+
+logger = logging.getLogger(__name__)
+
+# Orpheus drifts on long prompts: ~280-300 characters per generation is its reliable range.
+DEFAULT_MAX_CHARS = 280
+DEFAULT_BUFFER_SIZE_WORDS = 10
+# Tags Orpheus renders as sounds; kept whole because words are never split.
+EMOTIVE_TAGS = frozenset(
+    {"<laugh>", "<chuckle>", "<sigh>", "<cough>", "<sniffle>", "<groan>", "<yawn>", "<gasp>"}
+)
+# The segmenter runs only when a buffered word (other than the last) could end a sentence.
+_SENTENCE_TERMINALS = frozenset(".!?…。！？")
+# When a long run must be cut, a break after a clause mark in the chunk's second half sounds
+# better than a break at the exact character limit.
+_CLAUSE_MARKS = (",", ";", ":", "—", "-")
+
+
+class TextBuffer:
+    """Accumulates words and releases speakable chunks (see the module docstring)."""
+
+    def __init__(
+        self,
+        buffer_size: int = DEFAULT_BUFFER_SIZE_WORDS,
+        max_chars: int = DEFAULT_MAX_CHARS,
+        language: str = "en",
+    ) -> None:
+        if buffer_size < 1:
+            raise ValueError("buffer_size must be >= 1")
+        if max_chars < 1:
+            raise ValueError("max_chars must be >= 1")
+        self.buffer_size = buffer_size
+        self.max_chars = max_chars
+        self._segmenter = pysbd.Segmenter(language=language, clean=False)
+        self._words: list[str] = []
+
+    @property
+    def pending_words(self) -> tuple[str, ...]:
+        """Words received but not yet released."""
+        return tuple(self._words)
+
+    def push(self, text: str) -> list[str]:
+        """Add one frame of text (one or more whitespace-separated words); return ready chunks."""
+        self._words.extend(text.split())
+        ready: list[str] = []
+        complete = self._complete_sentence_word_counts()
+        if complete:
+            ready.extend(self._pack_sentences(complete))
+            self._words = self._words[sum(complete) :]
+        if len(self._words) >= self.buffer_size:
+            ready.extend(self._split_words(self._words))
+            self._words = []
+        return ready
+
+    def flush(self) -> list[str]:
+        """Release everything still buffered (end of input)."""
+        if not self._words:
+            return []
+        sentences = self._complete_sentence_word_counts()
+        sentences.append(len(self._words) - sum(sentences))
+        chunks = self._pack_sentences(sentences)
+        self._words = []
+        return chunks
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _complete_sentence_word_counts(self) -> list[int]:
+        """Word counts of the complete sentences at the head of the buffer (the last is open)."""
+        words = self._words
+        if len(words) < 2 or not any(_SENTENCE_TERMINALS.intersection(w) for w in words[:-1]):
+            return []
+        try:
+            segments = self._segmenter.segment(" ".join(words))
+        except Exception:  # the segmenter is heuristic; never let it lose text
+            logger.debug("sentence segmenter failed; treating buffer as one sentence", exc_info=True)
+            return []
+        counts: list[int] = []
+        position = 0
+        # Map segments back onto our own words; output is always built from self._words, so a
+        # segmenter that rewrites text can only cost a boundary, never a word.
+        for segment in segments[:-1]:
+            segment_words = segment.split()
+            end = position + len(segment_words)
+            if not segment_words or words[position:end] != segment_words or end >= len(words):
+                break
+            counts.append(len(segment_words))
+            position = end
+        return counts
+
+    def _pack_sentences(self, counts: Sequence[int]) -> list[str]:
+        """Greedily pack consecutive sentences into chunks of at most ``max_chars``."""
+        chunks: list[str] = []
+        current: list[str] = []
+        position = 0
+        for count in counts:
+            sentence = self._words[position : position + count]
+            position += count
+            if _joined_len(current) + 1 + _joined_len(sentence) <= self.max_chars or not current:
+                current.extend(sentence)
+            else:
+                chunks.extend(self._split_words(current))
+                current = list(sentence)
+        if current:
+            chunks.extend(self._split_words(current))
+        return chunks
+
+    def _split_words(self, words: Sequence[str]) -> list[str]:
+        """Cut a run of words into chunks of at most ``max_chars`` (never inside a word)."""
+        chunks: list[str] = []
+        start = 0
+        while start < len(words):
+            end = start + 1
+            length = len(words[start])
+            while end < len(words) and length + 1 + len(words[end]) <= self.max_chars:
+                length += 1 + len(words[end])
+                end += 1
+            if end < len(words):
+                end = _prefer_clause_break(words, start, end, self.max_chars)
+            chunks.append(" ".join(words[start:end]))
+            start = end
+        return chunks
+
+
+def _joined_len(words: Iterable[str]) -> int:
+    words = list(words)
+    return sum(len(w) for w in words) + max(len(words) - 1, 0)
+
+
+def _prefer_clause_break(words: Sequence[str], start: int, end: int, max_chars: int) -> int:
+    """Move a forced break back to just after a clause mark if one lies in the second half."""
+    length = _joined_len(words[start:end])
+    for cut in range(end - 1, start, -1):
+        length -= len(words[cut]) + 1
+        if length < max_chars // 2:
+            break
+        if words[cut - 1].endswith(_CLAUSE_MARKS):
+            return cut
+    return end

@@ -1,0 +1,174 @@
+"""TextBuffer: sentence-aware chunking with a word-count fallback and a character cap."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from speech_common.text_buffer import EMOTIVE_TAGS, TextBuffer
+
+
+def _feed_words(buffer: TextBuffer, words: list[str]) -> list[str]:
+    chunks: list[str] = []
+    for word in words:
+        chunks.extend(buffer.push(word))
+    return chunks
+
+
+def test_sentence_released_when_next_one_starts() -> None:
+    buffer = TextBuffer(buffer_size=50)
+    assert _feed_words(buffer, "Hello there, my friend.".split()) == []
+    # The period alone is not enough: "Mr." or "3.5" also carry one. The next word decides.
+    assert buffer.push("How") == ["Hello there, my friend."]
+    assert buffer.pending_words == ("How",)
+    assert buffer.flush() == ["How"]
+    assert buffer.flush() == []
+
+
+def test_abbreviations_and_decimals_do_not_end_sentences() -> None:
+    buffer = TextBuffer(buffer_size=50)
+    chunks = _feed_words(buffer, "Mr. Smith paid 3.5 dollars. Then he left".split())
+    assert chunks == ["Mr. Smith paid 3.5 dollars."]
+    assert buffer.flush() == ["Then he left"]
+
+
+def test_buffer_size_fallback_without_sentence_end() -> None:
+    buffer = TextBuffer(buffer_size=4)
+    words = "one two three four five six seven".split()
+    released = []
+    for i, word in enumerate(words):
+        released.append(buffer.push(word))
+        assert len(buffer.pending_words) < 4, i
+    assert released[3] == ["one two three four"]
+    assert buffer.flush() == ["five six seven"]
+
+
+def test_several_sentences_in_one_frame_are_packed() -> None:
+    buffer = TextBuffer(buffer_size=100)
+    chunks = buffer.push("Hi. I am here. You are there. And")
+    assert chunks == ["Hi. I am here. You are there."]
+    assert buffer.flush() == ["And"]
+
+
+def test_sentences_not_packed_beyond_char_cap() -> None:
+    buffer = TextBuffer(buffer_size=100, max_chars=20)
+    assert buffer.push("First sentence here. Second one is here. Third") == [
+        "First sentence here.",
+        "Second one is here.",
+    ]
+    assert buffer.flush() == ["Third"]
+
+
+def test_flush_releases_open_sentences_together() -> None:
+    buffer = TextBuffer(buffer_size=100)
+    assert _feed_words(buffer, ["Bye."]) == []
+    assert buffer.flush() == ["Bye."]
+
+
+def test_max_chars_never_exceeded_and_words_kept_whole() -> None:
+    buffer = TextBuffer(buffer_size=1000, max_chars=30)
+    text = " ".join(["word"] * 40) + " <laugh> " + " ".join(["more"] * 20)
+    chunks = buffer.push(text) + buffer.flush()
+    assert all(len(c) <= 30 for c in chunks)
+    assert " ".join(chunks).split() == text.split()
+    assert any("<laugh>" in c.split() for c in chunks)
+
+
+def test_prefers_clause_break_when_cutting() -> None:
+    buffer = TextBuffer(buffer_size=1000, max_chars=40)
+    chunks = buffer.push("aaaa bbbb cccc dddd eeee, ffff gggg hhhh iiii") + buffer.flush()
+    assert chunks[0] == "aaaa bbbb cccc dddd eeee,"
+
+
+def test_overlong_single_word_is_its_own_chunk() -> None:
+    buffer = TextBuffer(buffer_size=3, max_chars=10)
+    long_word = "x" * 25
+    chunks = _feed_words(buffer, ["a", long_word, "b"]) + buffer.flush()
+    assert chunks == ["a", long_word, "b"]
+
+
+def test_emotive_tags_survive_sentence_splitting() -> None:
+    buffer = TextBuffer(buffer_size=50)
+    chunks = _feed_words(buffer, "That is funny. <laugh> Anyway, <sigh> we go.".split())
+    chunks += buffer.flush()
+    tags = [w for c in chunks for w in c.split() if w in EMOTIVE_TAGS]
+    assert tags == ["<laugh>", "<sigh>"]
+
+
+def test_whitespace_only_frames_and_empty_flush() -> None:
+    buffer = TextBuffer()
+    assert buffer.push("   ") == []
+    assert buffer.push("") == []
+    assert buffer.flush() == []
+
+
+@pytest.mark.parametrize("bad", [{"buffer_size": 0}, {"max_chars": 0}])
+def test_rejects_nonsense_limits(bad: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        TextBuffer(**bad)
+
+
+def test_large_frame_segments_quickly() -> None:
+    # A frame at the session's size limit must not stall the event loop.
+    buffer = TextBuffer(buffer_size=10)
+    frame = ("It costs 3.5 dollars. Dr. No said so! Really? Yes... " * 50)[:4096]
+    start = time.perf_counter()
+    chunks = buffer.push(frame) + buffer.flush()
+    elapsed = time.perf_counter() - start
+    assert " ".join(chunks).split() == frame.split()
+    assert elapsed < 0.5, elapsed
+
+
+_WORD_ALPHABET = st.sampled_from(list("abcXYZ019.,!?;:'\"()-<>…") + ["é", "ß", "中"])
+_WORDS = st.lists(
+    st.one_of(
+        st.text(_WORD_ALPHABET, min_size=1, max_size=12),
+        st.sampled_from(sorted(EMOTIVE_TAGS) + ["Mr.", "Dr.", "3.5", "e.g.", "U.S.", "end."]),
+    ),
+    max_size=120,
+)
+
+
+@st.composite
+def _framed_text(draw: st.DrawFn) -> tuple[list[str], list[str]]:
+    """Words plus an arbitrary grouping of them into frames (with arbitrary whitespace)."""
+    words = draw(_WORDS)
+    frames: list[str] = []
+    i = 0
+    while i < len(words):
+        n = draw(st.integers(1, 6))
+        sep = draw(st.sampled_from([" ", "  ", "\n", "\t "]))
+        pad = draw(st.sampled_from(["", " ", "\n"]))
+        frames.append(pad + sep.join(words[i : i + n]) + pad)
+        i += n
+    # Clients also send empty / whitespace frames.
+    if draw(st.booleans()):
+        frames.insert(draw(st.integers(0, len(frames))), " ")
+    return words, frames
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    framed=_framed_text(),
+    buffer_size=st.integers(1, 30),
+    max_chars=st.integers(8, 300),
+)
+def test_no_word_lost_duplicated_or_reordered(
+    framed: tuple[list[str], list[str]], buffer_size: int, max_chars: int
+) -> None:
+    words, frames = framed
+    buffer = TextBuffer(buffer_size=buffer_size, max_chars=max_chars)
+    chunks: list[str] = []
+    for frame in frames:
+        chunks.extend(buffer.push(frame))
+        # The fallback bounds how long a word may wait for its sentence to end.
+        assert len(buffer.pending_words) < buffer_size
+    chunks.extend(buffer.flush())
+    assert [w for c in chunks for w in c.split()] == words
+    for chunk in chunks:
+        assert chunk and chunk == chunk.strip()
+        assert len(chunk) <= max_chars or len(chunk.split()) == 1
+    assert buffer.pending_words == ()
