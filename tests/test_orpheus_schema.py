@@ -1,0 +1,80 @@
+"""The session's first frame: Baseten-compatible keys, strict validation, typed errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orpheus_tts.prompt import DEFAULT_VOICE, VOICES
+from orpheus_tts.schema import (
+    MAX_CONFIG_FRAME_CHARS,
+    MAX_TOKENS_LIMIT,
+    SessionConfig,
+    parse_session_config,
+)
+from speech_common.ws import CloseCode, ProtocolError
+
+
+def _parse(obj: object) -> SessionConfig:
+    raw = obj if isinstance(obj, str) else json.dumps(obj)
+    return parse_session_config(raw, VOICES, DEFAULT_VOICE)
+
+
+def test_baseten_client_frame() -> None:
+    config = _parse({"voice": "tara", "max_tokens": 2000, "buffer_size": 10})
+    assert (config.voice, config.max_tokens, config.buffer_size) == ("tara", 2000, 10)
+    assert config.sampling_overrides() == {}
+
+
+def test_defaults_and_sampling_overrides() -> None:
+    config = _parse({"temperature": 0.7, "top_p": 1, "repetition_penalty": 1.1})
+    assert config.voice == DEFAULT_VOICE
+    assert config.sampling_overrides() == {
+        "temperature": 0.7,
+        "top_p": 1.0,
+        "repetition_penalty": 1.1,
+    }
+
+
+def test_voice_is_normalised() -> None:
+    assert _parse({"voice": " Leo "}).voice == "leo"
+
+
+@pytest.mark.parametrize(
+    ("frame", "error_type", "fragment"),
+    [
+        ("not json", "invalid_json", "not JSON"),
+        ("[1, 2]", "invalid_config", "JSON object"),
+        ({"voice": "bob"}, "invalid_config", "unknown voice"),
+        ({"voice": ""}, "invalid_config", "voice"),
+        ({"max_tokens": "2000"}, "invalid_config", "max_tokens"),
+        ({"max_tokens": 0}, "invalid_config", "max_tokens"),
+        ({"max_tokens": MAX_TOKENS_LIMIT + 1}, "invalid_config", "max_tokens"),
+        ({"max_tokens": True}, "invalid_config", "max_tokens"),
+        ({"buffer_size": 0}, "invalid_config", "buffer_size"),
+        ({"buffer_size": 2.5}, "invalid_config", "buffer_size"),
+        ({"temperature": "hot"}, "invalid_config", "temperature"),
+        ({"temperature": 0}, "invalid_config", "temperature"),
+        ({"top_p": 1.5}, "invalid_config", "top_p"),
+        ({"repetition_penalty": 0.9}, "invalid_config", "repetition_penalty"),
+        ('{"temperature": NaN}', "invalid_config", "temperature"),
+        ({"temprature": 0.5}, "invalid_config", "temprature"),
+        ("x" * (MAX_CONFIG_FRAME_CHARS + 1), "frame_too_large", "config frame"),
+    ],
+)
+def test_bad_frames_raise_typed_errors(frame: object, error_type: str, fragment: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        _parse(frame)
+    assert info.value.error_type == error_type
+    assert fragment in info.value.message
+    assert info.value.close_code == CloseCode.POLICY_VIOLATION
+    body = info.value.frame()
+    assert body["type"] == "error" and body["body"]["error_type"] == error_type
+
+
+@pytest.mark.parametrize("raw", [b'{"voice": "tara"}', None])
+def test_binary_or_missing_config_frame(raw: bytes | None) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_session_config(raw, VOICES, DEFAULT_VOICE)
+    assert info.value.error_type == "invalid_config"
