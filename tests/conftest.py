@@ -1,0 +1,43 @@
+"""Shared pytest fixtures: real Truss servers (scripts/serve.py), started once per session on demand.
+
+Fixtures are lazy: a server starts only when a test that requests it runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.serving import DEFAULT_START_TIMEOUT_S, ServedTruss, serve_truss
+
+ECHO_TRUSS_DIR = "tests/fixtures/echo_truss"
+FAILING_TRUSS_DIR = "tests/fixtures/failing_truss"
+WHISPER_TRUSS_DIR = "whisper_streaming_truss"
+ORPHEUS_TRUSS_DIR = "orpheus_tts_truss"
+# A slow machine may need longer to load a model: SERVE_START_TIMEOUT_S overrides the default.
+START_TIMEOUT_S = float(os.environ.get("SERVE_START_TIMEOUT_S", DEFAULT_START_TIMEOUT_S))
+
+
+@pytest.fixture(scope="session")
+def echo_server() -> Iterator[ServedTruss]:
+    """The echo test truss on the real Truss server."""
+    with serve_truss(ECHO_TRUSS_DIR, start_timeout_s=START_TIMEOUT_S) as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def whisper_server() -> Iterator[ServedTruss]:
+    """whisper_streaming_truss on the real Truss server (CPU defaults without a GPU)."""
+    with serve_truss(WHISPER_TRUSS_DIR, start_timeout_s=START_TIMEOUT_S) as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def orpheus_server() -> Iterator[ServedTruss]:
+    """orpheus_tts_truss on the real Truss server with dummy (random) weights."""
+    with serve_truss(
+        ORPHEUS_TRUSS_DIR, dummy_weights=True, start_timeout_s=START_TIMEOUT_S
+    ) as served:
+        yield served

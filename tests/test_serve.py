@@ -1,0 +1,146 @@
+"""scripts/serve.py: env override table (unit) and the real Truss server over a real websocket (e2e)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from scripts import serve
+from tests.conftest import ECHO_TRUSS_DIR, FAILING_TRUSS_DIR
+from tests.serving import REPO_ROOT, SERVE_SCRIPT, ServedTruss, ServeError, _python, serve_truss
+
+FAILURE_MESSAGE = "deliberate load failure from failing_truss"  # failing_truss/model/model.py
+RECV_TIMEOUT_S = 10.0
+# uvicorn closes open websockets with 1012 (service restart) when it shuts down.
+SERVICE_RESTART_CLOSE_CODE = 1012
+
+
+async def _recv(ws: ClientConnection) -> str | bytes:
+    return await asyncio.wait_for(ws.recv(), RECV_TIMEOUT_S)
+
+
+# --- env overrides (no server)
+
+
+def test_cpu_defaults_without_gpu() -> None:
+    overrides = serve.env_overrides(
+        "whisper_streaming_truss", gpu=False, dummy_weights=False, environ={}
+    )
+    assert overrides == {
+        "WHISPER_MODEL": "embedded:tiny.en",
+        "WHISPER_DEVICE": "cpu",
+        "WHISPER_COMPUTE_TYPE": "int8",
+    }
+
+
+def test_no_cpu_defaults_with_gpu() -> None:
+    assert serve.env_overrides("orpheus_tts_truss", gpu=True, dummy_weights=False, environ={}) == {}
+
+
+def test_user_environment_wins() -> None:
+    overrides = serve.env_overrides(
+        "orpheus_tts_truss",
+        gpu=False,
+        dummy_weights=True,
+        environ={"ORPHEUS_DEVICE": "cuda", "ORPHEUS_DUMMY_WEIGHTS": "0"},
+    )
+    assert overrides == {"ORPHEUS_ENGINE": "transformers"}
+
+
+def test_dummy_weights_also_on_gpu() -> None:
+    overrides = serve.env_overrides("orpheus_tts_truss", gpu=True, dummy_weights=True, environ={})
+    assert overrides == {"ORPHEUS_DUMMY_WEIGHTS": "1"}
+
+
+def test_unknown_truss_gets_no_overrides() -> None:
+    assert serve.env_overrides("echo_truss", gpu=False, dummy_weights=False, environ={}) == {}
+
+
+def test_dummy_weights_rejected_for_truss_without_them() -> None:
+    result = subprocess.run(
+        [_python(), str(SERVE_SCRIPT), str(REPO_ROOT / ECHO_TRUSS_DIR), "--dummy-weights"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == serve.EXIT_USAGE
+    assert result.stdout == b""
+    assert b"--dummy-weights is not supported for echo_truss" in result.stderr
+
+
+# --- the real Truss server
+
+
+@pytest.mark.e2e
+async def test_echoes_text_and_bytes(echo_server: ServedTruss) -> None:
+    async with connect(echo_server.ws_url) as ws:
+        await ws.send("hello ✓")
+        assert await _recv(ws) == "hello ✓"
+        payload = bytes(range(256)) * 64
+        await ws.send(payload)
+        assert await _recv(ws) == payload
+
+
+@pytest.mark.e2e
+async def test_model_runs_from_build_context(echo_server: ServedTruss) -> None:
+    async with connect(echo_server.ws_url) as ws:
+        await ws.send("__info__")
+        info = json.loads(await _recv(ws))
+    build_dir = REPO_ROOT / ".truss_build" / "echo_truss"
+    # external_package_dirs: [../../../shared] bundled speech_common into the context's packages/.
+    assert info["speech_common"].startswith(str(build_dir))
+    assert info["speech_common"].endswith("/context/packages/speech_common")
+    assert info["cwd"].startswith(str(build_dir))
+    assert info["env"] == "set-by-config"  # config.yaml environment_variables
+    assert info["settings"] == {"greeting": "hello"}  # model_metadata reached the model
+
+
+@pytest.mark.e2e
+async def test_model_close_code_passes_through(echo_server: ServedTruss) -> None:
+    async with connect(echo_server.ws_url) as ws:
+        await ws.send("__close__")
+        with pytest.raises(ConnectionClosed):
+            await _recv(ws)
+    assert ws.close_code == 1000
+    assert ws.close_reason == "bye"
+
+
+@pytest.mark.e2e
+async def test_metrics_include_model_counters(echo_server: ServedTruss) -> None:
+    async with connect(echo_server.ws_url) as ws:
+        await ws.send(b"\x00")
+        await _recv(ws)
+    text = echo_server.metrics_text()
+    assert 'echo_frames_total{kind="bytes"}' in text
+
+
+@pytest.mark.e2e
+async def test_sigterm_shuts_down_cleanly() -> None:
+    with serve_truss(ECHO_TRUSS_DIR) as served:
+        run_dir = REPO_ROOT / ".truss_build" / "echo_truss" / str(served.process.pid)
+        assert run_dir.is_dir()
+        async with connect(served.ws_url) as ws:
+            await ws.send("still here")
+            assert await _recv(ws) == "still here"
+            code = served.stop()
+            with pytest.raises(ConnectionClosed):
+                await _recv(ws)
+        assert ws.close_code == SERVICE_RESTART_CLOSE_CODE
+        assert code == 0, served.stderr_tail()
+        assert served.process.stdout is not None
+        assert served.process.stdout.read() == b""  # the URL line was the only stdout output
+        assert not run_dir.exists()
+
+
+@pytest.mark.e2e
+def test_load_failure_exits_with_reason() -> None:
+    with pytest.raises(ServeError) as excinfo, serve_truss(FAILING_TRUSS_DIR, start_timeout_s=60):
+        pytest.fail("serve.py reported ready for a model whose load() raises")
+    message = str(excinfo.value)
+    assert f"exited with {serve.EXIT_LOAD_FAILED}" in message
+    assert f"serve.py: model load failed: RuntimeError: {FAILURE_MESSAGE}" in message
