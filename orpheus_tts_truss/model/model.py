@@ -1,0 +1,46 @@
+"""Truss entry point: load Orpheus + SNAC once in load(), serve each WebSocket as a TTS session."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class Model:
+    def __init__(self, **kwargs: Any) -> None:
+        # Nothing heavy here: Truss builds the object before the weights are needed.
+        self._config = kwargs.get("config") or {}
+        self._secrets = kwargs.get("secrets") or {}
+        self._runtime: Any = None
+        self._limits: Any = None
+        self._default_params: Any = None
+
+    def load(self) -> None:
+        from orpheus_tts.engine import SamplingParams
+        from orpheus_tts.runtime import OrpheusSettings, load_runtime
+        from orpheus_tts.session import SessionLimits
+        from speech_common.settings import resolve
+
+        metadata = resolve(self._config.get("model_metadata") or {})
+        settings = OrpheusSettings.from_metadata(metadata)
+        self._limits = SessionLimits.from_metadata(metadata)
+        self._default_params = SamplingParams()
+        logger.info("loading Orpheus runtime (%s)", settings)
+        self._runtime = load_runtime(settings)
+        logger.info("Orpheus ready; session limits %s", self._limits)
+
+    async def websocket(self, websocket: Any) -> None:
+        from orpheus_tts.prompt import DEFAULT_VOICE, VOICES
+        from orpheus_tts.session import TTSSession
+
+        session = TTSSession(
+            websocket,
+            self._runtime.synthesizer,
+            self._default_params,
+            VOICES,
+            DEFAULT_VOICE,
+            self._limits,
+        )
+        await session.run()
