@@ -185,6 +185,8 @@ class _Shutdown:
     server: Any = None
 
     def handle(self, signum: int, _frame: Any) -> None:
+        if self.server is not None and self.server.should_exit:
+            return  # uvicorn already handled it and re-raises it once it has stopped
         logger.info("received %s, shutting down", signal.Signals(signum).name)
         self.requested = True
         if self.server is not None:
@@ -245,14 +247,15 @@ def _bind(port: int) -> socket.socket:
     return sock
 
 
-def run_server(app_dir: Path, port: int, url_stream: TextIO, shutdown: _Shutdown) -> int:
-    """Serve the assembled app in this process; returns the exit code."""
+def run_server(app_dir: Path, sock: socket.socket, url_stream: TextIO, shutdown: _Shutdown) -> int:
+    """Serve the assembled app in this process on the bound socket; returns the exit code."""
     os.chdir(app_dir)  # model_module_dir and data_dir are relative to /app in the image
     sys.path.insert(0, str(app_dir))
     import uvicorn
     from _truss_shared import log_config
     from truss_server import WS_MAX_MSG_SZ_BYTES, TrussServer
 
+    port = sock.getsockname()[1]
     truss_server = TrussServer(port, "config.yaml")
     runtime = truss_server._config.get("runtime", {})  # noqa: SLF001
     transport = runtime.get("transport") or {}
@@ -264,11 +267,10 @@ def run_server(app_dir: Path, port: int, url_stream: TextIO, shutdown: _Shutdown
         ping_kwargs["ws_ping_timeout"] = transport["ping_timeout_seconds"]
     log_level = "DEBUG" if runtime.get("enable_debug_logs", False) else "INFO"
 
-    sock = _bind(port)
     config = uvicorn.Config(
         truss_server.create_application(),
         host=HOST,
-        port=sock.getsockname()[1],
+        port=port,
         http="h11",
         workers=1,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
@@ -290,8 +292,6 @@ def run_server(app_dir: Path, port: int, url_stream: TextIO, shutdown: _Shutdown
     except SystemExit as exc:  # uvicorn exits this way when startup fails
         logger.error("server failed to start (exit %s)", exc.code)
         return EXIT_SERVER_FAILED
-    finally:
-        sock.close()
 
     model = truss_server._model  # noqa: SLF001
     if model.load_failed:
@@ -365,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parse_args(argv)
     truss_name = args.truss_dir.name
+    try:
+        # Bound before the build so that a busy port fails fast; uvicorn serves on this socket.
+        sock = _bind(args.port)
+    except OSError as exc:
+        print(f"serve.py: cannot listen on {HOST}:{args.port}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_SERVER_FAILED
     truss_build_dir = BUILD_ROOT / truss_name
     prune_stale_runs(truss_build_dir)
     dirs = RunDirs(truss_build_dir / str(os.getpid()))
@@ -385,8 +391,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(script_dir)]
         _prepend_pythonpath(dirs.context / "packages")
         _apply_environment(truss_name, args.dummy_weights, dirs.context)
-        return run_server(dirs.app, args.port, url_stream, shutdown)
+        return run_server(dirs.app, sock, url_stream, shutdown)
     finally:
+        sock.close()
         shutil.rmtree(dirs.root, ignore_errors=True)
 
 

@@ -140,6 +140,10 @@ def serve_truss(
             http_url = "http://" + ws_url.removeprefix(WS_URL_PREFIX).split("/", 1)[0]
             yield ServedTruss(ws_url, http_url, process, stderr_log)
         finally:
-            _stop(process, stop_timeout_s)
+            code = _stop(process, stop_timeout_s)
             if process.stdout is not None:
                 process.stdout.close()
+        # Reached only when the block succeeded: a server that crashed or hung on shutdown
+        # must not pass unnoticed.
+        if code != 0:
+            raise ServeError(f"serve.py exited with {code}; stderr tail:\n{_tail(stderr_log)}")
