@@ -1,0 +1,150 @@
+"""Streaming audio decoding and resampling: bytes of any frame size in, float32 mono out."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import numpy as np
+import soxr
+
+S16_MAX = 32768.0
+MULAW_BIAS = 0x84
+MULAW_CLIP = 32635
+
+
+class Encoding(str, Enum):
+    PCM_S16LE = "pcm_s16le"
+    PCM_MULAW = "pcm_mulaw"
+
+
+def _mulaw_decode_table() -> np.ndarray:
+    """ITU-T G.711 mu-law byte -> linear int16 (the classic 256-entry table)."""
+    u = ~np.arange(256, dtype=np.int32) & 0xFF
+    sign = u & 0x80
+    exponent = (u >> 4) & 0x07
+    mantissa = u & 0x0F
+    magnitude = (((mantissa << 3) + MULAW_BIAS) << exponent) - MULAW_BIAS
+    return np.where(sign != 0, -magnitude, magnitude).astype(np.int16)
+
+
+_MULAW_TABLE = _mulaw_decode_table()
+
+
+def mulaw_decode(data: bytes) -> np.ndarray:
+    """mu-law bytes -> int16 samples."""
+    return _MULAW_TABLE[np.frombuffer(data, dtype=np.uint8)]
+
+
+def mulaw_encode(samples: np.ndarray) -> bytes:
+    """int16 samples -> mu-law bytes (G.711); used by clients and tests."""
+    x = samples.astype(np.int32)
+    sign = np.where(x < 0, 0x80, 0)
+    magnitude = np.minimum(np.abs(x), MULAW_CLIP) + MULAW_BIAS
+    exponent = np.floor(np.log2(magnitude)).astype(np.int32) - 7
+    exponent = np.clip(exponent, 0, 7)
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+
+
+def int16_to_float(samples: np.ndarray) -> np.ndarray:
+    return samples.astype(np.float32) / S16_MAX
+
+
+def float_to_s16le(samples: np.ndarray) -> bytes:
+    """float32 in [-1, 1] -> little-endian int16 bytes (clipped, never wraps)."""
+    clipped = np.clip(samples, -1.0, 32767.0 / S16_MAX)
+    return (clipped * S16_MAX).astype("<i2").tobytes()
+
+
+class PcmDecoder:
+    """Bytes in any frame size -> float32 samples; carries a split sample over to the next frame."""
+
+    def __init__(self, encoding: Encoding) -> None:
+        self.encoding = Encoding(encoding)
+        self._bytes_per_sample = 2 if self.encoding is Encoding.PCM_S16LE else 1
+        self._remainder = b""
+
+    def decode(self, data: bytes) -> np.ndarray:
+        if self._remainder:
+            data = self._remainder + data
+        usable = len(data) - len(data) % self._bytes_per_sample
+        self._remainder = data[usable:]
+        payload = data[:usable]
+        if self.encoding is Encoding.PCM_S16LE:
+            samples = np.frombuffer(payload, dtype="<i2")
+        else:
+            samples = mulaw_decode(payload)
+        return int16_to_float(samples)
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._remainder)
+
+
+class StreamingResampler:
+    """Stateful high-quality resampler (soxr) for a stream cut into arbitrary chunks."""
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        self.in_rate = in_rate
+        self.out_rate = out_rate
+        self._stream = (
+            None if in_rate == out_rate else soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32")
+        )
+
+    def process(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
+        if self._stream is None:
+            return samples.astype(np.float32, copy=False)
+        return self._stream.resample_chunk(samples.astype(np.float32, copy=False), last=last)
+
+
+class AudioInput:
+    """Client audio bytes -> float32 mono at ``target_rate`` (decode + resample, streaming)."""
+
+    def __init__(self, encoding: Encoding, sample_rate: int, target_rate: int) -> None:
+        self._decoder = PcmDecoder(encoding)
+        self._resampler = StreamingResampler(sample_rate, target_rate)
+
+    def feed(self, data: bytes) -> np.ndarray:
+        return self._resampler.process(self._decoder.decode(data))
+
+    def flush(self) -> np.ndarray:
+        """The resampler's delayed tail, at end of stream."""
+        return self._resampler.process(np.zeros(0, dtype=np.float32), last=True)
+
+
+class SampleBuffer:
+    """Append-only float32 buffer with amortised O(1) appends and cheap front consumption."""
+
+    def __init__(self, capacity: int = 16000) -> None:
+        self._data = np.zeros(max(capacity, 1), dtype=np.float32)
+        self._start = 0
+        self._end = 0
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    def append(self, samples: np.ndarray) -> None:
+        n = len(samples)
+        if self._end + n > len(self._data):
+            live = self._data[self._start : self._end]
+            capacity = max(len(self._data), 2 * (len(live) + n))
+            grown = np.zeros(capacity, dtype=np.float32)
+            grown[: len(live)] = live
+            self._data, self._start, self._end = grown, 0, len(live)
+        self._data[self._end : self._end + n] = samples
+        self._end += n
+
+    def view(self) -> np.ndarray:
+        return self._data[self._start : self._end]
+
+    def consume(self, n: int) -> np.ndarray:
+        """Remove and return (a copy of) the first ``n`` samples."""
+        n = min(n, len(self))
+        out = self._data[self._start : self._start + n].copy()
+        self._start += n
+        if self._start == self._end:
+            self._start = self._end = 0
+        return out
+
+    def clear(self) -> None:
+        self._start = self._end = 0

@@ -1,0 +1,248 @@
+"""Streaming voice activity detection.
+
+``VadSegmenter`` is sans-I/O: it takes 512-sample windows at 16 kHz with their speech probability
+and says where utterances start and end. ``SileroVad`` computes those probabilities with Silero's
+ONNX model, one shared inference session for all streams, batched across streams.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from .audio import SampleBuffer
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE_HZ = 16000
+WINDOW_SAMPLES = 512  # Silero's window at 16 kHz (32 ms)
+CONTEXT_SAMPLES = 64  # Silero v5+ prepends the previous window's last 64 samples
+STATE_SHAPE = (2, 1, 128)
+NEG_THRESHOLD_OFFSET = 0.15  # Silero's hysteresis: speech ends below threshold - 0.15
+FORCED_CUT_SEARCH_S = 5.0  # where to look for the quietest point when an utterance is too long
+
+
+@dataclass(frozen=True)
+class VadOptions:
+    threshold: float = 0.5
+    min_silence_duration_ms: int = 300
+    speech_pad_ms: int = 30
+    min_speech_duration_ms: int = 250  # shorter bursts (clicks, breaths) are not transcribed
+    max_utterance_s: float = 30.0  # Whisper's window: force a cut before this
+
+    @property
+    def neg_threshold(self) -> float:
+        return max(self.threshold - NEG_THRESHOLD_OFFSET, 0.01)
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    start_s: float
+
+
+@dataclass(frozen=True)
+class SpeechEnded:
+    """One utterance: its audio (padded) and where it lies in the stream."""
+
+    audio: np.ndarray
+    start_s: float
+    end_s: float
+    forced: bool  # cut at max_utterance_s, speech goes on
+    too_short: bool = False  # under min_speech_duration_ms: do not transcribe
+
+
+VadEvent = SpeechStarted | SpeechEnded
+
+
+class VadSegmenter:
+    """Per-stream utterance segmentation from per-window speech probabilities (sans-I/O)."""
+
+    def __init__(self, options: VadOptions) -> None:
+        self.options = options
+        self._pad = int(options.speech_pad_ms * SAMPLE_RATE_HZ / 1000)
+        self._min_silence = int(options.min_silence_duration_ms * SAMPLE_RATE_HZ / 1000)
+        self._min_speech = int(options.min_speech_duration_ms * SAMPLE_RATE_HZ / 1000)
+        self._max_samples = int(options.max_utterance_s * SAMPLE_RATE_HZ)
+        self._preroll: deque[np.ndarray] = deque()
+        self._preroll_len = 0
+        self._utterance = SampleBuffer(self._max_samples + WINDOW_SAMPLES)
+        self._probs: list[float] = []  # one per window of the current utterance
+        self._in_speech = False
+        self._utt_start = 0  # stream sample index of the utterance's first sample
+        self._last_speech_end = 0  # stream sample index just after the last speech window
+        self._silence = 0  # samples of silence since the last speech window
+        self._position = 0  # stream samples seen
+
+    @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
+    @property
+    def position_s(self) -> float:
+        return self._position / SAMPLE_RATE_HZ
+
+    @property
+    def silence_ms(self) -> float:
+        """Silence since the last speech window of the open utterance."""
+        return self._silence * 1000 / SAMPLE_RATE_HZ if self._in_speech else 0.0
+
+    def ending_audio(self) -> np.ndarray | None:
+        """If speech stopped for at least the pad, the audio the final will hold should it stay
+        stopped (a copy), else None. Lets a caller start the final before the silence timeout."""
+        if not self._in_speech or self._position - self._last_speech_end < self._pad:
+            return None
+        return self._utterance.view()[: self._last_speech_end + self._pad - self._utt_start].copy()
+
+    @property
+    def utterance_start_s(self) -> float:
+        return self._utt_start / SAMPLE_RATE_HZ
+
+    def utterance_audio(self) -> np.ndarray:
+        """The current utterance so far (a view; copy before handing it to another thread)."""
+        return self._utterance.view()
+
+    def push(self, window: np.ndarray, prob: float) -> list[VadEvent]:
+        """Feed one 512-sample window and its speech probability."""
+        events: list[VadEvent] = []
+        start = self._position
+        self._position += len(window)
+        if not self._in_speech:
+            if prob >= self.options.threshold:
+                self._start_utterance(start, window, prob)
+                events.append(SpeechStarted(self._utt_start / SAMPLE_RATE_HZ))
+            else:
+                self._remember_preroll(window)
+            return events
+
+        self._utterance.append(window)
+        self._probs.append(prob)
+        if prob >= self.options.neg_threshold:
+            self._silence = 0
+            self._last_speech_end = self._position
+        else:
+            self._silence += len(window)
+        if self._silence >= self._min_silence:
+            events.append(self._end_utterance())
+        elif len(self._utterance) >= self._max_samples:
+            events.extend(self._force_cut())
+        return events
+
+    def flush(self) -> list[VadEvent]:
+        """End of stream: close the open utterance, if any."""
+        return [self._end_utterance()] if self._in_speech else []
+
+    # -- internals -----------------------------------------------------------------------------
+    def _remember_preroll(self, window: np.ndarray) -> None:
+        self._preroll.append(window)
+        self._preroll_len += len(window)
+        while self._preroll and self._preroll_len - len(self._preroll[0]) >= self._pad:
+            self._preroll_len -= len(self._preroll.popleft())
+
+    def _start_utterance(self, start: int, window: np.ndarray, prob: float) -> None:
+        pre = np.concatenate(list(self._preroll)) if self._preroll else np.zeros(0, np.float32)
+        pre = pre[len(pre) - min(self._pad, len(pre)) :]
+        self._preroll.clear()
+        self._preroll_len = 0
+        self._utterance.clear()
+        self._utterance.append(pre)
+        self._utterance.append(window)
+        self._probs = [prob]
+        self._in_speech = True
+        self._utt_start = start - len(pre)
+        self._last_speech_end = start + len(window)
+        self._silence = 0
+
+    def _end_utterance(self) -> SpeechEnded:
+        keep_until = min(self._last_speech_end + self._pad, self._position)
+        length = keep_until - self._utt_start
+        audio = self._utterance.consume(length)
+        speech_samples = self._last_speech_end - self._utt_start - min(self._pad, length)
+        event = SpeechEnded(
+            audio=audio,
+            start_s=self._utt_start / SAMPLE_RATE_HZ,
+            end_s=keep_until / SAMPLE_RATE_HZ,
+            forced=False,
+            too_short=speech_samples < self._min_speech,
+        )
+        # The silence after the pad becomes preroll for the next utterance.
+        tail = self._utterance.consume(len(self._utterance))
+        self._preroll.clear()
+        self._preroll_len = 0
+        if self._pad and len(tail):
+            self._remember_preroll(tail[-self._pad :])
+        self._utterance.clear()
+        self._probs = []
+        self._in_speech = False
+        return event
+
+    def _force_cut(self) -> list[VadEvent]:
+        """Cut a too-long utterance at its least speech-like window of the last few seconds."""
+        search = int(FORCED_CUT_SEARCH_S * SAMPLE_RATE_HZ / WINDOW_SAMPLES)
+        first = max(len(self._probs) - search, 1)
+        candidates = self._probs[first:]
+        cut_window = first + int(np.argmin(candidates)) if candidates else len(self._probs)
+        offset = len(self._utterance) - len(self._probs) * WINDOW_SAMPLES  # preroll length
+        cut = offset + cut_window * WINDOW_SAMPLES
+        audio = self._utterance.consume(cut)
+        event = SpeechEnded(
+            audio=audio,
+            start_s=self._utt_start / SAMPLE_RATE_HZ,
+            end_s=(self._utt_start + cut) / SAMPLE_RATE_HZ,
+            forced=True,
+        )
+        self._utt_start += cut
+        self._probs = self._probs[cut_window:]
+        return [event, SpeechStarted(self._utt_start / SAMPLE_RATE_HZ)]
+
+
+@dataclass
+class VadStreamState:
+    """Silero's recurrent state and context for one stream."""
+
+    state: np.ndarray
+    context: np.ndarray
+
+    @classmethod
+    def fresh(cls) -> VadStreamState:
+        return cls(np.zeros(STATE_SHAPE, np.float32), np.zeros(CONTEXT_SAMPLES, np.float32))
+
+
+class SileroVad:
+    """Silero VAD (ONNX, shipped in the silero-vad package); one session shared by all streams."""
+
+    def __init__(self, onnx_path: str | None = None, threads: int = 1) -> None:
+        import onnxruntime
+
+        if onnx_path is None:
+            onnx_path = str(resources.files("silero_vad.data").joinpath("silero_vad.onnx"))
+        opts = onnxruntime.SessionOptions()
+        opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = threads
+        self._session = onnxruntime.InferenceSession(
+            onnx_path, sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64)
+
+    def probabilities(
+        self, streams: list[tuple[VadStreamState, np.ndarray]]
+    ) -> list[np.ndarray]:
+        """For each (state, windows[k, 512]) return k probabilities; runs streams in lockstep."""
+        results = [np.zeros(len(w), np.float32) for _, w in streams]
+        steps = max((len(w) for _, w in streams), default=0)
+        for step in range(steps):
+            active = [i for i, (_, w) in enumerate(streams) if step < len(w)]
+            x = np.stack(
+                [np.concatenate([streams[i][0].context, streams[i][1][step]]) for i in active]
+            )
+            state = np.concatenate([streams[i][0].state for i in active], axis=1)
+            out, new_state = self._session.run(None, {"input": x, "state": state, "sr": self._sr})
+            for row, i in enumerate(active):
+                vs = streams[i][0]
+                vs.state = new_state[:, row : row + 1, :]
+                vs.context = x[row, -CONTEXT_SAMPLES:]
+                results[i][step] = out[row, 0]
+        return results

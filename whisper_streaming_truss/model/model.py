@@ -1,0 +1,67 @@
+"""Truss entry point: load the model once, hand each WebSocket to a streaming session."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class Model:
+    def __init__(self, **kwargs: Any) -> None:
+        self._config = kwargs.get("config", {})
+        self._scheduler = None
+        self._settings = None
+        self._limiter = None
+
+    def load(self) -> None:
+        from speech_common.settings import resolve
+        from whisper_streaming.settings import WhisperSettings
+
+        settings = WhisperSettings.from_metadata(resolve(self._config.get("model_metadata", {})))
+        if settings.whisper_device == "cuda":
+            from whisper_streaming.cuda_libs import preload_cuda_libraries
+
+            preload_cuda_libraries()
+
+        from faster_whisper import WhisperModel
+
+        from speech_common.vad import SileroVad
+        from whisper_streaming.engine import WhisperEngine
+        from whisper_streaming.scheduler import Scheduler
+        from whisper_streaming.session import SessionLimiter
+
+        logger.info("loading Whisper %s on %s (%s)", settings.whisper_model,
+                    settings.whisper_device, settings.whisper_compute_type)
+        model = WhisperModel(
+            settings.model_path(),
+            device=settings.whisper_device,
+            compute_type=settings.whisper_compute_type,
+            cpu_threads=settings.whisper_cpu_threads,
+        )
+        engine = WhisperEngine(model, encoder_context_s=settings.encoder_context_s)
+        self._scheduler = Scheduler(
+            engine, SileroVad(), max_batch=settings.max_batch_size, vad_max_batch=settings.vad_max_batch
+        ).start()
+        self._settings = settings
+        self._limiter = SessionLimiter(settings.max_sessions)
+        _warm_up(engine)
+        logger.info("Whisper ready")
+
+    async def websocket(self, websocket: Any) -> None:
+        from whisper_streaming.session import StreamingSession
+
+        await StreamingSession(websocket, self._scheduler, self._settings, self._limiter).run()
+
+
+def _warm_up(engine: Any) -> None:
+    """One partial and one final on silence so the first real request is not the slow one."""
+    import numpy as np
+
+    from whisper_streaming.engine import DecodeOptions, JobKind, TranscribeJob
+
+    audio = np.zeros(16000, np.float32)
+    language = None if engine.multilingual else "en"
+    for kind in (JobKind.PARTIAL, JobKind.FINAL):
+        engine.run([TranscribeJob(kind, audio, DecodeOptions(language=language))])

@@ -1,0 +1,1 @@
+"""Streaming Whisper over WebSocket: protocol, VAD utterances, batched transcription."""

@@ -1,0 +1,160 @@
+"""Client metadata (three shapes in the wild), control messages and server messages."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from speech_common.audio import Encoding
+
+MAX_FINAL_DURATION_S = 30.0  # Whisper's input window
+MIN_SAMPLE_RATE_HZ = 4000
+MAX_SAMPLE_RATE_HZ = 192000
+
+
+class _Strict(BaseModel):
+    # Baseten's server rejects unknown keys; so do we (a typo must not silently change behaviour).
+    model_config = ConfigDict(extra="forbid")
+
+
+class VadParams(_Strict):
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    min_silence_duration_ms: int = Field(300, ge=32, le=10_000)
+    speech_pad_ms: int = Field(30, ge=0, le=2_000)
+
+
+class StreamingParams(_Strict):
+    encoding: str = Encoding.PCM_S16LE.value
+    sample_rate: int = Field(16000, ge=MIN_SAMPLE_RATE_HZ, le=MAX_SAMPLE_RATE_HZ)
+    enable_partial_transcripts: bool = False
+    partial_transcript_interval_s: float = Field(0.5, ge=0.1, le=10.0)
+    final_transcript_max_duration_s: float = Field(30.0, ge=1.0, le=MAX_FINAL_DURATION_S)
+
+
+class WhisperParams(_Strict):
+    audio_language: str = "en"  # "auto" = detect
+    prompt: str = Field("", max_length=2_000)
+    language_detection_only: bool = False
+    language_options: list[str] = Field(default_factory=list, max_length=100)
+    show_word_timestamps: bool = False
+    beam_width: int = Field(1, ge=1, le=10)
+    length_penalty: float = Field(1.0, ge=0.0, le=10.0)
+    repetition_penalty: float = Field(1.0, ge=0.5, le=5.0)
+    no_repeat_ngram_size: int = Field(0, ge=0, le=20)
+
+
+class StreamingWhisperParams(StreamingParams, WhisperParams):
+    """v1 clients send streaming and Whisper fields in one object."""
+
+
+class SessionConfig(BaseModel):
+    """The normalised session metadata, whichever shape the client sent."""
+
+    vad: VadParams = Field(default_factory=VadParams)
+    streaming: StreamingParams = Field(default_factory=StreamingParams)
+    whisper: WhisperParams = Field(default_factory=WhisperParams)
+    shape: Literal["v1", "v2", "v3", "empty"] = "empty"
+
+
+class _Metadata(_Strict):
+    vad_params: VadParams | None = None
+    streaming_vad_config: VadParams | None = None
+    streaming_whisper_params: StreamingWhisperParams | None = None
+    streaming_params: StreamingParams | None = None
+    whisper_params: WhisperParams | None = None
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> _Metadata:
+        if self.vad_params is not None and self.streaming_vad_config is not None:
+            raise ValueError("send either vad_params or streaming_vad_config, not both")
+        if self.streaming_whisper_params is not None and (
+            self.streaming_params is not None or self.whisper_params is not None
+        ):
+            raise ValueError(
+                "streaming_whisper_params cannot be combined with streaming_params/whisper_params"
+            )
+        return self
+
+
+def parse_metadata(raw: Any) -> SessionConfig:
+    """Validate the first frame (already JSON-decoded) into a SessionConfig; raises ValueError."""
+    if not isinstance(raw, dict):
+        raise ValueError("metadata must be a JSON object")
+    try:
+        meta = _Metadata.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(_describe(exc)) from None
+    vad = meta.vad_params or meta.streaming_vad_config or VadParams()
+    if meta.streaming_whisper_params is not None:
+        combined = meta.streaming_whisper_params.model_dump()
+        streaming = StreamingParams(**{k: combined[k] for k in StreamingParams.model_fields})
+        whisper = WhisperParams(**{k: combined[k] for k in WhisperParams.model_fields})
+        shape = "v1"
+    else:
+        streaming = meta.streaming_params or StreamingParams()
+        whisper = meta.whisper_params or WhisperParams()
+        shape = "v3" if meta.streaming_vad_config is not None else "v2"
+        if not raw:
+            shape = "empty"
+    return SessionConfig(vad=vad, streaming=streaming, whisper=whisper, shape=shape)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "metadata"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+# -- control messages ---------------------------------------------------------------------------
+CONTROL_TYPES = ("end_audio", "health_check")
+
+
+class ControlMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")  # clients may add fields (e.g. a body) we ignore
+    type: Literal["end_audio", "health_check"]
+
+
+# -- server messages ----------------------------------------------------------------------------
+class WordTimestamp(BaseModel):
+    word: str
+    start_time: float
+    end_time: float
+    prob: float
+
+
+class SegmentOut(BaseModel):
+    text: str
+    start_time: float
+    end_time: float
+    log_prob: float | None = None
+    word_timestamps: list[WordTimestamp] | None = None
+
+
+class TranscriptionMessage(BaseModel):
+    type: Literal["transcription"] = "transcription"
+    is_final: bool
+    transcript: str
+    transcription_num: int
+    language_code: str
+    language_prob: float | None
+    audio_length_sec: float
+    segments: list[SegmentOut]
+    is_end_of_audio_flush: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.model_dump(exclude_none=True)
+        data["language_prob"] = self.language_prob  # always present, may be null
+        for seg in data["segments"]:
+            seg.setdefault("log_prob", None)
+        return data
+
+
+def end_audio_message(status: Literal["acknowledged", "finished"]) -> dict[str, Any]:
+    return {"type": "end_audio", "body": {"status": status}}
+
+
+def health_message(healthy: bool = True) -> dict[str, Any]:
+    return {"type": "health_check", "body": {"healthy": healthy}}
