@@ -1,0 +1,170 @@
+"""The GitHub workflows: actionlint, their structure, and the deploy target selection script."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = ROOT / ".github" / "workflows"
+CI = WORKFLOWS / "ci.yml"
+DEPLOY = WORKFLOWS / "deploy.yml"
+TRUSS_BY_MODEL = {"whisper": "whisper_streaming_truss", "orpheus": "orpheus_tts_truss"}
+
+
+def load(path: Path) -> dict:
+    data = yaml.safe_load(path.read_text())
+    # YAML 1.1 reads the key `on` as the boolean True.
+    data["on"] = data.pop(True, data.get("on"))
+    return data
+
+
+def actionlint_binary() -> str | None:
+    beside = Path(sys.executable).parent / "actionlint"
+    return str(beside) if beside.exists() else shutil.which("actionlint")
+
+
+def test_actionlint_passes():
+    binary = actionlint_binary()
+    if binary is None:
+        # requirements-dev.txt installs it on Linux x86-64 (CI); elsewhere it may be absent.
+        assert (sys.platform, platform.machine()) != ("linux", "x86_64"), "actionlint missing"
+        pytest.skip("no actionlint binary for this platform")
+    proc = subprocess.run(
+        [binary, "-no-color", str(CI), str(DEPLOY)],
+        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path):
+    """The checker is live: an undefined job dependency and a bad expression are reported."""
+    binary = actionlint_binary()
+    if binary is None:
+        assert (sys.platform, platform.machine()) != ("linux", "x86_64"), "actionlint missing"
+        pytest.skip("no actionlint binary for this platform")
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "on: push\njobs:\n  a:\n    needs: nope\n    runs-on: ubuntu-24.04\n"
+        "    steps:\n      - run: echo ${{ matrix.x }}\n"
+    )
+    proc = subprocess.run(
+        [binary, "-no-color", str(bad)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 1 and "nope" in proc.stdout
+
+
+def test_ci_runs_the_readme_test_command_on_prs_and_pushes():
+    ci = load(CI)
+    assert {"pull_request", "push"} <= set(ci["on"])
+    (job,) = ci["jobs"].values()
+    steps = job["steps"]
+    setup = next(s for s in steps if s.get("uses", "").startswith("actions/setup-python"))
+    assert setup["with"]["python-version"] == "3.11" and setup["with"]["cache"] == "pip"
+    assert job["runs-on"].startswith("ubuntu")
+    assert any(s.get("run", "").strip().startswith("make test") for s in steps)
+
+
+def test_deploy_triggers_on_truss_and_shared_changes_and_by_hand():
+    deploy = load(DEPLOY)
+    push = deploy["on"]["push"]
+    assert push["branches"] == ["main"]
+    assert set(push["paths"]) == {f"{t}/**" for t in TRUSS_BY_MODEL.values()} | {"shared/**"}
+    choice = deploy["on"]["workflow_dispatch"]["inputs"]["model"]
+    assert choice["type"] == "choice" and set(TRUSS_BY_MODEL) <= set(choice["options"])
+    for truss in TRUSS_BY_MODEL.values():
+        assert (ROOT / truss / "config.yaml").exists() and (
+            ROOT / truss / "autoscaling.yaml"
+        ).exists()
+
+
+def test_deploy_job_is_serialised_per_model_and_uses_the_secret():
+    job = load(DEPLOY)["jobs"]["deploy"]
+    assert job["concurrency"]["group"] == "deploy-${{ matrix.model }}"
+    assert job["concurrency"]["cancel-in-progress"] is False
+    run_step = next(s for s in job["steps"] if "scripts/deploy.py" in s.get("run", ""))
+    assert run_step["env"]["BASETEN_API_KEY"] == "${{ secrets.BASETEN_API_KEY }}"
+    for model, truss in TRUSS_BY_MODEL.items():
+        assert f"{model}) truss_dir={truss}" in run_step["run"]
+    # the secret only ever reaches the environment, never a command line
+    text = DEPLOY.read_text()
+    assert text.count("secrets.BASETEN_API_KEY") == 1
+
+
+def test_deploy_installs_pins_that_exist():
+    job = load(DEPLOY)["jobs"]["deploy"]
+    install = next(s for s in job["steps"] if "deploy-requirements.txt" in s.get("run", ""))
+    pins = (ROOT / "requirements-dev.txt").read_text()
+    for package in ("truss", "jiwer", "websockets", "httpx", "PyYAML"):
+        assert f"\n{package}==" in pins, package
+    assert "grep -E '^(truss|jiwer|websockets|httpx|PyYAML)=='" in install["run"]
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@e", *args],
+        cwd=repo, check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A repo with one commit per area, to feed the target script real diffs."""
+    _git(tmp_path, "init", "-q")
+    shas = {}
+    for name in ("base", "whisper_streaming_truss", "orpheus_tts_truss", "shared", "docs"):
+        path = tmp_path / (name if name not in ("base", "docs") else "") / f"{name}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(name)
+        _git(tmp_path, "add", ".")
+        _git(tmp_path, "commit", "-qm", name)
+        shas[name] = _git(tmp_path, "rev-parse", "HEAD")
+    return tmp_path, shas
+
+
+def run_targets(repo: Path, tmp_path: Path, **env: str) -> list[str]:
+    step = next(s for s in load(DEPLOY)["jobs"]["targets"]["steps"] if s.get("id") == "targets")
+    out = tmp_path / "github_output"
+    out.write_text("")
+    subprocess.run(
+        ["bash", "-c", step["run"]], cwd=repo, check=True, capture_output=True, text=True,
+        env={"PATH": os.environ["PATH"], "GITHUB_OUTPUT": str(out), **env},
+    )  # fmt: skip
+    (line,) = out.read_text().splitlines()
+    key, value = line.split("=", 1)
+    assert key == "models"
+    return json.loads(value)
+
+
+def test_targets_follow_the_changed_paths(history, tmp_path):
+    repo, shas = history
+    # commits, in order: base, whisper_streaming_truss, orpheus_tts_truss, shared, docs
+    def push(before: str, after: str) -> list[str]:
+        return run_targets(repo, tmp_path, EVENT_NAME="push", BEFORE=shas[before], SHA=shas[after])
+
+    assert push("base", "whisper_streaming_truss") == ["whisper"]
+    assert push("whisper_streaming_truss", "orpheus_tts_truss") == ["orpheus"]
+    assert push("orpheus_tts_truss", "shared") == ["whisper", "orpheus"]
+    assert push("shared", "docs") == []
+    # an unknown "before" (new branch, force push) deploys whatever the tree holds
+    everything = run_targets(repo, tmp_path, EVENT_NAME="push", BEFORE="0" * 40, SHA=shas["docs"])
+    assert everything == ["whisper", "orpheus"]
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [("whisper", ["whisper"]), ("orpheus", ["orpheus"]), ("both", ["whisper", "orpheus"])],
+)
+def test_targets_for_manual_dispatch(history, tmp_path, choice, expected):
+    repo, _ = history
+    assert (
+        run_targets(repo, tmp_path, EVENT_NAME="workflow_dispatch", INPUT_MODEL=choice) == expected
+    )
