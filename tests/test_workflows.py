@@ -146,6 +146,7 @@ def run_targets(repo: Path, tmp_path: Path, **env: str) -> list[str]:
 
 def test_targets_follow_the_changed_paths(history, tmp_path):
     repo, shas = history
+
     # commits, in order: base, whisper_streaming_truss, orpheus_tts_truss, shared, docs
     def push(before: str, after: str) -> list[str]:
         return run_targets(repo, tmp_path, EVENT_NAME="push", BEFORE=shas[before], SHA=shas[after])
