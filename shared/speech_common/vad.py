@@ -73,6 +73,7 @@ class VadSegmenter:
         self._probs: list[float] = []  # one per window of the current utterance
         self._in_speech = False
         self._utt_start = 0  # stream sample index of the utterance's first sample
+        self._speech_start = 0  # stream sample index of its first speech window (after preroll)
         self._last_speech_end = 0  # stream sample index just after the last speech window
         self._silence = 0  # samples of silence since the last speech window
         self._position = 0  # stream samples seen
@@ -94,6 +95,8 @@ class VadSegmenter:
         """If speech stopped for at least the pad, the audio the final will hold should it stay
         stopped (a copy), else None. Lets a caller start the final before the silence timeout."""
         if not self._in_speech or self._position - self._last_speech_end < self._pad:
+            return None
+        if self._last_speech_end <= self._utt_start:  # forced cut in a pause: no speech here yet
             return None
         return self._utterance.view()[: self._last_speech_end + self._pad - self._utt_start].copy()
 
@@ -153,14 +156,18 @@ class VadSegmenter:
         self._probs = [prob]
         self._in_speech = True
         self._utt_start = start - len(pre)
+        self._speech_start = start
         self._last_speech_end = start + len(window)
         self._silence = 0
 
     def _end_utterance(self) -> SpeechEnded:
-        keep_until = min(self._last_speech_end + self._pad, self._position)
+        # A forced cut inside a pause can leave the last speech before this utterance's start.
+        keep_until = max(min(self._last_speech_end + self._pad, self._position), self._utt_start)
         length = keep_until - self._utt_start
         audio = self._utterance.consume(length)
-        speech_samples = self._last_speech_end - self._utt_start - min(self._pad, length)
+        # Measured from the first speech window: the preroll may be shorter than the pad (stream
+        # start, forced cut), so subtracting the pad would call real speech too short.
+        speech_samples = self._last_speech_end - self._speech_start
         event = SpeechEnded(
             audio=audio,
             start_s=self._utt_start / SAMPLE_RATE_HZ,
@@ -195,6 +202,7 @@ class VadSegmenter:
             forced=True,
         )
         self._utt_start += cut
+        self._speech_start = self._utt_start
         self._probs = self._probs[cut_window:]
         return [event, SpeechStarted(self._utt_start / SAMPLE_RATE_HZ)]
 
