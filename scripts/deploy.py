@@ -123,6 +123,7 @@ class DeployOptions:
     promotion_timeout_s: float = promote_mod.DEFAULT_PROMOTION_TIMEOUT_S
     smoke_connect_budget_s: float = smoke_test.DEFAULT_CONNECT_BUDGET_S
     smoke_timeout_s: float | None = None
+    smoke_fast: bool = False  # STT audio as fast as possible instead of at real-time pace
 
 
 def infer_kind(truss_dir: Path) -> str:
@@ -229,6 +230,7 @@ class Deployer:
             api_key=self.opts.api_key,
             timeout_s=self.opts.smoke_timeout_s,
             connect_budget_s=self.opts.smoke_connect_budget_s,
+            fast=self.opts.smoke_fast,
         )
         result = self.smoke_fn(options)
         self.report.smoke[label] = asdict(result)
@@ -383,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--smoke-connect-budget", type=float, default=smoke_test.DEFAULT_CONNECT_BUDGET_S
     )
     parser.add_argument("--smoke-timeout", type=float)
+    parser.add_argument(
+        "--fast-smoke", action="store_true", help="STT smoke audio as fast as possible"
+    )
     return parser
 
 
@@ -408,6 +413,7 @@ def options_from_args(args: argparse.Namespace) -> DeployOptions:
         poll_interval_s=args.poll_interval,
         smoke_connect_budget_s=args.smoke_connect_budget,
         smoke_timeout_s=args.smoke_timeout,
+        smoke_fast=args.fast_smoke,
     )
 
 

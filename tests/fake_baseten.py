@@ -8,15 +8,22 @@ injected failures (429 with a Retry-After hint, 5xx).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 SUBSET_PATH = Path(__file__).parent / "fixtures" / "baseten_management_api_subset.json"
 SUBSET = json.loads(SUBSET_PATH.read_text())
@@ -362,3 +369,80 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = _serve
     do_POST = _serve
     do_PATCH = _serve
+
+
+# --- inference gateway ----------------------------------------------------------------------
+
+_GATEWAY_PATHS = (
+    re.compile(r"^/deployment/(?P<deployment>[^/]+)/websocket$"),
+    re.compile(r"^/environments/(?P<environment>[^/]+)/websocket$"),
+)
+
+
+class FakeInferenceGateway:
+    """Baseten's model host in miniature: WebSocket paths per deployment/environment, Api-Key auth,
+    HTTP 503 at the handshake while "loading", and a relay to a real (local) Truss server.
+
+    ``async with FakeInferenceGateway(upstream_ws_url, api_key) as gw: gw.http_base`` is what a
+    ``predict_url`` host looks like (the deploy scripts turn it into ws:// URLs).
+    """
+
+    def __init__(
+        self, upstream: str, api_key: str, *, host: str = "127.0.0.2", loading_handshakes: int = 0
+    ) -> None:
+        self.upstream = upstream
+        self.api_key = api_key
+        self.host = host
+        self.loading_handshakes = loading_handshakes
+        self.handshakes: list[tuple[str, int]] = []  # (path, HTTP status or 101)
+        self._server: Server | None = None
+        self.port = 0
+
+    @property
+    def http_base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def __aenter__(self) -> FakeInferenceGateway:
+        self._server = await serve(
+            self._relay, self.host, 0, process_request=self._check, max_size=None
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    def _check(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if not any(p.match(path) for p in _GATEWAY_PATHS):
+            status = HTTPStatus.NOT_FOUND
+        elif request.headers.get("Authorization") != f"Api-Key {self.api_key}":
+            status = HTTPStatus.UNAUTHORIZED
+        elif self.loading_handshakes > 0:
+            self.loading_handshakes -= 1
+            status = HTTPStatus.SERVICE_UNAVAILABLE
+        else:
+            self.handshakes.append((path, 101))
+            return None
+        self.handshakes.append((path, int(status)))
+        return connection.respond(status, f"{status.phrase}\n")
+
+    async def _relay(self, client: ServerConnection) -> None:
+        async with connect(self.upstream, max_size=None) as upstream:
+
+            async def pump(source: Any, sink: Any) -> None:
+                try:
+                    async for message in source:
+                        await sink.send(message)
+                except ConnectionClosed:
+                    pass
+                # pass the close code on: clients see the model's own close code
+                await sink.close(source.close_code or 1000, source.close_reason or "")
+
+            tasks = [
+                asyncio.create_task(pump(client, upstream)),
+                asyncio.create_task(pump(upstream, client)),
+            ]
+            await asyncio.wait(tasks, return_when=asyncio.ALL_COMPLETED)

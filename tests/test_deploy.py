@@ -16,7 +16,7 @@ from scripts import push as ps
 from scripts import smoke_test as st
 from scripts.baseten_api import ManagementClient, deployment_ws_url, environment_ws_url
 from scripts.promote import AutoscalingSettings
-from tests.fake_baseten import FakeBaseten
+from tests.fake_baseten import FakeBaseten, FakeInferenceGateway
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_TRUSS = ROOT / "tests" / "fixtures" / "fake_truss_cli" / "truss"
@@ -258,3 +258,42 @@ async def test_cli_end_to_end_with_fake_truss_fake_api_and_a_speaking_socket(fak
     assert fake.production(MODEL).autoscaling["concurrency_target"] == 16  # from autoscaling.yaml
     assert (tmp_path / "summary.md").read_text().count("| pass |") == 5
     assert json.loads((tmp_path / "report.json").read_text())["smoke"]["production"]["ok"]
+
+
+@pytest.mark.e2e
+async def test_e2e_deploy_whisper_through_a_gateway_to_the_real_truss(whisper_server, tmp_path):
+    """deploy.py end to end: the stand-in truss push, the fake management API, and smoke tests
+    through a Baseten-like gateway (Api-Key auth, 503 while loading) to the real whisper truss."""
+    with FakeBaseten(api_key="k") as api:
+        api.add_deployment(MODEL, OLD)
+        api.add_deployment(MODEL, NEW, ["BUILDING", "ACTIVE"])
+        api.set_production(MODEL, OLD)
+        async with FakeInferenceGateway(
+            whisper_server.ws_url, "k", loading_handshakes=1
+        ) as gateway:
+            env = {
+                k: v for k, v in os.environ.items() if not k.startswith(("BASETEN_", "FAKE_TRUSS"))
+            }
+            env.update(
+                BASETEN_API_KEY="k", BASETEN_API_URL=api.url, FAKE_TRUSS_MODEL_ID=MODEL,
+                FAKE_TRUSS_DEPLOYMENT_ID=NEW, FAKE_TRUSS_HOST=gateway.http_base,
+                TRUSS_BIN=str(FAKE_TRUSS),
+            )  # fmt: skip
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(ROOT / "scripts" / "deploy.py"), "whisper_streaming_truss",
+                "--record", str(tmp_path / "rec.json"), "--poll-interval", "0", "--fast-smoke",
+                "--summary-json", str(tmp_path / "report.json"),
+                cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(proc.communicate(), 300)
+        assert proc.returncode == 0, out.decode() + err.decode()
+        assert api.production(MODEL).current == NEW
+    report = json.loads((tmp_path / "report.json").read_text())
+    for where in ("deployment", "production"):
+        assert report["smoke"][where]["metrics"]["wer"] <= st.DEFAULT_MAX_WER
+    assert report["smoke"]["deployment"]["metrics"]["handshake_attempts"] == 2  # 503, then 101
+    assert gateway.handshakes == [
+        (f"/deployment/{NEW}/websocket", 503),
+        (f"/deployment/{NEW}/websocket", 101),
+        ("/environments/production/websocket", 101),
+    ]
