@@ -1,0 +1,88 @@
+"""WhisperEngine on the embedded tiny.en (CPU): batched partials and finals, hallucination guards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from faster_whisper import WhisperModel
+
+from tests.whisper_helpers import sample, wer
+from whisper_streaming.engine import (
+    DecodeOptions,
+    JobKind,
+    Segment,
+    TranscribeJob,
+    WhisperEngine,
+    is_hallucination,
+)
+from whisper_streaming.settings import EMBEDDED_MODEL, WhisperSettings
+
+EN = DecodeOptions(language="en")
+
+
+@pytest.fixture(scope="module")
+def engine() -> WhisperEngine:
+    path = WhisperSettings(whisper_model=EMBEDDED_MODEL).model_path()
+    model = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=2)
+    return WhisperEngine(model, encoder_context_s=10.0)
+
+
+@pytest.fixture(scope="module")
+def first_sentence() -> tuple[np.ndarray, str]:
+    audio, ref = sample("speech_en")
+    # The first sentence lies between 0.5 s and ~3.7 s (see scripts/make_samples.py).
+    return audio[8000 : int(3.8 * 16000)].astype(np.float32) / 32768.0, ref["utterances"][0]
+
+
+def test_final_matches_reference_text(engine, first_sentence):
+    audio, text = first_sentence
+    [result] = engine.run([TranscribeJob(JobKind.FINAL, audio, EN, offset_s=0.5)])
+    # tiny.en hears espeak's "brown fox jumps" as "round-fark jump": 3 of 9 words.
+    assert wer(text, result.text) <= 0.34, result.text
+    assert result.language == "en"
+    seg = result.segments[0]
+    assert 0.5 <= seg.start < seg.end <= 0.5 + len(audio) / 16000 + 1e-6
+
+
+def test_word_timestamps_only_when_asked(engine, first_sentence):
+    audio, _ = first_sentence
+    words_on = DecodeOptions(language="en", word_timestamps=True)
+    with_words, without = engine.run(
+        [TranscribeJob(JobKind.FINAL, audio, words_on), TranscribeJob(JobKind.FINAL, audio, EN)]
+    )
+    words = [w for s in with_words.segments for w in s.words]
+    assert len(words) >= 6
+    assert all(a.start <= b.start for a, b in zip(words, words[1:], strict=False))
+    assert all(not s.words for s in without.segments)
+
+
+def test_batched_partials_equal_single_partials(engine, first_sentence):
+    audio, _ = first_sentence
+    clips = [audio[: 16000 * k] for k in (1, 2, 3)]
+    single = [engine.run([TranscribeJob(JobKind.PARTIAL, c, EN)])[0].text for c in clips]
+    batched = [t.text for t in engine.run([TranscribeJob(JobKind.PARTIAL, c, EN) for c in clips])]
+    assert batched == single
+    assert any(batched)
+
+
+@pytest.mark.parametrize("kind", [JobKind.FINAL, JobKind.PARTIAL])
+def test_no_words_from_silence_or_noise(engine, kind):
+    rng = np.random.default_rng(0)
+    silence = np.zeros(2 * 16000, np.float32)
+    noise = (rng.standard_normal(2 * 16000) * 0.05).astype(np.float32)
+    results = engine.run([TranscribeJob(kind, silence, EN), TranscribeJob(kind, noise, EN)])
+    assert [r.text for r in results] == ["", ""]
+
+
+def test_language_detection_only_returns_no_text(engine, first_sentence):
+    audio, _ = first_sentence
+    opts = DecodeOptions(language=None, language_detection_only=True)
+    [result] = engine.run([TranscribeJob(JobKind.FINAL, audio, opts)])
+    assert result.segments == [] and result.language == "en"
+
+
+def test_hallucination_guard():
+    loop = Segment("thank you " * 20, 0, 1, avg_logprob=-0.2, no_speech_prob=0.1)
+    nospeech = Segment("Thank you.", 0, 1, avg_logprob=-1.5, no_speech_prob=0.7)
+    fine = Segment("The quick brown fox.", 0, 1, avg_logprob=-0.3, no_speech_prob=0.1)
+    assert is_hallucination(loop) and is_hallucination(nospeech) and not is_hallucination(fine)
