@@ -218,6 +218,7 @@ async def test_disconnect_mid_stream_aborts_generations_at_once() -> None:
     ws, synth = FakeWebSocket(), FakeSynthesizer(gate=gate)
     aborted = _metric("orpheus_aborted_generations_total", reason="client_gone")
     active = _metric("orpheus_active_generations")
+    aborts_timed = _metric("orpheus_abort_seconds_count")
     ws.text(json.dumps(CONFIG))
     ws.words("One. Two. Three")
     task = asyncio.create_task(_session(ws, synth).run())
@@ -230,6 +231,7 @@ async def test_disconnect_mid_stream_aborts_generations_at_once() -> None:
     assert all(c.closed and not c.finished for c in synth.calls)
     assert _metric("orpheus_aborted_generations_total", reason="client_gone") == aborted + 2
     assert _metric("orpheus_active_generations") == active
+    assert _metric("orpheus_abort_seconds_count") == aborts_timed + 1
     assert ws.close_code is None  # nobody left to close to
 
 

@@ -94,7 +94,9 @@ class TextBuffer:
         try:
             segments = self._segmenter.segment(" ".join(words))
         except Exception:  # the segmenter is heuristic; never let it lose text
-            logger.debug("sentence segmenter failed; treating buffer as one sentence", exc_info=True)
+            logger.debug(
+                "sentence segmenter failed; treating buffer as one sentence", exc_info=True
+            )
             return []
         counts: list[int] = []
         position = 0

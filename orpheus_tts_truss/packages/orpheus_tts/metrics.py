@@ -44,3 +44,8 @@ GENERATION_FIRST_AUDIO = metrics.histogram(
 AUDIO_BYTES_SENT = metrics.counter(
     "orpheus_audio_bytes_sent_total", "PCM s16le bytes sent to clients (48000 bytes = 1 s)."
 )
+ABORT_SECONDS = metrics.histogram(
+    "orpheus_abort_seconds",
+    "From a client disconnect being seen to all of its generations released by the engine.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)

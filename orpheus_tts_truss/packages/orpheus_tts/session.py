@@ -148,12 +148,13 @@ class _Generation:
                 raise item
             yield item
 
-    async def cancel(self, reason: str) -> None:
+    async def cancel(self, reason: str) -> bool:
         """Abort if still running and wait until the engine request is released."""
         if self._task.done():
-            return
+            return False
         self.abort_reason = reason
         await _cancel(self._task)
+        return True
 
 
 class TTSSession:
@@ -179,6 +180,8 @@ class TTSSession:
         self._last_activity = time.monotonic()
         self._first_audio_sent = False
         self._abort_reason = "client_gone"
+        self._gone_at: float | None = None  # when the client was seen to be gone
+        self._aborted_generations = 0
 
     async def run(self) -> None:
         """Run the whole session, always ending with a close frame (or a gone client)."""
@@ -204,7 +207,13 @@ class TTSSession:
             await send_error_and_close(self._ws, exc)
         except ClientGone:
             outcome = "client_gone"
-            logger.info("session %s: client gone", self.session_id)
+            if self._aborted_generations and self._gone_at is not None:
+                metrics.ABORT_SECONDS.observe(time.monotonic() - self._gone_at)
+            logger.info(
+                "session %s: client gone, %d generation(s) aborted",
+                self.session_id,
+                self._aborted_generations,
+            )
         except EngineFailure as exc:
             outcome = "engine_error"
             await send_error_and_close(
@@ -242,10 +251,10 @@ class TTSSession:
                     "timeout", f"no frame for {timeout_s:g} s", CloseCode.POLICY_VIOLATION
                 ) from None
             except Exception as exc:  # the transport broke under us
-                raise ClientGone(str(exc)) from exc
+                raise self._client_gone(str(exc)) from exc
             kind = message.get("type")
             if kind == "websocket.disconnect":
-                raise ClientGone(f"close code {message.get('code')}")
+                raise self._client_gone(f"close code {message.get('code')}")
             if kind != "websocket.receive":
                 continue
             self._last_activity = time.monotonic()
@@ -357,7 +366,7 @@ class TTSSession:
         finally:
             await _cancel(starter)
             for generation in started:
-                await generation.cancel(self._abort_reason)
+                self._aborted_generations += await generation.cancel(self._abort_reason)
 
     def _start_generation(self, config: SessionConfig, chunk: _Chunk) -> _Generation:
         self._generation_count += 1
@@ -376,7 +385,7 @@ class TTSSession:
                 try:
                     await self._ws.send_bytes(pcm)
                 except Exception as exc:
-                    raise ClientGone(f"send failed: {exc}") from exc
+                    raise self._client_gone(f"send failed: {exc}") from exc
                 self._last_activity = time.monotonic()
                 metrics.AUDIO_BYTES_SENT.inc(len(pcm))
                 if not self._first_audio_sent:
@@ -385,8 +394,14 @@ class TTSSession:
                         time.monotonic() - generation.chunk.ready_at
                     )
         except BaseException as exc:
-            await generation.cancel(_reason_for(exc, default=self._abort_reason))
+            reason = _reason_for(exc, default=self._abort_reason)
+            self._aborted_generations += await generation.cancel(reason)
             raise
+
+    def _client_gone(self, detail: str) -> ClientGone:
+        if self._gone_at is None:
+            self._gone_at = time.monotonic()
+        return ClientGone(detail)
 
 
 def _reason_for(exc: BaseException | None, default: str = "client_gone") -> str:

@@ -1,0 +1,261 @@
+#!/usr/bin/env python
+"""Benchmark the Orpheus TTS WebSocket: N concurrent sessions, latency and real-time factor.
+
+    python scripts/bench_tts.py --dummy-weights             # local CPU server, random weights
+    python scripts/bench_tts.py --url wss://.../websocket --api-key ... --sessions 1,8,24
+
+Per concurrency level it reports, over all sessions:
+* time to first audio: from the first sentence being complete (the word after it sent) to the
+  first audio byte received;
+* inter-chunk gap p99: the largest pauses between consecutive audio frames of one session;
+* real-time factor: wall time first word → last audio, divided by the audio duration.
+
+With ``--dummy-weights`` (random model weights on CPU) the numbers measure the pipeline and
+the server's overhead, not Orpheus on a GPU. The SNAC section decodes random codes with random
+SNAC weights, batched across streams vs one window at a time, at 1, 4 and 16 streams, and
+states how many tokens a stream needs before its first audio. Results go to a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [
+    str(REPO_ROOT),
+    str(REPO_ROOT / "scripts"),
+    str(REPO_ROOT / "shared"),
+    str(REPO_ROOT / "orpheus_tts_truss" / "packages"),
+]
+
+from tts_client import TTSResult, stream_tts  # noqa: E402
+
+logger = logging.getLogger("bench_tts")
+
+BENCH_TEXT = (
+    "The quick brown fox jumps over the lazy dog. "
+    "Streaming speech starts while the text is still arriving, one word at a time. "
+    "Every sentence becomes one generation, and the next one starts before the last is sent."
+)
+SNAC_STREAM_COUNTS = (1, 4, 16)
+SNAC_WINDOWS_PER_STREAM = 3
+# The reference Orpheus decoder waits for 28 tokens (4 frames) before its first audio.
+REFERENCE_TOKENS_BEFORE_FIRST_AUDIO = 28
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list, else None."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[rank]
+
+
+def summarize(results: Sequence[TTSResult], wall_s: float) -> dict[str, Any]:
+    """Aggregate one concurrency level's sessions into latency / gap / RTF figures (ms, ratios)."""
+    ok = [r for r in results if r.close_code == 1000 and r.error is None and r.frame_times]
+    ttfa = [r.time_to_first_audio_s * 1000 for r in ok if r.time_to_first_audio_s is not None]
+    gaps = [
+        (b - a) * 1000 for r in ok for a, b in zip(r.frame_times, r.frame_times[1:], strict=False)
+    ]
+    rtf = [r.real_time_factor for r in ok if r.real_time_factor is not None]
+    return {
+        "sessions": len(results),
+        "ok": len(ok),
+        "errors": [r.error for r in results if r.error],
+        "wall_s": round(wall_s, 3),
+        "audio_s_total": round(sum(r.audio_s for r in ok), 3),
+        "ttfa_ms_p50": _round(percentile(ttfa, 50)),
+        "ttfa_ms_p90": _round(percentile(ttfa, 90)),
+        "ttfa_ms_max": _round(max(ttfa) if ttfa else None),
+        "gap_ms_p50": _round(percentile(gaps, 50)),
+        "gap_ms_p99": _round(percentile(gaps, 99)),
+        "gap_ms_max": _round(max(gaps) if gaps else None),
+        "rtf_p50": _round(percentile(rtf, 50), 3),
+        "rtf_max": _round(max(rtf) if rtf else None, 3),
+        "frames": sum(len(r.frame_times) for r in ok),
+    }
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+async def run_level(
+    url: str,
+    sessions: int,
+    text: str,
+    config: dict[str, Any],
+    api_key: str | None,
+    word_interval_s: float,
+) -> dict[str, Any]:
+    """``sessions`` concurrent sessions of the same text."""
+    started = time.monotonic()
+    results = await asyncio.gather(
+        *(
+            stream_tts(url, text, config=config, api_key=api_key, word_interval_s=word_interval_s)
+            for _ in range(sessions)
+        )
+    )
+    return summarize(results, time.monotonic() - started)
+
+
+def snac_section() -> dict[str, Any]:
+    """Batched vs one-at-a-time SNAC decode throughput, and tokens before the first audio."""
+    import torch
+
+    from orpheus_tts.snac_decoder import SnacCodec, build_snac, decode_throughput
+    from orpheus_tts.snac_stream import WindowPolicy
+
+    policy = WindowPolicy()
+    codec = SnacCodec(build_snac(None, noise=False), device="cpu")
+    rows = []
+    for streams in SNAC_STREAM_COUNTS:
+        row: dict[str, Any] = {"streams": streams}
+        for batched in (True, False):
+            measured = decode_throughput(
+                codec,
+                streams=streams,
+                window_frames=policy.window_frames,
+                windows_per_stream=SNAC_WINDOWS_PER_STREAM,
+                batched=batched,
+            )
+            key = "batched" if batched else "one_at_a_time"
+            row[f"{key}_windows_per_s"] = round(measured["windows_per_s"], 1)
+            row[f"{key}_audio_s_per_s"] = round(measured["audio_s_per_s"], 2)
+        row["speedup"] = round(row["batched_windows_per_s"] / row["one_at_a_time_windows_per_s"], 2)
+        rows.append(row)
+    return {
+        "device": "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "window_policy": {
+            "left_context_frames": policy.left_context_frames,
+            "hop_frames": policy.hop_frames,
+            "right_context_frames": policy.right_context_frames,
+            "window_frames": policy.window_frames,
+        },
+        "tokens_before_first_audio": policy.tokens_before_first_audio,
+        "reference_tokens_before_first_audio": REFERENCE_TOKENS_BEFORE_FIRST_AUDIO,
+        "throughput": rows,
+    }
+
+
+@contextlib.contextmanager
+def local_server(dummy_weights: bool) -> Iterator[str]:
+    """scripts/serve.py on a free port (the same runner the e2e tests use)."""
+    from tests.serving import serve_truss
+
+    timeout_s = float(os.environ.get("SERVE_START_TIMEOUT_S", 300))
+    with serve_truss(
+        "orpheus_tts_truss", dummy_weights=dummy_weights, start_timeout_s=timeout_s
+    ) as served:
+        yield served.ws_url
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(
+        "\n| sessions | ok | TTFA p50 ms | TTFA p90 ms | gap p50 ms | gap p99 ms | RTF p50 | RTF max |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for level in report["levels"]:
+        print(
+            f"| {level['sessions']} | {level['ok']} | {level['ttfa_ms_p50']} | "
+            f"{level['ttfa_ms_p90']} | {level['gap_ms_p50']} | {level['gap_ms_p99']} | "
+            f"{level['rtf_p50']} | {level['rtf_max']} |"
+        )
+    snac = report.get("snac")
+    if snac:
+        print(
+            f"\nSNAC decode (CPU, {snac['torch_threads']} threads, window "
+            f"{snac['window_policy']['window_frames']} frames):"
+        )
+        print("| streams | batched windows/s | one-at-a-time windows/s | speedup |")
+        print("|---:|---:|---:|---:|")
+        for row in snac["throughput"]:
+            print(
+                f"| {row['streams']} | {row['batched_windows_per_s']} | "
+                f"{row['one_at_a_time_windows_per_s']} | {row['speedup']} |"
+            )
+        print(
+            f"tokens before first audio: {snac['tokens_before_first_audio']} "
+            f"(reference decoder: {snac['reference_tokens_before_first_audio']})"
+        )
+
+
+async def run_levels(url: str, args: argparse.Namespace, config: dict[str, Any]) -> list[dict]:
+    levels = []
+    for sessions in args.sessions:
+        logger.info("running %d concurrent session(s)", sessions)
+        level = await run_level(
+            url, sessions, args.text, config, args.api_key, args.word_interval_ms / 1000
+        )
+        logger.info("%s", level)
+        levels.append(level)
+    return levels
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--url", help="WebSocket URL of a running server")
+    target.add_argument(
+        "--dummy-weights", action="store_true", help="start a local CPU server with random weights"
+    )
+    parser.add_argument("--api-key", default=os.environ.get("BASETEN_API_KEY"))
+    parser.add_argument(
+        "--sessions",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 4, 8],
+        help="comma-separated concurrency levels",
+    )
+    parser.add_argument("--text", default=BENCH_TEXT)
+    parser.add_argument("--voice", default="tara")
+    parser.add_argument("--max-tokens", type=int, default=2000)
+    parser.add_argument("--buffer-size", type=int, default=10)
+    parser.add_argument("--word-interval-ms", type=float, default=0.0)
+    parser.add_argument("--skip-snac", action="store_true", help="skip the SNAC decode section")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / ".truss_build" / "bench_tts.json")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args = parse_args(argv)
+    config = {"voice": args.voice, "max_tokens": args.max_tokens, "buffer_size": args.buffer_size}
+    report: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "dummy_weights": bool(args.dummy_weights),
+        "text_chars": len(args.text),
+        "config": config,
+        "word_interval_ms": args.word_interval_ms,
+    }
+    if args.url:
+        report["url"] = args.url
+        report["levels"] = asyncio.run(run_levels(args.url, args, config))
+    else:
+        with local_server(dummy_weights=True) as url:
+            report["url"] = "local serve.py --dummy-weights"
+            report["levels"] = asyncio.run(run_levels(url, args, config))
+    if not args.skip_snac:
+        report["snac"] = snac_section()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print_table(report)
+    print(f"\nwritten: {args.out}")
+    return 0 if all(level["ok"] == level["sessions"] for level in report["levels"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
