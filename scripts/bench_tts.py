@@ -155,7 +155,7 @@ def snac_section() -> dict[str, Any]:
 @contextlib.contextmanager
 def local_server(dummy_weights: bool) -> Iterator[str]:
     """scripts/serve.py on a free port (the same runner the e2e tests use)."""
-    from tests.serving import serve_truss
+    from scripts.serving import serve_truss
 
     timeout_s = float(os.environ.get("SERVE_START_TIMEOUT_S", 300))
     with serve_truss(

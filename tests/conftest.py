@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.serving import DEFAULT_START_TIMEOUT_S, ServedTruss, serve_truss
+from scripts.serving import DEFAULT_START_TIMEOUT_S, ServedTruss, serve_truss
 
 ECHO_TRUSS_DIR = "tests/fixtures/echo_truss"
 FAILING_TRUSS_DIR = "tests/fixtures/failing_truss"
