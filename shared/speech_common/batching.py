@@ -140,6 +140,9 @@ class BatchWorker(Generic[P, R]):
                 return []
             deadline = time.monotonic() + self._max_wait_s
             while True:
+                # Waiting releases the lock: stop() or cancel_stream() may have emptied the queue.
+                if self._stopped or not self._queue:
+                    return []
                 head = min(self._queue, key=lambda j: (j.priority, j.enqueued_at))
                 key = self._batch_key(head.payload)
                 batch = [
@@ -148,7 +151,7 @@ class BatchWorker(Generic[P, R]):
                     if j.priority == head.priority and self._batch_key(j.payload) == key
                 ][: self._max_batch]
                 remaining = deadline - time.monotonic()
-                if len(batch) >= self._max_batch or remaining <= 0 or self._stopped:
+                if len(batch) >= self._max_batch or remaining <= 0:
                     break
                 self._cond.wait(timeout=remaining)
             taken = set(map(id, batch))
