@@ -32,7 +32,10 @@ def _coerce(raw: str, default: Any, key: str) -> Any:
     if isinstance(default, float):
         return float(raw)
     if isinstance(default, (list, dict)):
-        return json.loads(raw)
+        value = json.loads(raw)
+        if not isinstance(value, type(default)):  # '"fr"' for a list would iterate letters
+            raise ValueError(f"{key.upper()}={raw!r} is not a JSON {type(default).__name__}")
+        return value
     return raw
 
 
