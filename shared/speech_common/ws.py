@@ -51,7 +51,8 @@ class ProtocolError(Exception):
 
 def truncate_reason(reason: str) -> str:
     """Cut a close reason to what the WebSocket close frame can carry (whole UTF-8 characters)."""
-    encoded = reason.encode()[:MAX_CLOSE_REASON_BYTES]
+    # errors="replace": a lone surrogate (JSON "\\ud800" in a client's key) would raise here.
+    encoded = reason.encode(errors="replace")[:MAX_CLOSE_REASON_BYTES]
     return encoded.decode(errors="ignore")
 
 
