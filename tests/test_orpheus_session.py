@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from orpheus_tts.prompt import DEFAULT_VOICE, VOICES
-from orpheus_tts.session import SessionLimits, TTSSession
+from orpheus_tts.session import SessionGate, SessionLimits, TTSSession
 from speech_common.ws import CloseCode
 
 CONFIG = {"voice": "tara", "max_tokens": 2000, "buffer_size": 10}
@@ -335,6 +335,29 @@ async def test_sessions_are_independent() -> None:
     assert bad_ws.close_code == CloseCode.INTERNAL_ERROR
     assert good_ws.close_code == CloseCode.NORMAL
     assert _audio_text(good_ws).endswith("[General Kenobi.#2]")
+
+
+async def test_overloaded_replica_refuses_with_1013() -> None:
+    gate = SessionGate(max_sessions=1)
+    gated = asyncio.Event()
+    first_ws, second_ws = FakeWebSocket(), FakeWebSocket()
+    synth = FakeSynthesizer(gate=gated)
+    first_ws.text(json.dumps(CONFIG))
+    first_ws.words("Busy now.")
+    first_ws.text("__END__")
+    first = asyncio.create_task(
+        TTSSession(first_ws, synth, FakeParams(), VOICES, DEFAULT_VOICE, gate=gate).run()
+    )
+    await asyncio.wait_for(synth.started.wait(), 1)
+    await asyncio.wait_for(
+        TTSSession(second_ws, synth, FakeParams(), VOICES, DEFAULT_VOICE, gate=gate).run(), 1
+    )
+    assert second_ws.close_code == CloseCode.TRY_AGAIN_LATER
+    assert second_ws.json_frames[0]["body"]["error_type"] == "overloaded"
+    gated.set()
+    await asyncio.wait_for(first, 2)
+    assert first_ws.close_code == CloseCode.NORMAL
+    assert gate.active == 0
 
 
 def test_limits_from_metadata() -> None:

@@ -15,17 +15,19 @@ class Model:
         self._secrets = kwargs.get("secrets") or {}
         self._runtime: Any = None
         self._limits: Any = None
+        self._gate: Any = None
         self._default_params: Any = None
 
     def load(self) -> None:
         from orpheus_tts.engine import SamplingParams
         from orpheus_tts.runtime import OrpheusSettings, load_runtime
-        from orpheus_tts.session import SessionLimits
+        from orpheus_tts.session import SessionGate, SessionLimits
         from speech_common.settings import resolve
 
         metadata = resolve(self._config.get("model_metadata") or {})
         settings = OrpheusSettings.from_metadata(metadata)
         self._limits = SessionLimits.from_metadata(metadata)
+        self._gate = SessionGate(self._limits.max_sessions)
         self._default_params = SamplingParams()
         logger.info("loading Orpheus runtime (%s)", settings)
         self._runtime = load_runtime(settings)
@@ -42,5 +44,6 @@ class Model:
             VOICES,
             DEFAULT_VOICE,
             self._limits,
+            self._gate,
         )
         await session.run()

@@ -61,6 +61,9 @@ class SessionLimits:
     idle_timeout_s: float = 300.0
     # Generations started before the previous one has been fully sent.
     lookahead_generations: int = 1
+    # Open sessions per replica before new ones are refused with 1013 (try again later); one
+    # H100 sustains ~24 real-time streams, and most open sessions are idle between sentences.
+    max_sessions: int = 64
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> SessionLimits:
@@ -71,9 +74,30 @@ class SessionLimits:
             if key in metadata:
                 values[field.name] = type(field.default)(metadata[key])
         limits = cls(**values)
-        if limits.lookahead_generations < 0 or limits.max_chunk_chars < 1:
+        if (
+            limits.lookahead_generations < 0
+            or limits.max_chunk_chars < 1
+            or limits.max_sessions < 1
+        ):
             raise ValueError(f"invalid session limits: {limits}")
         return limits
+
+
+class SessionGate:
+    """Counts open sessions of one replica (all share one event loop, so no lock is needed)."""
+
+    def __init__(self, max_sessions: int) -> None:
+        self.max_sessions = max_sessions
+        self.active = 0
+
+    def try_enter(self) -> bool:
+        if self.active >= self.max_sessions:
+            return False
+        self.active += 1
+        return True
+
+    def leave(self) -> None:
+        self.active -= 1
 
 
 class ClientGone(Exception):
@@ -168,6 +192,7 @@ class TTSSession:
         voices: Collection[str],
         default_voice: str,
         limits: SessionLimits | None = None,
+        gate: SessionGate | None = None,
     ) -> None:
         self._ws = websocket
         self._synth = synthesizer
@@ -175,6 +200,7 @@ class TTSSession:
         self._voices = frozenset(voices)
         self._default_voice = default_voice
         self._limits = limits or SessionLimits()
+        self._gate = gate
         self.session_id = uuid.uuid4().hex[:16]
         self._generation_count = 0
         self._last_activity = time.monotonic()
@@ -185,6 +211,25 @@ class TTSSession:
 
     async def run(self) -> None:
         """Run the whole session, always ending with a close frame (or a gone client)."""
+        if self._gate is not None and not self._gate.try_enter():
+            metrics.SESSIONS.labels(outcome="overloaded").inc()
+            logger.warning("session %s refused: %d open", self.session_id, self._gate.active)
+            await send_error_and_close(
+                self._ws,
+                ProtocolError(
+                    "overloaded",
+                    "too many sessions on this replica; retry",
+                    CloseCode.TRY_AGAIN_LATER,
+                ),
+            )
+            return
+        try:
+            await self._run()
+        finally:
+            if self._gate is not None:
+                self._gate.leave()
+
+    async def _run(self) -> None:
         metrics.ACTIVE_SESSIONS.inc()
         outcome = "internal_error"
         try:
