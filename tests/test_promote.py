@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from scripts import promote as pr
 from scripts.baseten_api import (
@@ -205,11 +206,18 @@ def test_autoscaling_yaml_validation(tmp_path):
             load(bad)
 
 
-@pytest.mark.parametrize("truss", ["whisper_streaming_truss", "orpheus_tts_truss"])
-def test_checked_in_autoscaling_files_are_valid_and_not_the_default(truss):
+@pytest.mark.parametrize(
+    ("truss", "session_cap_key"),
+    [("whisper_streaming_truss", "max_sessions"), ("orpheus_tts_truss", "tts_max_sessions")],
+)
+def test_checked_in_autoscaling_files_are_valid_and_not_the_default(truss, session_cap_key):
     settings = pr.AutoscalingSettings.from_yaml(ROOT / truss / "autoscaling.yaml")
     assert settings.concurrency_target > DEFAULT_AUTOSCALING["concurrency_target"]
     assert settings.min_replica >= 1  # no cold start in front of real-time callers
+    # A replica refuses sessions beyond its own cap (close 1013): the autoscaler must add
+    # replicas well before that, or callers are turned away while capacity could grow.
+    metadata = yaml.safe_load((ROOT / truss / "config.yaml").read_text())["model_metadata"]
+    assert settings.concurrency_target < metadata[session_cap_key]
 
 
 def cli(fake: FakeBaseten, *args: str, key: str | None = None) -> subprocess.CompletedProcess:
