@@ -45,6 +45,8 @@ logger = logging.getLogger("push")
 REMOTE_URL_ENV = "BASETEN_REMOTE_URL"
 DEFAULT_REMOTE_URL = "https://app.baseten.co"
 TRUSS_BIN_ENV = "TRUSS_BIN"
+# Accounts with several teams must name one: non-interactive truss cannot ask.
+TEAM_ENV = "BASETEN_TEAM"
 # truss >= 0.18.26 builds a remote from these two variables, bypassing ~/.trussrc and the keyring.
 TRUSS_AUTH_REMOTE_URL_ENV = "BASETEN_TRUSS_AUTH_REMOTE_URL"
 TRUSS_AUTH_API_KEY_ENV = "BASETEN_TRUSS_AUTH_API_KEY"
@@ -146,7 +148,12 @@ def find_truss_bin(explicit: str | None = None) -> str:
 
 
 def push_command(
-    truss_bin: str, truss_dir: Path, name: str, timeout_s: int, config_file: str | None = None
+    truss_bin: str,
+    truss_dir: Path,
+    name: str,
+    timeout_s: int,
+    config_file: str | None = None,
+    team: str | None = None,
 ) -> list[str]:
     """The truss CLI call (flags as in truss 0.18.35's `truss push --help`)."""
     cmd = [
@@ -164,6 +171,8 @@ def push_command(
     ]
     if config_file:
         cmd += ["--config", config_file]
+    if team:
+        cmd += ["--team", team]
     return cmd
 
 
@@ -276,6 +285,7 @@ def push(
     truss_bin: str | None = None,
     timeout_s: int = DEFAULT_WAIT_TIMEOUT_S,
     config_file: str | None = None,
+    team: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> DeploymentRecord:
     """Push and wait for the build; return the deployment record (not yet written)."""
@@ -289,7 +299,8 @@ def push(
             git = git_state(truss_dir, config)
         except ConfigError:
             git = None  # an explicit name does not need a git checkout
-    cmd = push_command(find_truss_bin(truss_bin), truss_dir, name, timeout_s, config_file)
+    team = team or (os.environ if env is None else env).get(TEAM_ENV) or None
+    cmd = push_command(find_truss_bin(truss_bin), truss_dir, name, timeout_s, config_file, team)
     logger.info("truss push %s as deployment %s", truss_dir, name)
     code, stdout = run_truss(cmd, truss_env(api_key, env), api_key)
     try:
@@ -314,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--deployment-name", help="default: short git sha (+ -dirty-<time>)")
     parser.add_argument("--config", help="another config file inside the truss (truss --config)")
     parser.add_argument("--truss-bin", help="truss executable (default: the venv's)")
+    parser.add_argument("--team", help=f"Baseten team (default: ${TEAM_ENV})")
     parser.add_argument("--timeout", type=int, default=DEFAULT_WAIT_TIMEOUT_S, help="build wait, s")
     parser.add_argument("--json", action="store_true", help="print the record as JSON")
     return parser
@@ -331,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             truss_bin=args.truss_bin,
             timeout_s=args.timeout,
             config_file=args.config,
+            team=args.team,
         )
     except ConfigError as exc:
         print(f"push: {exc}", file=sys.stderr)

@@ -116,11 +116,14 @@ def test_remote_url_override_and_json_output(repo):
         "--deployment-name",
         "v1-manual",
         BASETEN_REMOTE_URL="https://app.example.test/",
+        BASETEN_TEAM="voice-team",
         FAKE_TRUSS_HOST="http://127.0.0.1:9999",
     )
     assert proc.returncode == 0, proc.stderr
     assert calls[0]["remote_url"] == "https://app.example.test"
-    assert calls[0]["argv"][calls[0]["argv"].index("--deployment-name") + 1] == "v1-manual"
+    argv = calls[0]["argv"]
+    assert argv[argv.index("--deployment-name") + 1] == "v1-manual"
+    assert argv[argv.index("--team") + 1] == "voice-team"
     printed = json.loads(proc.stdout)
     assert printed == json.loads((repo / "out" / "rec.json").read_text())
     assert printed["deployment_ws_url"].startswith("ws://127.0.0.1:9999/deployment/")
@@ -219,7 +222,7 @@ def test_flags_exist_in_the_installed_truss_cli():
         check=True,
     ).stdout
     real_flags = set(re.findall(r"(--[a-z][a-z-]+)", help_text))
-    cmd = ps.push_command("truss", Path("t"), "n", 10, config_file="c.yaml")
+    cmd = ps.push_command("truss", Path("t"), "n", 10, config_file="c.yaml", team="x")
     used = {arg for arg in cmd if arg.startswith("--")}
     assert used <= real_flags, used - real_flags
     assert "--output" in real_flags and "--non-interactive" in real_flags
