@@ -101,6 +101,13 @@ class VadSegmenter:
         return self._utterance.view()[: self._last_speech_end + self._pad - self._utt_start].copy()
 
     @property
+    def speech_ms(self) -> float:
+        """Speech in the open utterance so far, first to last speech window (pads excluded)."""
+        if not self._in_speech:
+            return 0.0
+        return max(self._last_speech_end - self._speech_start, 0) * 1000 / SAMPLE_RATE_HZ
+
+    @property
     def utterance_start_s(self) -> float:
         return self._utt_start / SAMPLE_RATE_HZ
 
@@ -188,7 +195,10 @@ class VadSegmenter:
 
     def _force_cut(self) -> list[VadEvent]:
         """Cut a too-long utterance at its least speech-like window of the last few seconds."""
-        search = int(FORCED_CUT_SEARCH_S * SAMPLE_RATE_HZ / WINDOW_SAMPLES)
+        # Search at most the later half: with a short max_utterance_s a cut near the start would
+        # leave a remainder that hits the cap again at once (a stream of one-window finals).
+        search_s = min(FORCED_CUT_SEARCH_S, self.options.max_utterance_s / 2)
+        search = int(search_s * SAMPLE_RATE_HZ / WINDOW_SAMPLES)
         first = max(len(self._probs) - search, 1)
         candidates = self._probs[first:]
         cut_window = first + int(np.argmin(candidates)) if candidates else len(self._probs)
