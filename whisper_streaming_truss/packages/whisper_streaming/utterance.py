@@ -114,7 +114,9 @@ class UtteranceTracker:
         speculate = self.options.speculate_after_ms
         if speculate is not None and seg.silence_ms >= speculate:
             audio = seg.ending_audio()
-            if audio is not None and len(audio) != self._speculated_len:
+            # A burst under min_speech_duration_ms will be Dropped: do not spend a final on it.
+            long_enough = seg.speech_ms >= self.options.vad.min_speech_duration_ms
+            if audio is not None and long_enough and len(audio) != self._speculated_len:
                 self._speculated_len = len(audio)
                 return [SpeculativeFinal(self._num, audio, seg.utterance_start_s)]
             return []
