@@ -290,6 +290,28 @@ def test_long_speech_is_cut_repeatedly_without_losing_samples() -> None:
     _assert_ramp(_concat(ended), WINDOW_SAMPLES - 480, 1501 * WINDOW_SAMPLES + 480)
 
 
+def test_short_max_cuts_in_the_later_half() -> None:
+    # max_utterance_s below the 5 s search: flat probabilities must not cut near the start.
+    opts = VadOptions(max_utterance_s=2.0, speech_pad_ms=0, min_silence_duration_ms=300)
+    f = Feeder(opts)
+    f.push(*[SPEECH] * 300, *[SILENCE] * 10)
+    ended = f.ended()
+    for e in ended[:-1]:
+        assert e.forced
+        assert 1.0 - WINDOW_SAMPLES / SAMPLE_RATE_HZ <= len(e.audio) / SAMPLE_RATE_HZ <= 2.0
+    assert len(ended) <= 300 * WINDOW_SAMPLES / SAMPLE_RATE_HZ / 1.0 + 1
+    _assert_ramp(_concat(ended), 0, 300 * WINDOW_SAMPLES)
+
+
+def test_speech_ms_counts_speech_windows_only() -> None:
+    f = Feeder(VadOptions(speech_pad_ms=100, min_silence_duration_ms=500))
+    assert f.seg.speech_ms == 0.0
+    f.push(*[SILENCE] * 10, *[SPEECH] * 5, *[SILENCE] * 3)
+    assert f.seg.speech_ms == pytest.approx(5 * WINDOW_SAMPLES * 1000 / SAMPLE_RATE_HZ)
+    f.push(SPEECH)
+    assert f.seg.speech_ms == pytest.approx(9 * WINDOW_SAMPLES * 1000 / SAMPLE_RATE_HZ)
+
+
 def test_forced_cut_inside_a_short_pause_stays_consistent() -> None:
     # The quietest window lies after the last speech window (a pause shorter than
     # min_silence): the remainder then holds no speech and must still be sane when it ends.
