@@ -300,6 +300,11 @@ class ManagementClient:
         path = f"{self._model_path(model_id)}/environments/{quote(environment, safe='')}"
         return self.request("PATCH", path, {"autoscaling_settings": dict(settings)})
 
+    def list_secret_names(self) -> set[str]:
+        """Names of the workspace's secrets (values are never returned by the API)."""
+        answer = self.request("GET", "/v1/secrets") or {}
+        return {str(item.get("name")) for item in answer.get("secrets", [])}
+
     # --- waits ----------------------------------------------------------------------------
 
     def wait_for_deployment(

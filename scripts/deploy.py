@@ -3,9 +3,9 @@
 
     python scripts/deploy.py TRUSS_DIR [--kind stt|tts] [--autoscaling FILE] [--summary-json FILE]
 
-Steps: push (scripts/push.py) -> wait until the deployment is ACTIVE -> smoke-test the
-deployment's own WebSocket URL -> promote it to production with the truss's autoscaling.yaml
-(scripts/promote.py) -> smoke-test production. A failing step stops the run and prints what to do
+Steps: preflight (the API key works, the truss's Baseten secrets exist) -> push (scripts/push.py)
+-> wait until the deployment is ACTIVE -> smoke-test the deployment's own WebSocket URL -> promote
+it to production with the truss's autoscaling.yaml (scripts/promote.py) -> smoke-test production. A failing step stops the run and prints what to do
 next; before the promotion, production is untouched. If production fails its smoke test after the
 promotion, the previous production deployment is promoted back (unless --no-rollback).
 Needs BASETEN_API_KEY; BASETEN_API_URL points the REST calls elsewhere (tests use a local fake).
@@ -46,6 +46,7 @@ logger = logging.getLogger("deploy")
 KIND_BY_TRUSS = {"whisper_streaming_truss": "stt", "orpheus_tts_truss": "tts"}
 DEFAULT_ACTIVE_TIMEOUT_S = 45 * 60.0  # image build + weights download + model load on a cold GPU
 DEFAULT_ACTIVE_POLL_S = 10.0
+HTTP_UNAUTHORIZED = 401
 SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
 PushFn = Callable[..., push_mod.DeploymentRecord]
@@ -174,6 +175,32 @@ class Deployer:
         self.log(f"ok   {name}: {detail}")
 
     # --- steps ------------------------------------------------------------------------------
+
+    def preflight(self) -> str:
+        """Fail in seconds, not after a long build: the key works and the truss's secrets exist."""
+        try:
+            needed = set((push_mod.truss_config(self.opts.truss_dir).get("secrets") or {}).keys())
+        except ConfigError as exc:
+            raise StepFailed(str(exc), "pass a truss folder (with config.yaml)") from None
+        try:
+            names = self.client.list_secret_names()
+        except BasetenApiError as exc:
+            if exc.status_code == HTTP_UNAUTHORIZED:
+                raise StepFailed(
+                    f"the management API rejected BASETEN_API_KEY ({exc})",
+                    "production is untouched. Set BASETEN_API_KEY to a valid workspace API key.",
+                ) from None
+            # A key without permission to list secrets can still deploy: warn, do not block.
+            return f"secrets not checked ({exc})"
+        missing = sorted(needed - names)
+        if missing:
+            raise StepFailed(
+                f"Baseten secret(s) missing: {', '.join(missing)}",
+                "production is untouched. Create them in Baseten (Settings > Secrets); "
+                "hf_access_token is a Hugging Face token that can read the gated weights. "
+                "Then re-run.",
+            )
+        return f"API key accepted; secrets present: {', '.join(sorted(needed)) or 'none needed'}"
 
     def push(self) -> str:
         if self.opts.skip_push:
@@ -333,6 +360,7 @@ class Deployer:
 
     def run(self) -> DeployReport:
         steps: list[tuple[str, Callable[[], str]]] = [
+            ("preflight", self.preflight),
             ("push", self.push),
             ("wait ACTIVE", self.wait_active),
             ("smoke deployment", self.smoke_deployment),

@@ -44,6 +44,7 @@ ROUTES: list[tuple[str, str]] = [
     ("POST", "/v1/models/{model_id}/deployments/{deployment_id}/promote"),
     ("GET", "/v1/models/{model_id}/environments/{env_name}"),
     ("PATCH", "/v1/models/{model_id}/environments/{env_name}"),
+    ("GET", "/v1/secrets"),
 ]
 
 
@@ -117,6 +118,7 @@ class FakeBaseten:
         self.promotion_error = "replicas failed health checks"
         self.autoscaling_polls = 1  # environment GETs before an autoscaling update shows
         self.redeploy_on_promotion = False
+        self.secrets: set[str] = {"hf_access_token"}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -321,12 +323,20 @@ class FakeBaseten:
         env.autoscaling_polls_left = self.autoscaling_polls
         return 200, {}, {"status": "ACCEPTED", "message": "settings update accepted"}
 
+    def _list_secrets(self, body: Any):
+        secrets = [
+            {"id": f"s{i}", "created_at": _now(), "name": name, "team_name": "Default Team"}
+            for i, name in enumerate(sorted(self.secrets))
+        ]
+        return 200, {}, {"secrets": secrets}
+
 
 _HANDLERS = {
     ROUTES[0]: "_get_deployment",
     ROUTES[1]: "_promote",
     ROUTES[2]: "_get_environment",
     ROUTES[3]: "_patch_environment",
+    ROUTES[4]: "_list_secrets",
 }
 
 

@@ -177,3 +177,10 @@ def test_websocket_urls_from_predict_url():
 def test_redact():
     assert api.redact("key abc in abc", "abc") == "key *** in ***"
     assert api.redact("nothing", "") == "nothing"
+
+
+def test_list_secret_names(fake):
+    fake.secrets = {"hf_access_token", "other"}
+    with client_for(fake) as client:
+        assert client.list_secret_names() == {"hf_access_token", "other"}
+    assert set(SUBSET["schemas"]["SecretV1"]) >= {"name"}

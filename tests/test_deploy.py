@@ -102,6 +102,7 @@ def test_happy_path_runs_every_step_in_order(fake, tmp_path):
     report = deployer(fake, tmp_path, smoke).run()
     assert report.ok
     assert step_names(report) == [
+        ("preflight", True),
         ("push", True),
         ("wait ACTIVE", True),
         ("smoke deployment", True),
@@ -123,16 +124,42 @@ def test_push_failure_stops_before_any_api_call(fake, tmp_path):
         raise ps.PushError("truss push failed: Deployment failed with status BUILD_FAILED.")
 
     report = deployer(fake, tmp_path, FakeSmoke(), push_fn=failing_push).run()
-    assert not report.ok and step_names(report) == [("push", False)]
+    assert not report.ok and step_names(report) == [("preflight", True), ("push", False)]
     assert "production is untouched" in report.next_steps
-    assert fake.calls() == [] and fake.production(MODEL).current == OLD
+    assert [path for _, path, _ in fake.calls()] == ["/v1/secrets"]
+    assert fake.production(MODEL).current == OLD
+
+
+def never_push(truss_dir, api_key):
+    raise AssertionError("must not push")
+
+
+def test_missing_baseten_secret_stops_before_the_build(fake, tmp_path):
+    fake.secrets = {"something_else"}
+    report = deployer(fake, tmp_path, FakeSmoke(), push_fn=never_push).run()
+    assert step_names(report) == [("preflight", False)]
+    assert "missing: hf_access_token" in report.steps[0].detail  # orpheus declares it
+    assert "Settings > Secrets" in report.next_steps
+
+
+def test_rejected_key_stops_before_the_build(fake, tmp_path):
+    fake.inject(401, path_contains="/v1/secrets")
+    report = deployer(fake, tmp_path, FakeSmoke(), push_fn=never_push).run()
+    assert step_names(report) == [("preflight", False)]
+    assert "rejected BASETEN_API_KEY" in report.steps[0].detail
+
+
+def test_key_without_secret_listing_permission_still_deploys(fake, tmp_path):
+    fake.inject(403, path_contains="/v1/secrets")
+    report = deployer(fake, tmp_path, FakeSmoke()).run()
+    assert report.ok and report.steps[0].detail.startswith("secrets not checked")
 
 
 def test_failed_build_stops_at_wait_active(fake, tmp_path):
     fake.add_deployment(MODEL, NEW, ["BUILDING", "BUILD_FAILED"])
     smoke = FakeSmoke()
     report = deployer(fake, tmp_path, smoke).run()
-    assert step_names(report) == [("push", True), ("wait ACTIVE", False)]
+    assert step_names(report)[1:] == [("push", True), ("wait ACTIVE", False)]
     assert "BUILD_FAILED" in report.steps[-1].detail and "logs" in report.next_steps
     assert smoke.urls == [] and fake.calls("POST") == []
 
@@ -186,10 +213,7 @@ def test_first_deployment_of_a_model_is_already_production(fake, tmp_path):
 def test_skip_push_reuses_the_record(fake, tmp_path):
     record().write(tmp_path / "rec.json")
 
-    def no_push(truss_dir, api_key):
-        raise AssertionError("must not push")
-
-    report = deployer(fake, tmp_path, FakeSmoke(), push_fn=no_push, skip_push=True).run()
+    report = deployer(fake, tmp_path, FakeSmoke(), push_fn=never_push, skip_push=True).run()
     assert report.ok and report.deployment_id == NEW
 
 
@@ -256,7 +280,7 @@ async def test_cli_end_to_end_with_fake_truss_fake_api_and_a_speaking_socket(fak
     assert paths == [f"/deployment/{NEW}/websocket", "/environments/production/websocket"]
     assert fake.production(MODEL).current == NEW
     assert fake.production(MODEL).autoscaling["concurrency_target"] == 16  # from autoscaling.yaml
-    assert (tmp_path / "summary.md").read_text().count("| pass |") == 5
+    assert (tmp_path / "summary.md").read_text().count("| pass |") == 6
     assert json.loads((tmp_path / "report.json").read_text())["smoke"]["production"]["ok"]
 
 
