@@ -48,9 +48,11 @@ CPU_DEFAULTS: dict[str, dict[str, str]] = {
         "WHISPER_DEVICE": "cpu",
         "WHISPER_COMPUTE_TYPE": "int8",
         # A 10 s encoder window instead of 30 s: ~3x faster finals on a 2-core CPU with the same
-        # text on the bundled samples (see whisper_streaming/engine.py).
+        # text on the bundled samples (see whisper_streaming/engine.py). One CTranslate2 thread:
+        # with two, OpenMP's spinning team fought the event loop and VAD for the 2 cores and
+        # single finals took 1.2-5 s instead of ~0.2 s under load (measured with serve.py).
         "ENCODER_CONTEXT_S": "10",
-        "WHISPER_CPU_THREADS": "2",
+        "WHISPER_CPU_THREADS": "1",
     },
     "orpheus_tts_truss": {
         "ORPHEUS_ENGINE": "transformers",

