@@ -50,7 +50,7 @@ _BATCH_SIZE = metrics.histogram(
     "Windows per batched SNAC decode",
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
-_WINDOWS = metrics.counter("orpheus_snac_windows_decoded", "SNAC windows decoded")
+_WINDOWS = metrics.counter("orpheus_snac_windows_decoded_total", "SNAC windows decoded")
 
 
 def disable_noise(model: torch.nn.Module) -> int:

@@ -1,0 +1,54 @@
+"""The token engine interface: prompt ids + sampling params → async stream of generated ids."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from orpheus_tts.tokens import END_OF_SPEECH_TOKEN_ID
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Orpheus sampling defaults (repetition_penalty >= 1.1 is needed for stable speech)."""
+
+    temperature: float = 0.6
+    top_p: float = 0.8
+    repetition_penalty: float = 1.3
+    max_tokens: int = 2000
+    stop_token_ids: tuple[int, ...] = (END_OF_SPEECH_TOKEN_ID,)
+    seed: int | None = None  # per-request seed (tests, reproducible benchmarks)
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+
+
+class EngineError(RuntimeError):
+    """The engine failed a request (not a cancellation)."""
+
+
+@runtime_checkable
+class TokenEngine(Protocol):
+    """A continuous-batching (or threaded) generator of token ids.
+
+    ``generate`` yields generated ids as they come (the stop token included when it is produced);
+    closing the iterator or cancelling its consumer aborts the request at once.
+    """
+
+    def generate(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[int]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def warmup(self) -> None: ...
+
+    def shutdown(self) -> None: ...

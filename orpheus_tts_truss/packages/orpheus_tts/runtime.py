@@ -1,0 +1,251 @@
+"""Settings and the loaded runtime (engine + tokenizer + SNAC decode service + synthesizer).
+
+``load_runtime(settings)`` is synchronous, for ``model.load()`` (a thread with no event loop): it
+loads everything and warms both the SNAC decoder and the engine before returning. The engine
+warm-up coroutine runs on a private loop in a helper thread; the vLLM engine owns its own loop
+thread (see ``vllm_engine``), so it streams to the server loop afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orpheus_tts.engine import TokenEngine
+from orpheus_tts.snac_decoder import SnacCodec, SnacDecodeService, build_snac
+from orpheus_tts.snac_stream import WindowPolicy
+from orpheus_tts.synth import Synthesizer
+from speech_common.settings import resolve
+
+logger = logging.getLogger(__name__)
+
+ORPHEUS_HF_REPO = "canopylabs/orpheus-3b-0.1-ft"
+SNAC_HF_REPO = "hubertsiuzdak/snac_24khz"
+
+
+@dataclass(frozen=True)
+class OrpheusSettings:
+    """Every key is a ``model_metadata`` key; the env var of the same name in upper case wins."""
+
+    orpheus_engine: str = "vllm"  # "vllm" (GPU) | "transformers" (anywhere)
+    orpheus_device: str = "cuda"  # "cuda" | "cpu"
+    orpheus_dummy_weights: bool = False  # random tiny Llama + random SNAC, local tokenizer
+    orpheus_model_dir: str = "/app/weights/orpheus"
+    snac_model_dir: str = "/app/weights/snac"
+    max_model_len: int = 4096  # prompt + generated tokens per generation
+    gpu_memory_utilization: float = 0.85  # vLLM: share of GPU memory (SNAC needs the rest)
+    decode_max_batch: int = 16  # SNAC windows per batched decode
+    decode_max_wait_ms: float = 2.0  # wait this long for a decode batch to fill
+    orpheus_dtype: str = "bfloat16"  # vLLM dtype; transformers: "auto" = bf16 on GPU, fp32 CPU
+    orpheus_quantization: str = ""  # vLLM quantization, e.g. "fp8" on H100; "" = none
+    max_num_seqs: int = 64  # vLLM: concurrent sequences per step
+    enable_prefix_caching: bool = True  # vLLM
+    transformers_max_concurrency: int = 2  # transformers engine: parallel generations (threads)
+    orpheus_constrain_audio: bool = False  # transformers: mask sampling to valid audio slots
+    dummy_max_frames: int = 48  # dummy weights: speech ends after this many frames (4.1 s)
+    snac_left_context_frames: int = 2
+    snac_hop_frames: int = 1
+    snac_right_context_frames: int = 2
+    snac_noise: bool = True  # SNAC's NoiseBlock as trained; False = deterministic decode
+    snac_compile: bool = False  # torch.compile(dynamic=True) the SNAC decoder (GPU)
+    snac_device: str = ""  # "" = orpheus_device
+
+    @classmethod
+    def from_metadata(
+        cls, metadata: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None
+    ) -> OrpheusSettings:
+        """Known keys from ``model_metadata`` (others ignored), then env overrides by key."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        merged = {f.name: f.default for f in dataclasses.fields(cls)}
+        merged.update({k: v for k, v in (metadata or {}).items() if k in names})
+        resolved = resolve(merged, environ)
+        return cls(**{k: _as_type(resolved[k], cls._default(k)) for k in names})
+
+    @classmethod
+    def _default(cls, name: str) -> Any:
+        return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+    def __post_init__(self) -> None:
+        if self.orpheus_engine not in ("vllm", "transformers"):
+            raise ValueError(f"orpheus_engine must be vllm or transformers, not {self.orpheus_engine!r}")
+        if self.orpheus_device not in ("cuda", "cpu"):
+            raise ValueError(f"orpheus_device must be cuda or cpu, not {self.orpheus_device!r}")
+
+    @property
+    def window_policy(self) -> WindowPolicy:
+        return WindowPolicy(
+            self.snac_left_context_frames, self.snac_hop_frames, self.snac_right_context_frames
+        )
+
+
+def _as_type(value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    return str(value)
+
+
+@dataclass
+class OrpheusRuntime:
+    settings: OrpheusSettings
+    engine: TokenEngine
+    tokenizer: Any
+    decoder: SnacDecodeService
+    synthesizer: Synthesizer
+
+    def shutdown(self) -> None:
+        self.decoder.stop()
+        self.engine.shutdown()
+
+
+class WeightsNotFound(RuntimeError):
+    """Real weights were asked for and are not there."""
+
+
+def _require_dir(path: str, repo: str, key: str, files: tuple[str, ...]) -> Path:
+    p = Path(path)
+    missing = [f for f in files if not (p / f).is_file()]
+    if missing:
+        raise WeightsNotFound(
+            f"{repo} weights not found in {p} (missing {', '.join(missing)}). Mount them there "
+            f"(config.yaml `weights:` source hf://{repo}, auth_secret_name hf_access_token: the "
+            f"Baseten secret hf_access_token must hold a Hugging Face token with access to the "
+            f"gated repo), or point {key.upper()} at a local copy, or set "
+            f"ORPHEUS_DUMMY_WEIGHTS=1 to serve random weights for testing."
+        )
+    return p
+
+
+def _run_blocking(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, whether or not this thread has a loop."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name="orpheus-warmup")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def _check_device(device: str, what: str) -> None:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"{what} is set to run on cuda but no GPU is visible. Deploy with a GPU "
+            "(resources.accelerator) or run on CPU: ORPHEUS_ENGINE=transformers ORPHEUS_DEVICE=cpu "
+            "(add ORPHEUS_DUMMY_WEIGHTS=1 without the real weights)."
+        )
+
+
+def _build_engine(settings: OrpheusSettings) -> tuple[TokenEngine, Any]:
+    from orpheus_tts.transformers_engine import AudioConstraint, TransformersEngine
+
+    if settings.orpheus_dummy_weights:
+        from orpheus_tts.dummy import build_dummy_llama, build_dummy_tokenizer
+
+        if settings.orpheus_engine == "vllm":
+            logger.warning("dummy weights run on the transformers engine, not vLLM")
+        engine = TransformersEngine(
+            build_dummy_llama(settings.max_model_len),
+            device=settings.orpheus_device,
+            max_model_len=settings.max_model_len,
+            max_concurrency=settings.transformers_max_concurrency,
+            # A random Llama rarely emits audio tokens: constrain it (the plumbing stays real).
+            constraint=AudioConstraint(max_frames=settings.dummy_max_frames),
+        )
+        return engine, build_dummy_tokenizer()
+
+    model_dir = _require_dir(
+        settings.orpheus_model_dir, ORPHEUS_HF_REPO, "orpheus_model_dir", ("config.json",)
+    )
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if settings.orpheus_engine == "vllm":
+        from orpheus_tts.vllm_engine import VllmEngine
+
+        if settings.orpheus_device != "cuda":
+            raise RuntimeError("orpheus_engine=vllm needs orpheus_device=cuda (a GPU)")
+        engine: TokenEngine = VllmEngine(
+            model_dir,
+            max_model_len=settings.max_model_len,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            dtype=settings.orpheus_dtype,
+            quantization=settings.orpheus_quantization or None,
+            max_num_seqs=settings.max_num_seqs,
+            enable_prefix_caching=settings.enable_prefix_caching,
+        )
+    else:
+        dtype = "auto" if settings.orpheus_device == "cpu" else settings.orpheus_dtype
+        engine = TransformersEngine.from_pretrained(
+            model_dir,
+            device=settings.orpheus_device,
+            dtype=dtype,
+            max_model_len=settings.max_model_len,
+            max_concurrency=settings.transformers_max_concurrency,
+            constraint=AudioConstraint() if settings.orpheus_constrain_audio else None,
+        )
+    return engine, tokenizer
+
+
+def load_runtime(settings: OrpheusSettings) -> OrpheusRuntime:
+    """Load, start and warm everything (sync; call from ``model.load()``)."""
+    _check_device(settings.orpheus_device, "orpheus_device")
+    snac_device = settings.snac_device or settings.orpheus_device
+    _check_device(snac_device, "snac_device")
+    policy = settings.window_policy
+
+    snac_dir = None
+    if not settings.orpheus_dummy_weights:
+        snac_dir = _require_dir(
+            settings.snac_model_dir, SNAC_HF_REPO, "snac_model_dir",
+            ("config.json", "pytorch_model.bin"),
+        )
+    codec = SnacCodec(
+        build_snac(snac_dir, device=snac_device, noise=settings.snac_noise),
+        device=snac_device,
+        compile=settings.snac_compile,
+    )
+    # Steady windows and the head windows (shorter: no left context yet) are what streams send.
+    shapes = list(range(policy.frames_before_first_audio, policy.window_frames + 1))
+    codec.warmup(shapes, settings.decode_max_batch)
+    decoder = SnacDecodeService(
+        codec, max_batch=settings.decode_max_batch, max_wait_ms=settings.decode_max_wait_ms
+    ).start()
+
+    try:
+        engine, tokenizer = _build_engine(settings)
+    except BaseException:
+        decoder.stop()
+        raise
+    try:
+        _run_blocking(engine.warmup())
+    except BaseException:
+        decoder.stop()
+        engine.shutdown()
+        raise
+    synthesizer = Synthesizer(engine, tokenizer, decoder, policy)
+    logger.info(
+        "orpheus runtime ready: engine=%s device=%s dummy=%s window=%s",
+        settings.orpheus_engine, settings.orpheus_device, settings.orpheus_dummy_weights, policy,
+    )
+    return OrpheusRuntime(settings, engine, tokenizer, decoder, synthesizer)
