@@ -1,0 +1,190 @@
+"""Settings, load errors, and the vLLM engine's loop bridge against a fake ``vllm`` module.
+
+vLLM itself cannot be installed on CPU; the fake implements the documented surface the engine uses
+(AsyncEngineArgs, AsyncLLM.from_engine_args/generate/abort/shutdown, TokensPrompt, SamplingParams,
+RequestOutputKind.DELTA) so the threading, streaming and abort logic is exercised for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import types
+from dataclasses import dataclass, field
+
+import pytest
+
+from orpheus_tts.engine import SamplingParams
+from orpheus_tts.runtime import OrpheusSettings, WeightsNotFound, load_runtime
+from orpheus_tts.tokens import END_OF_SPEECH_TOKEN_ID
+
+
+# -- settings ---------------------------------------------------------------------------------
+def test_settings_from_metadata_with_env_overrides():
+    s = OrpheusSettings.from_metadata(
+        {"orpheus_engine": "vllm", "max_model_len": 8192, "unrelated": 1, "snac_noise": True},
+        environ={"ORPHEUS_ENGINE": "transformers", "SNAC_NOISE": "0", "DECODE_MAX_BATCH": "4"},
+    )
+    assert s.orpheus_engine == "transformers"
+    assert s.max_model_len == 8192
+    assert s.snac_noise is False
+    assert s.decode_max_batch == 4  # env override of a key config.yaml does not list
+    assert s.orpheus_model_dir == "/app/weights/orpheus"
+    assert s.window_policy.tokens_before_first_audio == 21
+
+
+def test_settings_reject_unknown_engine():
+    with pytest.raises(ValueError, match="orpheus_engine"):
+        OrpheusSettings.from_metadata({"orpheus_engine": "tgi"}, environ={})
+
+
+def test_missing_weights_error_says_what_is_needed(tmp_path):
+    settings = OrpheusSettings.from_metadata(
+        {
+            "orpheus_engine": "transformers",
+            "orpheus_device": "cpu",
+            "orpheus_model_dir": str(tmp_path / "orpheus"),
+            "snac_model_dir": str(tmp_path / "snac"),
+        },
+        environ={},
+    )
+    with pytest.raises(WeightsNotFound) as err:
+        load_runtime(settings)
+    message = str(err.value)
+    for needed in ("hf_access_token", "ORPHEUS_DUMMY_WEIGHTS=1", "SNAC_MODEL_DIR", "snac_24khz"):
+        assert needed in message
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="no GPU"):
+        load_runtime(OrpheusSettings.from_metadata({"orpheus_dummy_weights": True}, environ={}))
+
+
+def test_vllm_engine_without_vllm_names_the_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm → ImportError
+    from orpheus_tts.vllm_engine import VllmEngine
+
+    with pytest.raises(RuntimeError, match="ORPHEUS_ENGINE=transformers"):
+        VllmEngine("/nowhere")
+
+
+# -- fake vllm ----------------------------------------------------------------------------------
+@dataclass
+class _Completion:
+    token_ids: list[int]
+
+
+@dataclass
+class _Output:
+    outputs: list[_Completion]
+    finished: bool
+
+
+@dataclass
+class _FakeAsyncLLM:
+    args: dict
+    hang: bool = False
+    loop_thread: str = ""
+    aborted: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    seen: list[tuple] = field(default_factory=list)
+    shut_down: bool = False
+
+    @classmethod
+    def from_engine_args(cls, args):
+        asyncio.get_running_loop()  # must be created on a running loop (the engine loop)
+        return cls(args.kwargs, loop_thread=threading.current_thread().name)
+
+    async def generate(self, prompt, sampling_params, request_id):
+        assert threading.current_thread().name == self.loop_thread
+        self.seen.append((request_id, prompt["prompt_token_ids"], sampling_params.kwargs))
+        tokens = [128266 + i for i in range(6)] + [END_OF_SPEECH_TOKEN_ID]
+        try:
+            for i in range(0, len(tokens), 3):
+                await asyncio.sleep(0.001)
+                last = i + 3 >= len(tokens)
+                yield _Output([_Completion(tokens[i : i + 3])], finished=last and not self.hang)
+            if self.hang:
+                await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(request_id)
+            raise
+
+    async def abort(self, request_id):
+        self.aborted.append(request_id)
+
+    def shutdown(self):
+        self.shut_down = True
+
+
+class _Kwargs:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    vllm = types.ModuleType("vllm")
+    vllm.AsyncEngineArgs = _Kwargs
+    vllm.SamplingParams = _Kwargs
+    vllm.TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
+    sampling = types.ModuleType("vllm.sampling_params")
+    sampling.RequestOutputKind = types.SimpleNamespace(DELTA="delta")
+    async_llm = types.ModuleType("vllm.v1.engine.async_llm")
+    async_llm.AsyncLLM = _FakeAsyncLLM
+    for name, module in {
+        "vllm": vllm,
+        "vllm.sampling_params": sampling,
+        "vllm.v1": types.ModuleType("vllm.v1"),
+        "vllm.v1.engine": types.ModuleType("vllm.v1.engine"),
+        "vllm.v1.engine.async_llm": async_llm,
+    }.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    from orpheus_tts.vllm_engine import VllmEngine
+
+    engine = VllmEngine("/weights/orpheus", max_model_len=100, quantization="")
+    yield engine
+    engine.shutdown()
+    assert engine._engine.shut_down  # noqa: SLF001
+
+
+async def test_vllm_streams_delta_tokens_from_its_own_loop(fake_vllm):
+    fake = fake_vllm._engine  # noqa: SLF001
+    assert fake.loop_thread == "vllm-engine-loop"
+    assert fake.args["max_model_len"] == 100 and fake.args["quantization"] is None
+    prompt = [128259, 128000, 1, 2, 128009, 128260, 128261, 128257]
+    ids = [t async for t in fake_vllm.generate("g1", prompt, SamplingParams(max_tokens=2000))]
+    assert ids == [128266 + i for i in range(6)] + [END_OF_SPEECH_TOKEN_ID]
+    request_id, sent_prompt, sp = fake.seen[0]
+    assert (request_id, sent_prompt) == ("g1", prompt)
+    assert sp["max_tokens"] == 100 - len(prompt)  # clipped to the context
+    assert sp["stop_token_ids"] == [END_OF_SPEECH_TOKEN_ID]
+    assert sp["output_kind"] == "delta" and sp["detokenize"] is False
+    assert fake_vllm.aborted == [] and fake.aborted == []
+
+
+async def test_vllm_close_aborts_the_request(fake_vllm):
+    fake = fake_vllm._engine  # noqa: SLF001
+    fake.hang = True
+    stream = fake_vllm.generate("g2", [1, 2, 3], SamplingParams())
+    first = await stream.__anext__()
+    assert first == 128266
+    await stream.aclose()
+    for _ in range(100):  # the abort runs on the engine loop thread
+        if fake.cancelled and fake.aborted:
+            break
+        await asyncio.sleep(0.01)
+    assert fake.cancelled == ["g2"] and "g2" in fake.aborted
+    assert fake_vllm.aborted == ["g2"]
+
+
+async def test_vllm_warmup_from_a_sync_caller(fake_vllm):
+    from orpheus_tts.runtime import _run_blocking
+
+    _run_blocking(fake_vllm.warmup())  # what load_runtime does from model.load()'s thread
+    assert fake_vllm._engine.seen[-1][0] == "warmup"  # noqa: SLF001
