@@ -85,10 +85,12 @@ def test_v2_v3_metadata(whisper_server, shape):
     metadata = {
         vad_key: VAD,
         "streaming_params": {"encoding": "pcm_s16le", "sample_rate": 16000},
-        "whisper_params": {"audio_language": "en", "show_word_timestamps": True},
+        "whisper_params": {"audio_language": "en" if shape == "v2" else "auto",
+                           "prompt": "Orders and deliveries.", "show_word_timestamps": True},
     }
     result = run(stream(whisper_server.ws_url, frames_of(audio), metadata, frame_s=FRAME_S, realtime=False))
     assert result.finished and wer(ref["text"], result.transcript) <= 0.15, result.transcript
+    assert all(f["language_code"] == "en" for f in result.finals)
     words = [w for f in result.finals for s in f["segments"] for w in s["word_timestamps"]]
     assert len(words) >= 10 and all({"word", "start_time", "end_time", "prob"} <= w.keys() for w in words)
 
