@@ -141,6 +141,20 @@ def test_hysteresis_between_neg_threshold_and_threshold_keeps_speech() -> None:
     _assert_ramp(ended.audio, 0, 21 * WINDOW_SAMPLES)
 
 
+def test_hysteresis_a_pause_goes_on_until_prob_reaches_threshold() -> None:
+    """Silero's rule: once a pause started (< neg_threshold), 0.35..0.5 does not end it."""
+    opts = VadOptions(threshold=0.5, min_silence_duration_ms=100, speech_pad_ms=0)
+    f = Feeder(opts)
+    f.push(SPEECH, 0.1, 0.4, 0.4)  # pause starts, then in-between values: still pausing
+    assert f.ended() == [] and f.seg.silence_ms == pytest.approx(96.0)
+    f.push(0.4)  # 4 windows = 128 ms >= 100 ms
+    (ended,) = f.ended()
+    _assert_ramp(ended.audio, 0, WINDOW_SAMPLES)
+    g = Feeder(opts)
+    g.push(SPEECH, 0.1, 0.6, 0.1, 0.1, 0.1)  # speech at threshold resets the pause
+    assert g.ended() == [] and g.seg.in_speech
+
+
 def test_speech_in_the_middle_of_silence_resets_the_count() -> None:
     f = Feeder(VadOptions(min_silence_duration_ms=300, speech_pad_ms=0))
     f.push(SPEECH, *[SILENCE] * 9, SPEECH, *[SILENCE] * 9)

@@ -130,7 +130,9 @@ class VadSegmenter:
 
         self._utterance.append(window)
         self._probs.append(prob)
-        if prob >= self.options.neg_threshold:
+        # Silero's hysteresis: a pause starts below neg_threshold and only speech at or above
+        # threshold ends it; in between, an ongoing pause goes on and ongoing speech goes on.
+        if prob >= self.options.threshold or (prob >= self.options.neg_threshold and not self._silence):
             self._silence = 0
             self._last_speech_end = self._position
         else:
