@@ -224,13 +224,18 @@ def stream_decode_sync(codec: SnacCodec, frames: np.ndarray, policy: Any) -> np.
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
 
 
-def seam_error(codec: SnacCodec, frames: np.ndarray, policy: Any) -> dict[str, float]:
+def seam_error(
+    codec: SnacCodec, frames: np.ndarray, policy: Any, offline: np.ndarray | None = None
+) -> dict[str, float]:
     """Streamed vs offline decode of the same codes (use a codec with noise off).
 
     Returns ``max_abs`` (int16 LSB), ``max_abs_rel_peak`` (max error / offline peak),
-    ``rms_rel`` (RMS error / RMS signal) and the sample counts of both decodes.
+    ``rms_rel`` (RMS error / RMS signal) and the sample counts of both decodes. ``offline``: the
+    offline int16 decode of ``frames`` if already computed.
     """
-    offline = codec.decode_offline(frames).astype(np.float64)
+    if offline is None:
+        offline = codec.decode_offline(frames)
+    offline = offline.astype(np.float64)
     streamed = stream_decode_sync(codec, frames, policy).astype(np.float64)
     if streamed.shape != offline.shape:
         return {"streamed_samples": streamed.size, "offline_samples": offline.size}
