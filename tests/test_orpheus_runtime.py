@@ -188,3 +188,55 @@ async def test_vllm_warmup_from_a_sync_caller(fake_vllm):
 
     _run_blocking(fake_vllm.warmup())  # what load_runtime does from model.load()'s thread
     assert fake_vllm._engine.seen[-1][0] == "warmup"  # noqa: SLF001
+
+
+# -- the real-weights loading path, with small random checkpoints written to disk ---------------
+@pytest.fixture(scope="module")
+def weights_dirs(tmp_path_factory):
+    import json
+
+    import torch
+    from snac import SNAC
+
+    from orpheus_tts.dummy import build_dummy_llama, build_dummy_tokenizer
+    from orpheus_tts.snac_decoder import SNAC_24KHZ_CONFIG
+
+    root = tmp_path_factory.mktemp("weights")
+    orpheus_dir, snac_dir = root / "orpheus", root / "snac"
+    build_dummy_llama(max_model_len=512).save_pretrained(orpheus_dir)
+    build_dummy_tokenizer().save_pretrained(orpheus_dir)
+    snac_dir.mkdir()
+    config = {**SNAC_24KHZ_CONFIG, "decoder_dim": 64}  # narrow: same format, quick to save
+    (snac_dir / "config.json").write_text(json.dumps(config))
+    torch.save(SNAC(**config).state_dict(), snac_dir / "pytorch_model.bin")
+    return orpheus_dir, snac_dir
+
+
+async def test_checkpoint_directories_load_and_serve_on_transformers(weights_dirs):
+    from orpheus_tts.synth import GenerationStats
+
+    orpheus_dir, snac_dir = weights_dirs
+    settings = OrpheusSettings.from_metadata(
+        {
+            "orpheus_engine": "transformers",
+            "orpheus_device": "cpu",
+            "orpheus_model_dir": str(orpheus_dir),
+            "snac_model_dir": str(snac_dir),
+            "max_model_len": 512,
+            "decode_max_batch": 2,
+            "orpheus_constrain_audio": True,  # real weights: off by default; on here so a
+            # random model yields frames (the unmasked path is tested in test_orpheus_engine)
+        },
+        environ={},
+    )
+    runtime = load_runtime(settings)
+    try:
+        assert runtime.tokenizer("tara: a")["input_ids"][0] == 128000
+        stats = GenerationStats()
+        params = SamplingParams(max_tokens=29, seed=0)
+        pcm = b"".join([c async for c in runtime.synthesizer.stream("a", "tara", params, "r", stats)])
+        assert stats.tokens <= 29
+        assert len(pcm) == stats.frames * 4096
+        assert stats.frames == 4 and stats.dropped_tokens == 0  # 4 frames + stop in 29 tokens
+    finally:
+        runtime.shutdown()
