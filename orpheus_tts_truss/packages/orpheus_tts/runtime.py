@@ -213,34 +213,35 @@ def load_runtime(settings: OrpheusSettings) -> OrpheusRuntime:
     snac_device = settings.snac_device or settings.orpheus_device
     _check_device(snac_device, "snac_device")
     policy = settings.window_policy
-
     snac_dir = None
     if not settings.orpheus_dummy_weights:
         snac_dir = _require_dir(
             settings.snac_model_dir, SNAC_HF_REPO, "snac_model_dir",
             ("config.json", "pytorch_model.bin"),
         )
-    codec = SnacCodec(
-        build_snac(snac_dir, device=snac_device, noise=settings.snac_noise),
-        device=snac_device,
-        compile=settings.snac_compile,
-    )
-    # Steady windows and the head windows (shorter: no left context yet) are what streams send.
-    shapes = list(range(policy.frames_before_first_audio, policy.window_frames + 1))
-    codec.warmup(shapes, settings.decode_max_batch)
-    decoder = SnacDecodeService(
-        codec, max_batch=settings.decode_max_batch, max_wait_ms=settings.decode_max_wait_ms
-    ).start()
 
+    # The engine first: vLLM starts its engine-core process, which must happen before this
+    # process initialises CUDA (SNAC on the GPU), or vLLM has to fall back to spawn.
+    engine, tokenizer = _build_engine(settings)
+    decoder: SnacDecodeService | None = None
     try:
-        engine, tokenizer = _build_engine(settings)
-    except BaseException:
-        decoder.stop()
-        raise
-    try:
+        codec = SnacCodec(
+            build_snac(snac_dir, device=snac_device, noise=settings.snac_noise),
+            device=snac_device,
+            compile=settings.snac_compile,
+        )
+        # Head windows (no left context yet) are shorter than steady ones: warm every size.
+        codec.warmup(
+            range(policy.frames_before_first_audio, policy.window_frames + 1),
+            settings.decode_max_batch,
+        )
+        decoder = SnacDecodeService(
+            codec, max_batch=settings.decode_max_batch, max_wait_ms=settings.decode_max_wait_ms
+        ).start()
         _run_blocking(engine.warmup())
     except BaseException:
-        decoder.stop()
+        if decoder is not None:
+            decoder.stop()
         engine.shutdown()
         raise
     synthesizer = Synthesizer(engine, tokenizer, decoder, policy)

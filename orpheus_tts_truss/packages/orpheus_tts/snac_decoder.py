@@ -38,6 +38,7 @@ SNAC_24KHZ_CONFIG: dict[str, Any] = {
     "noise": True,
     "depthwise": True,
 }
+CPU_WARMUP_MAX_BATCH = 4
 INT16_FULL_SCALE = 32767  # SNAC ends in tanh: |x| <= 1, so x * 32767 fits int16
 
 _DECODE_SECONDS = metrics.histogram(
@@ -154,7 +155,12 @@ class SnacCodec:
         return results
 
     def warmup(self, window_frames: Sequence[int], max_batch: int) -> None:
-        """Run each steady window shape at batch 1 and ``max_batch`` (compile, allocator, caches)."""
+        """Run each window shape at batch 1 and ``max_batch`` (compile, allocator, caches).
+
+        On CPU a full-size batch costs seconds per shape at load for little gain: cap it at 4.
+        """
+        if self.device.type == "cpu":
+            max_batch = min(max_batch, CPU_WARMUP_MAX_BATCH)
         for n in window_frames:
             for b in sorted({1, max_batch}):
                 self.decode_frames_batch(np.zeros((b, n, 7), dtype=np.int64))
