@@ -13,8 +13,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from scripts import serve
-from tests.conftest import ECHO_TRUSS_DIR, FAILING_TRUSS_DIR
 from scripts.serving import REPO_ROOT, SERVE_SCRIPT, ServedTruss, ServeError, _python, serve_truss
+from tests.conftest import ECHO_TRUSS_DIR, FAILING_TRUSS_DIR
 
 FAILURE_MESSAGE = "deliberate load failure from failing_truss"  # failing_truss/model/model.py
 RECV_TIMEOUT_S = 10.0
