@@ -18,7 +18,12 @@ import numpy as np
 import torch
 
 from orpheus_tts.snac_stream import DecodeWindow
-from orpheus_tts.tokens import SAMPLES_PER_FRAME, frames_to_codes, validate_frames
+from orpheus_tts.tokens import (
+    SAMPLE_RATE_HZ,
+    SAMPLES_PER_FRAME,
+    frames_to_codes,
+    validate_frames,
+)
 from speech_common import metrics
 from speech_common.batching import BatchWorker
 
@@ -258,12 +263,18 @@ def seam_error(
 
 
 def decode_throughput(
-    codec: SnacCodec, *, streams: int, window_frames: int, windows_per_stream: int, batched: bool
+    codec: SnacCodec,
+    *,
+    streams: int,
+    window_frames: int,
+    windows_per_stream: int,
+    batched: bool,
+    hop_frames: int = 1,
 ) -> dict[str, float]:
     """Windows/s and audio-seconds/s for ``streams`` concurrent streams of steady windows.
 
     ``batched``: each round decodes all streams' windows as one batch (what the worker does);
-    otherwise one window at a time.
+    otherwise one window at a time. Each window emits ``hop_frames`` frames of audio.
     """
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 4096, size=(streams, window_frames, 7))
@@ -282,7 +293,6 @@ def decode_throughput(
     return {
         "streams": float(streams),
         "windows_per_s": windows / elapsed,
-        # one emitted frame per steady window (hop 1)
-        "audio_s_per_s": windows * SAMPLES_PER_FRAME / 24000 / elapsed,
+        "audio_s_per_s": windows * hop_frames * SAMPLES_PER_FRAME / SAMPLE_RATE_HZ / elapsed,
         "elapsed_s": elapsed,
     }
