@@ -367,3 +367,15 @@ def test_limits_from_metadata() -> None:
     assert limits.max_frame_chars == 10 and limits.lookahead_generations == 2
     with pytest.raises(ValueError):
         SessionLimits.from_metadata({"tts_lookahead_generations": -1})
+
+
+def test_config_yaml_session_limits_are_the_defaults() -> None:
+    # The e2e tests read limits from SessionLimits(); the served config must agree with it.
+    import pathlib
+
+    import yaml
+
+    config = pathlib.Path(__file__).resolve().parents[1] / "orpheus_tts_truss" / "config.yaml"
+    metadata = yaml.safe_load(config.read_text())["model_metadata"]
+    assert any(key.startswith("tts_") for key in metadata)
+    assert SessionLimits.from_metadata(metadata) == SessionLimits()

@@ -1,0 +1,207 @@
+"""Orpheus TTS through the real Truss server (scripts/serve.py --dummy-weights) over WebSockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from orpheus_tts.schema import MAX_TOKENS_LIMIT
+from orpheus_tts.session import SessionLimits
+from orpheus_tts.tokens import BYTES_PER_SAMPLE, SAMPLES_PER_FRAME
+
+pytestmark = pytest.mark.e2e
+
+BYTES_PER_FRAME = SAMPLES_PER_FRAME * BYTES_PER_SAMPLE
+# Small budgets keep the CPU dummy engine quick: 70 tokens = 10 frames ≈ 0.85 s of audio.
+SHORT_CONFIG = {"voice": "tara", "max_tokens": 70, "buffer_size": 10}
+LIMITS = SessionLimits()  # the server runs the config.yaml defaults, which equal these
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample's value from Prometheus text (0 when absent)."""
+    wanted = {f'{k}="{v}"' for k, v in labels.items()}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if not match or match["name"] != name:
+            continue
+        have = set(filter(None, (match["labels"] or "").split(",")))
+        if wanted <= have:
+            return float(match["value"])
+    return 0.0
+
+
+async def published_client(url: str, text: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Baseten's published Orpheus client, unchanged except that it collects instead of playing."""
+    played: list[bytes] = []
+    texts: list[str] = []
+    async with aiohttp.ClientSession() as sess:
+        async with sess.ws_connect(url) as ws:
+            await ws.send_json(config)
+            for word in text.strip().split():
+                await ws.send_str(word)
+            await ws.send_str("__END__")
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    played.append(msg.data)
+                elif msg.type == aiohttp.WSMsgType.TEXT:
+                    texts.append(msg.data)
+        return {"audio": played, "texts": texts, "close_code": ws.close_code}
+
+
+async def send_frames(url: str, frames: list[str | bytes]) -> dict[str, Any]:
+    """Send raw frames, then read until the server closes."""
+    async with aiohttp.ClientSession() as sess:
+        async with sess.ws_connect(url) as ws:
+            for frame in frames:
+                if isinstance(frame, bytes):
+                    await ws.send_bytes(frame)
+                else:
+                    await ws.send_str(frame)
+            audio, texts = [], []
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    audio.append(msg.data)
+                elif msg.type == aiohttp.WSMsgType.TEXT:
+                    texts.append(json.loads(msg.data))
+        return {"audio": audio, "errors": texts, "close_code": ws.close_code}
+
+
+async def test_published_client_round_trip(orpheus_server: Any) -> None:
+    before = orpheus_server.metrics_text()
+    result = await asyncio.wait_for(
+        published_client(orpheus_server.ws_url, "Hello there. How are you today?", SHORT_CONFIG),
+        120,
+    )
+    after = orpheus_server.metrics_text()
+    pcm = b"".join(result["audio"])
+    assert result["close_code"] == 1000
+    assert result["texts"] == []
+    assert pcm and len(pcm) % BYTES_PER_SAMPLE == 0
+    # Two sentences, two generations, each decoded to whole SNAC frames (head and tail flushed).
+    generations = metric(after, "orpheus_generations_total") - metric(
+        before, "orpheus_generations_total"
+    )
+    assert generations == 2
+    # Every frame the engine produced is decoded and sent once: head and tail flushed, no repeats.
+    frames = metric(after, "orpheus_audio_frames_total") - metric(
+        before, "orpheus_audio_frames_total"
+    )
+    assert frames > 0
+    assert len(pcm) == frames * BYTES_PER_FRAME
+    assert frames <= generations * (SHORT_CONFIG["max_tokens"] // 7)
+    sent = metric(after, "orpheus_audio_bytes_sent_total") - metric(
+        before, "orpheus_audio_bytes_sent_total"
+    )
+    assert sent == len(pcm)
+    assert metric(after, "orpheus_time_to_first_audio_seconds_count") > metric(
+        before, "orpheus_time_to_first_audio_seconds_count"
+    )
+
+
+async def test_disconnect_mid_stream_aborts_generation(orpheus_server: Any) -> None:
+    before = orpheus_server.metrics_text()
+    async with aiohttp.ClientSession() as sess:
+        async with sess.ws_connect(orpheus_server.ws_url) as ws:
+            await ws.send_json({"voice": "tara", "max_tokens": 2000, "buffer_size": 10})
+            for word in ("A long sentence that keeps the engine busy for a while. " * 3).split():
+                await ws.send_str(word)
+            await ws.send_str("__END__")
+            first = await asyncio.wait_for(ws.receive(), 120)
+            assert first.type == aiohttp.WSMsgType.BINARY
+            assert metric(orpheus_server.metrics_text(), "orpheus_active_generations") >= 1
+            closed_at = time.monotonic()
+    # The client is gone. Poll until the server shows the abort.
+    while True:
+        text = orpheus_server.metrics_text()
+        aborted = metric(text, "orpheus_aborted_generations_total", reason="client_gone")
+        if aborted > metric(before, "orpheus_aborted_generations_total", reason="client_gone"):
+            if metric(text, "orpheus_active_generations") == 0:
+                break
+        assert time.monotonic() - closed_at < 5, "generation was not aborted"
+        await asyncio.sleep(0.005)
+    # Server side: from the disconnect to every engine request released.
+    count = metric(text, "orpheus_abort_seconds_count")
+    within = metric(text, "orpheus_abort_seconds_bucket", le="0.1")
+    assert count > metric(before, "orpheus_abort_seconds_count")
+    assert within == count, "an abort took longer than 100 ms"
+
+
+async def test_eight_concurrent_sessions(orpheus_server: Any) -> None:
+    # 28 tokens = 4 frames per session: SNAC on two CPU cores is the slow part here.
+    config = {**SHORT_CONFIG, "max_tokens": 28}
+    texts = [f"Session number {i} says hello." for i in range(8)]
+    before = orpheus_server.metrics_text()
+    results = await asyncio.wait_for(
+        asyncio.gather(*(published_client(orpheus_server.ws_url, t, config) for t in texts)),
+        300,
+    )
+    after = orpheus_server.metrics_text()
+    total = 0
+    for result in results:
+        pcm = b"".join(result["audio"])
+        assert result["close_code"] == 1000 and result["texts"] == []
+        assert pcm and len(pcm) % BYTES_PER_FRAME == 0
+        total += len(pcm)
+    frames = metric(after, "orpheus_audio_frames_total") - metric(
+        before, "orpheus_audio_frames_total"
+    )
+    assert total == frames * BYTES_PER_FRAME
+
+
+_CONFIG = json.dumps(SHORT_CONFIG)
+_WIDE = json.dumps({**SHORT_CONFIG, "buffer_size": 200})
+_BIG_WORD = "x" * LIMITS.max_frame_chars
+_FRAMES_OVER_SESSION_LIMIT = LIMITS.max_session_chars // LIMITS.max_frame_chars + 1
+
+
+@pytest.mark.parametrize(
+    ("frames", "error_type"),
+    [
+        pytest.param(["{not json"], "invalid_json", id="non-json"),
+        pytest.param([json.dumps({"voice": "nobody"})], "invalid_config", id="unknown-voice"),
+        pytest.param([json.dumps({"max_tokens": "many"})], "invalid_config", id="non-numeric"),
+        pytest.param(
+            [json.dumps({"max_tokens": MAX_TOKENS_LIMIT + 1})], "invalid_config", id="too-many"
+        ),
+        pytest.param([json.dumps({"buffer_size": 0})], "invalid_config", id="buffer-zero"),
+        pytest.param([json.dumps({"top_p": 2.0})], "invalid_config", id="top-p-range"),
+        pytest.param([b'{"voice": "tara"}'], "invalid_config", id="binary-config"),
+        pytest.param([_CONFIG, "Hello", b"\x01\x02"], "unsupported_frame", id="binary-word"),
+        pytest.param([_CONFIG, _BIG_WORD + "y"], "frame_too_large", id="frame-too-large"),
+        pytest.param(
+            [_WIDE] + [_BIG_WORD] * _FRAMES_OVER_SESSION_LIMIT,
+            "session_too_large",
+            id="session-too-large",
+        ),
+    ],
+)
+async def test_bad_input_gets_error_frame_and_1008(
+    orpheus_server: Any, frames: list[str | bytes], error_type: str
+) -> None:
+    result = await asyncio.wait_for(send_frames(orpheus_server.ws_url, frames), 60)
+    assert result["close_code"] == 1008
+    assert len(result["errors"]) == 1
+    error = result["errors"][0]
+    assert error["type"] == "error"
+    assert error["body"]["error_type"] == error_type
+    assert error["body"]["message"]
+    assert error["body"]["recoverable"] is False
+
+
+async def test_bad_session_does_not_disturb_a_good_one(orpheus_server: Any) -> None:
+    good, bad = await asyncio.wait_for(
+        asyncio.gather(
+            published_client(orpheus_server.ws_url, "All is well here.", SHORT_CONFIG),
+            send_frames(orpheus_server.ws_url, [_CONFIG, "Hi", b"\x00"]),
+        ),
+        120,
+    )
+    assert bad["close_code"] == 1008
+    assert good["close_code"] == 1000 and good["audio"]
