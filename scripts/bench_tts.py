@@ -116,10 +116,10 @@ def snac_section() -> dict[str, Any]:
     """Batched vs one-at-a-time SNAC decode throughput, and tokens before the first audio."""
     import torch
 
+    from orpheus_tts.runtime import OrpheusSettings
     from orpheus_tts.snac_decoder import SnacCodec, build_snac, decode_throughput
-    from orpheus_tts.snac_stream import WindowPolicy
 
-    policy = WindowPolicy()
+    policy = OrpheusSettings().window_policy  # what the server runs
     codec = SnacCodec(build_snac(None, noise=False), device="cpu")
     rows = []
     for streams in SNAC_STREAM_COUNTS:
@@ -131,6 +131,7 @@ def snac_section() -> dict[str, Any]:
                 window_frames=policy.window_frames,
                 windows_per_stream=SNAC_WINDOWS_PER_STREAM,
                 batched=batched,
+                hop_frames=policy.hop_frames,
             )
             key = "batched" if batched else "one_at_a_time"
             row[f"{key}_windows_per_s"] = round(measured["windows_per_s"], 1)

@@ -39,6 +39,7 @@ class FakeWebSocket:
         self.closed = asyncio.Event()
         self.first_audio = asyncio.Event()
         self.broken = False  # sends fail, as on a dropped TCP connection
+        self.send_gate: asyncio.Event | None = None  # a slow client: sends wait for it
 
     def text(self, text: str) -> None:
         self._incoming.put_nowait({"type": "websocket.receive", "text": text})
@@ -59,6 +60,8 @@ class FakeWebSocket:
     async def send_bytes(self, data: bytes) -> None:
         if self.broken:
             raise RuntimeError("socket is gone")
+        if self.send_gate is not None:
+            await self.send_gate.wait()
         self.audio.append(data)
         self.first_audio.set()
 
@@ -195,22 +198,43 @@ async def test_generation_starts_before_end_of_input() -> None:
 
 
 async def test_next_generation_starts_while_current_is_sent_with_bounded_lookahead() -> None:
-    gate = asyncio.Event()
-    ws, synth = FakeWebSocket(), FakeSynthesizer(gate=gate)
+    ws, synth = FakeWebSocket(), FakeSynthesizer()
+    ws.send_gate = asyncio.Event()  # the client reads slowly: audio of "One." is still queued
     ws.text(json.dumps(CONFIG))
     ws.words("One. Two. Three. Four.")
     ws.text("__END__")
-    task = asyncio.create_task(_session(ws, synth, SessionLimits(lookahead_generations=1)).run())
-    await _wait_for(lambda: len(synth.calls) >= 2)
+    limits = SessionLimits(lookahead_generations=1, engine_generations=1)
+    task = asyncio.create_task(_session(ws, synth, limits).run())
+    await _wait_for(lambda: len(synth.calls) >= 2 and synth.calls[1].finished)
     await asyncio.sleep(0.05)
-    # Generation 1 is still streaming (gated); exactly one more has started ahead of it.
+    # "One." is generated but not yet sent; "Two." was generated meanwhile; no third one yet.
     assert [c.text for c in synth.calls] == ["One.", "Two."]
-    assert not synth.calls[0].finished
-    assert _audio_text(ws) == "[One.#0]"
-    gate.set()
+    assert ws.audio == []
+    ws.send_gate.set()
     await asyncio.wait_for(task, 5)
     assert [c.text for c in synth.calls] == ["One.", "Two.", "Three.", "Four."]
-    assert _audio_text(ws).startswith("[One.#0][One.#1][One.#2][Two.#0]")
+    assert _audio_text(ws) == "".join(
+        f"[{t}#{i}]" for t in ("One.", "Two.", "Three.", "Four.") for i in range(3)
+    )
+
+
+@pytest.mark.parametrize("engine_generations", [1, 2])
+async def test_engine_generations_per_session(engine_generations: int) -> None:
+    gate = asyncio.Event()  # generations stop after their first chunk until opened
+    ws, synth = FakeWebSocket(), FakeSynthesizer(gate=gate)
+    ws.text(json.dumps(CONFIG))
+    ws.words("One. Two. Three.")
+    ws.text("__END__")
+    limits = SessionLimits(lookahead_generations=2, engine_generations=engine_generations)
+    task = asyncio.create_task(_session(ws, synth, limits).run())
+    await _wait_for(lambda: len(synth.calls) >= engine_generations)
+    await asyncio.sleep(0.05)
+    # While "One." is still generating, only engine_generations requests are in the engine.
+    assert len(synth.calls) == engine_generations
+    assert not synth.calls[0].finished
+    gate.set()
+    await asyncio.wait_for(task, 5)
+    assert [c.text for c in synth.calls] == ["One.", "Two.", "Three."]
 
 
 async def test_disconnect_mid_stream_aborts_generations_at_once() -> None:
@@ -221,7 +245,8 @@ async def test_disconnect_mid_stream_aborts_generations_at_once() -> None:
     aborts_timed = _metric("orpheus_abort_seconds_count")
     ws.text(json.dumps(CONFIG))
     ws.words("One. Two. Three")
-    task = asyncio.create_task(_session(ws, synth).run())
+    limits = SessionLimits(engine_generations=2)
+    task = asyncio.create_task(_session(ws, synth, limits).run())
     await _wait_for(lambda: len(synth.calls) == 2)
     assert _metric("orpheus_active_generations") == active + 2
     started = time.monotonic()

@@ -3,11 +3,14 @@
 The session is a small pipeline of tasks so that nothing waits on anything it does not need:
 
     receiver ──chunks──▶ starter ──generations (in order)──▶ sender ──PCM──▶ client
-    (frames → TextBuffer)   (starts ≤ 1 + lookahead         (writes each generation's
-                             generations at a time)           audio in order)
+    (frames → TextBuffer)   (≤ 1 + lookahead alive,          (writes each generation's
+                             ≤ engine_generations running)    audio in order)
 
 * Text keeps being read while audio streams; the next chunk's generation starts while the
-  current one is still being sent (``lookahead_generations``).
+  current one is still being sent (``lookahead_generations``). By default a session has one
+  request in the engine at a time: the next starts as soon as the current one has finished
+  *generating* (its audio is usually still being sent, as generation outpaces real time), so a
+  session never takes a second engine slot from another session's first sentence.
 * Any failure or a disconnect cancels every task; a cancelled generation closes its
   ``Synthesizer.stream`` iterator, which aborts the engine request and its queued decode work.
 * Client errors end with a typed error frame and 1008, engine errors with 1011, success with 1000.
@@ -61,6 +64,9 @@ class SessionLimits:
     idle_timeout_s: float = 300.0
     # Generations started before the previous one has been fully sent.
     lookahead_generations: int = 1
+    # Generations of one session running in the engine at once (2 = the next one is generated
+    # in parallel with the current one instead of after it).
+    engine_generations: int = 1
     # Open sessions per replica before new ones are refused with 1013 (try again later); one
     # H100 sustains ~24 real-time streams, and most open sessions are idle between sentences.
     max_sessions: int = 64
@@ -76,6 +82,7 @@ class SessionLimits:
         limits = cls(**values)
         if (
             limits.lookahead_generations < 0
+            or limits.engine_generations < 1
             or limits.max_chunk_chars < 1
             or limits.max_sessions < 1
         ):
@@ -121,11 +128,19 @@ class _Generation:
     """One chunk's synthesis as a task; its audio is buffered until the sender takes it."""
 
     def __init__(
-        self, synthesizer: Synthesizer, chunk: _Chunk, voice: str, params: Any, request_id: str
+        self,
+        synthesizer: Synthesizer,
+        chunk: _Chunk,
+        voice: str,
+        params: Any,
+        request_id: str,
+        engine_slot: asyncio.Semaphore,
     ) -> None:
+        """Start at once; ``engine_slot`` (already acquired) is released when generation ends."""
         self.chunk = chunk
         self.request_id = request_id
         self.abort_reason = "client_gone"
+        self._engine_slot = engine_slot
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._task = asyncio.create_task(
             self._run(synthesizer, voice, params), name=f"tts-generation-{request_id}"
@@ -157,6 +172,7 @@ class _Generation:
             logger.exception("generation %s failed", self.request_id)
             self._queue.put_nowait(EngineFailure(f"{type(exc).__name__}: {exc}"))
         finally:
+            self._engine_slot.release()
             metrics.ACTIVE_GENERATIONS.dec()
             if not finished:
                 metrics.ABORTED_GENERATIONS.labels(reason=self.abort_reason).inc()
@@ -375,6 +391,7 @@ class TTSSession:
     async def _generate_and_send(self, config: SessionConfig, chunks: asyncio.Queue[Any]) -> None:
         """Start generations ahead (bounded) and write their audio to the client in order."""
         slots = asyncio.Semaphore(1 + self._limits.lookahead_generations)
+        engine_slots = asyncio.Semaphore(self._limits.engine_generations)
         ordered: asyncio.Queue[_Generation | Exception | None] = asyncio.Queue()
         started: list[_Generation] = []
 
@@ -386,7 +403,8 @@ class TTSSession:
                         ordered.put_nowait(None)
                         return
                     await slots.acquire()
-                    generation = self._start_generation(config, chunk)
+                    await engine_slots.acquire()
+                    generation = self._start_generation(config, chunk, engine_slots)
                     started.append(generation)
                     ordered.put_nowait(generation)
             except Exception as exc:  # hand it to the sender, which would otherwise wait forever
@@ -413,7 +431,9 @@ class TTSSession:
             for generation in started:
                 self._aborted_generations += await generation.cancel(self._abort_reason)
 
-    def _start_generation(self, config: SessionConfig, chunk: _Chunk) -> _Generation:
+    def _start_generation(
+        self, config: SessionConfig, chunk: _Chunk, engine_slot: asyncio.Semaphore
+    ) -> _Generation:
         self._generation_count += 1
         request_id = f"{self.session_id}-{self._generation_count}"
         params = dataclasses.replace(
@@ -422,7 +442,7 @@ class TTSSession:
             **config.sampling_overrides(),
         )
         logger.debug("generation %s: %d chars", request_id, len(chunk.text))
-        return _Generation(self._synth, chunk, config.voice, params, request_id)
+        return _Generation(self._synth, chunk, config.voice, params, request_id, engine_slot)
 
     async def _send_generation(self, generation: _Generation) -> None:
         try:
