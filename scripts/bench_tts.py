@@ -27,6 +27,7 @@ import os
 import platform
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,38 @@ def summarize(results: Sequence[TTSResult], wall_s: float) -> dict[str, Any]:
         "rtf_max": _round(max(rtf) if rtf else None, 3),
         "frames": sum(len(r.frame_times) for r in ok),
     }
+
+
+_SERVER_HISTOGRAMS = {
+    # session: last word of the first chunk -> first audio byte sent
+    "server_ttfa_ms_mean": "orpheus_time_to_first_audio_seconds",
+    # engine + SNAC: generation start -> its first PCM chunk
+    "server_generation_first_audio_ms_mean": "orpheus_generation_first_audio_seconds",
+}
+
+
+def scrape(metrics_url: str | None) -> dict[str, float]:
+    """Sums and counts of the server's latency histograms (empty without a metrics URL)."""
+    if not metrics_url:
+        return {}
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.endswith(("_seconds_sum", "_seconds_count")) and "{" not in name:
+            values[name] = float(value)
+    return values
+
+
+def server_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """Mean of each histogram over one level (ms), from scrapes before and after it."""
+    means: dict[str, float | None] = {}
+    for key, name in _SERVER_HISTOGRAMS.items():
+        count = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
+        total = after.get(f"{name}_sum", 0.0) - before.get(f"{name}_sum", 0.0)
+        means[key] = _round(total / count * 1000) if count else None
+    return means
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
@@ -154,7 +187,7 @@ def snac_section() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def local_server(dummy_weights: bool) -> Iterator[str]:
+def local_server(dummy_weights: bool) -> Iterator[Any]:
     """scripts/serve.py on a free port (the same runner the e2e tests use)."""
     from scripts.serving import serve_truss
 
@@ -162,19 +195,21 @@ def local_server(dummy_weights: bool) -> Iterator[str]:
     with serve_truss(
         "orpheus_tts_truss", dummy_weights=dummy_weights, start_timeout_s=timeout_s
     ) as served:
-        yield served.ws_url
+        yield served
 
 
 def print_table(report: dict[str, Any]) -> None:
     print(
-        "\n| sessions | ok | TTFA p50 ms | TTFA p90 ms | gap p50 ms | gap p99 ms | RTF p50 | RTF max |"
+        "\n| sessions | ok | TTFA p50 ms | TTFA p90 ms | gap p50 ms | gap p99 ms | RTF p50 "
+        "| RTF max | server TTFA mean ms | engine+SNAC first PCM mean ms |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for level in report["levels"]:
         print(
             f"| {level['sessions']} | {level['ok']} | {level['ttfa_ms_p50']} | "
             f"{level['ttfa_ms_p90']} | {level['gap_ms_p50']} | {level['gap_ms_p99']} | "
-            f"{level['rtf_p50']} | {level['rtf_max']} |"
+            f"{level['rtf_p50']} | {level['rtf_max']} | {level.get('server_ttfa_ms_mean')} | "
+            f"{level.get('server_generation_first_audio_ms_mean')} |"
         )
     snac = report.get("snac")
     if snac:
@@ -195,13 +230,17 @@ def print_table(report: dict[str, Any]) -> None:
         )
 
 
-async def run_levels(url: str, args: argparse.Namespace, config: dict[str, Any]) -> list[dict]:
+async def run_levels(
+    url: str, args: argparse.Namespace, config: dict[str, Any], metrics_url: str | None
+) -> list[dict]:
     levels = []
     for sessions in args.sessions:
         logger.info("running %d concurrent session(s)", sessions)
+        before = scrape(metrics_url)
         level = await run_level(
             url, sessions, args.text, config, args.api_key, args.word_interval_ms / 1000
         )
+        level.update(server_means(before, scrape(metrics_url)))
         logger.info("%s", level)
         levels.append(level)
     return levels
@@ -215,6 +254,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dummy-weights", action="store_true", help="start a local CPU server with random weights"
     )
     parser.add_argument("--api-key", default=os.environ.get("BASETEN_API_KEY"))
+    parser.add_argument(
+        "--metrics-url", help="the server's /metrics (local runs): adds server-side latencies"
+    )
     parser.add_argument(
         "--sessions",
         type=lambda s: [int(x) for x in s.split(",")],
@@ -244,11 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.url:
         report["url"] = args.url
-        report["levels"] = asyncio.run(run_levels(args.url, args, config))
+        report["levels"] = asyncio.run(run_levels(args.url, args, config, args.metrics_url))
     else:
-        with local_server(dummy_weights=True) as url:
+        with local_server(dummy_weights=True) as served:
             report["url"] = "local serve.py --dummy-weights"
-            report["levels"] = asyncio.run(run_levels(url, args, config))
+            metrics_url = f"{served.http_url}/metrics"
+            report["levels"] = asyncio.run(run_levels(served.ws_url, args, config, metrics_url))
     if not args.skip_snac:
         report["snac"] = snac_section()
     args.out.parent.mkdir(parents=True, exist_ok=True)

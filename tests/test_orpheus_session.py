@@ -294,7 +294,9 @@ async def test_engine_failure_sends_error_and_1011_and_aborts_the_rest() -> None
     await asyncio.wait_for(_session(ws, synth).run(), 5)
     assert ws.close_code == CloseCode.INTERNAL_ERROR
     assert ws.json_frames[-1]["body"]["error_type"] == "engine_error"
-    assert "engine exploded" in ws.json_frames[-1]["body"]["message"]
+    message = ws.json_frames[-1]["body"]["message"]
+    assert synth.calls[0].request_id in message and "RuntimeError" in message
+    assert "engine exploded" not in message  # internals stay in the server log
     assert _metric("orpheus_failed_generations_total") == failed + 1
     assert all(c.closed for c in synth.calls)
     assert "Fine later.#2" not in _audio_text(ws)

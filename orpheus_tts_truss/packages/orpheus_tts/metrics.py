@@ -13,7 +13,7 @@ _LATENCY_BUCKETS_S = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0
 ACTIVE_SESSIONS = metrics.gauge("orpheus_active_sessions", "Open TTS WebSocket sessions.")
 SESSIONS = metrics.counter(
     "orpheus_sessions_total",
-    "Finished TTS sessions by outcome (ok, client_gone, protocol_error, engine_error, internal_error, overloaded).",
+    "Finished TTS sessions by outcome (ok, client_gone, protocol_error, engine_error, internal_error, overloaded, cancelled).",
     labelnames=["outcome"],
 )
 ACTIVE_GENERATIONS = metrics.gauge(

@@ -170,7 +170,10 @@ class _Generation:
             finished = True  # failed, not aborted
             metrics.FAILED_GENERATIONS.inc()
             logger.exception("generation %s failed", self.request_id)
-            self._queue.put_nowait(EngineFailure(f"{type(exc).__name__}: {exc}"))
+            # The client learns which generation failed and how; the details stay in the log.
+            self._queue.put_nowait(
+                EngineFailure(f"generation {self.request_id} failed ({type(exc).__name__})")
+            )
         finally:
             self._engine_slot.release()
             metrics.ACTIVE_GENERATIONS.dec()
@@ -280,6 +283,9 @@ class TTSSession:
             await send_error_and_close(
                 self._ws, ProtocolError("engine_error", str(exc), CloseCode.INTERNAL_ERROR)
             )
+        except asyncio.CancelledError:
+            outcome = "cancelled"  # server shutdown
+            raise
         except Exception:
             logger.exception("session %s: internal error", self.session_id)
             await send_error_and_close(
