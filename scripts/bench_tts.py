@@ -269,7 +269,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--buffer-size", type=int, default=10)
     parser.add_argument("--word-interval-ms", type=float, default=0.0)
     parser.add_argument("--skip-snac", action="store_true", help="skip the SNAC decode section")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / ".truss_build" / "bench_tts.json")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench_results" / "tts.json")
     return parser.parse_args(argv)
 
 
