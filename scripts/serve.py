@@ -57,6 +57,12 @@ CPU_DEFAULTS: dict[str, dict[str, str]] = {
     "orpheus_tts_truss": {
         "ORPHEUS_ENGINE": "transformers",
         "ORPHEUS_DEVICE": "cpu",
+        # SNAC on a 2-core CPU (bench_tts.py --dummy-weights, 1 and 4 sessions, RTF p50):
+        # hop 1 + batches 1.20 / 7.92; one window at a time 1.26 / 4.41; hop 2 0.90 / 4.44;
+        # hop 2 + one at a time 0.84 / 3.07. Batched convolutions lose on CPU, and hop 2 halves
+        # the redundant context decoded per output frame (first audio after 28 tokens, not 21).
+        "DECODE_MAX_BATCH": "1",
+        "SNAC_HOP_FRAMES": "2",
     },
 }
 DUMMY_WEIGHTS_OVERRIDES: dict[str, dict[str, str]] = {
