@@ -121,9 +121,15 @@ async def test_disconnect_mid_stream_aborts_generation(orpheus_server: Any) -> N
     while True:
         text = orpheus_server.metrics_text()
         aborted = metric(text, "orpheus_aborted_generations_total", reason="client_gone")
-        if aborted > metric(before, "orpheus_aborted_generations_total", reason="client_gone"):
-            if metric(text, "orpheus_active_generations") == 0:
-                break
+        # The abort histogram is observed once the session has released every generation,
+        # just after the counters move: wait for all three.
+        if (
+            aborted > metric(before, "orpheus_aborted_generations_total", reason="client_gone")
+            and metric(text, "orpheus_active_generations") == 0
+            and metric(text, "orpheus_abort_seconds_count")
+            > metric(before, "orpheus_abort_seconds_count")
+        ):
+            break
         assert time.monotonic() - closed_at < 5, "generation was not aborted"
         await asyncio.sleep(0.005)
     # Server side: from the disconnect to every engine request released.
