@@ -149,6 +149,11 @@ def test_float_to_s16le_clips_and_never_wraps() -> None:
     assert out.tolist() == [0, 16384, -16384, 32767, -32768, 32767, -32768, 32767, -32768, 32767]
 
 
+def test_float_to_s16le_rounds_to_nearest_and_maps_nan_to_zero() -> None:
+    x = np.array([0.6 / 32768, -0.6 / 32768, 0.4 / 32768, np.nan], np.float32)
+    assert np.frombuffer(float_to_s16le(x), "<i2").tolist() == [1, -1, 0, 0]
+
+
 def test_float_to_s16le_round_trip() -> None:
     samples = _random_s16(1000)
     np.testing.assert_array_equal(

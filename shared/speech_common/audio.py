@@ -51,9 +51,9 @@ def int16_to_float(samples: np.ndarray) -> np.ndarray:
 
 
 def float_to_s16le(samples: np.ndarray) -> bytes:
-    """float32 in [-1, 1] -> little-endian int16 bytes (clipped, never wraps)."""
-    clipped = np.clip(samples, -1.0, 32767.0 / S16_MAX)
-    return (clipped * S16_MAX).astype("<i2").tobytes()
+    """float32 in [-1, 1] -> little-endian int16 bytes (rounded, clipped, never wraps; NaN -> 0)."""
+    clipped = np.clip(np.nan_to_num(samples, nan=0.0), -1.0, 32767.0 / S16_MAX)
+    return np.rint(clipped * S16_MAX).astype("<i2").tobytes()
 
 
 class PcmDecoder:
