@@ -212,7 +212,8 @@ def test_bad_first_frame(whisper_server, first, error_type, code):
     assert msg["type"] == "error" and msg["body"]["error_type"] == error_type
     assert msg["body"]["recoverable"] is False and msg["body"]["message"]
     assert close_code == code
-    assert elapsed < 0.1 + 0.4  # 100 ms target; slack for a loaded 2-core CI machine
+    # Target 100 ms; measured 42-46 ms for every case here (idle). Slack for a loaded CI machine.
+    assert elapsed < 0.25
 
 
 def test_unknown_control_message_after_metadata(whisper_server):
