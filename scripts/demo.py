@@ -24,13 +24,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("wav", nargs="?", default=str(REPO_ROOT / "samples" / "speech_en.wav"))
     args = parser.parse_args()
-    print("starting the whisper truss on the Truss server (first start builds the context)...", flush=True)
+    print(
+        "starting the whisper truss on the Truss server (first start builds the context)...",
+        flush=True,
+    )
     with serve_truss("whisper_streaming_truss") as server:
         print(f"serving {server.ws_url}; streaming {args.wav} at real-time pace\n", flush=True)
         samples = read_wav(args.wav)
         result = asyncio.run(
-            stream(server.ws_url, frames_of(samples), v1_metadata(), frame_s=FRAME_SAMPLES / 16000,
-                   on_message=_print)
+            stream(
+                server.ws_url,
+                frames_of(samples),
+                v1_metadata(),
+                frame_s=FRAME_SAMPLES / 16000,
+                on_message=_print,
+            )
         )
     print(f"\ntranscript: {result.transcript}")
     if result.first_partial_s is not None:

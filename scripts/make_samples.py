@@ -48,8 +48,20 @@ def build(name: str, sentences: list[str], workdir: Path) -> None:
         _run("espeak-ng", "-v", "en-us", "-s", str(SPEECH_RATE_WPM), "-w", str(raw), sentence)
         pad_before = LEAD_SILENCE_S if i == 0 else 0.0
         pad_after = TAIL_SILENCE_S if i == len(sentences) - 1 else GAP_SILENCE_S
-        _run("sox", str(raw), "-r", str(SAMPLE_RATE_HZ), "-c", "1", "-b", "16", str(part),
-             "pad", str(pad_before), str(pad_after))
+        _run(
+            "sox",
+            str(raw),
+            "-r",
+            str(SAMPLE_RATE_HZ),
+            "-c",
+            "1",
+            "-b",
+            "16",
+            str(part),
+            "pad",
+            str(pad_before),
+            str(pad_after),
+        )
         parts.append(str(part))
     _run("sox", *parts, str(SAMPLES_DIR / f"{name}.wav"))
     (SAMPLES_DIR / f"{name}.json").write_text(

@@ -58,7 +58,9 @@ def read_wav(path: str | Path, rate: int = CLIENT_RATE_HZ) -> np.ndarray:
     return (np.clip(audio, -1, 32767 / 32768) * 32768).astype("<i2")
 
 
-def v1_metadata(sample_rate: int = CLIENT_RATE_HZ, partials: bool = True, **whisper: object) -> dict:
+def v1_metadata(
+    sample_rate: int = CLIENT_RATE_HZ, partials: bool = True, **whisper: object
+) -> dict:
     """The published client's metadata (v1 shape)."""
     params = {
         "encoding": "pcm_s16le",
@@ -172,7 +174,10 @@ async def _mic(url: str, metadata: dict, api_key: str | None) -> None:
 
         async def pump() -> None:
             with sounddevice.RawInputStream(
-                samplerate=CLIENT_RATE_HZ, channels=1, dtype="int16", blocksize=FRAME_SAMPLES,
+                samplerate=CLIENT_RATE_HZ,
+                channels=1,
+                dtype="int16",
+                blocksize=FRAME_SAMPLES,
                 callback=callback,
             ):
                 while True:
@@ -187,7 +192,9 @@ async def _mic(url: str, metadata: dict, api_key: str | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("url")
     parser.add_argument("wav", nargs="?", help="WAV file (any rate); omit with --mic")
     parser.add_argument("--mic", action="store_true", help="stream the microphone (sounddevice)")
@@ -205,12 +212,21 @@ def main() -> None:
     samples = read_wav(args.wav)
     t0 = time.monotonic()
     result = asyncio.run(
-        stream(args.url, frames_of(samples), metadata, frame_s=FRAME_SAMPLES / CLIENT_RATE_HZ,
-               realtime=not args.fast, api_key=args.api_key, on_message=_print)
+        stream(
+            args.url,
+            frames_of(samples),
+            metadata,
+            frame_s=FRAME_SAMPLES / CLIENT_RATE_HZ,
+            realtime=not args.fast,
+            api_key=args.api_key,
+            on_message=_print,
+        )
     )
     print(f"\ntranscript: {result.transcript}")
-    print(f"audio {len(samples) / CLIENT_RATE_HZ:.2f}s, wall {time.monotonic() - t0:.2f}s, "
-          f"finals {len(result.finals)}, partials {len(result.partials)}, close {result.close_code}")
+    print(
+        f"audio {len(samples) / CLIENT_RATE_HZ:.2f}s, wall {time.monotonic() - t0:.2f}s, "
+        f"finals {len(result.finals)}, partials {len(result.partials)}, close {result.close_code}"
+    )
     sys.exit(0 if result.finished and not result.errors else 1)
 
 

@@ -106,8 +106,17 @@ def test_unknown_encoding_rejected() -> None:
 # -- G.711 mu-law -----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("byte", "value"),
-    [(0xFF, 0), (0x7F, 0), (0x80, 32124), (0x00, -32124), (0xFE, 8), (0x7E, -8), (0xEF, 132),
-     (0xF0, 120), (0x8F, 16764)],
+    [
+        (0xFF, 0),
+        (0x7F, 0),
+        (0x80, 32124),
+        (0x00, -32124),
+        (0xFE, 8),
+        (0x7E, -8),
+        (0xEF, 132),
+        (0xF0, 120),
+        (0x8F, 16764),
+    ],
 )
 def test_mulaw_decode_known_values(byte: int, value: int) -> None:
     assert _g711_decode_reference(byte) == value  # the reference formula itself
@@ -236,8 +245,9 @@ def test_audio_input_mulaw_8k() -> None:
     pcm = np.frombuffer(float_to_s16le(signal), "<i2")
     data = mulaw_encode(pcm)
     audio_in = AudioInput(Encoding.PCM_MULAW, 8000, 16000)
-    got = np.concatenate([audio_in.feed(data[i : i + 160]) for i in range(0, len(data), 160)]
-                         + [audio_in.flush()])
+    got = np.concatenate(
+        [audio_in.feed(data[i : i + 160]) for i in range(0, len(data), 160)] + [audio_in.flush()]
+    )
     expected = soxr.resample(int16_to_float(mulaw_decode(data)), 8000, 16000)
     assert abs(len(got) - 8000) <= 2
     n = min(len(got), len(expected))

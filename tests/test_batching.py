@@ -82,7 +82,9 @@ async def test_results_resolve_on_the_loop(make_worker: Any, runner: Runner) -> 
     assert worker.jobs_run == 1 and worker.batches_run == 1
 
 
-async def test_lower_priority_first_and_one_priority_per_batch(make_worker: Any, runner: Runner) -> None:
+async def test_lower_priority_first_and_one_priority_per_batch(
+    make_worker: Any, runner: Runner
+) -> None:
     worker = make_worker(max_batch=8)
     blocker = await _blocked(worker, runner)
     futs = [
@@ -101,7 +103,9 @@ async def test_lower_priority_first_and_one_priority_per_batch(make_worker: Any,
 async def test_batches_hold_one_batch_key(make_worker: Any, runner: Runner) -> None:
     worker = make_worker(max_batch=8, batch_key=lambda p: p.split("-")[0])
     blocker = await _blocked(worker, runner)
-    futs = [worker.submit(p, stream_id=i) for i, p in enumerate(["x-1", "y-1", "x-2", "y-2", "x-3"])]
+    futs = [
+        worker.submit(p, stream_id=i) for i, p in enumerate(["x-1", "y-1", "x-2", "y-2", "x-3"])
+    ]
     runner.gate.set()
     results = await _gather(blocker, *futs)
     assert runner.ran() == [["x-1", "x-2", "x-3"], ["y-1", "y-2"]]
@@ -219,7 +223,9 @@ async def test_max_wait_collects_a_fuller_batch(make_worker: Any, runner: Runner
     assert elapsed < max_wait_s / 2  # a full batch runs at once, without waiting out max_wait
 
 
-async def test_max_wait_runs_a_partial_batch_after_the_deadline(make_worker: Any, runner: Runner) -> None:
+async def test_max_wait_runs_a_partial_batch_after_the_deadline(
+    make_worker: Any, runner: Runner
+) -> None:
     max_wait_s = 0.2
     worker = make_worker(max_batch=4, max_wait_s=max_wait_s)
     t0 = time.monotonic()
@@ -249,7 +255,9 @@ async def test_cancel_stream_while_waiting_for_a_batch_keeps_worker_alive(
     assert runner.ran() == [["y"]]
 
 
-async def test_stop_fails_queued_jobs_and_refuses_new_ones(make_worker: Any, runner: Runner) -> None:
+async def test_stop_fails_queued_jobs_and_refuses_new_ones(
+    make_worker: Any, runner: Runner
+) -> None:
     worker = make_worker()
     blocker = await _blocked(worker, runner)
     queued = [worker.submit(f"q{i}", stream_id=i) for i in range(3)]

@@ -62,10 +62,14 @@ def test_greedy_top_p_and_repetition_penalty():
     greedy = SamplingParams(temperature=0.0, repetition_penalty=1.0)
     assert sample_next(logits, presence, greedy) == 5
     presence[5] = True  # 4.0 / 2 < 3.0: the penalty flips the choice
-    assert sample_next(logits, presence, SamplingParams(temperature=0.0, repetition_penalty=2.0)) == 6
+    assert (
+        sample_next(logits, presence, SamplingParams(temperature=0.0, repetition_penalty=2.0)) == 6
+    )
     tiny_p = SamplingParams(top_p=0.01, repetition_penalty=1.0)
     presence[5] = False
-    assert {sample_next(logits, presence, tiny_p, torch.Generator().manual_seed(s)) for s in range(20)} == {5}
+    assert {
+        sample_next(logits, presence, tiny_p, torch.Generator().manual_seed(s)) for s in range(20)
+    } == {5}
 
 
 def test_sampling_params_validation():
@@ -123,7 +127,9 @@ async def test_cancelled_consumer_aborts(llama):
 
     async def consume() -> None:
         # aclosing: an exception in an `async for` body does not close the generator by itself.
-        async with contextlib.aclosing(eng.generate("c", PROMPT, SamplingParams(max_tokens=400))) as s:
+        async with contextlib.aclosing(
+            eng.generate("c", PROMPT, SamplingParams(max_tokens=400))
+        ) as s:
             async for _ in s:
                 await asyncio.sleep(0)
 

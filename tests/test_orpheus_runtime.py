@@ -234,7 +234,9 @@ async def test_checkpoint_directories_load_and_serve_on_transformers(weights_dir
         assert runtime.tokenizer("tara: a")["input_ids"][0] == 128000
         stats = GenerationStats()
         params = SamplingParams(max_tokens=29, seed=0)
-        pcm = b"".join([c async for c in runtime.synthesizer.stream("a", "tara", params, "r", stats)])
+        pcm = b"".join(
+            [c async for c in runtime.synthesizer.stream("a", "tara", params, "r", stats)]
+        )
         assert stats.tokens <= 29
         assert len(pcm) == stats.frames * 4096
         assert stats.frames == 4 and stats.dropped_tokens == 0  # 4 frames + stop in 29 tokens

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from orpheus_tts.prompt import DEFAULT_VOICE, VOICES
-from orpheus_tts.session import SessionGate, SessionLimits, TTSSession
-from speech_common.ws import CloseCode
+from orpheus_tts.session import SessionLimits, TTSSession
+from speech_common.ws import CloseCode, SessionGate
 
 CONFIG = {"voice": "tara", "max_tokens": 2000, "buffer_size": 10}
 

@@ -41,8 +41,18 @@ def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "value"),
-    [("1", True), ("true", True), ("TRUE", True), (" yes ", True), ("on", True),
-     ("0", False), ("false", False), ("No", False), ("off", False), ("", False)],
+    [
+        ("1", True),
+        ("true", True),
+        ("TRUE", True),
+        (" yes ", True),
+        ("on", True),
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        ("off", False),
+        ("", False),
+    ],
 )
 def test_bool_coercion(raw: str, value: bool) -> None:
     out = resolve(DEFAULTS, {"SPECULATIVE_FINALS": raw})
@@ -63,8 +73,9 @@ def test_int_float_coercion() -> None:
     assert type(resolve(DEFAULTS, {"VAD_THRESHOLD": "1"})["vad_threshold"]) is float
 
 
-@pytest.mark.parametrize(("key", "raw"), [("MAX_SESSIONS", "8.5"), ("MAX_SESSIONS", "many"),
-                                          ("VAD_THRESHOLD", "half")])
+@pytest.mark.parametrize(
+    ("key", "raw"), [("MAX_SESSIONS", "8.5"), ("MAX_SESSIONS", "many"), ("VAD_THRESHOLD", "half")]
+)
 def test_bad_numbers_raise(key: str, raw: str) -> None:
     with pytest.raises(ValueError):
         resolve(DEFAULTS, {key: raw})
@@ -77,8 +88,10 @@ def test_list_and_dict_from_json() -> None:
         resolve(DEFAULTS, {"LANGUAGES": "fr,de"})
 
 
-@pytest.mark.parametrize(("key", "raw"), [("LANGUAGES", '"fr"'), ("LANGUAGES", '{"a": 1}'),
-                                          ("LIMITS", "[1]"), ("LIMITS", "3")])
+@pytest.mark.parametrize(
+    ("key", "raw"),
+    [("LANGUAGES", '"fr"'), ("LANGUAGES", '{"a": 1}'), ("LIMITS", "[1]"), ("LIMITS", "3")],
+)
 def test_json_of_the_wrong_type_raises(key: str, raw: str) -> None:
     with pytest.raises(ValueError, match=key):
         resolve(DEFAULTS, {key: raw})

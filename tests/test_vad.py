@@ -426,11 +426,15 @@ def test_silero_state_carries_across_calls(silero: SileroVad) -> None:
     windows = _windows(_load("weather_en.wav"))[:120]
     (whole,) = silero.probabilities([(VadStreamState.fresh(), windows)])
     state = VadStreamState.fresh()
-    parts = [silero.probabilities([(state, windows[a:b])])[0] for a, b in ((0, 37), (37, 38), (38, 120))]
+    parts = [
+        silero.probabilities([(state, windows[a:b])])[0] for a, b in ((0, 37), (37, 38), (38, 120))
+    ]
     np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5)
 
 
 def test_silero_empty_inputs(silero: SileroVad) -> None:
     assert silero.probabilities([]) == []
-    (out,) = silero.probabilities([(VadStreamState.fresh(), np.zeros((0, WINDOW_SAMPLES), np.float32))])
+    (out,) = silero.probabilities(
+        [(VadStreamState.fresh(), np.zeros((0, WINDOW_SAMPLES), np.float32))]
+    )
     assert out.shape == (0,)

@@ -26,8 +26,16 @@ def run(coro):
 
 
 def check_transcription_message(msg: dict) -> None:
-    for key in ("type", "is_final", "transcript", "transcription_num", "language_code",
-                "language_prob", "audio_length_sec", "segments"):
+    for key in (
+        "type",
+        "is_final",
+        "transcript",
+        "transcription_num",
+        "language_code",
+        "language_prob",
+        "audio_length_sec",
+        "segments",
+    ):
         assert key in msg, key
     for seg in msg["segments"]:
         assert {"text", "start_time", "end_time", "log_prob"} <= seg.keys()
@@ -62,8 +70,16 @@ def test_all_samples_wer_and_end_audio_handshake(whisper_server):
     for name in ("speech_en", "weather_en", "order_en"):
         audio, ref = sample(name)
         seen: list[dict] = []
-        result = run(stream(whisper_server.ws_url, frames_of(audio), v1_metadata(partials=False),
-                            frame_s=FRAME_S, realtime=False, on_message=lambda _t, m, s=seen: s.append(m)))
+        result = run(
+            stream(
+                whisper_server.ws_url,
+                frames_of(audio),
+                v1_metadata(partials=False),
+                frame_s=FRAME_S,
+                realtime=False,
+                on_message=lambda _t, m, s=seen: s.append(m),
+            )
+        )
         refs.append(ref["text"])
         hyps.append(result.transcript)
         assert wer(ref["text"], result.transcript) <= 0.25, result.transcript
@@ -85,14 +101,21 @@ def test_v2_v3_metadata(whisper_server, shape):
     metadata = {
         vad_key: VAD,
         "streaming_params": {"encoding": "pcm_s16le", "sample_rate": 16000},
-        "whisper_params": {"audio_language": "en" if shape == "v2" else "auto",
-                           "prompt": "Orders and deliveries.", "show_word_timestamps": True},
+        "whisper_params": {
+            "audio_language": "en" if shape == "v2" else "auto",
+            "prompt": "Orders and deliveries.",
+            "show_word_timestamps": True,
+        },
     }
-    result = run(stream(whisper_server.ws_url, frames_of(audio), metadata, frame_s=FRAME_S, realtime=False))
+    result = run(
+        stream(whisper_server.ws_url, frames_of(audio), metadata, frame_s=FRAME_S, realtime=False)
+    )
     assert result.finished and wer(ref["text"], result.transcript) <= 0.15, result.transcript
     assert all(f["language_code"] == "en" for f in result.finals)
     words = [w for f in result.finals for s in f["segments"] for w in s["word_timestamps"]]
-    assert len(words) >= 10 and all({"word", "start_time", "end_time", "prob"} <= w.keys() for w in words)
+    assert len(words) >= 10 and all(
+        {"word", "start_time", "end_time", "prob"} <= w.keys() for w in words
+    )
 
 
 def test_mulaw_8k_and_s16le_44k(whisper_server):
@@ -117,8 +140,15 @@ def test_silence_and_noise_produce_no_words(whisper_server):
     silence = np.zeros(16000 * 4, np.int16)
     noise = (rng.standard_normal(16000 * 4) * 800).astype(np.int16)  # ~ -32 dBFS hiss
     for audio in (silence, noise):
-        result = run(stream(whisper_server.ws_url, frames_of(audio), v1_metadata(),
-                            frame_s=FRAME_S, realtime=False))
+        result = run(
+            stream(
+                whisper_server.ws_url,
+                frames_of(audio),
+                v1_metadata(),
+                frame_s=FRAME_S,
+                realtime=False,
+            )
+        )
         assert result.finished
         assert result.transcript == "" and not [p for p in result.partials if p["transcript"]]
 
@@ -128,11 +158,19 @@ def test_eight_concurrent_sessions(whisper_server):
     clips = [sample(n) for n in names]
 
     async def all_sessions():
-        return await asyncio.gather(*[
-            stream(whisper_server.ws_url, frames_of(audio), v1_metadata(), frame_s=FRAME_S,
-                   realtime=True, timeout_s=180)
-            for audio, _ in clips
-        ])
+        return await asyncio.gather(
+            *[
+                stream(
+                    whisper_server.ws_url,
+                    frames_of(audio),
+                    v1_metadata(),
+                    frame_s=FRAME_S,
+                    realtime=True,
+                    timeout_s=180,
+                )
+                for audio, _ in clips
+            ]
+        )
 
     results = run(all_sessions())
     for (_, ref), result in zip(clips, results, strict=True):
@@ -149,8 +187,12 @@ def test_health_check_and_metrics(whisper_server):
 
     assert run(go()) == {"type": "health_check", "body": {"healthy": True}}
     text = whisper_server.metrics_text()
-    for name in ("whisper_active_sessions", "whisper_queue_depth", "whisper_final_latency_seconds_bucket",
-                 "whisper_audio_seconds_total"):
+    for name in (
+        "whisper_active_sessions",
+        "whisper_queue_depth",
+        "whisper_final_latency_seconds_bucket",
+        "whisper_audio_seconds_total",
+    ):
         assert name in text, name
 
 
@@ -178,8 +220,15 @@ def test_disconnect_mid_utterance_frees_the_session(whisper_server):
         time.sleep(0.05)
     # the server still works
     sample_audio, ref = sample("order_en")
-    result = run(stream(whisper_server.ws_url, frames_of(sample_audio), v1_metadata(partials=False),
-                        frame_s=FRAME_S, realtime=False))
+    result = run(
+        stream(
+            whisper_server.ws_url,
+            frames_of(sample_audio),
+            v1_metadata(partials=False),
+            frame_s=FRAME_S,
+            realtime=False,
+        )
+    )
     assert wer(ref["text"], result.transcript) <= 0.15
 
 
@@ -187,17 +236,43 @@ BAD_INPUTS = [
     ("not json", b"{oops", "invalid_json", 1008),
     ("audio first", b"\x00\x01" * 512, "audio_before_metadata", 1008),
     ("not an object", "[1, 2]", "invalid_metadata", 1008),
-    ("unknown key", json.dumps({"vad_params": {"threshold": 0.5, "bogus": 1}}), "invalid_metadata", 1008),
-    ("wrong type", json.dumps({"streaming_params": {"sample_rate": "fast"}}), "invalid_metadata", 1008),
+    (
+        "unknown key",
+        json.dumps({"vad_params": {"threshold": 0.5, "bogus": 1}}),
+        "invalid_metadata",
+        1008,
+    ),
+    (
+        "wrong type",
+        json.dumps({"streaming_params": {"sample_rate": "fast"}}),
+        "invalid_metadata",
+        1008,
+    ),
     ("out of range", json.dumps({"vad_params": {"threshold": 1.5}}), "invalid_metadata", 1008),
-    ("too long final", json.dumps({"streaming_params": {"final_transcript_max_duration_s": 60}}),
-     "invalid_metadata", 1008),
-    ("encoding", json.dumps({"streaming_params": {"encoding": "opus"}}), "unsupported_encoding", 1003),
-    ("language", json.dumps({"whisper_params": {"audio_language": "xx"}}), "unsupported_language", 1003),
+    (
+        "too long final",
+        json.dumps({"streaming_params": {"final_transcript_max_duration_s": 60}}),
+        "invalid_metadata",
+        1008,
+    ),
+    (
+        "encoding",
+        json.dumps({"streaming_params": {"encoding": "opus"}}),
+        "unsupported_encoding",
+        1003,
+    ),
+    (
+        "language",
+        json.dumps({"whisper_params": {"audio_language": "xx"}}),
+        "unsupported_language",
+        1003,
+    ),
 ]
 
 
-@pytest.mark.parametrize("first,error_type,code", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
+@pytest.mark.parametrize(
+    "first,error_type,code", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS]
+)
 def test_bad_first_frame(whisper_server, first, error_type, code):
     async def go():
         async with websockets.connect(whisper_server.ws_url) as ws:
@@ -241,7 +316,9 @@ def test_bad_session_does_not_disturb_another(whisper_server):
             await ws.wait_closed()
 
     async def both():
-        good = stream(whisper_server.ws_url, frames_of(audio), v1_metadata(partials=False), frame_s=FRAME_S)
+        good = stream(
+            whisper_server.ws_url, frames_of(audio), v1_metadata(partials=False), frame_s=FRAME_S
+        )
         return await asyncio.gather(good, bad())
 
     result, _ = run(both())

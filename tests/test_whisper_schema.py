@@ -50,8 +50,11 @@ def test_v1_blog_client() -> None:
     raw = {
         "vad_params": {"threshold": 0.5, "min_silence_duration_ms": 300, "speech_pad_ms": 30},
         "streaming_whisper_params": {
-            "encoding": "pcm_s16le", "sample_rate": 16000, "enable_partial_transcripts": True,
-            "audio_language": "en", "show_word_timestamps": False,
+            "encoding": "pcm_s16le",
+            "sample_rate": 16000,
+            "enable_partial_transcripts": True,
+            "audio_language": "en",
+            "show_word_timestamps": False,
         },
     }
     cfg = parse_metadata(raw)
@@ -68,7 +71,9 @@ def test_v1_all_fields_land_in_the_right_section() -> None:
 
 
 def test_v2() -> None:
-    cfg = parse_metadata({"vad_params": VAD, "streaming_params": STREAMING, "whisper_params": WHISPER})
+    cfg = parse_metadata(
+        {"vad_params": VAD, "streaming_params": STREAMING, "whisper_params": WHISPER}
+    )
     assert cfg.shape == "v2"
     _check_custom(cfg)
 
@@ -171,8 +176,10 @@ def test_out_of_range_rejected(section: str, field: str, value: Any) -> None:
 
 def test_range_edges_accepted() -> None:
     cfg = parse_metadata(
-        {"vad_params": {"threshold": 0.01, "speech_pad_ms": 0},
-         "streaming_params": {"final_transcript_max_duration_s": 30}}
+        {
+            "vad_params": {"threshold": 0.01, "speech_pad_ms": 0},
+            "streaming_params": {"final_transcript_max_duration_s": 30},
+        }
     )
     assert cfg.vad.threshold == 0.01 and cfg.streaming.final_transcript_max_duration_s == 30
 
@@ -200,8 +207,16 @@ def test_wrong_types_rejected(section: str, field: str, value: Any) -> None:
         parse_metadata({section: {field: value}})
 
 
-@pytest.mark.parametrize("section", ["vad_params", "streaming_params", "whisper_params",
-                                     "streaming_vad_config", "streaming_whisper_params"])
+@pytest.mark.parametrize(
+    "section",
+    [
+        "vad_params",
+        "streaming_params",
+        "whisper_params",
+        "streaming_vad_config",
+        "streaming_whisper_params",
+    ],
+)
 def test_section_must_be_an_object(section: str) -> None:
     with pytest.raises(ValueError):
         parse_metadata({section: [1, 2]})
@@ -213,7 +228,12 @@ def test_section_must_be_an_object(section: str) -> None:
         {"vad_params": VAD, "streaming_vad_config": VAD},
         {"streaming_whisper_params": {}, "streaming_params": {}},
         {"streaming_whisper_params": {}, "whisper_params": {}},
-        {"vad_params": {}, "streaming_whisper_params": {}, "streaming_params": {}, "whisper_params": {}},
+        {
+            "vad_params": {},
+            "streaming_whisper_params": {},
+            "streaming_params": {},
+            "whisper_params": {},
+        },
     ],
 )
 def test_mixing_shapes_rejected(raw: dict[str, Any]) -> None:
@@ -229,14 +249,20 @@ def test_prompt_length_limited() -> None:
 # -- control messages ---------------------------------------------------------------------------
 def test_control_messages() -> None:
     assert ControlMessage.model_validate_json('{"type": "end_audio"}').type == "end_audio"
-    assert ControlMessage.model_validate_json('{"type": "health_check", "body": {}}').type == "health_check"
+    assert (
+        ControlMessage.model_validate_json('{"type": "health_check", "body": {}}').type
+        == "health_check"
+    )
     for bad in ['{"type": "stop"}', "{}", "[]", "not json"]:
         with pytest.raises(ValueError):
             ControlMessage.model_validate_json(bad)
 
 
 def test_end_audio_and_health_messages() -> None:
-    assert end_audio_message("acknowledged") == {"type": "end_audio", "body": {"status": "acknowledged"}}
+    assert end_audio_message("acknowledged") == {
+        "type": "end_audio",
+        "body": {"status": "acknowledged"},
+    }
     assert end_audio_message("finished") == {"type": "end_audio", "body": {"status": "finished"}}
     assert health_message() == {"type": "health_check", "body": {"healthy": True}}
 
@@ -283,11 +309,16 @@ def test_to_json_flush_flag_only_when_set() -> None:
 
 def test_to_json_word_timestamps_only_when_present() -> None:
     seg = SegmentOut(
-        text="hi", start_time=0.1, end_time=0.4, log_prob=-0.2,
+        text="hi",
+        start_time=0.1,
+        end_time=0.4,
+        log_prob=-0.2,
         word_timestamps=[WordTimestamp(word="hi", start_time=0.1, end_time=0.4, prob=0.9)],
     )
     data = _message(segments=[seg, SegmentOut(text="x", start_time=1, end_time=2)]).to_json()
     first, second = data["segments"]
-    assert first["word_timestamps"] == [{"word": "hi", "start_time": 0.1, "end_time": 0.4, "prob": 0.9}]
+    assert first["word_timestamps"] == [
+        {"word": "hi", "start_time": 0.1, "end_time": 0.4, "prob": 0.9}
+    ]
     assert first["log_prob"] == -0.2
     assert "word_timestamps" not in second and second["log_prob"] is None

@@ -11,10 +11,11 @@ import pytest
 
 from scripts.stt_client import frames_of, v1_metadata
 from speech_common.vad import SileroVad
+from speech_common.ws import SessionGate
 from tests.whisper_helpers import sample
 from whisper_streaming.engine import JobKind, Segment, TranscribeJob, Transcript, WhisperEngine
 from whisper_streaming.scheduler import Scheduler
-from whisper_streaming.session import SessionLimiter, StreamingSession
+from whisper_streaming.session import StreamingSession
 from whisper_streaming.settings import WhisperSettings
 
 
@@ -36,8 +37,19 @@ class FakeEngine:
         self.jobs.extend(jobs)
         word = "final" if jobs[0].kind is JobKind.FINAL else "partial"
         return [
-            Transcript([Segment(f"{word} {len(j.audio) * 1000 // 16000}", j.offset_s,
-                                j.offset_s + len(j.audio) / 16000, -0.1, 0.01)], "en", None)
+            Transcript(
+                [
+                    Segment(
+                        f"{word} {len(j.audio) * 1000 // 16000}",
+                        j.offset_s,
+                        j.offset_s + len(j.audio) / 16000,
+                        -0.1,
+                        0.01,
+                    )
+                ],
+                "en",
+                None,
+            )
             for j in jobs
         ]
 
@@ -51,7 +63,12 @@ class FakeSocket:
         self.closed: tuple[int, str] | None = None
 
     def text(self, payload) -> None:
-        self.inbox.put_nowait({"type": "websocket.receive", "text": payload if isinstance(payload, str) else json.dumps(payload)})
+        self.inbox.put_nowait(
+            {
+                "type": "websocket.receive",
+                "text": payload if isinstance(payload, str) else json.dumps(payload),
+            }
+        )
 
     def binary(self, data: bytes) -> None:
         self.inbox.put_nowait({"type": "websocket.receive", "bytes": data})
@@ -83,7 +100,7 @@ async def scheduler(engine):
 
 
 def session(ws, scheduler, limit=4, **settings) -> StreamingSession:
-    return StreamingSession(ws, scheduler, WhisperSettings(**settings), SessionLimiter(limit))
+    return StreamingSession(ws, scheduler, WhisperSettings(**settings), SessionGate(limit))
 
 
 def transcripts(ws: FakeSocket, final: bool) -> list[dict]:
@@ -146,7 +163,7 @@ async def test_stale_partials_are_never_sent_after_their_final(scheduler, engine
 async def test_overloaded_replica_refuses_new_sessions(scheduler):
     ws = FakeSocket()
     s = session(ws, scheduler, limit=1)
-    s.limiter.active = 1
+    assert s.gate.try_enter()  # the one allowed session is open
     await s.run()
     assert ws.sent[0]["body"]["error_type"] == "overloaded"
     assert ws.closed[0] == 1013

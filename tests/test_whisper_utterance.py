@@ -81,7 +81,9 @@ def test_numbers_increment_per_utterance_and_partials_share_them() -> None:
     # Every partial of an utterance comes before that utterance's final.
     order = [(type(r).__name__, r.num) for _, r in d.log]
     for num in range(3):
-        last_partial = max(i for i, (k, n) in enumerate(order) if k == "PartialRequest" and n == num)
+        last_partial = max(
+            i for i, (k, n) in enumerate(order) if k == "PartialRequest" and n == num
+        )
         assert last_partial < order.index(("FinalRequest", num))
     assert d.tracker.current_num == -1
 

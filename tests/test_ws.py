@@ -78,7 +78,11 @@ def test_protocol_error_frame_shape() -> None:
     frame = err.frame()
     assert frame == {
         "type": "error",
-        "body": {"error_type": "invalid_metadata", "message": "threshold: too big", "recoverable": False},
+        "body": {
+            "error_type": "invalid_metadata",
+            "message": "threshold: too big",
+            "recoverable": False,
+        },
     }
     assert ErrorFrame.model_validate(frame).body.error_type == "invalid_metadata"
     json.dumps(frame)

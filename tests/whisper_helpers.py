@@ -13,6 +13,7 @@ from scripts.stt_client import read_wav
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
+
 @cache
 def _normaliser():
     # Whisper's English normaliser (as shipped in transformers; no spelling map download).
@@ -34,4 +35,6 @@ def wer(reference: str | list[str], hypothesis: str | list[str]) -> float:
 
 def sample(name: str, rate: int = 16000) -> tuple[np.ndarray, dict]:
     """int16 samples of a bundled WAV at ``rate`` and its reference JSON."""
-    return read_wav(SAMPLES / f"{name}.wav", rate), json.loads((SAMPLES / f"{name}.json").read_text())
+    return read_wav(SAMPLES / f"{name}.wav", rate), json.loads(
+        (SAMPLES / f"{name}.json").read_text()
+    )

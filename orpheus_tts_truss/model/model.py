@@ -21,8 +21,9 @@ class Model:
     def load(self) -> None:
         from orpheus_tts.engine import SamplingParams
         from orpheus_tts.runtime import OrpheusSettings, load_runtime
-        from orpheus_tts.session import SessionGate, SessionLimits
+        from orpheus_tts.session import SessionLimits
         from speech_common.settings import resolve
+        from speech_common.ws import SessionGate
 
         metadata = resolve(self._config.get("model_metadata") or {})
         settings = OrpheusSettings.from_metadata(metadata)

@@ -88,7 +88,9 @@ class StreamingResampler:
         self.in_rate = in_rate
         self.out_rate = out_rate
         self._stream = (
-            None if in_rate == out_rate else soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32")
+            None
+            if in_rate == out_rate
+            else soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32")
         )
 
     def process(self, samples: np.ndarray, last: bool = False) -> np.ndarray:

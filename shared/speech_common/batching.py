@@ -16,7 +16,9 @@ from typing import Any, Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
-SLOW_BATCH_S = 0.5  # batches slower than this (run or queue wait) are logged: the replica is overloaded
+SLOW_BATCH_S = (
+    0.5  # batches slower than this (run or queue wait) are logged: the replica is overloaded
+)
 
 P = TypeVar("P")  # job payload
 R = TypeVar("R")  # job result
@@ -109,7 +111,9 @@ class BatchWorker(Generic[P, R]):
                 raise WorkerStopped(self.name)
             if replace_key is not None:
                 replaced = [
-                    j for j in self._queue if j.stream_id == stream_id and j.replace_key == replace_key
+                    j
+                    for j in self._queue
+                    if j.stream_id == stream_id and j.replace_key == replace_key
                 ]
                 self._queue = [j for j in self._queue if j not in replaced]
             self._queue.append(job)
@@ -181,8 +185,14 @@ class BatchWorker(Generic[P, R]):
             ran = time.monotonic() - started
             waited = started - min(j.enqueued_at for j in batch)
             if ran > SLOW_BATCH_S or waited > SLOW_BATCH_S:
-                logger.warning("%s: batch of %d ran %.3f s after waiting %.3f s (queue %d)",
-                               self.name, len(batch), ran, waited, self.queue_depth)
+                logger.warning(
+                    "%s: batch of %d ran %.3f s after waiting %.3f s (queue %d)",
+                    self.name,
+                    len(batch),
+                    ran,
+                    waited,
+                    self.queue_depth,
+                )
             if len(results) != len(batch):
                 raise RuntimeError(f"{self.name}: {len(results)} results for {len(batch)} jobs")
         except Exception as exc:  # isolate the failing job(s)
@@ -190,7 +200,9 @@ class BatchWorker(Generic[P, R]):
                 logger.exception("%s: job failed", self.name)
                 self._resolve(batch[0], exc=exc)
                 return
-            logger.warning("%s: batch of %d failed (%s); retrying jobs alone", self.name, len(batch), exc)
+            logger.warning(
+                "%s: batch of %d failed (%s); retrying jobs alone", self.name, len(batch), exc
+            )
             for job in batch:
                 self._execute([job])
             return

@@ -132,7 +132,9 @@ class VadSegmenter:
         self._probs.append(prob)
         # Silero's hysteresis: a pause starts below neg_threshold and only speech at or above
         # threshold ends it; in between, an ongoing pause goes on and ongoing speech goes on.
-        if prob >= self.options.threshold or (prob >= self.options.neg_threshold and not self._silence):
+        if prob >= self.options.threshold or (
+            prob >= self.options.neg_threshold and not self._silence
+        ):
             self._silence = 0
             self._last_speech_end = self._position
         else:
@@ -247,9 +249,7 @@ class SileroVad:
         )
         self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64)
 
-    def probabilities(
-        self, streams: list[tuple[VadStreamState, np.ndarray]]
-    ) -> list[np.ndarray]:
+    def probabilities(self, streams: list[tuple[VadStreamState, np.ndarray]]) -> list[np.ndarray]:
         """For each (state, windows[k, 512]) return k probabilities; runs streams in lockstep."""
         results = [np.zeros(len(w), np.float32) for _, w in streams]
         steps = max((len(w) for _, w in streams), default=0)

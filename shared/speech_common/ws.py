@@ -46,7 +46,9 @@ class ProtocolError(Exception):
         self.close_code = close_code
 
     def frame(self) -> dict[str, Any]:
-        return ErrorFrame(body=ErrorBody(error_type=self.error_type, message=self.message)).model_dump()
+        return ErrorFrame(
+            body=ErrorBody(error_type=self.error_type, message=self.message)
+        ).model_dump()
 
 
 def truncate_reason(reason: str) -> str:
@@ -71,3 +73,23 @@ async def safe_close(websocket: Any, code: int = CloseCode.NORMAL, reason: str =
         await websocket.close(code=int(code), reason=truncate_reason(reason))
     except Exception:
         logger.debug("close(%s) on a closed socket", code)
+
+
+class SessionGate:
+    """Counts open sessions of one replica so an overloaded one refuses new sessions (1013).
+
+    All sessions share the Truss server's one event loop, so no lock is needed.
+    """
+
+    def __init__(self, max_sessions: int) -> None:
+        self.max_sessions = max_sessions
+        self.active = 0
+
+    def try_enter(self) -> bool:
+        if self.active >= self.max_sessions:
+            return False
+        self.active += 1
+        return True
+
+    def leave(self) -> None:
+        self.active -= 1

@@ -13,7 +13,7 @@ class Model:
         self._config = kwargs.get("config", {})
         self._scheduler = None
         self._settings = None
-        self._limiter = None
+        self._gate = None
 
     def load(self) -> None:
         from speech_common.settings import resolve
@@ -28,12 +28,16 @@ class Model:
         from faster_whisper import WhisperModel
 
         from speech_common.vad import SileroVad
+        from speech_common.ws import SessionGate
         from whisper_streaming.engine import WhisperEngine
         from whisper_streaming.scheduler import Scheduler
-        from whisper_streaming.session import SessionLimiter
 
-        logger.info("loading Whisper %s on %s (%s)", settings.whisper_model,
-                    settings.whisper_device, settings.whisper_compute_type)
+        logger.info(
+            "loading Whisper %s on %s (%s)",
+            settings.whisper_model,
+            settings.whisper_device,
+            settings.whisper_compute_type,
+        )
         model = WhisperModel(
             settings.model_path(),
             device=settings.whisper_device,
@@ -42,17 +46,20 @@ class Model:
         )
         engine = WhisperEngine(model, encoder_context_s=settings.encoder_context_s)
         self._scheduler = Scheduler(
-            engine, SileroVad(), max_batch=settings.max_batch_size, vad_max_batch=settings.vad_max_batch
+            engine,
+            SileroVad(),
+            max_batch=settings.max_batch_size,
+            vad_max_batch=settings.vad_max_batch,
         ).start()
         self._settings = settings
-        self._limiter = SessionLimiter(settings.max_sessions)
+        self._gate = SessionGate(settings.max_sessions)
         _warm_up(engine)
         logger.info("Whisper ready")
 
     async def websocket(self, websocket: Any) -> None:
         from whisper_streaming.session import StreamingSession
 
-        await StreamingSession(websocket, self._scheduler, self._settings, self._limiter).run()
+        await StreamingSession(websocket, self._scheduler, self._settings, self._gate).run()
 
 
 def _warm_up(engine: Any) -> None:

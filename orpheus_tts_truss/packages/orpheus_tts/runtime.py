@@ -73,7 +73,9 @@ class OrpheusSettings:
 
     def __post_init__(self) -> None:
         if self.orpheus_engine not in ("vllm", "transformers"):
-            raise ValueError(f"orpheus_engine must be vllm or transformers, not {self.orpheus_engine!r}")
+            raise ValueError(
+                f"orpheus_engine must be vllm or transformers, not {self.orpheus_engine!r}"
+            )
         if self.orpheus_device not in ("cuda", "cpu"):
             raise ValueError(f"orpheus_device must be cuda or cpu, not {self.orpheus_device!r}")
 
@@ -216,7 +218,9 @@ def load_runtime(settings: OrpheusSettings) -> OrpheusRuntime:
     snac_dir = None
     if not settings.orpheus_dummy_weights:
         snac_dir = _require_dir(
-            settings.snac_model_dir, SNAC_HF_REPO, "snac_model_dir",
+            settings.snac_model_dir,
+            SNAC_HF_REPO,
+            "snac_model_dir",
             ("config.json", "pytorch_model.bin"),
         )
 
@@ -247,6 +251,9 @@ def load_runtime(settings: OrpheusSettings) -> OrpheusRuntime:
     synthesizer = Synthesizer(engine, tokenizer, decoder, policy)
     logger.info(
         "orpheus runtime ready: engine=%s device=%s dummy=%s window=%s",
-        settings.orpheus_engine, settings.orpheus_device, settings.orpheus_dummy_weights, policy,
+        settings.orpheus_engine,
+        settings.orpheus_device,
+        settings.orpheus_dummy_weights,
+        policy,
     )
     return OrpheusRuntime(settings, engine, tokenizer, decoder, synthesizer)

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from orpheus_tts import metrics
 from orpheus_tts.schema import END_OF_INPUT, SessionConfig, parse_session_config
 from speech_common.text_buffer import DEFAULT_MAX_CHARS, TextBuffer
-from speech_common.ws import CloseCode, ProtocolError, safe_close, send_error_and_close
+from speech_common.ws import CloseCode, ProtocolError, SessionGate, safe_close, send_error_and_close
 
 logger = logging.getLogger(__name__)
 
@@ -88,23 +88,6 @@ class SessionLimits:
         ):
             raise ValueError(f"invalid session limits: {limits}")
         return limits
-
-
-class SessionGate:
-    """Counts open sessions of one replica (all share one event loop, so no lock is needed)."""
-
-    def __init__(self, max_sessions: int) -> None:
-        self.max_sessions = max_sessions
-        self.active = 0
-
-    def try_enter(self) -> bool:
-        if self.active >= self.max_sessions:
-            return False
-        self.active += 1
-        return True
-
-    def leave(self) -> None:
-        self.active -= 1
 
 
 class ClientGone(Exception):

@@ -127,7 +127,9 @@ class Synthesizer:
                     leftover.cancel()
             if aborted or still_generating:
                 await _abort_quietly(self.engine, request_id)
-                logger.info("generation %s aborted (%d queued windows dropped)", request_id, dropped)
+                logger.info(
+                    "generation %s aborted (%d queued windows dropped)", request_id, dropped
+                )
             # Let the cancelled producer unwind (engine iterator closed) before returning.
             await asyncio.gather(producer, return_exceptions=True)
 

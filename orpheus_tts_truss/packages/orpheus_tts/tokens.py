@@ -148,7 +148,9 @@ def validate_frames(frames: np.ndarray) -> np.ndarray:
     """Check shape and code range before a window is batched; returns an int64 (n, 7) array."""
     arr = np.asarray(frames)
     if arr.ndim != 2 or arr.shape[1] != SLOTS_PER_FRAME or arr.shape[0] == 0:
-        raise ValueError(f"frames must be a non-empty (n, {SLOTS_PER_FRAME}) array, got {arr.shape}")
+        raise ValueError(
+            f"frames must be a non-empty (n, {SLOTS_PER_FRAME}) array, got {arr.shape}"
+        )
     if not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"frame codes must be integers, got {arr.dtype}")
     if arr.min() < 0 or arr.max() >= CODEBOOK_SIZE:

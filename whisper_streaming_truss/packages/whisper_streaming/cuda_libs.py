@@ -28,7 +28,9 @@ def preload_cuda_libraries() -> list[str]:
             continue
         lib_dir = os.path.join(list(spec.submodule_search_locations)[0], "lib")
         # cublasLt before cublas, and every cuDNN sub-library: order by name is enough.
-        for path in sorted(glob.glob(os.path.join(lib_dir, "lib*.so*")), key=lambda p: ("Lt" not in p, p)):
+        for path in sorted(
+            glob.glob(os.path.join(lib_dir, "lib*.so*")), key=lambda p: ("Lt" not in p, p)
+        ):
             try:
                 ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
                 loaded.append(path)

@@ -126,14 +126,22 @@ class WhisperEngine:
         o = job.options
         if job.kind is JobKind.PARTIAL:
             return (job.kind,)
-        return (job.kind, o.beam_size, o.length_penalty, o.repetition_penalty, o.no_repeat_ngram_size)
+        return (
+            job.kind,
+            o.beam_size,
+            o.length_penalty,
+            o.repetition_penalty,
+            o.no_repeat_ngram_size,
+        )
 
     def run(self, jobs: list[TranscribeJob]) -> list[Transcript]:
         """Scheduler entry point: one batch of jobs sharing a ``batch_key``."""
         features, frames = self._features(jobs)
         encoded = self.model.encode(features)
         languages = self._languages(jobs, encoded)
-        transcripts = self._generate(jobs, languages, encoded, frames, jobs[0].kind is JobKind.FINAL)
+        transcripts = self._generate(
+            jobs, languages, encoded, frames, jobs[0].kind is JobKind.FINAL
+        )
         for job, transcript in zip(jobs, transcripts, strict=True):
             if job.options.language_detection_only:  # rare: decoding it anyway keeps one batch
                 transcript.segments = []
@@ -142,8 +150,10 @@ class WhisperEngine:
     # -- steps ---------------------------------------------------------------------------------
     def _features(self, jobs: list[TranscribeJob]) -> tuple[np.ndarray, list[int]]:
         mels = [self.model.feature_extractor(job.audio) for job in jobs]
-        frames = [min(int(len(job.audio) * MEL_FRAMES_PER_S / SAMPLE_RATE_HZ), FULL_WINDOW_FRAMES)
-                  for job in jobs]
+        frames = [
+            min(int(len(job.audio) * MEL_FRAMES_PER_S / SAMPLE_RATE_HZ), FULL_WINDOW_FRAMES)
+            for job in jobs
+        ]
         needed = max(frames) + int(CONTEXT_PAD_S * MEL_FRAMES_PER_S)
         width = min(max(self.min_context_frames, needed), FULL_WINDOW_FRAMES)
         width += width % 2  # the encoder's conv stride is 2
@@ -190,8 +200,12 @@ class WhisperEngine:
             duration = len(job.audio) / SAMPLE_RATE_HZ
             if final:
                 subsegments, _, _ = self.model._split_segments_by_timestamps(  # noqa: SLF001
-                    tokenizer=tok, tokens=res.sequences_ids[0], time_offset=0.0,
-                    segment_size=n_frames, segment_duration=duration, seek=0,
+                    tokenizer=tok,
+                    tokens=res.sequences_ids[0],
+                    time_offset=0.0,
+                    segment_size=n_frames,
+                    segment_duration=duration,
+                    seek=0,
                 )
             else:
                 subsegments = [dict(seek=0, start=0.0, end=duration, tokens=res.sequences_ids[0])]
@@ -202,7 +216,9 @@ class WhisperEngine:
                 parsed, tok0, encoded, frames, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, 0.0
             )
         out = []
-        for job, (lang, prob), res, subsegments in zip(jobs, languages, results, parsed, strict=True):
+        for job, (lang, prob), res, subsegments in zip(
+            jobs, languages, results, parsed, strict=True
+        ):
             n = max(len(res.sequences_ids[0]), 1)
             avg_logprob = res.scores[0] * (n**opts.length_penalty) / (n + 1) if res.scores else None
             tok = self._tokenizer(lang)
@@ -217,8 +233,12 @@ class WhisperEngine:
                     avg_logprob=avg_logprob,
                     no_speech_prob=res.no_speech_prob,
                     words=[
-                        Word(w["word"].strip(), job.offset_s + w["start"], job.offset_s + w["end"],
-                             w["probability"])
+                        Word(
+                            w["word"].strip(),
+                            job.offset_s + w["start"],
+                            job.offset_s + w["end"],
+                            w["probability"],
+                        )
                         for w in words
                     ],
                 )
@@ -249,4 +269,3 @@ class WhisperEngine:
 
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
-

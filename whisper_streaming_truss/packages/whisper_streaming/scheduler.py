@@ -19,7 +19,9 @@ VadJob = tuple[VadStreamState, np.ndarray]
 
 
 class Scheduler:
-    def __init__(self, engine: WhisperEngine, vad: SileroVad, *, max_batch: int, vad_max_batch: int):
+    def __init__(
+        self, engine: WhisperEngine, vad: SileroVad, *, max_batch: int, vad_max_batch: int
+    ):
         self.engine = engine
         self.whisper: BatchWorker[TranscribeJob, Transcript] = BatchWorker(
             "whisper", engine.run, max_batch=max_batch, batch_key=engine.batch_key

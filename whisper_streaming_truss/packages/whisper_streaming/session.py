@@ -22,7 +22,7 @@ from starlette.websockets import WebSocketDisconnect
 from speech_common.audio import AudioInput, Encoding
 from speech_common.batching import Superseded
 from speech_common.vad import SAMPLE_RATE_HZ, WINDOW_SAMPLES, VadOptions, VadStreamState
-from speech_common.ws import CloseCode, ProtocolError, safe_close, send_error_and_close
+from speech_common.ws import CloseCode, ProtocolError, SessionGate, safe_close, send_error_and_close
 
 from . import metrics
 from .engine import DecodeOptions, JobKind, TranscribeJob, Transcript
@@ -62,22 +62,14 @@ class _PendingFinal:
     flush: bool = False
 
 
-class SessionLimiter:
-    """Counts open sessions so that an overloaded replica refuses new ones (1013)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.active = 0
-
-
 class StreamingSession:
     def __init__(
-        self, websocket: Any, scheduler: Scheduler, settings: WhisperSettings, limiter: SessionLimiter
+        self, websocket: Any, scheduler: Scheduler, settings: WhisperSettings, gate: SessionGate
     ) -> None:
         self.ws = websocket
         self.scheduler = scheduler
         self.settings = settings
-        self.limiter = limiter
+        self.gate = gate
         self.id = uuid.uuid4().hex[:12]
         self._outbox: asyncio.Queue[dict] = asyncio.Queue()
         self._audio: asyncio.Queue[Any] = asyncio.Queue()
@@ -94,13 +86,14 @@ class StreamingSession:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def run(self) -> None:
-        if self.limiter.active >= self.limiter.limit:
+        if not self.gate.try_enter():
             await send_error_and_close(
                 self.ws,
-                ProtocolError("overloaded", "too many sessions; retry later", CloseCode.TRY_AGAIN_LATER),
+                ProtocolError(
+                    "overloaded", "too many sessions; retry later", CloseCode.TRY_AGAIN_LATER
+                ),
             )
             return
-        self.limiter.active += 1
         metrics.ACTIVE_SESSIONS.inc()
         try:
             config = await self._handshake()
@@ -115,11 +108,12 @@ class StreamingSession:
             logger.exception("session %s: internal error", self.id)
             metrics.SESSION_ERRORS.labels("internal_error").inc()
             await send_error_and_close(
-                self.ws, ProtocolError("internal_error", "internal server error", CloseCode.INTERNAL_ERROR)
+                self.ws,
+                ProtocolError("internal_error", "internal server error", CloseCode.INTERNAL_ERROR),
             )
         finally:
             self.scheduler.forget(self.id)
-            self.limiter.active -= 1
+            self.gate.leave()
             metrics.ACTIVE_SESSIONS.dec()
 
     async def _receive(self) -> dict:
@@ -211,7 +205,9 @@ class StreamingSession:
                 self._queued_samples += int(len(data) / bytes_per_sample * SAMPLE_RATE_HZ / rate)
                 if self._queued_samples > limit:
                     raise ProtocolError(
-                        "overloaded", "server cannot keep up with the audio", CloseCode.TRY_AGAIN_LATER
+                        "overloaded",
+                        "server cannot keep up with the audio",
+                        CloseCode.TRY_AGAIN_LATER,
                     )
                 self._audio.put_nowait(data)
                 continue
@@ -251,7 +247,12 @@ class StreamingSession:
                 config.vad.min_silence_duration_ms - self.settings.speculation_lead_ms,
             )
         tracker = UtteranceTracker(
-            TrackerOptions(vad_options, s.enable_partial_transcripts, s.partial_transcript_interval_s, speculate)
+            TrackerOptions(
+                vad_options,
+                s.enable_partial_transcripts,
+                s.partial_transcript_interval_s,
+                speculate,
+            )
         )
         decode = self._decode_options(config)
         self._pad_samples = int(config.vad.speech_pad_ms * SAMPLE_RATE_HZ / 1000)
@@ -311,7 +312,9 @@ class StreamingSession:
             seq = self._partial_seq
             fut = submit(job, stream_id=self.id, priority=JobKind.PARTIAL, replace_key="partial")
             fut.add_done_callback(
-                functools.partial(self._on_partial, num=request.num, seq=seq, samples=len(request.audio))
+                functools.partial(
+                    self._on_partial, num=request.num, seq=seq, samples=len(request.audio)
+                )
             )
         elif isinstance(request, SpeculativeFinal):
             if self._spec is not None:
@@ -333,9 +336,16 @@ class StreamingSession:
                 job = TranscribeJob(JobKind.FINAL, request.audio, decode, request.offset_s)
                 fut = submit(job, stream_id=self.id, priority=JobKind.FINAL)
             self._finalised.add(request.num)
-            speech_end = round(request.offset_s * SAMPLE_RATE_HZ) + len(request.audio) - self._pad_samples
+            speech_end = (
+                round(request.offset_s * SAMPLE_RATE_HZ) + len(request.audio) - self._pad_samples
+            )
             self._pending.append(
-                _PendingFinal(request.num, fut, len(request.audio) / SAMPLE_RATE_HZ, self._arrival_of(speech_end))
+                _PendingFinal(
+                    request.num,
+                    fut,
+                    len(request.audio) / SAMPLE_RATE_HZ,
+                    self._arrival_of(speech_end),
+                )
             )
             self._pending_changed.set()
         elif isinstance(request, (Dropped, SpeculationVoid)):
@@ -390,7 +400,9 @@ class StreamingSession:
                 self._message(transcript, item.num, True, item.audio_s, flush=item.flush)
             )
             metrics.FINALS_SENT.inc()
-            metrics.FINAL_LATENCY.observe(asyncio.get_running_loop().time() - item.speech_end_arrival)
+            metrics.FINAL_LATENCY.observe(
+                asyncio.get_running_loop().time() - item.speech_end_arrival
+            )
 
     async def _send_loop(self) -> None:
         while True:
@@ -411,8 +423,10 @@ class StreamingSession:
                 log_prob=None if seg.avg_logprob is None else float(seg.avg_logprob),
                 word_timestamps=[
                     WordTimestamp(
-                        word=w.word, start_time=round(float(w.start), 3),
-                        end_time=round(float(w.end), 3), prob=float(w.prob),
+                        word=w.word,
+                        start_time=round(float(w.start), 3),
+                        end_time=round(float(w.end), 3),
+                        prob=float(w.prob),
                     )
                     for w in seg.words
                 ]
