@@ -21,6 +21,7 @@ demo: venv
 ## Unit + end-to-end tests (real Truss server over real WebSockets), lint first.
 test: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 test-fast: venv
