@@ -52,6 +52,14 @@ SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 PushFn = Callable[..., push_mod.DeploymentRecord]
 SmokeFn = Callable[[smoke_test.SmokeOptions], smoke_test.SmokeResult]
 
+# What a promotion (or the rollback's promotion) can fail with.
+PROMOTION_ERRORS = (
+    promote_mod.PromotionError,
+    BasetenApiError,
+    DeploymentFailedError,
+    WaitTimeoutError,
+)
+
 
 @dataclass
 class Step:
@@ -295,12 +303,7 @@ class Deployer:
                 sleep=self.sleep,
                 log=lambda line: self.log(f"   {line}"),
             )
-        except (
-            promote_mod.PromotionError,
-            BasetenApiError,
-            DeploymentFailedError,
-            WaitTimeoutError,
-        ) as exc:
+        except PROMOTION_ERRORS as exc:
             raise StepFailed(
                 str(exc),
                 f"check the model's production environment in the Baseten UI; it should still "
@@ -338,12 +341,7 @@ class Deployer:
                 sleep=self.sleep,
                 log=lambda line: self.log(f"   {line}"),
             )
-        except (
-            promote_mod.PromotionError,
-            BasetenApiError,
-            DeploymentFailedError,
-            WaitTimeoutError,
-        ) as exc:
+        except PROMOTION_ERRORS as exc:
             return f"automatic rollback failed ({exc}); roll back by hand: {manual}"
         self.report.rolled_back = True
         self.report.production_deployment_id = previous

@@ -109,9 +109,6 @@ def _describe(exc: ValidationError) -> str:
 
 
 # -- control messages ---------------------------------------------------------------------------
-CONTROL_TYPES = ("end_audio", "health_check")
-
-
 class ControlMessage(BaseModel):
     model_config = ConfigDict(extra="allow")  # clients may add fields (e.g. a body) we ignore
     type: Literal["end_audio", "health_check"]
