@@ -6,7 +6,9 @@ sample says exactly where in the stream it came from.
 
 from __future__ import annotations
 
+import hashlib
 import wave
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ import pytest
 
 from speech_common.vad import (
     SAMPLE_RATE_HZ,
+    SILERO_ONNX_PATH,
+    SILERO_ONNX_SHA256,
     WINDOW_SAMPLES,
     SileroVad,
     SpeechEnded,
@@ -438,3 +442,30 @@ def test_silero_empty_inputs(silero: SileroVad) -> None:
         [(VadStreamState.fresh(), np.zeros((0, WINDOW_SAMPLES), np.float32))]
     )
     assert out.shape == (0,)
+
+
+# --- the bundled model is silero-vad's, and our wrapper computes what silero-vad's own does ------
+
+
+def test_bundled_model_is_silero_vad_623() -> None:
+    digest = hashlib.sha256(SILERO_ONNX_PATH.read_bytes()).hexdigest()
+    assert digest == SILERO_ONNX_SHA256
+    # The test oracle (dev venv only): the very file the silero-vad package ships.
+    shipped = resources.files("silero_vad.data").joinpath("silero_vad.onnx").read_bytes()
+    assert hashlib.sha256(shipped).hexdigest() == SILERO_ONNX_SHA256
+
+
+@pytest.mark.parametrize("sample", ["speech_en.wav", "order_en.wav", "weather_en.wav"])
+def test_probabilities_equal_silero_vad_packages_own_wrapper(silero: SileroVad, sample: str):
+    """What the STT image computed with silero-vad installed, it computes without it."""
+    import torch
+    from silero_vad.utils_vad import OnnxWrapper
+
+    windows = _windows(_load(sample))
+    (ours,) = silero.probabilities([(VadStreamState.fresh(), windows)])
+    reference = OnnxWrapper(str(resources.files("silero_vad.data").joinpath("silero_vad.onnx")))
+
+    theirs = np.array(
+        [float(reference(torch.from_numpy(w.copy()), SAMPLE_RATE_HZ)) for w in windows]
+    )
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)

@@ -3,6 +3,9 @@
 ``VadSegmenter`` is sans-I/O: it takes 512-sample windows at 16 kHz with their speech probability
 and says where utterances start and end. ``SileroVad`` computes those probabilities with Silero's
 ONNX model, one shared inference session for all streams, batched across streams.
+
+The model is bundled (``assets/silero_vad.onnx``, MIT, see ``assets/SILERO_VAD_LICENSE``): the
+silero-vad package that ships it requires torch, which the STT image must not carry.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +27,9 @@ CONTEXT_SAMPLES = 64  # Silero v5+ prepends the previous window's last 64 sample
 STATE_SHAPE = (2, 1, 128)
 NEG_THRESHOLD_OFFSET = 0.15  # Silero's hysteresis: speech ends below threshold - 0.15
 FORCED_CUT_SEARCH_S = 5.0  # where to look for the quietest point when an utterance is too long
+# Silero VAD v6 exactly as silero-vad 6.2.3 ships it (silero_vad/data/silero_vad.onnx).
+SILERO_ONNX_PATH = Path(__file__).resolve().parent / "assets" / "silero_vad.onnx"
+SILERO_ONNX_SHA256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
 
 
 @dataclass(frozen=True)
@@ -234,18 +240,16 @@ class VadStreamState:
 
 
 class SileroVad:
-    """Silero VAD (ONNX, shipped in the silero-vad package); one session shared by all streams."""
+    """Silero VAD (the bundled ONNX model); one session shared by all streams."""
 
-    def __init__(self, onnx_path: str | None = None, threads: int = 1) -> None:
+    def __init__(self, onnx_path: str | Path = SILERO_ONNX_PATH, threads: int = 1) -> None:
         import onnxruntime
 
-        if onnx_path is None:
-            onnx_path = str(resources.files("silero_vad.data").joinpath("silero_vad.onnx"))
         opts = onnxruntime.SessionOptions()
         opts.inter_op_num_threads = 1
         opts.intra_op_num_threads = threads
         self._session = onnxruntime.InferenceSession(
-            onnx_path, sess_options=opts, providers=["CPUExecutionProvider"]
+            str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
         )
         self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64)
 
