@@ -287,3 +287,41 @@ async def test_stop_while_waiting_for_a_batch_runs_nothing(
     assert runner.batches == []
     assert worker._thread is not None and not worker._thread.is_alive()  # noqa: SLF001
     assert crashes == []  # the worker thread ended cleanly
+
+
+# -- health: a worker thread that dies is seen, logged, and fails its queued jobs -----------------
+class Fatal(BaseException):
+    """Not an Exception: escapes run_batch's per-job isolation and kills the thread."""
+
+
+async def test_healthy_only_while_the_thread_runs(runner: Runner) -> None:
+    worker = BatchWorker("test", runner)
+    assert not worker.healthy  # not started
+    worker.start()
+    assert worker.healthy
+    worker.stop()
+    assert not worker.healthy
+
+
+async def test_killed_worker_is_unhealthy_logged_and_fails_queued_jobs(caplog) -> None:
+    gate = threading.Event()
+
+    def run_batch(payloads: list[Any]) -> list[Any]:
+        assert gate.wait(WAIT_S)
+        raise Fatal("segfault-like")
+
+    worker = BatchWorker("doomed", run_batch).start()
+    first = worker.submit("a", stream_id=1)
+    await asyncio.sleep(0.05)  # the worker holds "a"
+    queued = worker.submit("b", stream_id=2)
+    with caplog.at_level("CRITICAL"):
+        gate.set()
+        with pytest.raises(WorkerStopped):
+            await asyncio.wait_for(queued, WAIT_S)
+    assert not worker.healthy
+    assert isinstance(worker.died, Fatal)
+    assert "doomed: worker thread died" in caplog.text
+    with pytest.raises(WorkerStopped, match="doomed died"):
+        await asyncio.wait_for(first, WAIT_S)  # the batch in flight fails too
+    with pytest.raises(WorkerStopped):
+        worker.submit("c", stream_id=3)

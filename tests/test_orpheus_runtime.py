@@ -242,3 +242,42 @@ async def test_checkpoint_directories_load_and_serve_on_transformers(weights_dir
         assert stats.frames == 4 and stats.dropped_tokens == 0  # 4 frames + stop in 29 tokens
     finally:
         runtime.shutdown()
+
+
+def test_vllm_starts_before_this_process_touches_cuda(weights_dirs, fake_vllm, monkeypatch):
+    """vLLM forks its engine core: a CUDA context created earlier in this process breaks it."""
+    import torch
+
+    events: list[str] = []
+
+    def cuda_touched(*_args, **_kwargs):
+        events.append("cuda")
+        return True
+
+    for name in ("is_available", "init", "_lazy_init", "device_count", "current_device"):
+        monkeypatch.setattr(torch.cuda, name, cuda_touched)
+    start = _FakeAsyncLLM.from_engine_args.__func__
+
+    def from_engine_args(cls, args):
+        events.append("engine")
+        return start(cls, args)
+
+    monkeypatch.setattr(_FakeAsyncLLM, "from_engine_args", classmethod(from_engine_args))
+    orpheus_dir, snac_dir = weights_dirs
+    settings = OrpheusSettings.from_metadata(
+        {
+            "orpheus_engine": "vllm",
+            "orpheus_device": "cuda",
+            "snac_device": "cpu",  # no GPU here: SNAC decodes on CPU, the order is what counts
+            "orpheus_model_dir": str(orpheus_dir),
+            "snac_model_dir": str(snac_dir),
+            "max_model_len": 512,
+            "decode_max_batch": 1,
+        },
+        environ={},
+    )
+    runtime = load_runtime(settings)
+    try:
+        assert events and events[0] == "engine", events
+    finally:
+        runtime.shutdown()

@@ -19,7 +19,9 @@ def fake_cublas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
         (lib / name).write_bytes(b"")
     spec = types.SimpleNamespace(submodule_search_locations=[str(lib.parent)])
     monkeypatch.setattr(
-        cuda_libs.importlib.util, "find_spec", lambda name: spec if name == "nvidia.cublas" else None
+        cuda_libs.importlib.util,
+        "find_spec",
+        lambda name: spec if name == "nvidia.cublas" else None,
     )
     loaded: list[str] = []
     monkeypatch.setattr(ctypes, "CDLL", lambda path, mode=0: loaded.append(Path(path).name))

@@ -34,6 +34,11 @@ class Model:
         self._runtime = load_runtime(settings)
         logger.info("Orpheus ready; session limits %s", self._limits)
 
+    def is_healthy(self) -> bool:
+        """False once the engine (vLLM's engine core, its loop thread) or the SNAC decode worker
+        has died: every session would fail, so the replica must be restarted."""
+        return self._runtime is not None and self._runtime.is_healthy()
+
     async def websocket(self, websocket: Any) -> None:
         from orpheus_tts.prompt import DEFAULT_VOICE, VOICES
         from orpheus_tts.session import TTSSession

@@ -73,6 +73,8 @@ class BatchWorker(Generic[P, R]):
         self._cond = threading.Condition()
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self.died: BaseException | None = None  # what killed the worker thread, if anything
+        self._running: list[_Job[P]] = []  # the batch in flight (worker thread only)
         self.batches_run = 0
         self.jobs_run = 0
 
@@ -82,6 +84,16 @@ class BatchWorker(Generic[P, R]):
             self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
             self._thread.start()
         return self
+
+    @property
+    def healthy(self) -> bool:
+        """Started, not stopped, and its thread is alive (a dead worker fails every session)."""
+        return (
+            self._thread is not None
+            and self._thread.is_alive()
+            and not self._stopped
+            and self.died is None
+        )
 
     def stop(self) -> None:
         with self._cond:
@@ -168,6 +180,20 @@ class BatchWorker(Generic[P, R]):
             return batch
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # a bug or a fatal signal in the worker: never silent
+            self.died = exc
+            logger.critical(
+                "%s: worker thread died; the replica is unhealthy", self.name, exc_info=exc
+            )
+            # No session may wait for a thread that is gone: fail the batch in flight and the
+            # queued jobs.
+            for job in self._running:
+                self._resolve(job, exc=WorkerStopped(f"{self.name} died: {exc!r}"))
+            self.stop()
+
+    def _serve(self) -> None:
         while True:
             batch = self._take_batch()
             if not batch:
@@ -176,7 +202,9 @@ class BatchWorker(Generic[P, R]):
                 continue
             live = [j for j in batch if not j.future.cancelled()]
             if live:
+                self._running = live
                 self._execute(live)
+                self._running = []
 
     def _execute(self, batch: list[_Job[P]]) -> None:
         started = time.monotonic()

@@ -56,6 +56,10 @@ class Model:
         _warm_up(engine)
         logger.info("Whisper ready")
 
+    def is_healthy(self) -> bool:
+        """False once a model worker thread has died: the replica cannot serve and is restarted."""
+        return self._scheduler is not None and self._scheduler.healthy
+
     async def websocket(self, websocket: Any) -> None:
         from whisper_streaming.session import StreamingSession
 

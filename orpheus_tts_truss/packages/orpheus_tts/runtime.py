@@ -106,6 +106,9 @@ class OrpheusRuntime:
     decoder: SnacDecodeService
     synthesizer: Synthesizer
 
+    def is_healthy(self) -> bool:
+        return self.decoder.healthy and self.engine.is_healthy()
+
     def shutdown(self) -> None:
         self.decoder.stop()
         self.engine.shutdown()
@@ -158,6 +161,11 @@ def _check_device(device: str, what: str) -> None:
         )
 
 
+def uses_vllm(settings: OrpheusSettings) -> bool:
+    """Dummy weights always run on the transformers engine."""
+    return settings.orpheus_engine == "vllm" and not settings.orpheus_dummy_weights
+
+
 def _build_engine(settings: OrpheusSettings) -> tuple[TokenEngine, Any]:
     from orpheus_tts.transformers_engine import AudioConstraint, TransformersEngine
 
@@ -182,7 +190,7 @@ def _build_engine(settings: OrpheusSettings) -> tuple[TokenEngine, Any]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    if settings.orpheus_engine == "vllm":
+    if uses_vllm(settings):
         from orpheus_tts.vllm_engine import VllmEngine
 
         if settings.orpheus_device != "cuda":
@@ -211,9 +219,15 @@ def _build_engine(settings: OrpheusSettings) -> tuple[TokenEngine, Any]:
 
 def load_runtime(settings: OrpheusSettings) -> OrpheusRuntime:
     """Load, start and warm everything (sync; call from ``model.load()``)."""
-    _check_device(settings.orpheus_device, "orpheus_device")
     snac_device = settings.snac_device or settings.orpheus_device
-    _check_device(snac_device, "snac_device")
+    # vLLM forks its engine-core process (its default start method). Nothing in this process may
+    # initialise CUDA before that fork, not even torch.cuda.is_available() (without
+    # PYTORCH_NVML_BASED_CUDA_CHECK it creates a CUDA context): "Cannot re-initialize CUDA in
+    # forked subprocess". So with vLLM the device checks run after the engine has started.
+    engine_forks = uses_vllm(settings)
+    if not engine_forks:
+        _check_device(settings.orpheus_device, "orpheus_device")
+        _check_device(snac_device, "snac_device")
     policy = settings.window_policy
     snac_dir = None
     if not settings.orpheus_dummy_weights:
@@ -224,11 +238,11 @@ def load_runtime(settings: OrpheusSettings) -> OrpheusRuntime:
             ("config.json", "pytorch_model.bin"),
         )
 
-    # The engine first: vLLM starts its engine-core process, which must happen before this
-    # process initialises CUDA (SNAC on the GPU), or vLLM has to fall back to spawn.
     engine, tokenizer = _build_engine(settings)
     decoder: SnacDecodeService | None = None
     try:
+        if engine_forks:
+            _check_device(snac_device, "snac_device")
         codec = SnacCodec(
             build_snac(snac_dir, device=snac_device, noise=settings.snac_noise),
             device=snac_device,

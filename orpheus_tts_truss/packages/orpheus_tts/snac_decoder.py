@@ -209,6 +209,10 @@ class SnacDecodeService:
         return self._worker.cancel_stream(stream_id)
 
     @property
+    def healthy(self) -> bool:
+        return self._worker.healthy
+
+    @property
     def queue_depth(self) -> int:
         return self._worker.queue_depth
 

@@ -119,6 +119,7 @@ class TransformersEngine:
         self.vocab_size = int(model.config.vocab_size)
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="orpheus-gen")
         self._cancels: dict[str, threading.Event] = {}
+        self._closed = False
         self.aborted: list[str] = []  # request ids aborted (observability, tests)
 
     @classmethod
@@ -195,7 +196,13 @@ class TransformersEngine:
             count += 1
         logger.info("transformers engine warm (%d tokens)", count)
 
+    def is_healthy(self) -> bool:
+        """Pool threads catch every generation error (it goes to that request), so the engine
+        serves until it is shut down."""
+        return not self._closed
+
     def shutdown(self) -> None:
+        self._closed = True
         for cancel in self._cancels.values():
             cancel.set()
         self._executor.shutdown(wait=False, cancel_futures=True)

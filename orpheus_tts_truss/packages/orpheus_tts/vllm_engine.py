@@ -186,6 +186,11 @@ class VllmEngine:
             count += 1
         logger.info("vLLM engine warm (%d tokens)", count)
 
+    def is_healthy(self) -> bool:
+        """The engine loop thread runs and vLLM does not report its engine core dead
+        (``AsyncLLM.errored``: the engine-core process died or its output handler stopped)."""
+        return self._thread.is_alive() and not getattr(self._engine, "errored", False)
+
     def shutdown(self) -> None:
         try:
             self._loop.call_soon_threadsafe(self._engine.shutdown)

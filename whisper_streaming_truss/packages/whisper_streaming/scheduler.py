@@ -36,6 +36,10 @@ class Scheduler:
         self.vad.start()
         return self
 
+    @property
+    def healthy(self) -> bool:
+        return self.whisper.healthy and self.vad.healthy
+
     def stop(self) -> None:
         self.whisper.stop()
         self.vad.stop()
