@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint serve-whisper serve-orpheus bench-stt bench-tts deploy-whisper deploy-orpheus clean
+.PHONY: venv demo test test-fast lint image-check gpu-wheels gpu-check serve-whisper serve-orpheus bench-stt bench-tts deploy-whisper deploy-orpheus clean
 
 $(STAMP): requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,20 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+## Each truss's production image resolves (uv, Linux x86-64); also part of `make test`.
+image-check: venv
+	$(BIN)/python scripts/image_check.py
+
+## Pure-Python wheels the GPU check needs beyond torch/transformers/numpy (carry .gpu_wheels/).
+GPU_WHEELS := snac==1.2.1 einops==0.8.2 prometheus-client==0.26.0
+gpu-wheels: venv
+	$(BIN)/python -m pip download --quiet --no-deps --dest .gpu_wheels $(GPU_WHEELS)
+
+## On a CUDA machine (no venv there): SNAC parity/throughput and the Orpheus pipeline -> JSON.
+gpu-check:
+	$(PYTHON) -m pip install --quiet --no-index --no-deps .gpu_wheels/*.whl
+	$(PYTHON) scripts/gpu_check.py --out bench_results/gpu_check.json
+
 serve-whisper: venv
 	$(BIN)/python scripts/serve.py whisper_streaming_truss
 
@@ -50,4 +64,4 @@ deploy-orpheus: venv
 	$(BIN)/python scripts/deploy.py orpheus_tts_truss
 
 clean:
-	rm -rf $(VENV) .truss_build .pytest_cache .ruff_cache
+	rm -rf $(VENV) .truss_build .pytest_cache .ruff_cache .gpu_wheels

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -36,11 +36,13 @@ FAILED_STATUSES = frozenset(
         "BUILD_STOPPED",
         "DEPLOY_FAILED",
         "FAILED",
-        "UNHEALTHY",
         "INACTIVE",
         "DEACTIVATING",
     }
 )
+# Replicas failing their health checks: Baseten restarts them and the deployment can recover, so
+# a wait goes on (until its deadline) instead of giving up at the first poll that shows it.
+RECOVERABLE_STATUSES = frozenset({"UNHEALTHY"})
 # InProgressPromotionStatusV1: the promotion is over, one way or the other.
 PROMOTION_FAILED_STATUSES = frozenset({"FAILED", "CANCELED"})
 PROMOTION_SUCCEEDED_STATUS = "SUCCEEDED"
@@ -139,8 +141,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    now = now or datetime.now(timezone.utc)
+        when = when.replace(tzinfo=UTC)
+    now = now or datetime.now(UTC)
     return max(0.0, (when - now).total_seconds())
 
 
@@ -300,9 +302,35 @@ class ManagementClient:
         path = f"{self._model_path(model_id)}/environments/{quote(environment, safe='')}"
         return self.request("PATCH", path, {"autoscaling_settings": dict(settings)})
 
-    def list_secret_names(self) -> set[str]:
-        """Names of the workspace's secrets (values are never returned by the API)."""
-        answer = self.request("GET", "/v1/secrets") or {}
+    def update_deployment_autoscaling(
+        self, model_id: str, deployment_id: str, settings: Mapping[str, int]
+    ) -> dict[str, Any]:
+        path = (
+            f"{self._model_path(model_id)}/deployments/{quote(deployment_id, safe='')}"
+            "/autoscaling_settings"
+        )
+        return self.request("PATCH", path, dict(settings))
+
+    def list_teams(self) -> list[dict[str, Any]]:
+        return list((self.request("GET", "/v1/teams") or {}).get("teams", []))
+
+    def team_id(self, team: str) -> str:
+        """The id of a team given by name (as ``truss push --team`` takes it) or by id."""
+        teams = self.list_teams()
+        for item in teams:
+            if team in (item.get("name"), item.get("id")):
+                return str(item["id"])
+        names = ", ".join(sorted(str(t.get("name")) for t in teams)) or "none"
+        raise ConfigError(f"no team {team!r} for this API key (teams: {names})")
+
+    def list_secret_names(self, team: str | None = None) -> set[str]:
+        """Names of the secrets a deployment can use (values are never returned by the API):
+        the team's when a team is named (accounts with several teams), else the workspace's."""
+        if team:
+            path = f"/v1/teams/{quote(self.team_id(team), safe='')}/secrets"
+        else:
+            path = "/v1/secrets"
+        answer = self.request("GET", path) or {}
         return {str(item.get("name")) for item in answer.get("secrets", [])}
 
     # --- waits ----------------------------------------------------------------------------
@@ -333,7 +361,11 @@ class ManagementClient:
                 return deployment
             if status in FAILED_STATUSES:
                 raise DeploymentFailedError(model_id, deployment_id, status)
-            if status not in PENDING_STATUSES and status != SCALED_TO_ZERO_STATUS:
+            if status in RECOVERABLE_STATUSES:
+                logger.warning(
+                    "deployment %s is %s; waiting for it to recover", deployment_id, status
+                )
+            elif status not in PENDING_STATUSES and status != SCALED_TO_ZERO_STATUS:
                 logger.warning("unknown deployment status %s; still waiting", status)
             if clock() >= deadline:
                 raise WaitTimeoutError(

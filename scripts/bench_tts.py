@@ -40,6 +40,7 @@ sys.path[:0] = [
     str(REPO_ROOT / "orpheus_tts_truss" / "packages"),
 ]
 
+from stats import percentile  # noqa: E402
 from tts_client import TTSResult, stream_tts  # noqa: E402
 
 logger = logging.getLogger("bench_tts")
@@ -53,15 +54,6 @@ SNAC_STREAM_COUNTS = (1, 4, 16)
 SNAC_WINDOWS_PER_STREAM = 3
 # The reference Orpheus decoder waits for 28 tokens (4 frames) before its first audio.
 REFERENCE_TOKENS_BEFORE_FIRST_AUDIO = 28
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list, else None."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
-    return ordered[rank]
 
 
 def summarize(results: Sequence[TTSResult], wall_s: float) -> dict[str, Any]:

@@ -47,6 +47,8 @@ KIND_BY_TRUSS = {"whisper_streaming_truss": "stt", "orpheus_tts_truss": "tts"}
 DEFAULT_ACTIVE_TIMEOUT_S = 45 * 60.0  # image build + weights download + model load on a cold GPU
 DEFAULT_ACTIVE_POLL_S = 10.0
 HTTP_UNAUTHORIZED = 401
+# What the previous production deployment may scale down to once the new one is proven.
+RELEASED_MIN_REPLICA = 0
 SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
 PushFn = Callable[..., push_mod.DeploymentRecord]
@@ -133,6 +135,26 @@ class DeployOptions:
     smoke_connect_budget_s: float = smoke_test.DEFAULT_CONNECT_BUDGET_S
     smoke_timeout_s: float | None = None
     smoke_fast: bool = False  # STT audio as fast as possible instead of at real-time pace
+    team: str | None = None  # Baseten team (accounts with several): its secrets are checked
+    push_timeout_s: float = push_mod.DEFAULT_WAIT_TIMEOUT_S
+
+    def smoke_worst_case_s(self) -> float:
+        """One smoke test at most: connect budget (503s while waking) + the test's own timeout."""
+        return self.smoke_connect_budget_s + (
+            self.smoke_timeout_s or smoke_test.default_timeout_s(self.kind)
+        )
+
+    def worst_case_s(self) -> float:
+        """Every step at its deadline, a failed production smoke test and the rollback included:
+        the CI job's timeout must exceed this, or CI kills a deploy halfway through a promotion."""
+        promotion = self.promotion_timeout_s + promote_mod.DEFAULT_SETTINGS_TIMEOUT_S
+        return (
+            self.push_timeout_s
+            + self.active_timeout_s
+            + 2 * self.smoke_worst_case_s()  # the deployment, then production
+            + promotion
+            + self.promotion_timeout_s  # the rollback's promotion
+        )
 
 
 def infer_kind(truss_dir: Path) -> str:
@@ -191,7 +213,11 @@ class Deployer:
         except ConfigError as exc:
             raise StepFailed(str(exc), "pass a truss folder (with config.yaml)") from None
         try:
-            names = self.client.list_secret_names()
+            names = self.client.list_secret_names(team=self.opts.team)
+        except ConfigError as exc:  # the team is unknown to this key
+            raise StepFailed(
+                str(exc), "production is untouched. Set BASETEN_TEAM to one of those teams."
+            ) from None
         except BasetenApiError as exc:
             if exc.status_code == HTTP_UNAUTHORIZED:
                 raise StepFailed(
@@ -208,7 +234,9 @@ class Deployer:
                 "hf_access_token is a Hugging Face token that can read the gated weights. "
                 "Then re-run.",
             )
-        return f"API key accepted; secrets present: {', '.join(sorted(needed)) or 'none needed'}"
+        scope = f"team {self.opts.team}" if self.opts.team else "workspace"
+        present = ", ".join(sorted(needed)) or "none needed"
+        return f"API key accepted; {scope} secrets present: {present}"
 
     def push(self) -> str:
         if self.opts.skip_push:
@@ -298,6 +326,9 @@ class Deployer:
                 record.model_id,
                 record.deployment_id,
                 autoscaling=self.opts.autoscaling,
+                # The previous deployment stays warm until the new one passed its production
+                # smoke test: a rollback must not wait for a GPU cold start (Orpheus: up to 30 min).
+                scale_down_previous=False,
                 timeout_s=self.opts.promotion_timeout_s,
                 poll_interval_s=self.opts.poll_interval_s,
                 sleep=self.sleep,
@@ -319,6 +350,30 @@ class Deployer:
         record = self._record()
         return self._smoke("production", record.production_ws_url, "")
 
+    def _previous(self) -> str | None:
+        """The production deployment before this deploy, if it is another one."""
+        previous = self.report.previous_production_id
+        return previous if previous and previous != self._record().deployment_id else None
+
+    def release_previous(self) -> str:
+        """Production passed its smoke test: let the previous deployment scale down (it was kept
+        warm for a rollback). It keeps its weights and image: promote.py can bring it back."""
+        record = self._record()
+        previous = self._previous()
+        if previous is None:
+            return "no previous production deployment"
+        try:
+            self.client.update_deployment_autoscaling(
+                record.model_id, previous, {"min_replica": RELEASED_MIN_REPLICA}
+            )
+        except BasetenApiError as exc:
+            # Production is proven; only the old deployment's cost is at stake: say so, pass.
+            return (
+                f"WARNING: could not let {previous} scale down ({exc}); set its min replicas "
+                "to 0 in the Baseten UI (it stays warm and costs GPU time until then)"
+            )
+        return f"{previous} may scale down now (min_replica {RELEASED_MIN_REPLICA})"
+
     def rollback(self) -> str:
         """Promote the previous production deployment back; return what happened."""
         record = self._record()
@@ -336,6 +391,7 @@ class Deployer:
                 self.client,
                 record.model_id,
                 previous,
+                scale_down_previous=True,  # the failing deployment: no reason to keep it warm
                 timeout_s=self.opts.promotion_timeout_s,
                 poll_interval_s=self.opts.poll_interval_s,
                 sleep=self.sleep,
@@ -364,6 +420,7 @@ class Deployer:
             ("smoke deployment", self.smoke_deployment),
             ("promote", self.promote),
             ("smoke production", self.smoke_production),
+            ("release previous", self.release_previous),
         ]
         for name, fn in steps:
             try:
@@ -414,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fast-smoke", action="store_true", help="STT smoke audio as fast as possible"
     )
+    parser.add_argument("--team", help=f"Baseten team (default: ${push_mod.TEAM_ENV})")
     return parser
 
 
@@ -440,6 +498,7 @@ def options_from_args(args: argparse.Namespace) -> DeployOptions:
         smoke_connect_budget_s=args.smoke_connect_budget,
         smoke_timeout_s=args.smoke_timeout,
         smoke_fast=args.fast_smoke,
+        team=args.team or os.environ.get(push_mod.TEAM_ENV) or None,
     )
 
 

@@ -33,6 +33,7 @@ from scripts.baseten_api import (  # noqa: E402
     PRODUCTION,
     PROMOTION_FAILED_STATUSES,
     PROMOTION_SUCCEEDED_STATUS,
+    RECOVERABLE_STATUSES,
     SCALED_TO_ZERO_STATUS,
     BasetenApiError,
     ConfigError,
@@ -156,7 +157,7 @@ def check_promotable(deployment: Mapping[str, Any]) -> None:
     dep_id = str(deployment.get("id"))
     if status in FAILED_STATUSES:
         raise PromotionError(f"deployment {dep_id} is {status}: it cannot serve production")
-    if status in PENDING_STATUSES:
+    if status in PENDING_STATUSES or status in RECOVERABLE_STATUSES:
         raise PromotionError(
             f"deployment {dep_id} is still {status}: wait until it is ACTIVE, smoke-test it, "
             "then promote"

@@ -22,7 +22,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -128,7 +128,7 @@ def deployment_name(state: GitState, now: datetime | None = None) -> str:
     """``<sha>``, or ``<sha>-dirty-<UTC time>`` for uncommitted changes (not reproducible from sha)."""
     if not state.dirty:
         return state.sha
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return f"{state.sha}-dirty-{now.strftime('%Y%m%d%H%M%S')}"
 
 
@@ -269,7 +269,7 @@ def build_record(
         logs_url=result.get("logs_url"),
         deployment_ws_url=deployment_ws_url(base, deployment_id),
         production_ws_url=environment_ws_url(base),
-        pushed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        pushed_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
 

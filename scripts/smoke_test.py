@@ -68,6 +68,17 @@ STT_FRAME_SAMPLES = 512
 STT_BYTES_PER_SAMPLE = 2
 DEFAULT_MAX_WER = 0.3
 DEFAULT_STT_TIMEOUT_S = 120.0  # after the last audio frame was sent
+# Bound on the STT sample's length (streamed at real-time pace before that timeout starts);
+# the bundled default is 14.4 s. Used for the deploy job's worst-case time.
+STT_MAX_SAMPLE_S = 60.0
+
+
+def default_timeout_s(kind: str) -> float:
+    """The longest one smoke test runs once connected, with the default timeouts."""
+    if kind == "tts":
+        return DEFAULT_TTS_TIMEOUT_S
+    return STT_MAX_SAMPLE_S + DEFAULT_STT_TIMEOUT_S
+
 
 _NUMBER_WORDS = {
     "0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six",
@@ -226,7 +237,7 @@ async def smoke_tts(options: SmokeOptions) -> SmokeResult:
 
         try:
             await asyncio.wait_for(receive(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise SmokeFailure(
                 f"no normal close within {timeout_s:.0f} s ({pcm_bytes} bytes of audio so far)",
                 metrics,
@@ -268,6 +279,8 @@ def load_sample(path: Path) -> bytes:
             STT_BYTES_PER_SAMPLE,
         ):
             raise SmokeFailure(f"{path}: need 16 kHz mono 16-bit PCM")
+        if wav.getnframes() > STT_MAX_SAMPLE_S * STT_SAMPLE_RATE_HZ:
+            raise SmokeFailure(f"{path}: longer than {STT_MAX_SAMPLE_S:.0f} s")
         return wav.readframes(wav.getnframes())
 
 
@@ -347,7 +360,7 @@ async def smoke_stt(options: SmokeOptions) -> SmokeResult:
 
         try:
             finished = await asyncio.wait_for(receive(), audio_s + timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise SmokeFailure(
                 f"no end_audio 'finished' within {timeout_s:.0f} s after the audio "
                 f"({len(finals)} finals so far)",
@@ -399,7 +412,7 @@ async def run_async(options: SmokeOptions) -> SmokeResult:
         raise SmokeFailure(f"unknown kind {options.kind!r}")
     except SmokeFailure as exc:
         return SmokeResult(False, options.kind, options.url, exc.message, exc.metrics, exc.message)
-    except (OSError, WebSocketException, asyncio.TimeoutError, ValueError) as exc:
+    except (TimeoutError, OSError, WebSocketException, ValueError) as exc:
         message = f"{type(exc).__name__}: {exc}"
         if options.api_key:
             message = message.replace(options.api_key, "***")

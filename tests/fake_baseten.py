@@ -14,7 +14,7 @@ import re
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,11 +45,14 @@ ROUTES: list[tuple[str, str]] = [
     ("GET", "/v1/models/{model_id}/environments/{env_name}"),
     ("PATCH", "/v1/models/{model_id}/environments/{env_name}"),
     ("GET", "/v1/secrets"),
+    ("PATCH", "/v1/models/{model_id}/deployments/{deployment_id}/autoscaling_settings"),
+    ("GET", "/v1/teams"),
+    ("GET", "/v1/teams/{team_id}/secrets"),
 ]
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def _template_regex(template: str) -> re.Pattern[str]:
@@ -66,6 +69,8 @@ class FakeDeployment:
     # Statuses shown by successive GETs; the last one sticks.
     statuses: deque[str] = field(default_factory=lambda: deque(["ACTIVE"]))
     name: str = ""
+    # Its own settings (a deployment outside an environment); None until set.
+    autoscaling: dict[str, Any] | None = None
 
     @property
     def status(self) -> str:
@@ -119,6 +124,8 @@ class FakeBaseten:
         self.autoscaling_polls = 1  # environment GETs before an autoscaling update shows
         self.redeploy_on_promotion = False
         self.secrets: set[str] = {"hf_access_token"}
+        self.teams: dict[str, str] = {"team-default": "Default Team"}  # id -> name
+        self.team_secrets: dict[str, set[str]] = {}  # team id -> secret names
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -324,11 +331,36 @@ class FakeBaseten:
         return 200, {}, {"status": "ACCEPTED", "message": "settings update accepted"}
 
     def _list_secrets(self, body: Any):
+        return self._secrets_of(self.secrets, "Default Team")
+
+    @staticmethod
+    def _secrets_of(names: set[str], team_name: str):
         secrets = [
-            {"id": f"s{i}", "created_at": _now(), "name": name, "team_name": "Default Team"}
-            for i, name in enumerate(sorted(self.secrets))
+            {"id": f"s{i}", "created_at": _now(), "name": name, "team_name": team_name}
+            for i, name in enumerate(sorted(names))
         ]
         return 200, {}, {"secrets": secrets}
+
+    def _patch_deployment_autoscaling(self, body: Any, model_id: str, deployment_id: str):
+        if not isinstance(body, dict) or set(body) - set(SCHEMAS["UpdateAutoscalingSettingsV1"]):
+            return 400, {}, {"error": f"invalid autoscaling settings {body!r}"}
+        dep = self.deployments.get((model_id, deployment_id))
+        if dep is None:
+            return 404, {}, {"error": "deployment not found"}
+        dep.autoscaling = {**(dep.autoscaling or DEFAULT_AUTOSCALING), **body}
+        return 200, {}, {"status": "ACCEPTED", "message": "settings update accepted"}
+
+    def _list_teams(self, body: Any):
+        teams = [
+            {"id": team_id, "name": name, "default": i == 0, "created_at": _now()}
+            for i, (team_id, name) in enumerate(self.teams.items())
+        ]
+        return 200, {}, {"teams": teams}
+
+    def _list_team_secrets(self, body: Any, team_id: str):
+        if team_id not in self.teams:
+            return 404, {}, {"error": "team not found"}
+        return self._secrets_of(self.team_secrets.get(team_id, set()), self.teams[team_id])
 
 
 _HANDLERS = {
@@ -337,6 +369,9 @@ _HANDLERS = {
     ROUTES[2]: "_get_environment",
     ROUTES[3]: "_patch_environment",
     ROUTES[4]: "_list_secrets",
+    ROUTES[5]: "_patch_deployment_autoscaling",
+    ROUTES[6]: "_list_teams",
+    ROUTES[7]: "_list_team_secrets",
 }
 
 

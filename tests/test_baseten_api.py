@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
@@ -47,6 +47,7 @@ def test_status_sets_partition_the_published_enum():
     groups = [
         api.PENDING_STATUSES,
         api.FAILED_STATUSES,
+        api.RECOVERABLE_STATUSES,
         {api.ACTIVE_STATUS, api.SCALED_TO_ZERO_STATUS},
     ]
     assert set().union(*groups) == published
@@ -142,7 +143,7 @@ def test_wrong_key_is_a_clear_401_without_echoing_the_key(fake):
 
 
 def test_parse_retry_after_accepts_http_dates():
-    now = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2025, 1, 1, tzinfo=UTC)
     later = format_datetime(now + timedelta(seconds=30), usegmt=True)
     assert api.parse_retry_after(later, now=now) == pytest.approx(30)
     assert api.parse_retry_after("12") == 12
@@ -184,3 +185,35 @@ def test_list_secret_names(fake):
     with client_for(fake) as client:
         assert client.list_secret_names() == {"hf_access_token", "other"}
     assert set(SUBSET["schemas"]["SecretV1"]) >= {"name"}
+
+
+def test_team_secrets_come_from_the_team_scoped_endpoint(fake):
+    fake.secrets = {"workspace_only"}
+    fake.teams = {"t-1": "Default Team", "t-2": "Speech"}
+    fake.team_secrets = {"t-2": {"hf_access_token"}}
+    with client_for(fake) as client:
+        assert client.list_secret_names(team="Speech") == {"hf_access_token"}
+        assert client.list_secret_names(team="t-2") == {"hf_access_token"}  # an id works too
+        with pytest.raises(api.ConfigError, match="no team 'Nope'.*Default Team, Speech"):
+            client.list_secret_names(team="Nope")
+    paths = [path for _, path, _ in fake.calls("GET")]
+    assert "/v1/teams/t-2/secrets" in paths and "/v1/secrets" not in paths
+    assert set(SUBSET["schemas"]["TeamV1_required"]) >= {"id", "name"}
+
+
+def test_unhealthy_is_waited_out_until_active(fake):
+    fake.add_deployment(MODEL, "d1", ["LOADING_MODEL", "UNHEALTHY", "UNHEALTHY", "ACTIVE"])
+    seen: list[str] = []
+    with client_for(fake) as client:
+        dep = client.wait_for_deployment(
+            MODEL, "d1", timeout_s=60, poll_interval_s=0, on_status=seen.append
+        )
+    assert dep["status"] == "ACTIVE" and seen == ["LOADING_MODEL", "UNHEALTHY", "ACTIVE"]
+
+
+def test_deployment_autoscaling_update(fake):
+    fake.add_deployment(MODEL, "d1")
+    with client_for(fake) as client:
+        answer = client.update_deployment_autoscaling(MODEL, "d1", {"min_replica": 0})
+    assert answer["status"] == "ACCEPTED"
+    assert fake.deployments[(MODEL, "d1")].autoscaling["min_replica"] == 0

@@ -108,6 +108,7 @@ def test_happy_path_runs_every_step_in_order(fake, tmp_path):
         ("smoke deployment", True),
         ("promote", True),
         ("smoke production", True),
+        ("release previous", True),
     ]
     assert smoke.urls == [deployment_ws_url(BASE, NEW), environment_ws_url(BASE)]
     assert fake.production(MODEL).current == NEW
@@ -192,6 +193,54 @@ def test_production_smoke_failure_rolls_back(fake, tmp_path):
         f"/v1/models/{MODEL}/deployments/{NEW}/promote",
         f"/v1/models/{MODEL}/deployments/{OLD}/promote",
     ]
+
+
+def test_previous_stays_warm_until_production_passed_its_smoke_test(fake, tmp_path):
+    seen_during_smoke = []
+
+    def smoke(options):
+        if "/environments/production/" in options.url:
+            # Promoted, not yet proven: the old deployment still has its replicas.
+            seen_during_smoke.append(fake.deployments[(MODEL, OLD)].status)
+            assert fake.deployments[(MODEL, OLD)].autoscaling is None
+        return FakeSmoke()(options)
+
+    report = deployer(fake, tmp_path, smoke).run()
+    assert report.ok and seen_during_smoke == ["ACTIVE"]
+    (_, _, body), *_ = fake.calls("POST", f"/deployments/{NEW}/promote")
+    assert body["scale_down_previous_production"] is False
+    # Then, and only then, it may scale down.
+    (patch,) = fake.calls("PATCH", f"/deployments/{OLD}/autoscaling_settings")
+    assert patch[2] == {"min_replica": 0}
+    assert fake.deployments[(MODEL, OLD)].autoscaling["min_replica"] == 0
+    assert step_names(report)[-1] == ("release previous", True)
+
+
+def test_rollback_finds_the_previous_deployment_warm(fake, tmp_path):
+    report = deployer(fake, tmp_path, FakeSmoke(production_ok=False)).run()
+    assert report.rolled_back and fake.production(MODEL).current == OLD
+    assert fake.deployments[(MODEL, OLD)].status == "ACTIVE"  # never scaled down
+    forward, back = [body for _, _, body in fake.calls("POST")]
+    assert forward["scale_down_previous_production"] is False
+    assert back["scale_down_previous_production"] is True  # the failing one may go
+    assert fake.calls("PATCH", "/deployments/") == []
+
+
+def test_release_failure_warns_but_production_stands(fake, tmp_path):
+    fake.inject(500, path_contains="/autoscaling_settings")
+    report = deployer(fake, tmp_path, FakeSmoke()).run()
+    assert report.ok and report.steps[-1].detail.startswith("WARNING: could not let old1")
+
+
+def test_team_secrets_are_checked_with_the_team_endpoint(fake, tmp_path):
+    fake.secrets = set()  # the workspace-level list would say "missing"
+    fake.teams = {"t-1": "Default Team", "t-9": "Voice"}
+    fake.team_secrets = {"t-9": {"hf_access_token"}}
+    report = deployer(fake, tmp_path, FakeSmoke(), team="Voice").run()
+    assert report.ok and "team Voice secrets present: hf_access_token" in report.steps[0].detail
+    report = deployer(fake, tmp_path, FakeSmoke(), push_fn=never_push, team="Nobody").run()
+    assert step_names(report) == [("preflight", False)]
+    assert "BASETEN_TEAM" in report.next_steps
 
 
 def test_no_rollback_leaves_instructions(fake, tmp_path):
@@ -280,7 +329,7 @@ async def test_cli_end_to_end_with_fake_truss_fake_api_and_a_speaking_socket(fak
     assert paths == [f"/deployment/{NEW}/websocket", "/environments/production/websocket"]
     assert fake.production(MODEL).current == NEW
     assert fake.production(MODEL).autoscaling["concurrency_target"] == 16  # from autoscaling.yaml
-    assert (tmp_path / "summary.md").read_text().count("| pass |") == 6
+    assert (tmp_path / "summary.md").read_text().count("| pass |") == 7
     assert json.loads((tmp_path / "report.json").read_text())["smoke"]["production"]["ok"]
 
 

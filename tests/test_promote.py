@@ -165,10 +165,34 @@ def test_deployment_failing_during_promotion_stops_the_wait(fake, client):
     fake.promotion_polls = 100
 
     def sleep(_: float) -> None:
-        dep.set_status("UNHEALTHY")
+        dep.set_status("DEPLOY_FAILED")
 
-    with pytest.raises(DeploymentFailedError, match="UNHEALTHY"):
+    with pytest.raises(DeploymentFailedError, match="DEPLOY_FAILED"):
         run_promote(client, sleep=sleep)
+
+
+def test_unhealthy_during_promotion_is_waited_out(fake, client):
+    """UNHEALTHY is not terminal: Baseten restarts the replicas and the deployment can recover."""
+    fake.add_deployment(MODEL, "old")
+    dep = fake.add_deployment(MODEL, "new")
+    fake.set_production(MODEL, "old")
+    fake.promotion_polls = 3
+    seen = []
+
+    def sleep(_: float) -> None:
+        seen.append(dep.status)
+        dep.set_status("UNHEALTHY" if len(seen) == 1 else "ACTIVE")
+
+    result = run_promote(client, sleep=sleep)
+    assert result.production_deployment_id == "new" and "UNHEALTHY" in [dep.status, *seen[1:]]
+
+
+def test_unhealthy_deployment_is_not_promoted(fake, client):
+    fake.add_deployment(MODEL, "old")
+    fake.add_deployment(MODEL, "new", ["UNHEALTHY"])
+    fake.set_production(MODEL, "old")
+    with pytest.raises(pr.PromotionError, match="is still UNHEALTHY: wait until it is ACTIVE"):
+        run_promote(client)
 
 
 def test_promotion_timeout(fake, client):

@@ -7,7 +7,7 @@ import os
 import re
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -188,7 +188,7 @@ def test_dirty_marker_tracks_what_would_be_pushed(repo):
     (truss_dir / "model" / "new.py").write_text("")  # untracked files are pushed too
     state = ps.git_state(truss_dir, config)
     assert state.dirty
-    when = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+    when = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
     assert ps.deployment_name(state, when) == f"{state.sha}-dirty-20250304050607"
 
 

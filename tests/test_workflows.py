@@ -16,7 +16,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / ".github" / "workflows"
 CI = WORKFLOWS / "ci.yml"
+TEST = WORKFLOWS / "test.yml"
 DEPLOY = WORKFLOWS / "deploy.yml"
+# checkout, setup-python and the pip install before deploy.py starts (generous).
+DEPLOY_SETUP_S = 15 * 60
+GITHUB_JOB_TIMEOUT_MAX_MIN = 360  # hosted runners
 TRUSS_BY_MODEL = {"whisper": "whisper_streaming_truss", "orpheus": "orpheus_tts_truss"}
 
 
@@ -39,7 +43,7 @@ def test_actionlint_passes():
         assert (sys.platform, platform.machine()) != ("linux", "x86_64"), "actionlint missing"
         pytest.skip("no actionlint binary for this platform")
     proc = subprocess.run(
-        [binary, "-no-color", str(CI), str(DEPLOY)],
+        [binary, "-no-color", str(CI), str(TEST), str(DEPLOY)],
         capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -65,7 +69,8 @@ def test_actionlint_catches_a_broken_workflow(tmp_path):
 def test_ci_runs_the_readme_test_command_on_prs_and_pushes():
     ci = load(CI)
     assert {"pull_request", "push"} <= set(ci["on"])
-    (job,) = ci["jobs"].values()
+    assert ci["jobs"]["test"]["uses"] == "./.github/workflows/test.yml"
+    (job,) = load(TEST)["jobs"].values()
     steps = job["steps"]
     setup = next(s for s in steps if s.get("uses", "").startswith("actions/setup-python"))
     assert setup["with"]["python-version"] == "3.11" and setup["with"]["cache"] == "pip"
@@ -73,11 +78,43 @@ def test_ci_runs_the_readme_test_command_on_prs_and_pushes():
     assert any(s.get("run", "").strip().startswith("make test") for s in steps)
 
 
-def test_deploy_triggers_on_truss_and_shared_changes_and_by_hand():
+def test_a_run_on_main_is_never_cancelled_halfway():
+    concurrency = load(CI)["concurrency"]
+    assert concurrency["cancel-in-progress"] == "${{ github.ref != 'refs/heads/main' }}"
+
+
+def test_deploy_only_after_the_tests_passed_on_that_commit():
+    ci = load(CI)["jobs"]
+    # Pushes to main: CI's own test job gates the deploy of the same commit.
+    assert ci["deploy"]["needs"] == "test"
+    assert ci["deploy"]["uses"] == "./.github/workflows/deploy.yml"
+    assert "refs/heads/main" in ci["deploy"]["if"] and "push" in ci["deploy"]["if"]
     deploy = load(DEPLOY)
-    push = deploy["on"]["push"]
-    assert push["branches"] == ["main"]
-    assert set(push["paths"]) == {f"{t}/**" for t in TRUSS_BY_MODEL.values()} | {"shared/**"}
+    assert set(deploy["on"]) == {"workflow_call", "workflow_dispatch"}  # never on its own push
+    # By hand: the tests run first, in the deploy workflow.
+    jobs = deploy["jobs"]
+    assert jobs["test"]["uses"] == "./.github/workflows/test.yml"
+    assert jobs["targets"]["needs"] == "test"
+    assert "!failure()" in jobs["targets"]["if"] and "!cancelled()" in jobs["targets"]["if"]
+    assert jobs["deploy"]["needs"] == "targets"
+    assert "needs.targets.result == 'success'" in jobs["deploy"]["if"]
+
+
+def test_deploy_job_timeout_covers_the_scripts_worst_case():
+    from scripts import deploy as dp
+
+    minutes = load(DEPLOY)["jobs"]["deploy"]["timeout-minutes"]
+    assert minutes <= GITHUB_JOB_TIMEOUT_MAX_MIN
+    for truss, kind in dp.KIND_BY_TRUSS.items():
+        options = dp.DeployOptions(Path(truss), kind, None, Path("record.json"), "key")
+        worst = options.worst_case_s()
+        # push wait + wait ACTIVE + two smoke tests + promotion + settings + rollback
+        assert worst >= 129 * 60, worst
+        assert minutes * 60 >= worst + DEPLOY_SETUP_S, (kind, worst / 60)
+
+
+def test_deploy_triggers_by_hand():
+    deploy = load(DEPLOY)
     choice = deploy["on"]["workflow_dispatch"]["inputs"]["model"]
     assert choice["type"] == "choice" and set(TRUSS_BY_MODEL) <= set(choice["options"])
     for truss in TRUSS_BY_MODEL.values():
@@ -97,6 +134,7 @@ def test_deploy_job_is_serialised_per_model_and_uses_the_secret():
     # the secret only ever reaches the environment, never a command line
     text = DEPLOY.read_text()
     assert text.count("secrets.BASETEN_API_KEY") == 1
+    assert load(DEPLOY)["on"]["workflow_call"]["secrets"]["BASETEN_API_KEY"]["required"] is True
 
 
 def test_deploy_installs_pins_that_exist():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 import soxr
@@ -12,7 +12,7 @@ MULAW_BIAS = 0x84
 MULAW_CLIP = 32635
 
 
-class Encoding(str, Enum):
+class Encoding(StrEnum):
     PCM_S16LE = "pcm_s16le"
     PCM_MULAW = "pcm_mulaw"
 

@@ -125,7 +125,7 @@ class StreamingSession:
     async def _handshake(self) -> SessionConfig:
         try:
             message = await asyncio.wait_for(self._receive(), self.settings.metadata_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ProtocolError("metadata_timeout", "no metadata frame received") from None
         if message.get("text") is None:
             raise ProtocolError(
