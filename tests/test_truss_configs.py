@@ -54,3 +54,22 @@ def test_hf_source_pattern() -> None:
     assert HF_SOURCE.match("hf://owner/repo@0123abc").group("rev") == "0123abc"
     assert HF_SOURCE.match("hf://owner/repo").group("rev") is None
     assert HF_SOURCE.match("s3://bucket/path") is None
+
+
+def test_whisper_weights_use_the_repositorys_current_name() -> None:
+    # mobiuslabsgmbh/faster-whisper-large-v3-turbo was renamed; the same revision now lives here.
+    config = TrussConfig.from_yaml(REPO_ROOT / "whisper_streaming_truss" / "config.yaml")
+    (weights,) = config.weights.root
+    assert (
+        HF_SOURCE.match(weights.source).group("repo")
+        == "dropbox-dash/faster-whisper-large-v3-turbo"
+    )
+
+
+@pytest.mark.parametrize("truss", TRUSS_DIRS)
+def test_project_python_is_the_images(truss: str) -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    version = TrussConfig.from_yaml(REPO_ROOT / truss / "config.yaml").python_version
+    assert project["requires-python"] == f">={version[2]}.{version[3:]}"
