@@ -53,6 +53,8 @@ CPU_DEFAULTS: dict[str, dict[str, str]] = {
         # single finals took 1.2-5 s instead of ~0.2 s under load (measured with serve.py).
         "ENCODER_CONTEXT_S": "10",
         "WHISPER_CPU_THREADS": "1",
+        # Real-time sessions with final p95 under 1 s on 2 cores (bench_stt.py --capacity: 6).
+        "ADMISSION_PRIOR_SESSIONS": "6",
     },
     "orpheus_tts_truss": {
         "ORPHEUS_ENGINE": "transformers",

@@ -201,3 +201,98 @@ async def test_client_faster_than_the_server_is_told_to_back_off(scheduler, monk
     await asyncio.wait_for(session(ws, scheduler, max_buffered_audio_s=2.0).run(), 5)
     gate.set()
     assert ws.sent[-1]["body"]["error_type"] == "overloaded" and ws.closed[0] == 1013
+
+
+# -- every way a session ends releases its slot, gauge and scheduler state ----------------------
+class HoldingEngine(FakeEngine):
+    """Finals wait for ``final_gate``: a final stays pending while the test acts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.final_gate = threading.Event()
+        self.final_started = threading.Event()
+
+    def run(self, jobs: list[TranscribeJob]) -> list[Transcript]:
+        if jobs[0].kind is JobKind.FINAL:
+            self.final_started.set()
+            self.final_gate.wait(5)
+        return super().run(jobs)
+
+
+def _active() -> float:
+    from whisper_streaming import metrics
+
+    return metrics.ACTIVE_SESSIONS._value.get()  # noqa: SLF001
+
+
+@pytest.mark.parametrize(
+    "ending",
+    ["disconnect", "bogus_control", "invalid_json", "binary_garbage_then_disconnect"],
+)
+async def test_session_ending_while_a_final_is_pending_releases_everything(speech, ending):
+    """The leak: a client gone (or misbehaving) while its final was pending held its slot forever."""
+    engine = HoldingEngine()
+    sched = Scheduler(engine, SileroVad(), max_batch=8, vad_max_batch=8).start()
+    try:
+        ws = FakeSocket()
+        gate = SessionGate(4)
+        s = StreamingSession(ws, sched, WhisperSettings(), gate)
+        before = _active()
+        ws.text(v1_metadata(partials=False))
+        for frame in frames_of(speech):
+            ws.binary(frame)
+        run = asyncio.create_task(s.run())
+        assert await asyncio.to_thread(engine.final_started.wait, 5)  # a final is running
+        await asyncio.sleep(0.5)  # the VAD has ended the utterance: the session awaits its final
+        assert gate.active == 1 and _active() == before + 1
+        if ending == "disconnect":
+            ws.disconnect()
+        elif ending == "bogus_control":
+            ws.text({"type": "bogus"})
+        elif ending == "invalid_json":
+            ws.text("{not json")
+        else:
+            ws.binary(b"\x01" * 3)
+            ws.disconnect()
+        # asyncio.wait, not wait_for: a task that swallows its cancellation (the old leak) would
+        # make wait_for hang instead of failing.
+        await asyncio.wait({run}, timeout=1.0)
+        assert run.done(), "the session never ended"
+        assert gate.active == 0 and _active() == before
+        assert sched.whisper.queue_depth == 0 and sched.vad.queue_depth == 0
+        if ending in ("bogus_control", "invalid_json"):
+            assert ws.sent[-1]["body"]["error_type"] == "invalid_message"
+            assert ws.closed[0] == 1008
+    finally:
+        engine.final_gate.set()
+        sched.stop()
+
+
+async def test_deeply_nested_or_huge_metadata_is_a_typed_1008(scheduler):
+    for payload in (
+        "[" * 100_000 + "]" * 100_000,
+        '{"vad_params": {"threshold": ' + "9" * 5000 + "}}",
+    ):
+        ws = FakeSocket()
+        ws.text(payload)
+        await asyncio.wait_for(session(ws, scheduler).run(), 5)
+        assert ws.sent[-1]["body"]["error_type"] == "invalid_json"
+        assert ws.closed[0] == 1008
+
+
+async def test_admission_refuses_with_a_retry_hint(engine):
+    from speech_common.admission import AdmissionPolicy
+
+    sched = Scheduler(
+        engine, SileroVad(), max_batch=8, vad_max_batch=8, admission=AdmissionPolicy(1)
+    ).start()
+    try:
+        gate = SessionGate(4)
+        assert gate.try_enter()  # one session open: the prior capacity of 1 is used
+        ws = FakeSocket()
+        await asyncio.wait_for(StreamingSession(ws, sched, WhisperSettings(), gate).run(), 2)
+        body = ws.sent[0]["body"]
+        assert body["error_type"] == "overloaded" and body["retry_after_s"] > 0
+        assert ws.closed[0] == 1013 and gate.active == 1
+    finally:
+        sched.stop()

@@ -77,6 +77,7 @@ class BatchWorker(Generic[P, R]):
         self._running: list[_Job[P]] = []  # the batch in flight (worker thread only)
         self.batches_run = 0
         self.jobs_run = 0
+        self.busy_s = 0.0  # total time spent running batches (load measurement)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> BatchWorker[P, R]:
@@ -151,6 +152,17 @@ class BatchWorker(Generic[P, R]):
         with self._cond:
             return len(self._queue)
 
+    def oldest_wait_s(self, priority: int | None = None) -> float:
+        """How long the oldest queued job (of ``priority``, if given) has waited; 0 if none."""
+        now = time.monotonic()
+        with self._cond:
+            waits = [
+                now - j.enqueued_at
+                for j in self._queue
+                if priority is None or j.priority == priority
+            ]
+        return max(waits, default=0.0)
+
     # -- worker thread -------------------------------------------------------------------------
     def _take_batch(self) -> list[_Job[P]]:
         """Pick the most urgent jobs (same priority and batch key), in FIFO order."""
@@ -209,8 +221,11 @@ class BatchWorker(Generic[P, R]):
     def _execute(self, batch: list[_Job[P]]) -> None:
         started = time.monotonic()
         try:
-            results = list(self._run_batch([j.payload for j in batch]))
-            ran = time.monotonic() - started
+            try:
+                results = list(self._run_batch([j.payload for j in batch]))
+            finally:
+                ran = time.monotonic() - started
+                self.busy_s += ran
             waited = started - min(j.enqueued_at for j in batch)
             if ran > SLOW_BATCH_S or waited > SLOW_BATCH_S:
                 logger.warning(

@@ -12,6 +12,8 @@ logger = logging.getLogger(__name__)
 
 # Truss passes a close reason through only up to 123 bytes; a longer one breaks the close (1006).
 MAX_CLOSE_REASON_BYTES = 123
+# A client refused for a full replica may retry this soon (autoscaling adds replicas meanwhile).
+SESSION_CAP_RETRY_AFTER_S = 5.0
 
 
 class CloseCode(IntEnum):
@@ -27,6 +29,7 @@ class ErrorBody(BaseModel):
     error_type: str
     message: str
     recoverable: bool = False
+    retry_after_s: float | None = None  # overloaded (1013): when a retry may succeed
 
 
 class ErrorFrame(BaseModel):
@@ -38,17 +41,24 @@ class ProtocolError(Exception):
     """A client error that ends the session with an error frame and a close code."""
 
     def __init__(
-        self, error_type: str, message: str, close_code: CloseCode = CloseCode.POLICY_VIOLATION
+        self,
+        error_type: str,
+        message: str,
+        close_code: CloseCode = CloseCode.POLICY_VIOLATION,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
         self.close_code = close_code
+        self.retry_after_s = retry_after_s
 
     def frame(self) -> dict[str, Any]:
-        return ErrorFrame(
-            body=ErrorBody(error_type=self.error_type, message=self.message)
-        ).model_dump()
+        body = ErrorBody(
+            error_type=self.error_type, message=self.message, retry_after_s=self.retry_after_s
+        )
+        # Published clients know error_type/message/recoverable: the hint only when there is one.
+        return ErrorFrame(body=body).model_dump(exclude_none=True)
 
 
 def truncate_reason(reason: str) -> str:
@@ -93,3 +103,11 @@ class SessionGate:
 
     def leave(self) -> None:
         self.active -= 1
+
+    def full_error(self) -> ProtocolError:
+        return ProtocolError(
+            "overloaded",
+            "too many sessions; retry later",
+            CloseCode.TRY_AGAIN_LATER,
+            retry_after_s=SESSION_CAP_RETRY_AFTER_S,
+        )

@@ -27,6 +27,7 @@ class Model:
 
         from faster_whisper import WhisperModel
 
+        from speech_common.admission import AdmissionPolicy
         from speech_common.vad import SileroVad
         from speech_common.ws import SessionGate
         from whisper_streaming.engine import WhisperEngine
@@ -50,6 +51,10 @@ class Model:
             SileroVad(),
             max_batch=settings.max_batch_size,
             vad_max_batch=settings.vad_max_batch,
+            admission=AdmissionPolicy(
+                prior_sessions=settings.admission_prior_sessions,
+                max_queue_wait_s=settings.admission_max_queue_wait_s,
+            ),
         ).start()
         self._settings = settings
         self._gate = SessionGate(settings.max_sessions)

@@ -15,3 +15,9 @@ FINALS_SENT = metrics.counter("whisper_finals_sent", "Final transcripts sent")
 SESSION_ERRORS = metrics.counter(
     "whisper_session_errors", "Sessions ended by an error", labelnames=("error_type",)
 )
+SESSIONS_REFUSED = metrics.counter(
+    "whisper_sessions_refused", "Sessions refused with 1013 (session cap or admission control)"
+)
+PARTIALS_SHED = metrics.counter(
+    "whisper_partials_shed", "Partial transcripts not computed because finals were queued"
+)

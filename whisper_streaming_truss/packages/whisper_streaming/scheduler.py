@@ -1,26 +1,47 @@
 """One scheduler per model: the Whisper worker (finals before partials, newest partial wins,
-batched across sessions) and the Silero VAD worker (batched across sessions)."""
+batched across sessions), the Silero VAD worker (batched across sessions), admission control
+and load shedding (partials go first when finals queue up)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Hashable
 
 import numpy as np
 
+from speech_common.admission import Admission, AdmissionPolicy
 from speech_common.batching import BatchWorker
 from speech_common.vad import SileroVad, VadStreamState
+from speech_common.ws import ProtocolError
 
-from .engine import TranscribeJob, Transcript, WhisperEngine
-from .metrics import QUEUE_DEPTH
+from .engine import JobKind, TranscribeJob, Transcript, WhisperEngine
+from .metrics import PARTIALS_SHED, QUEUE_DEPTH
 
 logger = logging.getLogger(__name__)
 
 VadJob = tuple[VadStreamState, np.ndarray]
+# Under pressure partials are shed (dropped at submission) while a final has waited this long:
+# a partial is a preview, a final is the answer.
+SHED_PARTIALS_WAIT_S = 0.25
+UNMEASURED_CAPACITY = 1_000_000  # no prior: only measurements and the queue wait refuse
+
+
+class Shed(Exception):
+    """A partial was not queued: the replica is busy with finals."""
 
 
 class Scheduler:
     def __init__(
-        self, engine: WhisperEngine, vad: SileroVad, *, max_batch: int, vad_max_batch: int
+        self,
+        engine: WhisperEngine,
+        vad: SileroVad,
+        *,
+        max_batch: int,
+        vad_max_batch: int,
+        admission: AdmissionPolicy | None = None,
+        shed_partials_wait_s: float = SHED_PARTIALS_WAIT_S,
     ):
         self.engine = engine
         self.whisper: BatchWorker[TranscribeJob, Transcript] = BatchWorker(
@@ -29,6 +50,8 @@ class Scheduler:
         self.vad: BatchWorker[VadJob, np.ndarray] = BatchWorker(
             "silero-vad", vad.probabilities, max_batch=vad_max_batch
         )
+        self.admission = Admission(admission or AdmissionPolicy(prior_sessions=UNMEASURED_CAPACITY))
+        self.shed_partials_wait_s = shed_partials_wait_s
         QUEUE_DEPTH.set_function(lambda: self.whisper.queue_depth)
 
     def start(self) -> Scheduler:
@@ -43,6 +66,33 @@ class Scheduler:
     def stop(self) -> None:
         self.whisper.stop()
         self.vad.stop()
+
+    def final_wait_s(self) -> float:
+        """How long the oldest queued final has waited (the replica's lag behind its clients)."""
+        return self.whisper.oldest_wait_s(priority=int(JobKind.FINAL))
+
+    def admission_error(self, active: int) -> ProtocolError | None:
+        """None to admit a new session; else the 1013 error (with a retry hint) to answer."""
+        return self.admission.check(
+            time.monotonic(), self.whisper.busy_s, active, self.final_wait_s()
+        )
+
+    def submit_transcription(
+        self,
+        job: TranscribeJob,
+        *,
+        stream_id: Hashable,
+        priority: int,
+        replace_key: Hashable | None,
+    ) -> asyncio.Future:
+        if job.kind is JobKind.PARTIAL and self.final_wait_s() > self.shed_partials_wait_s:
+            PARTIALS_SHED.inc()
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(Shed())
+            return future
+        return self.whisper.submit(
+            job, stream_id=stream_id, priority=priority, replace_key=replace_key
+        )
 
     def forget(self, session_id: str) -> None:
         """A session ended: drop its queued work."""

@@ -24,6 +24,10 @@ class WhisperSettings:
     # speculations that speech then voids.
     speculation_lead_ms: int = 150
     max_sessions: int = 64  # beyond this new sessions get 1013 (try again later)
+    # Admission control (speech_common.admission): sessions assumed to fit before the load is
+    # measured, and the final-queue wait beyond which new sessions are refused.
+    admission_prior_sessions: int = 64
+    admission_max_queue_wait_s: float = 0.5
     metadata_timeout_s: float = 30.0
     max_buffered_audio_s: float = 20.0  # audio queued but not yet processed, per session
 

@@ -1,0 +1,268 @@
+"""One small async driver for sans-I/O session cores (python-websockets' protocol.py pattern).
+
+A core is pure and synchronous: frames, job results, timers and the client's disconnect go in;
+commands come out (``Send``, ``Submit``, ``Cancel``, ``Close``). ``run_session`` runs any core
+on a Starlette WebSocket with three tasks in one ``asyncio.TaskGroup``:
+
+- the reader turns frames into events (it never waits for the model or the writer, so control
+  messages are answered at once);
+- the pump feeds events to the core and carries out its commands; job results come back as events
+  through ``add_done_callback`` (no task awaits a future it does not own, so a cancelled job can
+  never leave a task waiting for it);
+- the writer is the one task that sends, in order; a ``Close`` goes out after what was queued.
+
+Whatever ends the session (the core closing, the client leaving, a send failing, a bug), the
+``finally`` releases, exactly once, everything the session holds: its queued and running jobs
+(cancelled, then ``JobRunner.forget``), and the caller's ``release`` (gate slot, gauges).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .ws import CloseCode, ProtocolError, safe_close, send_error_and_close
+
+logger = logging.getLogger(__name__)
+
+
+# -- commands (core -> driver) -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Send:
+    message: dict[str, Any] | bytes
+
+
+@dataclass(frozen=True)
+class Submit:
+    job_id: int
+    worker: str  # which model worker: the JobRunner knows them by name
+    payload: Any
+    priority: int = 0
+    replace_key: Hashable | None = None
+
+
+@dataclass(frozen=True)
+class Cancel:
+    job_id: int
+
+
+@dataclass(frozen=True)
+class Close:
+    code: int = CloseCode.NORMAL
+    reason: str = ""
+    error: ProtocolError | None = None  # sent as a typed error frame before the close
+
+
+Command = Send | Submit | Cancel | Close
+
+
+class JobCancelled(Exception):
+    """A job's future was cancelled by someone other than the core (its worker dropped it)."""
+
+
+class SessionCore(Protocol):
+    """What ``run_session`` needs of a core. Every method returns the commands it causes."""
+
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def next_deadline(self) -> float | None: ...
+
+    def start(self, now: float) -> list[Command]: ...
+
+    def on_text(self, text: str, now: float) -> list[Command]: ...
+
+    def on_bytes(self, data: bytes, now: float) -> list[Command]: ...
+
+    def on_result(self, job_id: int, result: Any, now: float) -> list[Command]: ...
+
+    def on_timer(self, now: float) -> list[Command]: ...
+
+    def on_disconnect(self, now: float) -> list[Command]: ...
+
+
+class JobRunner(Protocol):
+    def submit(self, command: Submit, stream_id: Hashable) -> asyncio.Future: ...
+
+    def forget(self, stream_id: Hashable) -> None: ...
+
+
+class JobIds:
+    """Unique job ids for one core (the driver keys its futures by them)."""
+
+    def __init__(self) -> None:
+        self._next = itertools.count(1)
+
+    def new(self) -> int:
+        return next(self._next)
+
+
+# -- events (driver -> core) ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Frame:
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Result:
+    job_id: int
+    future: asyncio.Future
+
+
+_DISCONNECT = object()
+INTERNAL_ERROR = ProtocolError("internal_error", "internal server error", CloseCode.INTERNAL_ERROR)
+
+
+@dataclass
+class _Session:
+    ws: Any
+    core: SessionCore
+    runner: JobRunner
+    stream_id: Hashable
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    jobs: dict[int, asyncio.Future] = field(default_factory=dict)
+    closing: bool = False
+
+    # -- tasks ---------------------------------------------------------------------------------
+    async def read(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                self.events.put_nowait(_DISCONNECT)
+                return
+            self.events.put_nowait(_Frame(message))
+
+    async def pump(self) -> None:
+        self.execute(self.core.start(self.loop.time()))
+        while not self.core.done:
+            event = await self._next_event()
+            now = self.loop.time()
+            if event is None:
+                commands = self.core.on_timer(now)
+            elif event is _DISCONNECT:
+                commands = self.core.on_disconnect(now)
+            elif isinstance(event, _Result):
+                if self.jobs.pop(event.job_id, None) is None:
+                    continue  # the core cancelled it: it no longer cares
+                commands = self.core.on_result(event.job_id, _outcome(event.future), now)
+            else:
+                text = event.message.get("text")
+                if text is not None:
+                    commands = self.core.on_text(text, now)
+                else:
+                    commands = self.core.on_bytes(event.message.get("bytes") or b"", now)
+            self.execute(commands)
+
+    async def _next_event(self) -> Any:
+        deadline = self.core.next_deadline
+        if deadline is None:
+            return await self.events.get()
+        try:
+            return await asyncio.wait_for(self.events.get(), max(deadline - self.loop.time(), 0))
+        except TimeoutError:
+            return None
+
+    async def write(self) -> None:
+        while True:
+            item = await self.outbox.get()
+            if isinstance(item, Close):
+                if item.error is not None:
+                    try:
+                        await self.ws.send_json(item.error.frame())
+                    except Exception:  # client already gone
+                        logger.debug("could not send error frame %s", item.error.error_type)
+                await safe_close(self.ws, item.code, item.reason)
+                return
+            if isinstance(item.message, bytes):
+                await self.ws.send_bytes(item.message)
+            else:
+                await self.ws.send_json(item.message)
+
+    # -- commands ------------------------------------------------------------------------------
+    def execute(self, commands: list[Command]) -> None:
+        for command in commands:
+            if isinstance(command, Send):
+                if not self.closing:
+                    self.outbox.put_nowait(command)
+            elif isinstance(command, Submit):
+                self._submit(command)
+            elif isinstance(command, Cancel):
+                future = self.jobs.pop(command.job_id, None)
+                if future is not None:
+                    future.cancel()
+            elif isinstance(command, Close) and not self.closing:
+                self.closing = True
+                self.outbox.put_nowait(command)
+
+    def _submit(self, command: Submit) -> None:
+        try:
+            future = self.runner.submit(command, self.stream_id)
+        except Exception as exc:  # the worker is stopped: the core hears it as a failed job
+            future = self.loop.create_future()
+            future.set_exception(exc)
+        self.jobs[command.job_id] = future
+        future.add_done_callback(
+            lambda f, job_id=command.job_id: self.events.put_nowait(_Result(job_id, f))
+        )
+
+    def cancel_jobs(self) -> None:
+        for future in self.jobs.values():
+            future.cancel()
+        self.jobs.clear()
+
+
+def _outcome(future: asyncio.Future) -> Any:
+    """The job's result, or the exception it failed with (a cancelled job included)."""
+    if future.cancelled():
+        return JobCancelled()
+    return future.exception() or future.result()
+
+
+async def run_session(
+    ws: Any,
+    core: SessionCore,
+    runner: JobRunner,
+    stream_id: Hashable,
+    release: Callable[[], None],
+) -> None:
+    """Run ``core`` on ``ws`` until it closes or the client leaves; always ``release()``."""
+    session = _Session(ws, core, runner, stream_id, asyncio.get_running_loop())
+    try:
+        async with asyncio.TaskGroup() as group:
+            reader = group.create_task(session.read(), name=f"{stream_id}-read")
+            writer = group.create_task(session.write(), name=f"{stream_id}-write")
+            await session.pump()
+            if session.closing:
+                await writer  # the close frame is out
+            else:  # the client left: nobody to write to
+                writer.cancel()
+            reader.cancel()
+    except* Exception as group_error:
+        # A send to a gone client, or a bug: the session ends either way; bugs are logged.
+        for exc in group_error.exceptions:
+            if not _is_disconnect(exc):
+                logger.error("session %s failed", stream_id, exc_info=exc)
+                await send_error_and_close(ws, INTERNAL_ERROR)
+                break
+    finally:
+        session.cancel_jobs()
+        runner.forget(stream_id)
+        release()
+
+
+# How a send to a client that left surfaces (Starlette, uvicorn, websockets).
+_DISCONNECT_ERRORS = {"WebSocketDisconnect", "ClientDisconnected", "ConnectionClosed"}
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    if type(exc).__name__ in _DISCONNECT_ERRORS or isinstance(exc, OSError):
+        return True
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("close" in message or "disconnect" in message)
