@@ -1,0 +1,304 @@
+"""The STT protocol core, driven without sockets, threads or clocks: unit cases, then hypothesis
+over arbitrary interleavings of frames, job results (in any order, failed or not), timers and
+disconnects. Every run must end, release every job it started, and keep the protocol's order."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from scripts.stt_client import v1_metadata
+from speech_common.driver import Cancel, Close, Command, JobCancelled, Send, Submit
+from speech_common.vad import WINDOW_SAMPLES
+from whisper_streaming.engine import JobKind, Segment, Transcript
+from whisper_streaming.protocol import VAD_WORKER, CoreLimits, SttCore, load_json
+
+SPEECH, SILENCE = 0.95, 0.01
+METADATA_TIMEOUT_S = 5.0
+
+
+def transcript(text: str) -> Transcript:
+    return Transcript([Segment(text, 0.0, 1.0, -0.1, 0.01)], "en", None)
+
+
+@dataclass
+class Harness:
+    """Feeds a core and checks every command it answers with against the protocol's rules."""
+
+    core: SttCore = field(
+        default_factory=lambda: SttCore(CoreLimits(metadata_timeout_s=METADATA_TIMEOUT_S), ["en"])
+    )
+    now: float = 0.0
+    jobs: dict[int, Submit] = field(default_factory=dict)  # outstanding, as the driver sees them
+    submitted: set[int] = field(default_factory=set)
+    sent: list[dict] = field(default_factory=list)
+    closes: list[Close] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.apply(self.core.start(self.now))
+
+    def apply(self, commands: list[Command]) -> None:
+        for command in commands:
+            assert not self.closes, f"{command} after the close"
+            if isinstance(command, Send):
+                self.sent.append(command.message)
+            elif isinstance(command, Submit):
+                assert command.job_id not in self.submitted, "job id reused"
+                self.submitted.add(command.job_id)
+                self.jobs[command.job_id] = command
+            elif isinstance(command, Cancel):
+                self.jobs.pop(command.job_id, None)
+            elif isinstance(command, Close):
+                self.closes.append(command)
+        if self.core.done:
+            assert not self.jobs, f"ended with jobs outstanding: {sorted(self.jobs)}"
+            assert self.core.outstanding_jobs == frozenset()
+
+    # inputs
+    def text(self, payload: object) -> None:
+        text = payload if isinstance(payload, str) else json.dumps(payload)
+        self.apply(self.core.on_text(text, self.now))
+
+    def audio(self, samples: int) -> None:
+        self.apply(self.core.on_bytes(b"\x00\x01" * samples, self.now))
+
+    def resolve(self, job_id: int, speech: list[bool] | None = None, fail: bool = False) -> None:
+        command = self.jobs.pop(job_id)
+        if fail:
+            result: object = RuntimeError("model failed")
+        elif command.worker == VAD_WORKER:
+            windows = command.payload[1]
+            pattern = speech or [False]
+            result = np.array(
+                [SPEECH if pattern[i % len(pattern)] else SILENCE for i in range(len(windows))]
+            )
+        else:
+            kind = command.payload.kind
+            result = transcript("final words" if kind is JobKind.FINAL else "partial words")
+        self.apply(self.core.on_result(job_id, result, self.now))
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+        self.apply(self.core.on_timer(self.now))
+
+    def disconnect(self) -> None:
+        self.apply(self.core.on_disconnect(self.now))
+
+    def drain(self) -> None:
+        """Answer every job (silence from the VAD) until none is outstanding."""
+        for _ in range(10_000):
+            if not self.jobs:
+                return
+            self.resolve(min(self.jobs))
+        raise AssertionError("jobs keep coming")
+
+    # checks
+    def check_order(self) -> None:
+        finals_seen: set[int] = set()
+        last_final = -1
+        finished = 0
+        for message in self.sent:
+            if message.get("type") == "transcription":
+                num = message["transcription_num"]
+                if message["is_final"]:
+                    assert num > last_final, "finals out of order"
+                    last_final = num
+                    finals_seen.add(num)
+                else:
+                    assert num not in finals_seen, f"partial {num} after its final"
+            elif message.get("type") == "end_audio" and message["body"]["status"] == "finished":
+                finished += 1
+            elif message.get("type") == "error":
+                assert message["body"].get("recoverable"), "a fatal error goes with a close"
+        assert finished <= 1
+        if finished:
+            assert self.sent[-1]["body"]["status"] == "finished"
+            assert self.closes and self.closes[0].code == 1000
+        assert len(self.closes) <= 1
+
+
+def speak(h: Harness, seconds: float, speech: bool = True) -> None:
+    """Audio in 512-sample frames, each VAD job answered (speech or silence) as it comes."""
+    for _ in range(int(seconds * 16000 / WINDOW_SAMPLES)):
+        h.audio(WINDOW_SAMPLES)
+        for job_id, job in sorted(h.jobs.items()):
+            if job.worker == VAD_WORKER:
+                h.resolve(job_id, [speech])
+
+
+# -- unit cases ---------------------------------------------------------------------------------
+def test_utterance_final_and_clean_end() -> None:
+    h = Harness()
+    h.text(v1_metadata(partials=False))
+    speak(h, 1.0, speech=True)
+    speak(h, 0.6, speech=False)  # > 300 ms of silence ends the utterance
+    h.drain()
+    h.text({"type": "end_audio"})
+    h.drain()
+    assert [m["type"] for m in h.sent] == ["transcription", "end_audio", "end_audio"]
+    assert h.sent[0]["is_final"] and h.sent[0]["transcript"] == "final words"
+    assert h.core.done and h.closes[0].code == 1000
+    h.check_order()
+
+
+def test_metadata_timeout_and_audio_first() -> None:
+    h = Harness()
+    h.tick(METADATA_TIMEOUT_S + 0.1)
+    assert h.closes[0].error.error_type == "metadata_timeout" and h.core.done
+    h = Harness()
+    h.audio(100)
+    assert h.closes[0].error.error_type == "audio_before_metadata"
+
+
+def test_disconnect_with_a_final_pending_cancels_it() -> None:
+    h = Harness()
+    h.text(v1_metadata(partials=False))
+    speak(h, 1.0)
+    speak(h, 0.6, speech=False)
+    assert any(j.worker != VAD_WORKER for j in h.jobs.values())  # the final is pending
+    h.disconnect()
+    assert h.core.done and not h.jobs and not h.closes  # nobody to close to
+
+
+def test_bad_control_while_a_final_is_pending_cancels_it() -> None:
+    h = Harness()
+    h.text(v1_metadata(partials=False))
+    speak(h, 1.0)
+    speak(h, 0.6, speech=False)
+    h.text({"type": "bogus"})
+    assert h.closes[0].code == 1008 and h.closes[0].error.error_type == "invalid_message"
+    assert h.core.done and not h.jobs
+
+
+def test_failed_final_is_recoverable_and_the_session_goes_on() -> None:
+    h = Harness()
+    h.text(v1_metadata(partials=False))
+    speak(h, 1.0)
+    speak(h, 0.6, speech=False)
+    (final_id,) = [i for i, j in h.jobs.items() if j.worker != VAD_WORKER]
+    h.resolve(final_id, fail=True)
+    assert h.sent[-1]["body"] == {
+        "error_type": "final_failed",
+        "message": "transcription 0 failed; the session continues",
+        "recoverable": True,
+        "transcription_num": 0,
+    }
+    speak(h, 1.0)
+    speak(h, 0.6, speech=False)
+    h.drain()
+    assert h.sent[-1]["transcription_num"] == 1 and h.sent[-1]["is_final"]
+    assert not h.core.done
+
+
+def test_cancelled_job_is_heard_as_a_failure_not_awaited() -> None:
+    h = Harness()
+    h.text(v1_metadata(partials=False))
+    speak(h, 1.0)
+    speak(h, 0.6, speech=False)
+    (final_id,) = [i for i, j in h.jobs.items() if j.worker != VAD_WORKER]
+    h.jobs.pop(final_id)
+    h.apply(h.core.on_result(final_id, JobCancelled(), h.now))  # its worker dropped it
+    h.text({"type": "end_audio"})
+    h.drain()
+    assert h.core.done and h.sent[-1]["body"]["status"] == "finished"
+
+
+def test_audio_backlog_beyond_the_bound_is_a_1013() -> None:
+    h = Harness()
+    h.text(v1_metadata())
+    for _ in range(int(21 * 16000 / 4096)):  # the VAD never answers
+        h.audio(4096)
+    assert h.closes[0].code == 1013 and h.closes[0].error.error_type == "overloaded"
+    assert h.core.done and not h.jobs
+
+
+def test_load_json_only_raises_value_error() -> None:
+    for bad in ("[" * 10_000, "1" * 5000, '{"a": ' + "9" * 4400 + "}", "\ud800", "{]"):
+        try:
+            load_json(bad)
+        except ValueError:
+            pass
+    assert load_json('{"a": [1, {"b": "[[[["}]}') == {"a": [1, {"b": "[[[["}]}
+
+
+# -- properties over arbitrary interleavings ----------------------------------------------------
+# Weighted: mostly audio and results (so utterances, partials and finals happen), with rarer
+# control frames, failures, bad frames, timers and disconnects.
+ACTIONS = st.sampled_from(["audio"] * 8 + ["resolve"] * 8 + ["fail", "health", "tick"])
+
+
+@settings(
+    max_examples=500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    partials=st.sampled_from([True, True, False]),
+    metadata=st.sampled_from(["v1"] * 8 + ["garbage", "none"]),
+    actions=st.lists(ACTIONS, min_size=10, max_size=300),
+    # Where one bad control frame, the end_audio and the disconnect come, if at all.
+    bogus_at=st.none() | st.integers(0, 300),
+    end_at=st.none() | st.integers(0, 150),
+    disconnect_at=st.none() | st.integers(0, 80),
+    data=st.data(),
+)
+def test_every_interleaving_ends_releases_and_keeps_order(
+    partials, metadata, actions, bogus_at, end_at, disconnect_at, data
+):
+    h = Harness()
+    if metadata == "v1":
+        h.text(v1_metadata(partials=partials))
+    elif metadata == "garbage":
+        h.text("{not json")
+    for step, action in enumerate(actions):
+        if h.core.done:
+            break
+        if step == bogus_at:
+            h.text(data.draw(st.sampled_from(['{"type": "bogus"}', "[", "x" * 10, "{}"])))
+        if step == end_at:
+            h.text({"type": "end_audio"})
+        if step == disconnect_at:
+            h.disconnect()
+        if h.core.done:
+            break
+        if action == "audio":
+            h.audio(data.draw(st.sampled_from([WINDOW_SAMPLES, 7] + [4096] * 4 + [16000] * 2)))
+            # The VAD answers each window as the data says (speech runs, pauses).
+        elif action == "resolve" and h.jobs:
+            job_id = data.draw(st.sampled_from(sorted(h.jobs)))
+            # Runs of speech and of silence (utterances, pauses), sometimes choppy.
+            pattern = data.draw(st.sampled_from([[True]] * 4 + [[False]] * 4 + [[True, False]]))
+            h.resolve(job_id, pattern)
+        elif action == "fail" and h.jobs:
+            whisper_jobs = sorted(i for i, j in h.jobs.items() if j.worker != VAD_WORKER)
+            if whisper_jobs:  # (a failed VAD job ends the session: a unit case covers it)
+                h.resolve(data.draw(st.sampled_from(whisper_jobs)), fail=True)
+        elif action == "health":
+            h.text({"type": "health_check"})
+        elif action == "tick":
+            h.tick(data.draw(st.sampled_from([0.1, 1.0, METADATA_TIMEOUT_S])))
+        h.check_order()
+    # However it got here, the session ends: the client says end_audio or leaves, or times out.
+    if not h.core.done:
+        h.text({"type": "end_audio"})
+        h.drain()
+        h.tick(METADATA_TIMEOUT_S + 1)
+    if not h.core.done:
+        h.disconnect()
+    assert h.core.done
+    assert not h.jobs and h.core.outstanding_jobs == frozenset()
+    h.check_order()
+    kinds = {m.get("type") for m in h.sent}
+    event(f"finals sent: {any(m.get('is_final') for m in h.sent)}")
+    event(f"partials sent: {any(m.get('is_final') is False for m in h.sent)}")
+    event(
+        f"ended by: {h.closes[0].code if h.closes else 'disconnect'}; error frame: {'error' in kinds}"
+    )
+    # Inputs after the end change nothing.
+    h.apply(h.core.on_bytes(b"\x00" * 1024, h.now))
+    h.apply(h.core.on_text('{"type": "end_audio"}', h.now))
+    h.apply(h.core.on_disconnect(h.now))
