@@ -90,7 +90,7 @@ async def test_constrained_dummy_generation_is_audio_then_stop(engine):
     assert parser.stats.dropped_tokens == 0 and parser.stats.non_audio_tokens == 0
     again = [t async for t in engine.generate("r2", PROMPT, SamplingParams(seed=3))]
     assert again == ids  # per-request seed
-    assert engine.aborted == []
+    assert list(engine.aborted) == []
 
 
 async def test_max_tokens_bounds_the_generation(engine):
@@ -114,7 +114,7 @@ async def test_closing_the_stream_aborts_at_once(llama):
         stream = eng.generate("long", PROMPT, SamplingParams(max_tokens=400))
         got = [await stream.__anext__() for _ in range(3)]
         await stream.aclose()
-        assert len(got) == 3 and eng.aborted == ["long"]
+        assert len(got) == 3 and list(eng.aborted) == ["long"]
         # The worker saw the cancel: a new request runs at once on the freed thread.
         ids = [t async for t in eng.generate("next", PROMPT, SamplingParams(max_tokens=8))]
         assert len(ids) <= 8
@@ -139,7 +139,7 @@ async def test_cancelled_consumer_aborts(llama):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert eng.aborted == ["c"]
+        assert list(eng.aborted) == ["c"]
     finally:
         eng.shutdown()
 
@@ -152,3 +152,21 @@ async def test_prompt_longer_than_context_is_an_engine_error(llama):
                 pass
     finally:
         eng.shutdown()
+
+
+def test_aborted_ids_are_bounded():
+    from orpheus_tts.transformers_engine import ABORTED_IDS_KEPT
+    from orpheus_tts.vllm_engine import ABORTED_IDS_KEPT as VLLM_KEPT
+
+    for kept in (ABORTED_IDS_KEPT, VLLM_KEPT):
+        assert 0 < kept <= 10_000
+    engine = TransformersEngine(build_dummy_llama(64), max_model_len=64)
+    try:
+        for i in range(ABORTED_IDS_KEPT + 10):
+            engine.aborted.append(f"r{i}")
+        assert (
+            len(engine.aborted) == ABORTED_IDS_KEPT
+            and engine.aborted[-1] == f"r{ABORTED_IDS_KEPT + 9}"
+        )
+    finally:
+        engine.shutdown()

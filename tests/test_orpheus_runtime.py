@@ -165,7 +165,7 @@ async def test_vllm_streams_delta_tokens_from_its_own_loop(fake_vllm):
     assert sp["max_tokens"] == 100 - len(prompt)  # clipped to the context
     assert sp["stop_token_ids"] == [END_OF_SPEECH_TOKEN_ID]
     assert sp["output_kind"] == "delta" and sp["detokenize"] is False
-    assert fake_vllm.aborted == [] and fake.aborted == []
+    assert list(fake_vllm.aborted) == [] and fake.aborted == []
 
 
 async def test_vllm_close_aborts_the_request(fake_vllm):
@@ -180,7 +180,7 @@ async def test_vllm_close_aborts_the_request(fake_vllm):
             break
         await asyncio.sleep(0.01)
     assert fake.cancelled == ["g2"] and "g2" in fake.aborted
-    assert fake_vllm.aborted == ["g2"]
+    assert list(fake_vllm.aborted) == ["g2"]
 
 
 async def test_vllm_warmup_from_a_sync_caller(fake_vllm):

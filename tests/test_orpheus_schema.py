@@ -61,6 +61,9 @@ def test_voice_is_normalised() -> None:
         ('{"temperature": NaN}', "invalid_config", "temperature"),
         ({"temprature": 0.5}, "invalid_config", "temprature"),
         ("x" * (MAX_CONFIG_FRAME_CHARS + 1), "frame_too_large", "config frame"),
+        # Deep nesting within the size limit: json.loads would raise RecursionError (a 1011).
+        ("[" * 2000 + "]" * 2000, "invalid_json", "nested deeper"),
+        ('{"voice": ' + "[" * 40 + "]" * 40 + "}", "invalid_json", "nested deeper"),
     ],
 )
 def test_bad_frames_raise_typed_errors(frame: object, error_type: str, fragment: str) -> None:

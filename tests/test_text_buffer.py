@@ -83,11 +83,11 @@ def test_prefers_clause_break_when_cutting() -> None:
     assert chunks[0] == "aaaa bbbb cccc dddd eeee,"
 
 
-def test_overlong_single_word_is_its_own_chunk() -> None:
+def test_overlong_single_word_is_cut_to_the_chunk_limit() -> None:
     buffer = TextBuffer(buffer_size=3, max_chars=10)
     long_word = "x" * 25
     chunks = _feed_words(buffer, ["a", long_word, "b"]) + buffer.flush()
-    assert chunks == ["a", long_word, "b"]
+    assert chunks == ["a", "x" * 10, "x" * 10, "x" * 5, "b"]
 
 
 def test_emotive_tags_survive_sentence_splitting() -> None:
@@ -167,8 +167,19 @@ def test_no_word_lost_duplicated_or_reordered(
         # The fallback bounds how long a word may wait for its sentence to end.
         assert len(buffer.pending_words) < buffer_size
     chunks.extend(buffer.flush())
-    assert [w for c in chunks for w in c.split()] == words
+    # Words are kept whole, except one longer than a chunk, which is cut into chunk-size pieces.
+    pieces = [w[i : i + max_chars] for w in words for i in range(0, len(w), max_chars)]
+    assert [w for c in chunks for w in c.split()] == pieces
     for chunk in chunks:
         assert chunk and chunk == chunk.strip()
-        assert len(chunk) <= max_chars or len(chunk.split()) == 1
+        assert len(chunk) <= max_chars
     assert buffer.pending_words == ()
+
+
+def test_a_word_longer_than_a_chunk_is_cut_so_no_prompt_exceeds_the_limit():
+    buf = TextBuffer(buffer_size=3, max_chars=280)
+    chunks = buf.push("a" * 4096) + buf.flush()
+    assert "".join(chunks) == "a" * 4096
+    assert max(len(c) for c in chunks) <= 280
+    buf = TextBuffer(buffer_size=1, max_chars=280)
+    assert buf.push("<laugh>") == ["<laugh>"]  # ordinary words and tags stay whole

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from scripts.stt_client import v1_metadata
 from speech_common.driver import Cancel, Close, Command, JobCancelled, Send, Submit
 from speech_common.vad import WINDOW_SAMPLES
+from speech_common.ws import load_json
 from whisper_streaming.engine import JobKind, Segment, Transcript
-from whisper_streaming.protocol import VAD_WORKER, CoreLimits, SttCore, load_json
+from whisper_streaming.protocol import VAD_WORKER, CoreLimits, SttCore
 
 SPEECH, SILENCE = 0.95, 0.01
 METADATA_TIMEOUT_S = 5.0

@@ -7,8 +7,9 @@ whole sentence, short enough that the model does not drift, and start as soon as
   segmenter tell "Mr. Smith" or "3.5" from a sentence end). Complete sentences are spoken
   at once, packed together when several arrive in one frame.
 * If no sentence ends within ``buffer_size`` words, the buffered words are spoken anyway.
-* No chunk is longer than ``max_chars`` characters, except a single word that is longer on its
-  own: words are never split, so emotive tags such as ``<laugh>`` stay intact.
+* No chunk is longer than ``max_chars`` characters. Words are not split (emotive tags such as
+  ``<laugh>`` stay intact), except a "word" longer than ``max_chars`` on its own, which is cut
+  into ``max_chars`` pieces: a generation's prompt must fit the model's context.
 * ``flush()`` (the client's ``__END__``) returns everything still buffered: nothing is dropped.
 
 Frame boundaries are word boundaries (the published client sends one word per frame); words are
@@ -63,7 +64,12 @@ class TextBuffer:
 
     def push(self, text: str) -> list[str]:
         """Add one frame of text (one or more whitespace-separated words); return ready chunks."""
-        self._words.extend(text.split())
+        for word in text.split():
+            if len(word) <= self.max_chars:
+                self._words.append(word)
+            else:
+                step = self.max_chars
+                self._words.extend(word[i : i + step] for i in range(0, len(word), step))
         ready: list[str] = []
         complete = self._complete_sentence_word_counts()
         if complete:

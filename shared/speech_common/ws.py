@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from enum import IntEnum
 from typing import Any, Literal
@@ -12,6 +13,9 @@ logger = logging.getLogger(__name__)
 
 # Truss passes a close reason through only up to 123 bytes; a longer one breaks the close (1006).
 MAX_CLOSE_REASON_BYTES = 123
+# JSON nesting deeper than any valid frame of either protocol (3 levels): refused before
+# json.loads recurses (a RecursionError would be a 1011, not a typed 1008).
+MAX_JSON_DEPTH = 32
 # A client refused for a full replica may retry this soon (autoscaling adds replicas meanwhile).
 SESSION_CAP_RETRY_AFTER_S = 5.0
 
@@ -111,3 +115,36 @@ class SessionGate:
             CloseCode.TRY_AGAIN_LATER,
             retry_after_s=SESSION_CAP_RETRY_AFTER_S,
         )
+
+
+def check_json_depth(text: str, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse nesting deeper than ``limit`` without parsing (json.loads would recurse)."""
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                raise ValueError(f"JSON nested deeper than {limit} levels")
+        elif ch in "]}":
+            depth -= 1
+
+
+def load_json(text: str) -> Any:
+    """json.loads that fails with ValueError only (deep nesting, 4,300-digit integers...)."""
+    check_json_depth(text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(exc.msg) from None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None

@@ -8,13 +8,12 @@ unknown keys are rejected so a typo such as ``"temprature"`` is reported instead
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
-from speech_common.ws import ProtocolError
+from speech_common.ws import ProtocolError, load_json
 
 END_OF_INPUT = "__END__"
 
@@ -65,9 +64,9 @@ def parse_session_config(
             "frame_too_large", f"config frame exceeds {MAX_CONFIG_FRAME_CHARS} characters"
         )
     try:
-        data: Any = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError("invalid_json", f"the first frame is not JSON: {exc.msg}") from None
+        data: Any = load_json(raw)
+    except ValueError as exc:
+        raise ProtocolError("invalid_json", f"the first frame is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("invalid_config", "the first frame must be a JSON object")
     data.setdefault("voice", default_voice)

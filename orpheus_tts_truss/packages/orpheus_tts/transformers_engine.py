@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from orpheus_tts.tokens import (
 )
 
 logger = logging.getLogger(__name__)
+
+ABORTED_IDS_KEPT = 1024
 
 _DONE = object()
 
@@ -120,7 +123,8 @@ class TransformersEngine:
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="orpheus-gen")
         self._cancels: dict[str, threading.Event] = {}
         self._closed = False
-        self.aborted: list[str] = []  # request ids aborted (observability, tests)
+        # The latest aborted request ids (observability, tests); bounded: a replica runs for weeks.
+        self.aborted: deque[str] = deque(maxlen=ABORTED_IDS_KEPT)
 
     @classmethod
     def from_pretrained(

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from orpheus_tts.engine import EngineError, SamplingParams
 from orpheus_tts.tokens import AUDIO_TOKEN_BASE, SLOTS_PER_FRAME
 
 logger = logging.getLogger(__name__)
+
+ABORTED_IDS_KEPT = 1024
 
 _DONE = object()
 ENGINE_START_TIMEOUT_S = 1800  # weight load + CUDA graph capture of a 3B model, generous
@@ -87,7 +90,8 @@ class VllmEngine:
         )
         self._thread.start()
         self._engine = self._on_engine_loop(self._create(), timeout=ENGINE_START_TIMEOUT_S)
-        self.aborted: list[str] = []
+        # The latest aborted request ids (observability, tests); bounded: a replica runs for weeks.
+        self.aborted: deque[str] = deque(maxlen=ABORTED_IDS_KEPT)
 
     async def _create(self) -> Any:
         # Created on the engine loop so its output handler is bound to that loop.

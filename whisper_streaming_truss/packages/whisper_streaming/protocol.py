@@ -12,7 +12,6 @@ the end of the flush, or a disconnect ends it; ending cancels every job still ou
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import numpy as np
 from speech_common.audio import AudioInput, Encoding
 from speech_common.driver import Cancel, Close, Command, JobIds, Send, Submit
 from speech_common.vad import SAMPLE_RATE_HZ, WINDOW_SAMPLES, VadOptions, VadStreamState
-from speech_common.ws import CloseCode, ProtocolError
+from speech_common.ws import CloseCode, ProtocolError, check_json_depth, load_json
 
 from . import metrics
 from .engine import DecodeOptions, JobKind, TranscribeJob, Transcript
@@ -54,8 +53,6 @@ logger = logging.getLogger(__name__)
 VAD_WORKER = "vad"
 WHISPER_WORKER = "whisper"
 ARRIVALS_KEPT = 4096  # (sample, time) pairs kept to time finals from the speech's arrival
-# JSON nesting deeper than any valid metadata (3 levels): refused before json.loads recurses.
-MAX_JSON_DEPTH = 32
 
 
 class Phase(Enum):
@@ -82,39 +79,6 @@ class _Final:
     flush: bool = False
     result: Any = None
     ready: bool = False
-
-
-def check_json_depth(text: str, limit: int = MAX_JSON_DEPTH) -> None:
-    """Refuse nesting deeper than ``limit`` without parsing (json.loads would recurse)."""
-    depth = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            if depth > limit:
-                raise ValueError(f"JSON nested deeper than {limit} levels")
-        elif ch in "]}":
-            depth -= 1
-
-
-def load_json(text: str) -> Any:
-    """json.loads that fails with ValueError only (deep nesting, 4,300-digit integers...)."""
-    check_json_depth(text)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(exc.msg) from None
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(str(exc)) from None
 
 
 class SttCore:
