@@ -65,6 +65,8 @@ CPU_DEFAULTS: dict[str, dict[str, str]] = {
         # the redundant context decoded per output frame (first audio after 28 tokens, not 21).
         "DECODE_MAX_BATCH": "1",
         "SNAC_HOP_FRAMES": "2",
+        # Sessions with first audio p95 under 2 s on 2 cores with dummy weights (scripts/soak.py).
+        "TTS_ADMISSION_PRIOR_SESSIONS": "2",
     },
 }
 DUMMY_WEIGHTS_OVERRIDES: dict[str, dict[str, str]] = {
@@ -252,6 +254,9 @@ async def _serve(truss_server: Any, uvicorn_server: Any, sock: socket.socket, ur
 def _bind(port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted sockets inherit it (Linux): without it a close frame written right after an
+    # error frame waited ~40 ms for the client's delayed ACK (Nagle), inflating local latencies.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((HOST, port))
     sock.set_inheritable(True)
     return sock

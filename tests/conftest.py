@@ -16,6 +16,19 @@ ECHO_TRUSS_DIR = "tests/fixtures/echo_truss"
 FAILING_TRUSS_DIR = "tests/fixtures/failing_truss"
 WHISPER_TRUSS_DIR = "whisper_streaming_truss"
 ORPHEUS_TRUSS_DIR = "orpheus_tts_truss"
+# Admission control off (functional e2e tests load 2 cores beyond their latency capacity).
+ADMISSION_OFF = {
+    "whisper": {
+        "ADMISSION_PRIOR_SESSIONS": "64",
+        "ADMISSION_TARGET_UTILISATION": "1000",
+        "ADMISSION_MAX_QUEUE_WAIT_S": "1000",
+    },
+    "orpheus": {
+        "TTS_ADMISSION_PRIOR_SESSIONS": "64",
+        "TTS_ADMISSION_TARGET_UTILISATION": "1000",
+        "TTS_ADMISSION_MAX_QUEUE_WAIT_S": "1000",
+    },
+}
 # A slow machine may need longer to load a model: SERVE_START_TIMEOUT_S overrides the default.
 START_TIMEOUT_S = float(os.environ.get("SERVE_START_TIMEOUT_S", DEFAULT_START_TIMEOUT_S))
 
@@ -30,14 +43,24 @@ def echo_server() -> Iterator[ServedTruss]:
 @pytest.fixture(scope="session")
 def whisper_server() -> Iterator[ServedTruss]:
     """whisper_streaming_truss on the real Truss server (CPU defaults without a GPU)."""
-    with serve_truss(WHISPER_TRUSS_DIR, start_timeout_s=START_TIMEOUT_S) as served:
+    with serve_truss(
+        WHISPER_TRUSS_DIR, start_timeout_s=START_TIMEOUT_S, env=ADMISSION_OFF["whisper"]
+    ) as served:
         yield served
 
 
 @pytest.fixture(scope="session")
 def orpheus_server() -> Iterator[ServedTruss]:
-    """orpheus_tts_truss on the real Truss server with dummy (random) weights."""
+    """orpheus_tts_truss on the real Truss server with dummy (random) weights.
+
+    The functional tests run up to 8 sessions at once on 2 cores, beyond the CPU stand-in's
+    latency capacity (1-2 sessions): admission control is switched off here and measured on its
+    own (scripts/soak.py, tests/test_admission.py).
+    """
     with serve_truss(
-        ORPHEUS_TRUSS_DIR, dummy_weights=True, start_timeout_s=START_TIMEOUT_S
+        ORPHEUS_TRUSS_DIR,
+        dummy_weights=True,
+        start_timeout_s=START_TIMEOUT_S,
+        env=ADMISSION_OFF["orpheus"],
     ) as served:
         yield served

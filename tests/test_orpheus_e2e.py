@@ -211,3 +211,43 @@ async def test_bad_session_does_not_disturb_a_good_one(orpheus_server: Any) -> N
     )
     assert bad["close_code"] == 1008
     assert good["close_code"] == 1000 and good["audio"]
+
+
+# -- a disconnect at every protocol point frees everything, within 1 s ---------------------------
+async def _settled(served: Any, within_s: float = 1.0) -> None:
+    deadline = time.monotonic() + within_s
+    names = ("orpheus_active_sessions", "orpheus_active_generations")
+    while True:
+        text = await asyncio.to_thread(served.metrics_text)
+        values = {name: metric(text, name) for name in names}
+        if all(v == 0 for v in values.values()):
+            return
+        assert time.monotonic() < deadline, f"not freed within {within_s} s: {values}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("cut", ["rst", "fin", "clean"])
+@pytest.mark.parametrize(
+    "point", ["before_config", "mid_text", "mid_generation", "after_bad_frame"]
+)
+async def test_disconnect_at_every_point_frees_the_session(
+    orpheus_server: Any, point: str, cut: str
+) -> None:
+    from websockets.asyncio.client import connect
+
+    async with connect(orpheus_server.ws_url) as ws:
+        if point != "before_config":
+            await ws.send(json.dumps(SHORT_CONFIG))
+        if point in ("mid_text", "mid_generation"):
+            for word in "A first sentence to speak. And a second one".split():
+                await ws.send(word)
+        if point == "mid_generation":
+            await ws.send("__END__")
+            assert isinstance(await asyncio.wait_for(ws.recv(), 60), bytes)  # audio flows
+        if point == "after_bad_frame":
+            await ws.send(b"\x00\x01")
+        if cut == "rst":
+            ws.transport.abort()
+        elif cut == "fin":
+            ws.transport.close()
+    await _settled(orpheus_server)

@@ -323,3 +323,48 @@ def test_bad_session_does_not_disturb_another(whisper_server):
 
     result, _ = run(both())
     assert result.finished and wer(ref["text"], result.transcript) <= 0.15
+
+
+# -- a disconnect at every protocol point frees everything, within 1 s ---------------------------
+def _settled(served, names=("whisper_active_sessions", "whisper_queue_depth"), within_s=1.0):
+    deadline = time.monotonic() + within_s
+    while True:
+        text = served.metrics_text()
+        values = {name: _metric(text, name) for name in names}
+        if all(v == 0 for v in values.values()):
+            return values
+        assert time.monotonic() < deadline, f"not freed within {within_s} s: {values}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("cut", ["rst", "fin", "clean"])
+@pytest.mark.parametrize(
+    "point",
+    ["before_metadata", "mid_audio", "final_pending", "after_end_audio", "after_bad_frame"],
+)
+def test_disconnect_at_every_point_frees_the_session(whisper_server, point, cut):
+    audio, _ = sample("order_en")
+
+    async def go():
+        async with websockets.connect(whisper_server.ws_url) as ws:
+            if point != "before_metadata":
+                await ws.send(json.dumps(v1_metadata()))
+            frames = frames_of(audio)
+            if point == "mid_audio":
+                frames = frames[:50]  # inside the first sentence
+            if point != "before_metadata":
+                for frame in frames:
+                    await ws.send(frame)
+            if point == "final_pending":
+                await asyncio.sleep(0.15)  # the VAD has ended an utterance; its final runs
+            elif point == "after_end_audio":
+                await ws.send(json.dumps({"type": "end_audio"}))  # finals + flush pending
+            elif point == "after_bad_frame":
+                await ws.send(json.dumps({"type": "bogus"}))
+            if cut == "rst":
+                ws.transport.abort()
+            elif cut == "fin":
+                ws.transport.close()
+
+    run(go())
+    _settled(whisper_server)

@@ -17,11 +17,13 @@ class Model:
         self._limits: Any = None
         self._gate: Any = None
         self._default_params: Any = None
+        self._admission: Any = None
 
     def load(self) -> None:
         from orpheus_tts.engine import SamplingParams
         from orpheus_tts.runtime import OrpheusSettings, load_runtime
         from orpheus_tts.session import SessionLimits
+        from speech_common.admission import Admission, AdmissionPolicy
         from speech_common.settings import resolve
         from speech_common.ws import SessionGate
 
@@ -29,6 +31,13 @@ class Model:
         settings = OrpheusSettings.from_metadata(metadata)
         self._limits = SessionLimits.from_metadata(metadata)
         self._gate = SessionGate(self._limits.max_sessions)
+        self._admission = Admission(
+            AdmissionPolicy(
+                prior_sessions=self._limits.admission_prior_sessions,
+                max_queue_wait_s=self._limits.admission_max_queue_wait_s,
+                target_utilisation=self._limits.admission_target_utilisation,
+            )
+        )
         self._default_params = SamplingParams()
         logger.info("loading Orpheus runtime (%s)", settings)
         self._runtime = load_runtime(settings)
@@ -51,5 +60,15 @@ class Model:
             DEFAULT_VOICE,
             self._limits,
             self._gate,
+            self._admit,
         )
         await session.run()
+
+    def _admit(self, active: int) -> Any:
+        """None to admit one more session, else the 1013 error (SNAC is the shared bottleneck)."""
+        import time
+
+        decoder = self._runtime.decoder
+        return self._admission.check(
+            time.monotonic(), decoder.busy_s, active, decoder.oldest_wait_s()
+        )

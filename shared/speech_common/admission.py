@@ -34,7 +34,8 @@ class AdmissionPolicy:
 class Admission:
     def __init__(self, policy: AdmissionPolicy) -> None:
         self.policy = policy
-        self._samples: deque[tuple[float, float]] = deque()  # (time, worker busy seconds)
+        # (time, worker busy seconds, open sessions) over the last window
+        self._samples: deque[tuple[float, float, int]] = deque()
         self.session_cost: float | None = None  # share of the worker one session takes
         self.refused = 0
 
@@ -46,17 +47,19 @@ class Admission:
 
     def observe(self, now: float, busy_s: float, active: int) -> None:
         """Record the worker's cumulative busy time; update the per-session cost."""
-        self._samples.append((now, busy_s))
+        self._samples.append((now, busy_s, active))
         while len(self._samples) > 2 and self._samples[1][0] <= now - self.policy.window_s:
             self._samples.popleft()
-        start, busy_start = self._samples[0]
+        start, busy_start, _ = self._samples[0]
         span = now - start
-        if span < self.policy.window_s / 4 or active < 1:
+        # The sessions that made the load: their mean count over the window, not the count now.
+        sessions = sum(a for _, _, a in self._samples) / len(self._samples)
+        if span < self.policy.window_s / 4 or sessions < 1:
             return
         utilisation = min((busy_s - busy_start) / span, 1.0)
         if utilisation < self.policy.min_measured_utilisation:
             return
-        cost = utilisation / active
+        cost = utilisation / sessions
         if self.session_cost is None:
             self.session_cost = cost
         else:

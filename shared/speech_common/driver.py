@@ -1,8 +1,12 @@
 """One small async driver for sans-I/O session cores (python-websockets' protocol.py pattern).
 
 A core is pure and synchronous: frames, job results, timers and the client's disconnect go in;
-commands come out (``Send``, ``Submit``, ``Cancel``, ``Close``). ``run_session`` runs any core
-on a Starlette WebSocket with three tasks in one ``asyncio.TaskGroup``:
+commands come out (``Send``, ``Submit``, ``StartStream``, ``Cancel``, ``Close``). ``Submit`` is a
+model job with one result (a Whisper or VAD batch job); ``StartStream`` a job whose items arrive
+one by one (a TTS generation's PCM chunks, then ``StreamDone``). A ``Send`` with an ``ack`` is
+reported back (``on_sent``) once written, so a core knows what the client has actually been
+given. ``run_session`` runs any core on a Starlette WebSocket with three tasks in one
+``asyncio.TaskGroup``:
 
 - the reader turns frames into events (it never waits for the model or the writer, so control
   messages are answered at once);
@@ -19,9 +23,10 @@ Whatever ends the session (the core closing, the client leaving, a send failing,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +39,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Send:
     message: dict[str, Any] | bytes
+    ack: Hashable | None = None  # reported to the core (on_sent) once written to the socket
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,27 @@ class Submit:
     payload: Any
     priority: int = 0
     replace_key: Hashable | None = None
+
+
+@dataclass(frozen=True)
+class StartStream:
+    job_id: int
+    worker: str
+    payload: Any
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """One item of a streaming job (delivered through ``on_result``)."""
+
+    item: Any
+
+
+@dataclass(frozen=True)
+class StreamDone:
+    """A streaming job ended: ``error`` is None when it finished, else what it failed with."""
+
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +84,11 @@ class Close:
     error: ProtocolError | None = None  # sent as a typed error frame before the close
 
 
-Command = Send | Submit | Cancel | Close
+Command = Send | Submit | StartStream | Cancel | Close
+# A session's unsent bytes (audio queued for a slow client): streaming jobs pause beyond this.
+DEFAULT_MAX_OUTBOX_BYTES = 1 << 20  # 1 MiB: ~22 s of 24 kHz s16le audio
+# Cancelled streaming jobs must release their model requests; a stuck one is logged after this.
+STREAM_CANCEL_WAIT_S = 5.0
 
 
 class JobCancelled(Exception):
@@ -81,6 +112,8 @@ class SessionCore(Protocol):
 
     def on_result(self, job_id: int, result: Any, now: float) -> list[Command]: ...
 
+    def on_sent(self, ack: Hashable, now: float) -> list[Command]: ...
+
     def on_timer(self, now: float) -> list[Command]: ...
 
     def on_disconnect(self, now: float) -> list[Command]: ...
@@ -88,6 +121,8 @@ class SessionCore(Protocol):
 
 class JobRunner(Protocol):
     def submit(self, command: Submit, stream_id: Hashable) -> asyncio.Future: ...
+
+    def stream(self, command: StartStream, stream_id: Hashable) -> AsyncIterator[Any]: ...
 
     def forget(self, stream_id: Hashable) -> None: ...
 
@@ -114,6 +149,17 @@ class _Result:
     future: asyncio.Future
 
 
+@dataclass(frozen=True)
+class _StreamEvent:
+    job_id: int
+    value: StreamChunk | StreamDone
+
+
+@dataclass(frozen=True)
+class _Sent:
+    ack: Hashable
+
+
 _DISCONNECT = object()
 INTERNAL_ERROR = ProtocolError("internal_error", "internal server error", CloseCode.INTERNAL_ERROR)
 
@@ -127,17 +173,25 @@ class _Session:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES
     jobs: dict[int, asyncio.Future] = field(default_factory=dict)
+    streams: dict[int, asyncio.Task] = field(default_factory=dict)
     closing: bool = False
+    outbox_bytes: int = 0
+    room: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- tasks ---------------------------------------------------------------------------------
     async def read(self) -> None:
         while True:
-            message = await self.ws.receive()
+            try:
+                message = await self.ws.receive()
+            except Exception:  # the transport broke under us: the client is gone
+                message = {"type": "websocket.disconnect"}
             if message["type"] == "websocket.disconnect":
                 self.events.put_nowait(_DISCONNECT)
                 return
-            self.events.put_nowait(_Frame(message))
+            if message["type"] == "websocket.receive":
+                self.events.put_nowait(_Frame(message))
 
     async def pump(self) -> None:
         self.execute(self.core.start(self.loop.time()))
@@ -152,6 +206,14 @@ class _Session:
                 if self.jobs.pop(event.job_id, None) is None:
                     continue  # the core cancelled it: it no longer cares
                 commands = self.core.on_result(event.job_id, _outcome(event.future), now)
+            elif isinstance(event, _StreamEvent):
+                if event.job_id not in self.streams:
+                    continue  # cancelled by the core
+                if isinstance(event.value, StreamDone):
+                    self.streams.pop(event.job_id)
+                commands = self.core.on_result(event.job_id, event.value, now)
+            elif isinstance(event, _Sent):
+                commands = self.core.on_sent(event.ack, now)
             else:
                 text = event.message.get("text")
                 if text is not None:
@@ -182,21 +244,37 @@ class _Session:
                 return
             if isinstance(item.message, bytes):
                 await self.ws.send_bytes(item.message)
+                self.outbox_bytes -= len(item.message)
+                if self.outbox_bytes < self.max_outbox_bytes:
+                    self.room.set()
             else:
                 await self.ws.send_json(item.message)
+            if item.ack is not None:
+                self.events.put_nowait(_Sent(item.ack))
 
     # -- commands ------------------------------------------------------------------------------
     def execute(self, commands: list[Command]) -> None:
         for command in commands:
             if isinstance(command, Send):
                 if not self.closing:
+                    if isinstance(command.message, bytes):
+                        self.outbox_bytes += len(command.message)
+                        if self.outbox_bytes >= self.max_outbox_bytes:
+                            self.room.clear()
                     self.outbox.put_nowait(command)
             elif isinstance(command, Submit):
                 self._submit(command)
+            elif isinstance(command, StartStream):
+                self.streams[command.job_id] = asyncio.create_task(
+                    self._stream(command), name=f"{self.stream_id}-job-{command.job_id}"
+                )
             elif isinstance(command, Cancel):
                 future = self.jobs.pop(command.job_id, None)
                 if future is not None:
                     future.cancel()
+                task = self.streams.pop(command.job_id, None)
+                if task is not None:
+                    task.cancel()
             elif isinstance(command, Close) and not self.closing:
                 self.closing = True
                 self.outbox.put_nowait(command)
@@ -212,10 +290,37 @@ class _Session:
             lambda f, job_id=command.job_id: self.events.put_nowait(_Result(job_id, f))
         )
 
-    def cancel_jobs(self) -> None:
+    async def _stream(self, command: StartStream) -> None:
+        """Pump one streaming job's items into the events; pause while the client is behind."""
+        job_id = command.job_id
+        try:
+            iterator = self.runner.stream(command, self.stream_id)
+            async with contextlib.aclosing(iterator):
+                async for item in iterator:
+                    self.events.put_nowait(_StreamEvent(job_id, StreamChunk(item)))
+                    if not self.room.is_set():
+                        await self.room.wait()  # back-pressure: a bounded outbox
+        except asyncio.CancelledError:
+            raise  # the core (or the session's end) cancelled it: nothing to report
+        except Exception as exc:
+            self.events.put_nowait(_StreamEvent(job_id, StreamDone(exc)))
+            return
+        self.events.put_nowait(_StreamEvent(job_id, StreamDone()))
+
+    async def cancel_jobs(self) -> None:
+        """Cancel every job still running; wait until the streaming ones released their model
+        requests (closing a generation's iterator aborts it in the engine)."""
         for future in self.jobs.values():
             future.cancel()
         self.jobs.clear()
+        tasks = list(self.streams.values())
+        self.streams.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=STREAM_CANCEL_WAIT_S)
+            if stuck:
+                logger.error("session %s: %d jobs did not stop", self.stream_id, len(stuck))
 
 
 def _outcome(future: asyncio.Future) -> Any:
@@ -231,9 +336,16 @@ async def run_session(
     runner: JobRunner,
     stream_id: Hashable,
     release: Callable[[], None],
-) -> None:
-    """Run ``core`` on ``ws`` until it closes or the client leaves; always ``release()``."""
-    session = _Session(ws, core, runner, stream_id, asyncio.get_running_loop())
+    *,
+    max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES,
+) -> bool:
+    """Run ``core`` on ``ws`` until it closes or the client leaves; always ``release()``.
+    Returns False when the session ended on an internal error (a bug: logged, 1011)."""
+    session = _Session(
+        ws, core, runner, stream_id, asyncio.get_running_loop(), max_outbox_bytes=max_outbox_bytes
+    )
+    session.room.set()
+    crashed = False
     try:
         async with asyncio.TaskGroup() as group:
             reader = group.create_task(session.read(), name=f"{stream_id}-read")
@@ -246,15 +358,20 @@ async def run_session(
             reader.cancel()
     except* Exception as group_error:
         # A send to a gone client, or a bug: the session ends either way; bugs are logged.
+        core.on_disconnect(session.loop.time())  # the core accounts for what it had running
         for exc in group_error.exceptions:
             if not _is_disconnect(exc):
+                crashed = True
                 logger.error("session %s failed", stream_id, exc_info=exc)
                 await send_error_and_close(ws, INTERNAL_ERROR)
                 break
     finally:
-        session.cancel_jobs()
-        runner.forget(stream_id)
-        release()
+        try:
+            await session.cancel_jobs()
+        finally:
+            runner.forget(stream_id)
+            release()
+    return not crashed
 
 
 # How a send to a client that left surfaces (Starlette, uvicorn, websockets).

@@ -54,6 +54,7 @@ class Model:
             admission=AdmissionPolicy(
                 prior_sessions=settings.admission_prior_sessions,
                 max_queue_wait_s=settings.admission_max_queue_wait_s,
+                target_utilisation=settings.admission_target_utilisation,
             ),
         ).start()
         self._settings = settings

@@ -213,6 +213,13 @@ class SnacDecodeService:
         return self._worker.healthy
 
     @property
+    def busy_s(self) -> float:
+        return self._worker.busy_s
+
+    def oldest_wait_s(self) -> float:
+        return self._worker.oldest_wait_s()
+
+    @property
     def queue_depth(self) -> int:
         return self._worker.queue_depth
 

@@ -166,6 +166,9 @@ class SttCore:
             )
         return self._submit_vad(now)
 
+    def on_sent(self, ack: Any, now: float) -> list[Command]:
+        return []  # nothing here waits for the client to have read a message
+
     def on_result(self, job_id: int, result: Any, now: float) -> list[Command]:
         if self.done or job_id not in self._outstanding:
             return []

@@ -37,6 +37,9 @@ class SchedulerJobs:
             replace_key=command.replace_key,
         )
 
+    def stream(self, command: Any, stream_id: Hashable) -> Any:
+        raise NotImplementedError("the STT core starts no streaming jobs")
+
     def forget(self, stream_id: Hashable) -> None:
         self.scheduler.forget(str(stream_id))
 

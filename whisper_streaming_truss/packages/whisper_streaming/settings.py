@@ -28,6 +28,7 @@ class WhisperSettings:
     # measured, and the final-queue wait beyond which new sessions are refused.
     admission_prior_sessions: int = 64
     admission_max_queue_wait_s: float = 0.5
+    admission_target_utilisation: float = 0.8  # the Whisper worker's busy share sessions may fill
     metadata_timeout_s: float = 30.0
     max_buffered_audio_s: float = 20.0  # audio queued but not yet processed, per session
 

@@ -1,0 +1,245 @@
+"""The TTS protocol core without sockets, engines or clocks: hypothesis over arbitrary
+interleavings of frames, generation chunks and ends (in any order, failed or not), send
+acknowledgements, timers and disconnects. Every run must end, cancel or finish every generation
+it started, respect the per-session generation bounds, and send audio in text order."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from orpheus_tts.prompt import DEFAULT_VOICE, VOICES
+from orpheus_tts.protocol import TtsCore
+from orpheus_tts.session import SessionLimits
+from speech_common.driver import (
+    Cancel,
+    Close,
+    Command,
+    Send,
+    StartStream,
+    StreamChunk,
+    StreamDone,
+)
+
+CONFIG = {"voice": "tara", "max_tokens": 2000, "buffer_size": 3}
+WORDS = "One two. Three four five. Six. Seven eight nine ten eleven.".split()
+
+
+@dataclass(frozen=True)
+class Params:
+    temperature: float = 0.6
+    top_p: float = 0.8
+    repetition_penalty: float = 1.3
+    max_tokens: int = 2000
+
+
+@dataclass
+class Harness:
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    now: float = 0.0
+    core: TtsCore = None  # type: ignore[assignment]
+    started: list[StartStream] = field(default_factory=list)
+    live: dict[int, int] = field(default_factory=dict)  # job id -> chunks produced so far
+    finished: set[int] = field(default_factory=set)  # generated everything (StreamDone ok)
+    unacked: list[int] = field(default_factory=list)  # acks of sends not yet written
+    audio: list[bytes] = field(default_factory=list)
+    frames: list[dict] = field(default_factory=list)
+    closes: list[Close] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.core = TtsCore(
+            self.limits, VOICES, DEFAULT_VOICE, Params(), lambda t, m: min(m, 300), "s"
+        )
+        self.apply(self.core.start(self.now))
+
+    def apply(self, commands: list[Command]) -> None:
+        for command in commands:
+            assert not self.closes, f"{command} after the close"
+            if isinstance(command, StartStream):
+                self.started.append(command)
+                self.live[command.job_id] = 0
+            elif isinstance(command, Cancel):
+                self.live.pop(command.job_id, None)
+            elif isinstance(command, Send):
+                if isinstance(command.message, bytes):
+                    self.audio.append(command.message)
+                    self.unacked.append(command.ack)
+                else:
+                    self.frames.append(command.message)
+            elif isinstance(command, Close):
+                self.closes.append(command)
+        running = [j for j in self.live if j not in self.finished]
+        assert len(running) <= self.limits.engine_generations
+        # Alive: still generating, or its audio not yet all written to the client.
+        sent = [int(p.decode().strip("[]").split(":")[0]) for p in self.audio]
+        alive = [
+            j
+            for j, produced in self.live.items()
+            if j not in self.finished or sent.count(j) < produced or j in self.unacked
+        ]
+        assert len(alive) <= 1 + self.limits.lookahead_generations
+        if self.core.done:
+            # Every generation is cancelled or finished: nothing left in the engine.
+            assert all(j in self.finished for j in self.live), self.live
+
+    def text(self, payload: object) -> None:
+        text = payload if isinstance(payload, str) else json.dumps(payload)
+        self.apply(self.core.on_text(text, self.now))
+
+    def chunk(self, job_id: int) -> None:
+        n = self.live[job_id]
+        self.live[job_id] = n + 1
+        self.apply(self.core.on_result(job_id, StreamChunk(f"[{job_id}:{n}]".encode()), self.now))
+
+    def done(self, job_id: int, error: bool = False) -> None:
+        failure = RuntimeError("engine exploded") if error else None
+        if not error:
+            self.finished.add(job_id)
+        else:
+            self.live.pop(job_id)
+        self.apply(self.core.on_result(job_id, StreamDone(failure), self.now))
+
+    def ack(self) -> None:
+        self.apply(self.core.on_sent(self.unacked.pop(0), self.now))
+
+    def check_order(self) -> None:
+        """Audio in generation order; each generation's chunks in order and contiguous."""
+        order = [s.job_id for s in self.started]
+        seen: list[tuple[int, int]] = []
+        for pcm in self.audio:
+            job, n = (int(x) for x in pcm.decode().strip("[]").split(":"))
+            seen.append((job, n))
+        assert seen == sorted(seen, key=lambda p: (order.index(p[0]), p[1]))
+        assert len(self.closes) <= 1
+
+
+def test_round_trip_in_order_then_1000() -> None:
+    h = Harness()
+    h.text(CONFIG)
+    for word in "Hello there. How are you?".split():
+        h.text(word)
+    h.text("__END__")
+    while h.live.keys() - h.finished or h.unacked:
+        for job in sorted(h.live.keys() - h.finished):
+            h.chunk(job)
+            h.done(job)
+        while h.unacked:
+            h.ack()
+    assert h.closes == [Close(1000)] and h.core.outcome == "ok"
+    assert len(h.started) == 2
+    h.check_order()
+
+
+def test_generation_failure_is_engine_error_1011_and_cancels_the_rest() -> None:
+    h = Harness(limits=SessionLimits(engine_generations=2))
+    h.text(CONFIG)
+    for word in "Boom now. Fine later.".split():
+        h.text(word)
+    h.text("__END__")
+    first, second = (s.job_id for s in h.started)
+    h.done(first, error=True)
+    assert h.closes[0].code == 1011 and h.closes[0].error.error_type == "engine_error"
+    assert "s-1" in h.closes[0].error.message and "RuntimeError" in h.closes[0].error.message
+    assert second not in h.live and h.core.done and h.core.outcome == "engine_error"
+
+
+def test_slow_client_holds_the_lookahead() -> None:
+    h = Harness(limits=SessionLimits(lookahead_generations=1, engine_generations=1))
+    h.text(CONFIG)
+    for word in "One. Two. Three. Four.".split():
+        h.text(word)
+    h.text("__END__")
+    first = h.started[0].job_id
+    h.chunk(first)
+    h.done(first)  # generated, but its audio is not written yet (no ack)
+    assert len(h.started) == 2  # the next one is generated meanwhile...
+    second = h.started[1].job_id
+    h.chunk(second)
+    h.done(second)
+    assert len(h.started) == 2  # ...and no third until the client has read the first
+    h.ack()
+    assert len(h.started) == 3
+
+
+ACTIONS = st.sampled_from(
+    ["word"] * 6 + ["chunk"] * 6 + ["done"] * 4 + ["ack"] * 6 + ["fail", "tick", "binary"]
+)
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    lookahead=st.integers(0, 3),
+    engine=st.integers(1, 3),
+    config=st.sampled_from(["good"] * 8 + ["bad", "none"]),
+    actions=st.lists(ACTIONS, min_size=5, max_size=200),
+    end_at=st.none() | st.integers(0, 120),
+    disconnect_at=st.none() | st.integers(0, 150),
+    data=st.data(),
+)
+def test_every_interleaving_ends_and_keeps_order(
+    lookahead, engine, config, actions, end_at, disconnect_at, data
+):
+    limits = dataclasses.replace(
+        SessionLimits(), lookahead_generations=lookahead, engine_generations=engine
+    )
+    h = Harness(limits=limits)
+    if config == "good":
+        h.text(CONFIG)
+    elif config == "bad":
+        h.text('{"voice": "nobody"}')
+    words = iter(WORDS * 5)
+    for step, action in enumerate(actions):
+        if step == end_at and not h.core.done:
+            h.text("__END__")
+        if step == disconnect_at and not h.core.done:
+            h.apply(h.core.on_disconnect(h.now))
+        if h.core.done:
+            break
+        running = sorted(h.live.keys() - h.finished)
+        if action == "word":
+            h.text(next(words))
+        elif action == "chunk" and running:
+            h.chunk(data.draw(st.sampled_from(running)))
+        elif action == "done" and running:
+            h.done(data.draw(st.sampled_from(running)))
+        elif action == "fail" and running and data.draw(st.integers(0, 9)) == 0:
+            h.done(data.draw(st.sampled_from(running)), error=True)
+        elif action == "ack" and h.unacked:
+            h.ack()
+        elif action == "tick":
+            h.now += data.draw(st.sampled_from([0.5, 11.0]))
+            h.apply(h.core.on_timer(h.now))
+        elif action == "binary" and data.draw(st.integers(0, 19)) == 0:
+            h.apply(h.core.on_bytes(b"\x00", h.now))
+        h.check_order()
+    # The client ends its text and listens to the end; the engine finishes every generation.
+    if not h.core.done:
+        h.text("__END__")
+    for _ in range(10_000):
+        if h.core.done:
+            break
+        running = sorted(h.live.keys() - h.finished)
+        if running:
+            h.chunk(running[0])
+            h.done(running[0])
+        elif h.unacked:
+            h.ack()
+        else:
+            h.now += 400
+            h.apply(h.core.on_timer(h.now))
+    if not h.core.done:
+        h.apply(h.core.on_disconnect(h.now))
+    assert h.core.done
+    h.check_order()
+    event(f"outcome {h.core.outcome}; generations {min(len(h.started), 3)}+")
+    # Inputs after the end change nothing.
+    h.apply(h.core.on_text("more", h.now))
+    h.apply(h.core.on_disconnect(h.now))
