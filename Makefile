@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint image-check gpu-wheels gpu-check serve-whisper serve-orpheus bench-stt bench-tts deploy-whisper deploy-orpheus clean
+.PHONY: venv demo test test-fast lint image-check gpu-wheels gpu-check soak-whisper soak-orpheus serve-whisper serve-orpheus bench-stt bench-tts deploy-whisper deploy-orpheus clean
 
 $(STAMP): requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ gpu-wheels: venv
 gpu-check:
 	$(PYTHON) -m pip install --quiet --no-index --no-deps .gpu_wheels/*.whl
 	$(PYTHON) scripts/gpu_check.py --out bench_results/gpu_check.json
+
+## Reliability soak on the local server (fuzz, disconnect storm, overload, RSS); not in CI.
+soak-whisper: venv
+	$(BIN)/python scripts/soak.py whisper --sequential 1000
+
+soak-orpheus: venv
+	$(BIN)/python scripts/soak.py orpheus --sequential 1000
 
 serve-whisper: venv
 	$(BIN)/python scripts/serve.py whisper_streaming_truss

@@ -54,7 +54,7 @@ CPU_DEFAULTS: dict[str, dict[str, str]] = {
         "ENCODER_CONTEXT_S": "10",
         "WHISPER_CPU_THREADS": "1",
         # Real-time sessions with final p95 under 1 s on 2 cores (bench_stt.py --capacity: 6).
-        "ADMISSION_PRIOR_SESSIONS": "6",
+        "ADMISSION_CAPACITY_SESSIONS": "6",
     },
     "orpheus_tts_truss": {
         "ORPHEUS_ENGINE": "transformers",
@@ -66,7 +66,7 @@ CPU_DEFAULTS: dict[str, dict[str, str]] = {
         "DECODE_MAX_BATCH": "1",
         "SNAC_HOP_FRAMES": "2",
         # Sessions with first audio p95 under 2 s on 2 cores with dummy weights (scripts/soak.py).
-        "TTS_ADMISSION_PRIOR_SESSIONS": "2",
+        "TTS_ADMISSION_CAPACITY_SESSIONS": "2",
     },
 }
 DUMMY_WEIGHTS_OVERRIDES: dict[str, dict[str, str]] = {

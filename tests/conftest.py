@@ -19,12 +19,12 @@ ORPHEUS_TRUSS_DIR = "orpheus_tts_truss"
 # Admission control off (functional e2e tests load 2 cores beyond their latency capacity).
 ADMISSION_OFF = {
     "whisper": {
-        "ADMISSION_PRIOR_SESSIONS": "64",
+        "ADMISSION_CAPACITY_SESSIONS": "64",
         "ADMISSION_TARGET_UTILISATION": "1000",
         "ADMISSION_MAX_QUEUE_WAIT_S": "1000",
     },
     "orpheus": {
-        "TTS_ADMISSION_PRIOR_SESSIONS": "64",
+        "TTS_ADMISSION_CAPACITY_SESSIONS": "64",
         "TTS_ADMISSION_TARGET_UTILISATION": "1000",
         "TTS_ADMISSION_MAX_QUEUE_WAIT_S": "1000",
     },

@@ -1,52 +1,67 @@
-"""speech_common.admission: capacity from the measured worker load, the queue-wait guard, and
-the 1013 it answers with (time passed in: no sleeping)."""
+"""speech_common.admission and BatchWorker.utilisation: the policy that answers 1013 (with a
+retry hint) and the load it reads."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 from speech_common.admission import Admission, AdmissionPolicy
+from speech_common.batching import BatchWorker
 
 
-def test_prior_capacity_until_measured() -> None:
-    a = Admission(AdmissionPolicy(prior_sessions=2))
-    assert a.check(0.0, 0.0, active=0, queue_wait_s=0.0) is None
-    assert a.check(0.0, 0.0, active=1, queue_wait_s=0.0) is None
-    refusal = a.check(0.0, 0.0, active=2, queue_wait_s=0.0)
+def test_capacity_bounds_a_burst_before_any_load_shows() -> None:
+    a = Admission(AdmissionPolicy(capacity_sessions=2))
+    assert a.check(active=0, utilisation=0.0, queue_wait_s=0.0) is None
+    assert a.check(active=1, utilisation=0.0, queue_wait_s=0.0) is None
+    refusal = a.check(active=2, utilisation=0.0, queue_wait_s=0.0)
     assert refusal is not None and refusal.close_code == 1013
     assert refusal.frame()["body"]["retry_after_s"] == 2.0
-    assert "capacity (2)" in refusal.message and a.refused == 1
+    assert "2 sessions use this replica's capacity" in refusal.message and a.refused == 1
 
 
-def test_capacity_follows_the_measured_cost_per_session() -> None:
-    policy = AdmissionPolicy(prior_sessions=100, window_s=10.0, smoothing=1.0)
-    a = Admission(policy)
-    # 4 sessions keep the worker 40 % busy: 0.1 each, so 0.8 / 0.1 = 8 fit.
-    for t in range(0, 11):
-        a.observe(float(t), busy_s=0.4 * t, active=4)
-    assert a.session_cost is not None and abs(a.session_cost - 0.1) < 1e-9
-    assert a.capacity == 8
-    assert a.check(11.0, 4.4, active=7, queue_wait_s=0.0) is None
-    assert a.check(11.0, 4.4, active=12, queue_wait_s=0.0) is not None
+def test_a_busy_worker_refuses() -> None:
+    a = Admission(AdmissionPolicy(capacity_sessions=100, target_utilisation=0.9))
+    assert a.check(active=3, utilisation=0.85, queue_wait_s=0.0) is None
+    refusal = a.check(active=3, utilisation=0.95, queue_wait_s=0.0)
+    assert refusal is not None and "95% busy" in refusal.message
 
 
-def test_idle_or_short_windows_do_not_move_the_estimate() -> None:
-    a = Admission(AdmissionPolicy(prior_sessions=3, window_s=10.0))
-    a.observe(0.0, 0.0, active=2)
-    a.observe(1.0, 0.9, active=2)  # 1 s < window / 4: too short to measure
-    assert a.session_cost is None and a.capacity == 3
-    a.observe(20.0, 0.9 + 0.01, active=2)  # nearly idle: noise, not a cost
-    assert a.session_cost is None
-
-
-def test_queue_wait_refuses_at_once() -> None:
-    a = Admission(AdmissionPolicy(prior_sessions=100, max_queue_wait_s=0.5))
-    assert a.check(0.0, 0.0, active=0, queue_wait_s=0.4) is None
-    refusal = a.check(0.0, 0.0, active=0, queue_wait_s=0.8)
+def test_a_lagging_queue_refuses() -> None:
+    a = Admission(AdmissionPolicy(capacity_sessions=100, max_queue_wait_s=0.5))
+    assert a.check(active=0, utilisation=0.0, queue_wait_s=0.4) is None
+    refusal = a.check(active=0, utilisation=0.0, queue_wait_s=0.8)
     assert refusal is not None and "0.8 s behind" in refusal.message
 
 
-def test_old_samples_leave_the_window() -> None:
-    a = Admission(AdmissionPolicy(prior_sessions=100, window_s=10.0, smoothing=1.0))
-    for t in range(0, 100):
-        a.observe(float(t), busy_s=0.5 * t, active=1)
-    assert len(a._samples) <= 12  # noqa: SLF001 (bounded: a replica runs for weeks)
-    assert abs(a.session_cost - 0.5) < 1e-9 and a.capacity == 1
+def test_worker_utilisation_counts_recent_and_running_batches() -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    def run_batch(payloads: list[str]) -> list[str]:
+        started.set()
+        if payloads[0] == "hold":
+            release.wait(5)
+        else:
+            time.sleep(0.2)
+        return payloads
+
+    worker = BatchWorker("load", run_batch).start()
+    try:
+        assert worker.utilisation(1.0) == 0.0
+        import asyncio
+
+        async def go() -> None:
+            await worker.submit("busy", stream_id=1)  # ~0.2 s of work
+            util = worker.utilisation(1.0)
+            assert 0.15 <= util <= 0.35, util
+            future = worker.submit("hold", stream_id=1)
+            await asyncio.to_thread(started.wait, 5)
+            await asyncio.sleep(0.5)
+            assert worker.utilisation(0.5) > 0.9  # the batch in flight counts
+            release.set()
+            await future
+
+        asyncio.run(go())
+    finally:
+        worker.stop()

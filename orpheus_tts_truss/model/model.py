@@ -33,7 +33,7 @@ class Model:
         self._gate = SessionGate(self._limits.max_sessions)
         self._admission = Admission(
             AdmissionPolicy(
-                prior_sessions=self._limits.admission_prior_sessions,
+                capacity_sessions=self._limits.admission_capacity_sessions,
                 max_queue_wait_s=self._limits.admission_max_queue_wait_s,
                 target_utilisation=self._limits.admission_target_utilisation,
             )
@@ -66,9 +66,6 @@ class Model:
 
     def _admit(self, active: int) -> Any:
         """None to admit one more session, else the 1013 error (SNAC is the shared bottleneck)."""
-        import time
-
         decoder = self._runtime.decoder
-        return self._admission.check(
-            time.monotonic(), decoder.busy_s, active, decoder.oldest_wait_s()
-        )
+        utilisation = decoder.utilisation(self._admission.policy.window_s)
+        return self._admission.check(active, utilisation, decoder.oldest_wait_s())

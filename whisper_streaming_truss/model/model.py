@@ -52,7 +52,7 @@ class Model:
             max_batch=settings.max_batch_size,
             vad_max_batch=settings.vad_max_batch,
             admission=AdmissionPolicy(
-                prior_sessions=settings.admission_prior_sessions,
+                capacity_sessions=settings.admission_capacity_sessions,
                 max_queue_wait_s=settings.admission_max_queue_wait_s,
                 target_utilisation=settings.admission_target_utilisation,
             ),

@@ -67,11 +67,11 @@ class SessionLimits:
     # Open sessions per replica before new ones are refused with 1013 (try again later); one
     # H100 sustains ~24 real-time streams, and most open sessions are idle between sentences.
     max_sessions: int = 64
-    # Admission control (speech_common.admission): sessions assumed to fit before the replica
-    # has measured its load, and the SNAC queue wait beyond which new sessions are refused.
-    admission_prior_sessions: int = 64
+    # Admission control (speech_common.admission): sessions one replica serves in time
+    # (benchmarked), and the SNAC worker's load and queue wait beyond which new ones are refused.
+    admission_capacity_sessions: int = 64
     admission_max_queue_wait_s: float = 0.5
-    admission_target_utilisation: float = 0.8  # the SNAC worker's busy share sessions may fill
+    admission_target_utilisation: float = 0.9  # the SNAC worker's busy share sessions may fill
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> SessionLimits:

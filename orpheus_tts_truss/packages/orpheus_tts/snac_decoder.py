@@ -212,9 +212,8 @@ class SnacDecodeService:
     def healthy(self) -> bool:
         return self._worker.healthy
 
-    @property
-    def busy_s(self) -> float:
-        return self._worker.busy_s
+    def utilisation(self, window_s: float) -> float:
+        return self._worker.utilisation(window_s)
 
     def oldest_wait_s(self) -> float:
         return self._worker.oldest_wait_s()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Hashable
 
 import numpy as np
@@ -25,7 +24,7 @@ VadJob = tuple[VadStreamState, np.ndarray]
 # Under pressure partials are shed (dropped at submission) while a final has waited this long:
 # a partial is a preview, a final is the answer.
 SHED_PARTIALS_WAIT_S = 0.25
-UNMEASURED_CAPACITY = 1_000_000  # no prior: only measurements and the queue wait refuse
+UNLIMITED = 1_000_000  # no session bound: only the load and the queue wait refuse
 
 
 class Shed(Exception):
@@ -50,7 +49,7 @@ class Scheduler:
         self.vad: BatchWorker[VadJob, np.ndarray] = BatchWorker(
             "silero-vad", vad.probabilities, max_batch=vad_max_batch
         )
-        self.admission = Admission(admission or AdmissionPolicy(prior_sessions=UNMEASURED_CAPACITY))
+        self.admission = Admission(admission or AdmissionPolicy(capacity_sessions=UNLIMITED))
         self.shed_partials_wait_s = shed_partials_wait_s
         QUEUE_DEPTH.set_function(lambda: self.whisper.queue_depth)
 
@@ -73,9 +72,8 @@ class Scheduler:
 
     def admission_error(self, active: int) -> ProtocolError | None:
         """None to admit a new session; else the 1013 error (with a retry hint) to answer."""
-        return self.admission.check(
-            time.monotonic(), self.whisper.busy_s, active, self.final_wait_s()
-        )
+        utilisation = self.whisper.utilisation(self.admission.policy.window_s)
+        return self.admission.check(active, utilisation, self.final_wait_s())
 
     def submit_transcription(
         self,

@@ -24,11 +24,11 @@ class WhisperSettings:
     # speculations that speech then voids.
     speculation_lead_ms: int = 150
     max_sessions: int = 64  # beyond this new sessions get 1013 (try again later)
-    # Admission control (speech_common.admission): sessions assumed to fit before the load is
-    # measured, and the final-queue wait beyond which new sessions are refused.
-    admission_prior_sessions: int = 64
+    # Admission control (speech_common.admission): sessions one replica serves in time
+    # (benchmarked), and the Whisper worker's load and final-queue wait that refuse more.
+    admission_capacity_sessions: int = 64
     admission_max_queue_wait_s: float = 0.5
-    admission_target_utilisation: float = 0.8  # the Whisper worker's busy share sessions may fill
+    admission_target_utilisation: float = 0.9  # the Whisper worker's busy share sessions may fill
     metadata_timeout_s: float = 30.0
     max_buffered_audio_s: float = 20.0  # audio queued but not yet processed, per session
 
