@@ -48,16 +48,6 @@ PIPELINE_STREAMS = (1, 8, 32)
 SNAC_WINDOWS_PER_STREAM = 20
 PARITY_BATCH, PARITY_FRAMES = 4, 32  # codes decoded on both devices
 INT16_FULL_SCALE = 32767
-# Orpheus 3B = Llama 3.2 3B (canopylabs/orpheus-3b-0.1-ft config.json) with Orpheus's vocabulary.
-ORPHEUS_3B_SHAPE = {
-    "hidden_size": 3072,
-    "intermediate_size": 8192,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 24,
-    "num_key_value_heads": 8,
-    "rope_theta": 500000.0,
-    "tie_word_embeddings": True,
-}
 PIPELINE_FRAMES = 24  # audio frames per generation (24 x 2048 samples = 2.05 s at 24 kHz)
 PIPELINE_TEXT = "Hello there, this is a check of the streaming speech pipeline on a GPU."
 MAX_MODEL_LEN = 1024
@@ -155,35 +145,11 @@ def snac_throughput(
 def build_llama(device: str, tiny: bool) -> Any:
     import torch
 
-    from orpheus_tts.dummy import build_dummy_llama
-    from orpheus_tts.tokens import (
-        BOS_TOKEN_ID,
-        END_OF_SPEECH_TOKEN_ID,
-        PAD_TOKEN_ID,
-        VOCAB_SIZE,
-    )
+    from orpheus_tts.dummy import ORPHEUS_3B_SHAPE, build_dummy_llama, build_random_llama
 
     if tiny:
         return build_dummy_llama(MAX_MODEL_LEN)
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=VOCAB_SIZE,
-        max_position_embeddings=MAX_MODEL_LEN,
-        bos_token_id=BOS_TOKEN_ID,
-        eos_token_id=END_OF_SPEECH_TOKEN_ID,
-        pad_token_id=PAD_TOKEN_ID,
-        **ORPHEUS_3B_SHAPE,
-    )
-    torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):  # random init on the GPU: seconds, not minutes
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(default)
-    return model.eval()
+    return build_random_llama(ORPHEUS_3B_SHAPE, MAX_MODEL_LEN, device=device, dtype=torch.bfloat16)
 
 
 async def _one_stream(synth: Any, index: int, started: float) -> dict[str, float]:

@@ -412,7 +412,24 @@ async def run_overload(url: str, http: str, kind: str, offered: int) -> PhaseRes
 
 
 # -- RSS over sequential sessions ----------------------------------------------------------------
+GOOD_CLIENT_ATTEMPTS = 4
+
+
 async def good_session(url: str, kind: str, speech: bytes) -> int | None:
+    """A short good session; like a well-behaved client it honours 1013's retry_after_s."""
+    for _ in range(GOOD_CLIENT_ATTEMPTS):
+        try:
+            code, retry_after = await _good_session(url, kind, speech)
+        except ConnectionClosed as exc:  # refused while still sending
+            code = exc.rcvd.code if exc.rcvd is not None else None
+            retry_after = 2.0 if code == 1013 else None
+        if code != 1013 or retry_after is None:
+            return code
+        await asyncio.sleep(retry_after)
+    return code
+
+
+async def _good_session(url: str, kind: str, speech: bytes) -> tuple[int | None, float | None]:
     async with connect(url, max_size=None, open_timeout=30) as ws:
         if kind == "whisper":
             await ws.send(json.dumps(STT_META))
@@ -420,11 +437,15 @@ async def good_session(url: str, kind: str, speech: bytes) -> int | None:
                 await ws.send(speech[i : i + FRAME_SAMPLES * 2])
             await ws.send(json.dumps({"type": "end_audio"}))
         else:
-            await ws.send(json.dumps({**TTS_CONFIG, "max_tokens": 200}))
+            await ws.send(json.dumps({**TTS_CONFIG, "max_tokens": 28}))  # 4 frames of audio
             await ws.send("Hello.")
             await ws.send("__END__")
-        code, _ = await drain(ws)
-        return code
+        code, messages = await drain(ws)
+        retry_after = None
+        for message in messages:
+            if isinstance(message, str) and '"overloaded"' in message:
+                retry_after = json.loads(message)["body"].get("retry_after_s")
+        return code, retry_after
 
 
 async def run_sequential(url: str, http: str, kind: str, n: int, pid: int | None) -> PhaseResult:

@@ -25,6 +25,8 @@ def test_a_busy_worker_refuses() -> None:
     assert a.check(active=3, utilisation=0.85, queue_wait_s=0.0) is None
     refusal = a.check(active=3, utilisation=0.95, queue_wait_s=0.0)
     assert refusal is not None and "95% busy" in refusal.message
+    # No session open: the load was made by sessions that have ended.
+    assert a.check(active=0, utilisation=0.95, queue_wait_s=0.0) is None
 
 
 def test_a_lagging_queue_refuses() -> None:

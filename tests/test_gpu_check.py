@@ -41,9 +41,10 @@ def test_budget_skips_what_does_not_fit(tmp_path: Path) -> None:
 
 def test_orpheus_3b_shape_matches_the_checkpoint_layout() -> None:
     # Llama 3.2 3B: ~3.2 B parameters with tied embeddings at Orpheus's vocabulary.
+    from orpheus_tts.dummy import ORPHEUS_3B_SHAPE
     from orpheus_tts.tokens import VOCAB_SIZE
 
-    s = gpu_check.ORPHEUS_3B_SHAPE
+    s = ORPHEUS_3B_SHAPE
     head_dim = s["hidden_size"] // s["num_attention_heads"]
     per_layer = (
         s["hidden_size"] * head_dim * (s["num_attention_heads"] * 2 + s["num_key_value_heads"] * 2)

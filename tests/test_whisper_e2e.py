@@ -368,3 +368,22 @@ def test_disconnect_at_every_point_frees_the_session(whisper_server, point, cut)
 
     run(go())
     _settled(whisper_server)
+
+
+def test_invalid_utf8_text_frame_is_1007_and_frees_the_session(whisper_server):
+    """The WebSocket layer refuses a text frame that is not UTF-8 (1007) before the session
+    sees it; the session then hears a disconnect and is released."""
+    from websockets.frames import Frame, Opcode
+
+    async def go():
+        async with websockets.connect(whisper_server.ws_url) as ws:
+            await ws.send(json.dumps(v1_metadata()))
+            ws.protocol.send_frame(Frame(Opcode.TEXT, b"\xff\xfe{"))
+            ws.send_data()
+            with pytest.raises(websockets.ConnectionClosed):
+                async for _ in ws:
+                    pass
+            return ws.close_code
+
+    assert run(go()) == 1007
+    _settled(whisper_server)

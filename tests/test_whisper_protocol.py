@@ -16,7 +16,7 @@ from speech_common.driver import Cancel, Close, Command, JobCancelled, Send, Sub
 from speech_common.vad import WINDOW_SAMPLES
 from speech_common.ws import load_json
 from whisper_streaming.engine import JobKind, Segment, Transcript
-from whisper_streaming.protocol import VAD_WORKER, CoreLimits, SttCore
+from whisper_streaming.protocol import MAX_AUDIO_FRAME_BYTES, VAD_WORKER, CoreLimits, SttCore
 
 SPEECH, SILENCE = 0.95, 0.01
 METADATA_TIMEOUT_S = 5.0
@@ -214,6 +214,14 @@ def test_audio_backlog_beyond_the_bound_is_a_1013() -> None:
     for _ in range(int(21 * 16000 / 4096)):  # the VAD never answers
         h.audio(4096)
     assert h.closes[0].code == 1013 and h.closes[0].error.error_type == "overloaded"
+    assert h.core.done and not h.jobs
+
+
+def test_oversized_audio_frame_is_a_typed_1009() -> None:
+    h = Harness()
+    h.text(v1_metadata())
+    h.apply(h.core.on_bytes(b"\x00" * (MAX_AUDIO_FRAME_BYTES + 2), h.now))
+    assert h.closes[0].code == 1009 and h.closes[0].error.error_type == "frame_too_large"
     assert h.core.done and not h.jobs
 
 

@@ -5,7 +5,8 @@ Three signals, each from the model worker that bounds the replica (Whisper, SNAC
 - **queue wait**: the oldest urgent job (a final, an audio window) has waited longer than
   ``max_queue_wait_s``: the replica is behind right now;
 - **utilisation**: the worker was busy more than ``target_utilisation`` of the last
-  ``window_s`` (its measured real-time headroom is gone: one more stream would queue);
+  ``window_s`` while sessions are open (its measured real-time headroom is gone: one more
+  stream would queue);
 - **capacity**: ``capacity_sessions`` are open already. A burst of sessions arrives before any
   load shows, so this bound comes from a benchmark of the hardware (config.yaml says which).
 Pure (time passed in), so the policy is unit-tested without a model.
@@ -37,7 +38,8 @@ class Admission:
         worker's busy share over the last ``window_s`` (``BatchWorker.utilisation``)."""
         if queue_wait_s > self.policy.max_queue_wait_s:
             reason = f"the model queue is {queue_wait_s:.1f} s behind"
-        elif utilisation > self.policy.target_utilisation:
+        elif active and utilisation > self.policy.target_utilisation:
+            # (with no session open the load measured was made by sessions that have ended)
             reason = f"the model is {utilisation:.0%} busy"
         elif active + 1 > self.policy.capacity_sessions:
             reason = f"{active} sessions use this replica's capacity"

@@ -176,6 +176,7 @@ class _Session:
     max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES
     jobs: dict[int, asyncio.Future] = field(default_factory=dict)
     streams: dict[int, asyncio.Task] = field(default_factory=dict)
+    stopping: set[asyncio.Task] = field(default_factory=set)  # cancelled, still releasing
     closing: bool = False
     outbox_bytes: int = 0
     room: asyncio.Event = field(default_factory=asyncio.Event)
@@ -223,11 +224,12 @@ class _Session:
             self.execute(commands)
 
     async def _next_event(self) -> Any:
+        """The next event, or None when the core's deadline passes first. (asyncio.timeout, not
+        wait_for: a timed-out Queue.get leaves its item in the queue, nothing is lost.)"""
         deadline = self.core.next_deadline
-        if deadline is None:
-            return await self.events.get()
         try:
-            return await asyncio.wait_for(self.events.get(), max(deadline - self.loop.time(), 0))
+            async with asyncio.timeout_at(deadline):
+                return await self.events.get()
         except TimeoutError:
             return None
 
@@ -274,10 +276,16 @@ class _Session:
                     future.cancel()
                 task = self.streams.pop(command.job_id, None)
                 if task is not None:
-                    task.cancel()
+                    self._stop(task)
             elif isinstance(command, Close) and not self.closing:
                 self.closing = True
                 self.outbox.put_nowait(command)
+
+    def _stop(self, task: asyncio.Task) -> None:
+        """Cancel a streaming job; the session waits for it to finish releasing at its end."""
+        task.cancel()
+        self.stopping.add(task)
+        task.add_done_callback(self.stopping.discard)
 
     def _submit(self, command: Submit) -> None:
         try:
@@ -313,10 +321,10 @@ class _Session:
         for future in self.jobs.values():
             future.cancel()
         self.jobs.clear()
-        tasks = list(self.streams.values())
+        for task in self.streams.values():
+            self._stop(task)
         self.streams.clear()
-        for task in tasks:
-            task.cancel()
+        tasks = set(self.stopping)
         if tasks:
             _, stuck = await asyncio.wait(tasks, timeout=STREAM_CANCEL_WAIT_S)
             if stuck:

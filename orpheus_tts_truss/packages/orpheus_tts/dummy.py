@@ -76,24 +76,57 @@ def build_dummy_tokenizer() -> Any:
     )
 
 
-def build_dummy_llama(max_model_len: int = 4096, seed: int = 0) -> torch.nn.Module:
-    """A 2-layer random Llama with Orpheus's vocabulary (156940) and special token ids."""
+# Orpheus 3B = Llama 3.2 3B (canopylabs/orpheus-3b-0.1-ft config.json) with Orpheus's vocabulary.
+ORPHEUS_3B_SHAPE = {
+    "hidden_size": 3072,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 24,
+    "num_key_value_heads": 8,
+    "rope_theta": 500000.0,
+}
+DUMMY_SHAPE = {
+    "hidden_size": DUMMY_HIDDEN,
+    "intermediate_size": DUMMY_INTERMEDIATE,
+    "num_hidden_layers": DUMMY_LAYERS,
+    "num_attention_heads": DUMMY_HEADS,
+    "num_key_value_heads": DUMMY_KV_HEADS,
+}
+
+
+def build_random_llama(
+    shape: dict[str, Any],
+    max_model_len: int = 4096,
+    seed: int = 0,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.nn.Module:
+    """A random-weight Llama of ``shape`` with Orpheus's vocabulary (156940) and special ids,
+    initialised directly on ``device`` in ``dtype`` (a 3B model: seconds on a GPU)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
         vocab_size=VOCAB_SIZE,
-        hidden_size=DUMMY_HIDDEN,
-        intermediate_size=DUMMY_INTERMEDIATE,
-        num_hidden_layers=DUMMY_LAYERS,
-        num_attention_heads=DUMMY_HEADS,
-        num_key_value_heads=DUMMY_KV_HEADS,
         max_position_embeddings=max_model_len,
         tie_word_embeddings=True,
         bos_token_id=BOS_TOKEN_ID,
         eos_token_id=END_OF_SPEECH_TOKEN_ID,
         pad_token_id=PAD_TOKEN_ID,
+        **shape,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    logger.info("dummy Llama: %d params", sum(p.numel() for p in model.parameters()))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    logger.info("random Llama: %d params", sum(p.numel() for p in model.parameters()))
     return model.eval()
+
+
+def build_dummy_llama(max_model_len: int = 4096, seed: int = 0) -> torch.nn.Module:
+    """A 2-layer random Llama with Orpheus's vocabulary (156940) and special token ids."""
+    return build_random_llama(DUMMY_SHAPE, max_model_len, seed)

@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 VAD_WORKER = "vad"
 WHISPER_WORKER = "whisper"
 ARRIVALS_KEPT = 4096  # (sample, time) pairs kept to time finals from the speech's arrival
+# One audio frame: clients send 512 samples (1 KiB); 1 MiB is ~33 s of 16 kHz s16le.
+MAX_AUDIO_FRAME_BYTES = 1 << 20
 
 
 class Phase(Enum):
@@ -156,6 +158,14 @@ class SttCore:
             )
         if self.phase is not Phase.STREAMING:
             return []  # audio after end_audio is ignored
+        if len(data) > MAX_AUDIO_FRAME_BYTES:
+            return self._fail(
+                ProtocolError(
+                    "frame_too_large",
+                    f"audio frames are limited to {MAX_AUDIO_FRAME_BYTES} bytes",
+                    CloseCode.MESSAGE_TOO_BIG,
+                )
+            )
         samples = self._audio_in.feed(data)
         self._add_audio(samples, now)
         if len(self._windows) > self.limits.max_buffered_audio_s * SAMPLE_RATE_HZ:
