@@ -86,3 +86,52 @@ def test_hallucination_guard():
     nospeech = Segment("Thank you.", 0, 1, avg_logprob=-1.5, no_speech_prob=0.7)
     fine = Segment("The quick brown fox.", 0, 1, avg_logprob=-0.3, no_speech_prob=0.1)
     assert is_hallucination(loop) and is_hallucination(nospeech) and not is_hallucination(fine)
+
+
+def test_finals_with_different_prompts_batch_apart_and_match_alone(engine):
+    """CTranslate2 refuses prompts of different lengths in one generate(): the batch key keeps
+    them apart (before, such a batch raised and every job was re-run alone after a wasted
+    encode), and a batched result equals the unbatched one."""
+    order, _ = sample("order_en")
+    weather, _ = sample("weather_en")
+    jobs = [
+        TranscribeJob(JobKind.FINAL, order[: 4 * 16000].astype(np.float32) / 32768.0, EN),
+        TranscribeJob(
+            JobKind.FINAL,
+            weather[: 4 * 16000].astype(np.float32) / 32768.0,
+            DecodeOptions(language="en", prompt="Weather forecast for Paris and London"),
+        ),
+        TranscribeJob(JobKind.FINAL, weather[: 4 * 16000].astype(np.float32) / 32768.0, EN),
+    ]
+    keys = [WhisperEngine.batch_key(j) for j in jobs]
+    assert keys[0] == keys[2] != keys[1]
+    alone = [engine.run([j])[0].text for j in jobs]
+    together = [t.text for t in engine.run([jobs[0], jobs[2]])]
+    assert together == [alone[0], alone[2]] and all(alone)
+    with pytest.raises(ValueError, match="startoftranscript"):
+        engine.run(jobs)  # what the old key let through
+
+
+def test_repeats_and_zero_length_segments_are_dropped_genuine_repetition_stays():
+    from whisper_streaming.engine import drop_repeats
+
+    def seg(text: str, start: float, end: float) -> Segment:
+        return Segment(text, start, end, avg_logprob=-0.2, no_speech_prob=0.1)
+
+    # Seen in finals: the first phrase again on a zero-length segment; "uh..." tails.
+    looped = [
+        seg("And so my fellow America,", 0.0, 2.0),
+        seg("ask not what your country can do for you.", 2.0, 4.5),
+        seg("And so my fellow America,", 4.5, 4.5),
+        seg("uh...", 4.5, 4.5),
+    ]
+    assert [s.text for s in drop_repeats(looped)] == [
+        "And so my fellow America,",
+        "ask not what your country can do for you.",
+    ]
+    # A whole sentence doubled (beam 5) with a real duration: still a loop.
+    doubled = [seg("The quick brown fox jumps.", 0, 2), seg("The quick brown fox jumps!", 2, 3)]
+    assert len(drop_repeats(doubled)) == 1
+    # Genuine repetition: inside one segment, or short phrases said twice.
+    genuine = [seg("No, no, no.", 0, 1), seg("No, no.", 1, 2), seg("Yes, yes, yes, yes.", 2, 3)]
+    assert drop_repeats(genuine) == genuine

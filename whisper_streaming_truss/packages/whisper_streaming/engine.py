@@ -11,6 +11,7 @@ the bundled samples (measured; see README). Production keeps the full 30 s windo
 from __future__ import annotations
 
 import logging
+import re
 import zlib
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -34,6 +35,10 @@ NO_SPEECH_ALWAYS_DROP_PROB = 0.9  # whatever the log-prob
 MAX_COMPRESSION_RATIO = 2.4  # repeated n-grams compress too well
 MAX_NEW_TOKENS = 220  # a 30 s utterance is ~100-150 text tokens (+ timestamps for finals)
 CONTEXT_PAD_S = 1.0  # at least this much trailing silence in the encoder window, as in training
+
+
+class MixedLanguageBatch(ValueError):
+    """Word alignment of one batch needs one language."""
 
 
 class JobKind(IntEnum):
@@ -107,6 +112,32 @@ def is_hallucination(seg: Segment) -> bool:
     return len(seg.text) > 20 and compression_ratio(seg.text) > MAX_COMPRESSION_RATIO
 
 
+MIN_REPEAT_WORDS = 3  # a repeated phrase this long is a decoding loop, not speech
+_WORD = re.compile(r"[\w']+")
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(_WORD.findall(text.lower()))
+
+
+def drop_repeats(segments: list[Segment]) -> list[Segment]:
+    """Remove what Whisper adds when it loops at the end of a window: segments of zero length
+    (start == end: no audio under them) and segments that repeat an earlier segment of the same
+    transcript word for word (3 words or more). A genuine repetition inside one segment
+    ("no, no, no") or a short one stays."""
+    kept: list[Segment] = []
+    seen: set[tuple[str, ...]] = set()
+    for seg in segments:
+        words = _words(seg.text)
+        if seg.end <= seg.start:
+            continue
+        if len(words) >= MIN_REPEAT_WORDS and words in seen:
+            continue
+        seen.add(words)
+        kept.append(seg)
+    return kept
+
+
 class WhisperEngine:
     """One WhisperModel for the process; ``run`` is the scheduler's batch function."""
 
@@ -122,16 +153,24 @@ class WhisperEngine:
 
     @staticmethod
     def batch_key(job: TranscribeJob) -> tuple:
-        """Jobs that can share one generate() call (same kind and beam settings)."""
+        """Jobs that can share one generate() call and get what they would get alone.
+
+        CTranslate2 needs <|startoftranscript|> at one position in every prompt of a batch, so
+        the prompt (its text and language fix its length) is part of the key, and a batch's
+        decoding settings and alignment tokenizer are its first job's, so those are too.
+        """
         o = job.options
+        prompt = (o.prompt, o.language)
         if job.kind is JobKind.PARTIAL:
-            return (job.kind,)
+            return (job.kind, *prompt)
         return (
             job.kind,
+            *prompt,
             o.beam_size,
             o.length_penalty,
             o.repetition_penalty,
             o.no_repeat_ngram_size,
+            o.word_timestamps,
         )
 
     def run(self, jobs: list[TranscribeJob]) -> list[Transcript]:
@@ -211,7 +250,11 @@ class WhisperEngine:
                 subsegments = [dict(seek=0, start=0.0, end=duration, tokens=res.sequences_ids[0])]
             parsed.append(subsegments)
         if final and any(j.options.word_timestamps for j in jobs) and all(parsed):
-            # One alignment pass for the whole batch (words dropped below where not asked for).
+            if len({lang for lang, _ in languages}) > 1:
+                # Detected languages differ: one alignment tokenizer would be wrong for some.
+                # The worker then runs each job alone (rare: auto language + word timestamps).
+                raise MixedLanguageBatch(sorted({lang for lang, _ in languages}))
+            # One alignment pass for the whole batch.
             self.model.add_word_timestamps(
                 parsed, tok0, encoded, frames, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, 0.0
             )
@@ -244,6 +287,8 @@ class WhisperEngine:
                 )
                 if seg.text and not is_hallucination(seg):
                     segments.append(seg)
+            if final:  # partials carry no timestamps: nothing to tell a loop by
+                segments = drop_repeats(segments)
             out.append(Transcript(segments=segments, language=lang, language_prob=prob))
         return out
 
