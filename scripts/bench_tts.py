@@ -181,11 +181,15 @@ def snac_section() -> dict[str, Any]:
 @contextlib.contextmanager
 def local_server(dummy_weights: bool) -> Iterator[Any]:
     """scripts/serve.py on a free port (the same runner the e2e tests use)."""
-    from scripts.serving import serve_truss
+    from scripts.serving import ADMISSION_OFF, serve_truss
 
     timeout_s = float(os.environ.get("SERVE_START_TIMEOUT_S", 300))
+    # Admission control off: the benchmark measures what happens past the knee.
     with serve_truss(
-        "orpheus_tts_truss", dummy_weights=dummy_weights, start_timeout_s=timeout_s
+        "orpheus_tts_truss",
+        dummy_weights=dummy_weights,
+        start_timeout_s=timeout_s,
+        env=ADMISSION_OFF["orpheus"],
     ) as served:
         yield served
 

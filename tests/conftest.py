@@ -10,25 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from scripts.serving import DEFAULT_START_TIMEOUT_S, ServedTruss, serve_truss
+from scripts.serving import ADMISSION_OFF, DEFAULT_START_TIMEOUT_S, ServedTruss, serve_truss
 
 ECHO_TRUSS_DIR = "tests/fixtures/echo_truss"
 FAILING_TRUSS_DIR = "tests/fixtures/failing_truss"
 WHISPER_TRUSS_DIR = "whisper_streaming_truss"
 ORPHEUS_TRUSS_DIR = "orpheus_tts_truss"
-# Admission control off (functional e2e tests load 2 cores beyond their latency capacity).
-ADMISSION_OFF = {
-    "whisper": {
-        "ADMISSION_CAPACITY_SESSIONS": "64",
-        "ADMISSION_TARGET_UTILISATION": "1000",
-        "ADMISSION_MAX_QUEUE_WAIT_S": "1000",
-    },
-    "orpheus": {
-        "TTS_ADMISSION_CAPACITY_SESSIONS": "64",
-        "TTS_ADMISSION_TARGET_UTILISATION": "1000",
-        "TTS_ADMISSION_MAX_QUEUE_WAIT_S": "1000",
-    },
-}
 # A slow machine may need longer to load a model: SERVE_START_TIMEOUT_S overrides the default.
 START_TIMEOUT_S = float(os.environ.get("SERVE_START_TIMEOUT_S", DEFAULT_START_TIMEOUT_S))
 

@@ -1,0 +1,27 @@
+"""The real-speech development set (samples/real): every clip is 16 kHz mono s16le with its
+reference text, and its source, revision and licence are written down."""
+
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+REAL = Path(__file__).resolve().parents[1] / "samples" / "real"
+
+
+def test_real_speech_clips_are_usable_and_documented() -> None:
+    clips = sorted(REAL.glob("*.wav"))
+    assert 15 <= len(clips) <= 30
+    total_s = 0.0
+    for clip in clips:
+        with wave.open(str(clip)) as w:
+            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+            total_s += w.getnframes() / 16000
+        text = json.loads(clip.with_suffix(".json").read_text())["text"]
+        assert len(text.split()) >= 3, clip.name
+    assert sum(p.stat().st_size for p in clips) < 5 * 2**20  # a few MB at most
+    readme = (REAL / "README.md").read_text()
+    for needed in ("public domain", "revision", "dbf1a08a0d4e", "185cd24e046c", "sox"):
+        assert needed in readme
+    assert 60 < total_s < 300
