@@ -469,3 +469,24 @@ def test_probabilities_equal_silero_vad_packages_own_wrapper(silero: SileroVad, 
         [float(reference(torch.from_numpy(w.copy()), SAMPLE_RATE_HZ)) for w in windows]
     )
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_preroll_gives_whisper_audio_from_before_the_onset() -> None:
+    """preroll_ms keeps more of the audio before the VAD fired than the client's pad."""
+    silence = np.zeros((20, WINDOW_SAMPLES), np.float32)
+    speech = np.ones((20, WINDOW_SAMPLES), np.float32) * 0.1
+    ended = {}
+    for preroll_ms in (0, 320):
+        seg = VadSegmenter(VadOptions(speech_pad_ms=32, preroll_ms=preroll_ms))
+        events = []
+        for w in silence:
+            events += seg.push(w, 0.0)
+        for w in speech:
+            events += seg.push(w, SPEECH)
+        events += seg.flush()
+        (end,) = [e for e in events if isinstance(e, SpeechEnded)]
+        ended[preroll_ms] = end
+    pad = int(0.032 * SAMPLE_RATE_HZ)
+    assert ended[0].start_s == pytest.approx(20 * WINDOW_SAMPLES / SAMPLE_RATE_HZ - 0.032)
+    assert ended[320].start_s == pytest.approx(20 * WINDOW_SAMPLES / SAMPLE_RATE_HZ - 0.320)
+    assert len(ended[320].audio) - len(ended[0].audio) == int(0.320 * SAMPLE_RATE_HZ) - pad

@@ -39,6 +39,10 @@ class VadOptions:
     speech_pad_ms: int = 30
     min_speech_duration_ms: int = 250  # shorter bursts (clicks, breaths) are not transcribed
     max_utterance_s: float = 30.0  # Whisper's window: force a cut before this
+    # Audio kept before the onset (at least speech_pad_ms): Silero fires a little after a soft
+    # onset ("ask" lost its "a" with the client's 30 ms pad); the audio is there anyway. (With
+    # tiny.en, 300 ms measured worse on both sample sets: see config.yaml.)
+    preroll_ms: int = 0
 
     @property
     def neg_threshold(self) -> float:
@@ -70,6 +74,7 @@ class VadSegmenter:
     def __init__(self, options: VadOptions) -> None:
         self.options = options
         self._pad = int(options.speech_pad_ms * SAMPLE_RATE_HZ / 1000)
+        self._preroll_samples = max(self._pad, int(options.preroll_ms * SAMPLE_RATE_HZ / 1000))
         self._min_silence = int(options.min_silence_duration_ms * SAMPLE_RATE_HZ / 1000)
         self._min_speech = int(options.min_speech_duration_ms * SAMPLE_RATE_HZ / 1000)
         self._max_samples = int(options.max_utterance_s * SAMPLE_RATE_HZ)
@@ -159,12 +164,12 @@ class VadSegmenter:
     def _remember_preroll(self, window: np.ndarray) -> None:
         self._preroll.append(window)
         self._preroll_len += len(window)
-        while self._preroll and self._preroll_len - len(self._preroll[0]) >= self._pad:
+        while self._preroll and self._preroll_len - len(self._preroll[0]) >= self._preroll_samples:
             self._preroll_len -= len(self._preroll.popleft())
 
     def _start_utterance(self, start: int, window: np.ndarray, prob: float) -> None:
         pre = np.concatenate(list(self._preroll)) if self._preroll else np.zeros(0, np.float32)
-        pre = pre[len(pre) - min(self._pad, len(pre)) :]
+        pre = pre[len(pre) - min(self._preroll_samples, len(pre)) :]
         self._preroll.clear()
         self._preroll_len = 0
         self._utterance.clear()
@@ -196,8 +201,8 @@ class VadSegmenter:
         tail = self._utterance.consume(len(self._utterance))
         self._preroll.clear()
         self._preroll_len = 0
-        if self._pad and len(tail):
-            self._remember_preroll(tail[-self._pad :])
+        if self._preroll_samples and len(tail):
+            self._remember_preroll(tail[-self._preroll_samples :])
         self._utterance.clear()
         self._probs = []
         self._in_speech = False

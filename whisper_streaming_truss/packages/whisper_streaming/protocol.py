@@ -70,6 +70,7 @@ class CoreLimits:
     max_buffered_audio_s: float = 20.0  # audio received but not yet through the VAD
     speculative_finals: bool = True
     speculation_lead_ms: int = 150
+    preroll_ms: int = 0  # audio given to Whisper before the VAD onset (at least the client's pad)
 
 
 @dataclass
@@ -226,6 +227,7 @@ class SttCore:
             min_silence_duration_ms=config.vad.min_silence_duration_ms,
             speech_pad_ms=config.vad.speech_pad_ms,
             max_utterance_s=s.final_transcript_max_duration_s,
+            preroll_ms=self.limits.preroll_ms,
         )
         speculate = None
         if self.limits.speculative_finals:

@@ -61,6 +61,7 @@ class StreamingSession:
             max_buffered_audio_s=s.max_buffered_audio_s,
             speculative_finals=s.speculative_finals,
             speculation_lead_ms=s.speculation_lead_ms,
+            preroll_ms=s.preroll_ms,
         )
         return SttCore(limits, self.scheduler.engine.supported_languages)
 

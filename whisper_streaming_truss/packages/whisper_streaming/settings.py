@@ -23,6 +23,8 @@ class WhisperSettings:
     # Pauses between words are mostly < 150 ms, so starting later wastes less work on
     # speculations that speech then voids.
     speculation_lead_ms: int = 150
+    # Audio given to Whisper before the VAD's onset (at least the client's speech_pad_ms).
+    preroll_ms: int = 0
     max_sessions: int = 64  # beyond this new sessions get 1013 (try again later)
     # Admission control (speech_common.admission): sessions one replica serves in time
     # (benchmarked), and the Whisper worker's load and final-queue wait that refuse more.
