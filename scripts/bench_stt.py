@@ -84,6 +84,9 @@ def match_latencies(
     return out
 
 
+WHISPER_METADATA: dict = {}  # extra streaming_whisper_params (--beam)
+
+
 async def one_session(url: str, name: str, api_key: str | None, delay_s: float) -> SessionStats:
     await asyncio.sleep(delay_s)
     samples = read_wav(SAMPLES / f"{name}.wav")
@@ -91,7 +94,7 @@ async def one_session(url: str, name: str, api_key: str | None, delay_s: float) 
     result = await stream(
         url,
         frames_of(samples),
-        v1_metadata(),
+        v1_metadata(**WHISPER_METADATA),
         frame_s=FRAME_SAMPLES / RATE,
         api_key=api_key,
         timeout_s=300,
@@ -180,6 +183,7 @@ def summarise(
             [refs[s.file] for s in stats], [s.transcript for s in stats]
         ),
         "unfinished_sessions": sum(not s.finished for s in stats),
+        "transcripts": {s.file: s.transcript for s in stats},
         "errors": sum(s.errors for s in stats),
     }
     if offline is not None:
@@ -237,10 +241,13 @@ def main() -> None:
     )
     parser.add_argument("--files", nargs="+", default=list(DEFAULT_FILES))
     parser.add_argument("--corpus", type=Path, help="stream every WAV of this folder instead")
+    parser.add_argument("--beam", type=int, help="beam_width in the sessions' metadata")
     parser.add_argument("--no-offline", action="store_true", help="skip the offline WER comparison")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench_results" / "stt.json"))
     parser.add_argument("--api-key", default=os.environ.get("BASETEN_API_KEY"))
     args = parser.parse_args()
+    if args.beam:
+        WHISPER_METADATA["beam_width"] = args.beam
     if args.corpus:
         global SAMPLES
         SAMPLES = args.corpus.resolve()
