@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -32,6 +33,63 @@ SAMPLES: dict[str, list[str]] = {
     "order_en": [
         "I would like to order two large pizzas.",
         "Can you deliver them to my office before noon?",
+    ],
+}
+
+
+# Language-identification clips (samples/lang/<lang>_<n>.wav): one short sentence each, spoken
+# by espeak-ng's voice for that language; the multilingual tests check detection on them.
+LANG_DIR = SAMPLES_DIR / "lang"
+LANG_VOICES = {"en": "en-us", "de": "de", "fr": "fr-fr", "es": "es"}
+LANG_RATE_HZ = 8000  # telephone band: half the bytes, and enough to tell the language apart
+LANG_SENTENCES: dict[str, list[str]] = {
+    "en": [
+        "Good morning, how are you today?",
+        "The train leaves at seven o'clock.",
+        "I would like a cup of coffee, please.",
+        "My sister lives in a small village.",
+        "We are going to the beach this weekend.",
+        "Can you help me find the station?",
+        "The children are playing in the garden.",
+        "It is very cold outside this morning.",
+        "Please close the window before you leave.",
+        "This book is about the history of music.",
+    ],
+    "de": [
+        "Guten Morgen, wie geht es Ihnen heute?",
+        "Der Zug fährt um sieben Uhr ab.",
+        "Ich hätte gern eine Tasse Kaffee, bitte.",
+        "Meine Schwester wohnt in einem kleinen Dorf.",
+        "Wir fahren am Wochenende an den Strand.",
+        "Können Sie mir helfen, den Bahnhof zu finden?",
+        "Die Kinder spielen im Garten.",
+        "Heute Morgen ist es draußen sehr kalt.",
+        "Bitte schließen Sie das Fenster, bevor Sie gehen.",
+        "Dieses Buch handelt von der Geschichte der Musik.",
+    ],
+    "fr": [
+        "Bonjour, comment allez-vous aujourd'hui ?",
+        "Le train part à sept heures.",
+        "Je voudrais une tasse de café, s'il vous plaît.",
+        "Ma sœur habite dans un petit village.",
+        "Nous allons à la plage ce week-end.",
+        "Pouvez-vous m'aider à trouver la gare ?",
+        "Les enfants jouent dans le jardin.",
+        "Il fait très froid dehors ce matin.",
+        "Fermez la fenêtre avant de partir, s'il vous plaît.",
+        "Ce livre parle de l'histoire de la musique.",
+    ],
+    "es": [
+        "Buenos días, ¿cómo está usted hoy?",
+        "El tren sale a las siete.",
+        "Quisiera una taza de café, por favor.",
+        "Mi hermana vive en un pueblo pequeño.",
+        "Vamos a la playa este fin de semana.",
+        "¿Puede ayudarme a encontrar la estación?",
+        "Los niños juegan en el jardín.",
+        "Hace mucho frío afuera esta mañana.",
+        "Por favor, cierre la ventana antes de salir.",
+        "Este libro trata de la historia de la música.",
     ],
 }
 
@@ -69,15 +127,43 @@ def build(name: str, sentences: list[str], workdir: Path) -> None:
     )
 
 
+def build_language_clips(workdir: Path) -> None:
+    LANG_DIR.mkdir(exist_ok=True)
+    texts = {}
+    for lang, sentences in LANG_SENTENCES.items():
+        for i, sentence in enumerate(sentences):
+            raw = workdir / f"{lang}_{i}_raw.wav"
+            name = f"{lang}_{i}"
+            _run(
+                "espeak-ng",
+                "-v",
+                LANG_VOICES[lang],
+                "-s",
+                str(SPEECH_RATE_WPM),
+                "-w",
+                str(raw),
+                sentence,
+            )
+            _run(
+                "sox", str(raw), "-r", str(LANG_RATE_HZ), "-c", "1", "-b", "16",
+                str(LANG_DIR / f"{name}.wav"), "pad", "0.2", "0.3",
+            )  # fmt: skip
+            texts[name] = {"language": lang, "text": sentence}
+    (LANG_DIR / "clips.json").write_text(json.dumps(texts, indent=2, ensure_ascii=False) + "\n")
+
+
 def main() -> None:
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is required: apt-get install espeak-ng sox")
     SAMPLES_DIR.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, sentences in SAMPLES.items():
-            build(name, sentences, Path(tmp))
-            print(f"wrote {SAMPLES_DIR / name}.wav")
+        if "--languages-only" not in sys.argv:  # espeak-ng versions differ: keep the tuned ones
+            for name, sentences in SAMPLES.items():
+                build(name, sentences, Path(tmp))
+                print(f"wrote {SAMPLES_DIR / name}.wav")
+        build_language_clips(Path(tmp))
+        print(f"wrote {LANG_DIR}")
 
 
 if __name__ == "__main__":

@@ -160,6 +160,8 @@ class WhisperEngine:
         decoding settings and alignment tokenizer are its first job's, so those are too.
         """
         o = job.options
+        if o.language_detection_only:
+            return ("detect",)  # encode + detect, no decoding: any jobs share a batch
         prompt = (o.prompt, o.language)
         if job.kind is JobKind.PARTIAL:
             return (job.kind, *prompt)
@@ -178,13 +180,9 @@ class WhisperEngine:
         features, frames = self._features(jobs)
         encoded = self.model.encode(features)
         languages = self._languages(jobs, encoded)
-        transcripts = self._generate(
-            jobs, languages, encoded, frames, jobs[0].kind is JobKind.FINAL
-        )
-        for job, transcript in zip(jobs, transcripts, strict=True):
-            if job.options.language_detection_only:  # rare: decoding it anyway keeps one batch
-                transcript.segments = []
-        return transcripts
+        if jobs[0].options.language_detection_only:  # its own job: no decoding
+            return [Transcript([], lang, prob) for lang, prob in languages]
+        return self._generate(jobs, languages, encoded, frames, jobs[0].kind is JobKind.FINAL)
 
     # -- steps ---------------------------------------------------------------------------------
     def _features(self, jobs: list[TranscribeJob]) -> tuple[np.ndarray, list[int]]:
@@ -199,16 +197,20 @@ class WhisperEngine:
         return np.stack([pad_or_trim(m, width) for m in mels]).astype(np.float32), frames
 
     def _languages(self, jobs: list[TranscribeJob], encoded) -> list[tuple[str, float | None]]:
+        """Each job's language: its session's, or detected from its own audio (for
+        ``audio_language: auto`` and for detection-only jobs, whatever the session's language).
+        Detection reads each item of the batch on its own: the answer does not depend on the
+        batch. An English-only model detects nothing: "en", probability unknown (None)."""
         if not self.multilingual:
             return [("en", None)] * len(jobs)
-        detect = any(j.options.language is None for j in jobs)
-        detected = self.model.model.detect_language(encoded) if detect else None
+        needs = [j.options.language is None or j.options.language_detection_only for j in jobs]
+        detected = self.model.model.detect_language(encoded) if any(needs) else None
         out = []
         for i, job in enumerate(jobs):
-            if job.options.language is not None and not job.options.language_detection_only:
+            if not needs[i]:
                 out.append((job.options.language, None))
             else:
-                probs = [(tok[2:-2], p) for tok, p in detected[i]] if detected else [("en", 1.0)]
+                probs = [(tok[2:-2], p) for tok, p in detected[i]]
                 out.append(self._pick_language(probs, job.options))
         return out
 
