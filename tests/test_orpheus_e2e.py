@@ -251,3 +251,21 @@ async def test_disconnect_at_every_point_frees_the_session(
         elif cut == "fin":
             ws.transport.close()
     await _settled(orpheus_server)
+
+
+async def test_llm_token_deltas_through_the_published_protocol(orpheus_server: Any) -> None:
+    """An agent framework streams an LLM's raw deltas as text frames: words and numbers stay
+    whole ("unbeliev"+"ably", "3"+"."+"5"), so the server speaks three sentences, not four
+    broken generations ("Hello !", "I 'm unbeliev ably …", "The total is 3 .", "5 dollars …")."""
+    deltas = ["Hello", "!", " I", "'m", " unbeliev", "ably", " happy", " to", " help", ".",
+              " The", " total", " is", " 3", ".", "5", " dollars", ",", " right", "?"]  # fmt: skip
+    before = orpheus_server.metrics_text()
+    result = await asyncio.wait_for(
+        send_frames(orpheus_server.ws_url, [json.dumps(SHORT_CONFIG), *deltas, "__END__"]), 120
+    )
+    after = orpheus_server.metrics_text()
+    assert result["close_code"] == 1000 and result["audio"] and not result["errors"]
+    started = metric(after, "orpheus_generations_total") - metric(
+        before, "orpheus_generations_total"
+    )
+    assert started == 3

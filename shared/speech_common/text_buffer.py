@@ -12,13 +12,19 @@ whole sentence, short enough that the model does not drift, and start as soon as
   into ``max_chars`` pieces: a generation's prompt must fit the model's context.
 * ``flush()`` (the client's ``__END__``) returns everything still buffered: nothing is dropped.
 
-Frame boundaries are word boundaries (the published client sends one word per frame); words are
-rejoined with single spaces.
+Frames without whitespace of their own are words (the published client sends ``text.split()``
+words) and are rejoined with single spaces, except that a frame of closing punctuation or a clitic
+(``"!"``, ``","``, ``"'m"``) continues the word before it. Once a frame starts or ends with
+whitespace, the session is sending raw text (an LLM's token deltas: ``"Hello"``, ``"!"``, ``" I"``,
+``"'m"``, ``" unbeliev"``, ``"ably"``) and frames are concatenated verbatim from then on; the word
+still being typed waits for the next frame (it looks ahead for sentence ends, but is never spoken
+half-typed).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 
 import pysbd
@@ -37,6 +43,8 @@ _SENTENCE_TERMINALS = frozenset(".!?…。！？")
 # When a long run must be cut, a break after a clause mark in the chunk's second half sounds
 # better than a break at the exact character limit.
 _CLAUSE_MARKS = (",", ";", ":", "—", "-")
+# A frame starting with closing punctuation or a clitic continues the previous word.
+_CONTINUES_WORD = re.compile(r"^(?:[.,!?;:)\]}…%]|n't\b|'(?:s|m|d|re|ve|ll)\b)", re.IGNORECASE)
 
 
 class TextBuffer:
@@ -56,20 +64,27 @@ class TextBuffer:
         self.max_chars = max_chars
         self._segmenter = pysbd.Segmenter(language=language, clean=False)
         self._words: list[str] = []
+        self._verbatim = False  # frames carry their own whitespace (token deltas)
+        self._open = ""  # verbatim mode: the word still being typed
 
     @property
     def pending_words(self) -> tuple[str, ...]:
-        """Words received but not yet released."""
-        return tuple(self._words)
+        """Words received but not yet released (the one still being typed included)."""
+        return tuple(self._words) + ((self._open,) if self._open else ())
 
     def push(self, text: str) -> list[str]:
-        """Add one frame of text (one or more whitespace-separated words); return ready chunks."""
-        for word in text.split():
-            if len(word) <= self.max_chars:
-                self._words.append(word)
-            else:
-                step = self.max_chars
-                self._words.extend(word[i : i + step] for i in range(0, len(word), step))
+        """Add one frame of text; return the chunks ready to speak."""
+        stripped = text.strip()
+        if stripped and stripped != text:
+            self._verbatim = True
+        if self._verbatim:
+            self._push_verbatim(text)
+        elif stripped:
+            words = stripped.split()
+            if self._words and _CONTINUES_WORD.match(words[0]):
+                self._words[-1] += words.pop(0)
+                self._cut_long_last_word()
+            self._add_words(words)
         ready: list[str] = []
         complete = self._complete_sentence_word_counts()
         if complete:
@@ -82,6 +97,9 @@ class TextBuffer:
 
     def flush(self) -> list[str]:
         """Release everything still buffered (end of input)."""
+        if self._open:
+            self._add_words([self._open])
+            self._open = ""
         if not self._words:
             return []
         sentences = self._complete_sentence_word_counts()
@@ -92,9 +110,31 @@ class TextBuffer:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _push_verbatim(self, text: str) -> None:
+        joined = self._open + text
+        words = joined.split()
+        self._open = words.pop() if words and not joined[-1].isspace() else ""
+        self._add_words(words)
+        while len(self._open) > self.max_chars:  # no prompt may exceed the chunk limit
+            self._add_words([self._open[: self.max_chars]])
+            self._open = self._open[self.max_chars :]
+
+    def _add_words(self, words: Iterable[str]) -> None:
+        """Append words; one longer than a chunk is cut into chunk-size pieces."""
+        for word in words:
+            self._words.append(word)
+            self._cut_long_last_word()
+
+    def _cut_long_last_word(self) -> None:
+        word = self._words[-1]
+        if len(word) > self.max_chars:
+            step = self.max_chars
+            self._words[-1:] = [word[i : i + step] for i in range(0, len(word), step)]
+
     def _complete_sentence_word_counts(self) -> list[int]:
         """Word counts of the complete sentences at the head of the buffer (the last is open)."""
-        words = self._words
+        # The word being typed counts as lookahead: a new sentence has started once it exists.
+        words = self._words + ([self._open] if self._open else [])
         if len(words) < 2 or not any(_SENTENCE_TERMINALS.intersection(w) for w in words[:-1]):
             return []
         try:
