@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speech_common.text_buffer import EMOTIVE_TAGS, TextBuffer
+from orpheus_tts.prompt import EMOTIVE_TAGS
+from speech_common.text_buffer import TextBuffer
 
 
 def _feed_words(buffer: TextBuffer, words: list[str]) -> list[str]:

@@ -34,10 +34,6 @@ logger = logging.getLogger(__name__)
 # Orpheus drifts on long prompts: ~280-300 characters per generation is its reliable range.
 DEFAULT_MAX_CHARS = 280
 DEFAULT_BUFFER_SIZE_WORDS = 10
-# Tags Orpheus renders as sounds; kept whole because words are never split.
-EMOTIVE_TAGS = frozenset(
-    {"<laugh>", "<chuckle>", "<sigh>", "<cough>", "<sniffle>", "<groan>", "<yawn>", "<gasp>"}
-)
 # The segmenter runs only when a buffered word (other than the last) could end a sentence.
 _SENTENCE_TERMINALS = frozenset(".!?…。！？")
 # When a long run must be cut, a break after a clause mark in the chunk's second half sounds

@@ -65,6 +65,16 @@ class ProtocolError(Exception):
         return ErrorFrame(body=body).model_dump(exclude_none=True)
 
 
+def describe_validation_error(exc: Any, root: str, limit: int | None = None) -> str:
+    """A pydantic ValidationError as one line per field ('max_tokens: Input should be ...'),
+    for a typed error frame; ``root`` names an error of the whole frame."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False)[:limit]:
+        location = ".".join(str(part) for part in error["loc"]) or root
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)
+
+
 def truncate_reason(reason: str) -> str:
     """Cut a close reason to what the WebSocket close frame can carry (whole UTF-8 characters)."""
     # errors="replace": a lone surrogate (JSON "\\ud800" in a client's key) would raise here.

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
-from speech_common.ws import ProtocolError, load_json
+from speech_common.ws import ProtocolError, describe_validation_error, load_json
 
 END_OF_INPUT = "__END__"
 
@@ -73,19 +73,10 @@ def parse_session_config(
     try:
         config = SessionConfig.model_validate(data)
     except ValidationError as exc:
-        raise ProtocolError("invalid_config", _describe(exc)) from None
+        raise ProtocolError("invalid_config", describe_validation_error(exc, "config")) from None
     voice = config.voice.strip().lower()
     if voice not in voices:
         raise ProtocolError(
             "invalid_config", f"unknown voice {config.voice!r}; choose one of {sorted(voices)}"
         )
     return config.model_copy(update={"voice": voice})
-
-
-def _describe(exc: ValidationError) -> str:
-    """One line per field: 'max_tokens: Input should be less than or equal to 8192'."""
-    parts = []
-    for error in exc.errors(include_url=False, include_input=False):
-        location = ".".join(str(part) for part in error["loc"]) or "config"
-        parts.append(f"{location}: {error['msg']}")
-    return "; ".join(parts)

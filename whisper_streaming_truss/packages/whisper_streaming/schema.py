@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from speech_common.audio import Encoding
+from speech_common.ws import describe_validation_error
 
 MAX_FINAL_DURATION_S = 30.0  # Whisper's input window
 MIN_SAMPLE_RATE_HZ = 4000
@@ -84,7 +85,7 @@ def parse_metadata(raw: Any) -> SessionConfig:
     try:
         meta = _Metadata.model_validate(raw)
     except ValidationError as exc:
-        raise ValueError(_describe(exc)) from None
+        raise ValueError(describe_validation_error(exc, "metadata", limit=5)) from None
     vad = meta.vad_params or meta.streaming_vad_config or VadParams()
     if meta.streaming_whisper_params is not None:
         combined = meta.streaming_whisper_params.model_dump()
@@ -98,14 +99,6 @@ def parse_metadata(raw: Any) -> SessionConfig:
         if not raw:
             shape = "empty"
     return SessionConfig(vad=vad, streaming=streaming, whisper=whisper, shape=shape)
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "metadata"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
 
 
 # -- control messages ---------------------------------------------------------------------------
