@@ -41,9 +41,10 @@ gpu-wheels: venv
 	$(BIN)/python -m pip download --quiet --no-deps --dest .gpu_wheels $(GPU_WHEELS)
 
 ## On a CUDA machine (no venv there): SNAC parity/throughput and the Orpheus pipeline -> JSON.
+## The carried wheels go to a private folder, not the machine's site-packages.
 gpu-check:
-	$(PYTHON) -m pip install --quiet --no-index --no-deps .gpu_wheels/*.whl
-	$(PYTHON) scripts/gpu_check.py --out bench_results/gpu_check.json
+	$(PYTHON) -m pip install --quiet --no-index --no-deps --target .gpu_site .gpu_wheels/*.whl
+	PYTHONPATH=.gpu_site $(PYTHON) scripts/gpu_check.py --out bench_results/gpu_check.json
 
 ## Reliability soak on the local server (fuzz, disconnect storm, overload, RSS); not in CI.
 soak-whisper: venv
@@ -71,4 +72,4 @@ deploy-orpheus: venv
 	$(BIN)/python scripts/deploy.py orpheus_tts_truss
 
 clean:
-	rm -rf $(VENV) .truss_build .pytest_cache .ruff_cache .gpu_wheels
+	rm -rf $(VENV) .truss_build .pytest_cache .ruff_cache .gpu_wheels .gpu_site
