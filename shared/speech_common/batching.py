@@ -80,7 +80,6 @@ class BatchWorker(Generic[P, R]):
         self._running_since: float | None = None
         self.batches_run = 0
         self.jobs_run = 0
-        self.busy_s = 0.0  # total time spent running batches (load measurement)
         self._recent: deque[tuple[float, float]] = deque(maxlen=RECENT_BATCHES_KEPT)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -245,7 +244,6 @@ class BatchWorker(Generic[P, R]):
             finally:
                 ended = time.monotonic()
                 ran = ended - started
-                self.busy_s += ran
                 self._recent.append((ended, ran))
             waited = started - min(j.enqueued_at for j in batch)
             if ran > SLOW_BATCH_S or waited > SLOW_BATCH_S:
