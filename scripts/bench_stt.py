@@ -84,7 +84,7 @@ def match_latencies(
     return out
 
 
-WHISPER_METADATA: dict = {}  # extra streaming_whisper_params (--beam)
+WHISPER_METADATA: dict = {}  # extra streaming_whisper_params (--beam, --condition)
 
 
 async def one_session(url: str, name: str, api_key: str | None, delay_s: float) -> SessionStats:
@@ -242,12 +242,19 @@ def main() -> None:
     parser.add_argument("--files", nargs="+", default=list(DEFAULT_FILES))
     parser.add_argument("--corpus", type=Path, help="stream every WAV of this folder instead")
     parser.add_argument("--beam", type=int, help="beam_width in the sessions' metadata")
+    parser.add_argument(
+        "--condition",
+        action="store_true",
+        help="condition_on_previous_text in the sessions' metadata",
+    )
     parser.add_argument("--no-offline", action="store_true", help="skip the offline WER comparison")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench_results" / "stt.json"))
     parser.add_argument("--api-key", default=os.environ.get("BASETEN_API_KEY"))
     args = parser.parse_args()
     if args.beam:
         WHISPER_METADATA["beam_width"] = args.beam
+    if args.condition:
+        WHISPER_METADATA["condition_on_previous_text"] = True
     if args.corpus:
         global SAMPLES
         SAMPLES = args.corpus.resolve()

@@ -7,7 +7,10 @@ import pytest
 from faster_whisper import WhisperModel
 
 from tests.whisper_helpers import sample, wer
+from whisper_streaming import engine as engine_module
 from whisper_streaming.engine import (
+    CONTEXT_TOKEN_BUCKETS,
+    FALLBACK_TEMPERATURES,
     DecodeOptions,
     JobKind,
     Segment,
@@ -103,7 +106,7 @@ def test_finals_with_different_prompts_batch_apart_and_match_alone(engine):
         ),
         TranscribeJob(JobKind.FINAL, weather[: 4 * 16000].astype(np.float32) / 32768.0, EN),
     ]
-    keys = [WhisperEngine.batch_key(j) for j in jobs]
+    keys = [engine.batch_key(j) for j in jobs]
     assert keys[0] == keys[2] != keys[1]
     alone = [engine.run([j])[0].text for j in jobs]
     together = [t.text for t in engine.run([jobs[0], jobs[2]])]
@@ -135,3 +138,90 @@ def test_repeats_and_zero_length_segments_are_dropped_genuine_repetition_stays()
     # Genuine repetition: inside one segment, or short phrases said twice.
     genuine = [seg("No, no, no.", 0, 1), seg("No, no.", 1, 2), seg("Yes, yes, yes, yes.", 2, 3)]
     assert drop_repeats(genuine) == genuine
+
+
+class _GenerateSpy:
+    """Wraps the CTranslate2 model to record each generate() call's batch size and temperature."""
+
+    def __init__(self, model) -> None:
+        self._model = model
+        self.calls: list[tuple[int, float]] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def generate(self, features, prompts, **kwargs):
+        self.calls.append((len(prompts), kwargs.get("sampling_temperature", 0.0)))
+        return self._model.generate(features, prompts, **kwargs)
+
+
+def test_clean_speech_decodes_once(engine, first_sentence, monkeypatch):
+    spy = _GenerateSpy(engine.model.model)
+    monkeypatch.setattr(engine.model, "model", spy)
+    audio, _ = first_sentence
+    [result] = engine.run([TranscribeJob(JobKind.FINAL, audio, EN)])
+    assert spy.calls == [(1, 0.0)] and result.temperature == 0.0 and result.text
+
+
+def test_temperature_fallback_retries_only_the_failing_finals(engine, first_sentence, monkeypatch):
+    """Whisper's fallback: a final that fails the log-prob test is decoded again by sampling at
+    each temperature in turn, without its batch neighbours that passed; when every try fails,
+    the most probable one is kept."""
+    audio, text = first_sentence
+    order, _ = sample("order_en")
+    jobs = [
+        TranscribeJob(JobKind.FINAL, audio, EN),
+        TranscribeJob(JobKind.FINAL, order[: 4 * 16000].astype(np.float32) / 32768.0, EN),
+    ]
+    logprobs = [r.segments[0].avg_logprob for r in engine.run(jobs)]
+    # A threshold between the two: only the less probable final falls back, and all its tries
+    # fail (sampling never beats greedy by that much here).
+    worse = int(np.argmin(logprobs))
+    monkeypatch.setattr(engine_module, "LOW_LOGPROB", (logprobs[0] + logprobs[1]) / 2)
+    spy = _GenerateSpy(engine.model.model)
+    monkeypatch.setattr(engine.model, "model", spy)
+    results = engine.run(jobs)
+    assert spy.calls[0] == (2, 0.0)
+    assert spy.calls[1] == (1, FALLBACK_TEMPERATURES[0])
+    assert [t for _, t in spy.calls[1:]] == list(FALLBACK_TEMPERATURES[: len(spy.calls) - 1])
+    assert results[1 - worse].temperature == 0.0
+    assert wer(text, results[0].text) <= 0.34, results[0].text
+
+
+def test_fallback_skips_silence(engine, monkeypatch):
+    spy = _GenerateSpy(engine.model.model)
+    monkeypatch.setattr(engine.model, "model", spy)
+    [result] = engine.run([TranscribeJob(JobKind.FINAL, np.zeros(32000, np.float32), EN)])
+    assert spy.calls == [(1, 0.0)] and result.text == ""  # no-speech + improbable: no retries
+
+
+def test_context_is_cut_to_a_bucket_and_batches_with_equal_buckets(engine):
+    """Conditioning on previous finals keeps batching: prompts are cut to a bucket length, so
+    finals whose contexts differ but fall in one bucket share a batch, and a batched result
+    equals the job alone."""
+    long_context = "The quick brown fox jumps over the lazy dog. " * 20
+    tokens = engine.previous_tokens(DecodeOptions("en", context=long_context), JobKind.FINAL)
+    assert len(tokens) == max(CONTEXT_TOKEN_BUCKETS)
+    assert engine.model.hf_tokenizer.decode(list(tokens)).endswith("over the lazy dog.")
+    assert engine.previous_tokens(DecodeOptions("en", context=long_context), JobKind.PARTIAL) == ()
+    assert engine.previous_tokens(DecodeOptions("en", context="Hello there."), JobKind.FINAL) == ()
+
+    order, _ = sample("order_en")
+    weather, _ = sample("weather_en")
+    a = DecodeOptions(
+        "en",
+        context="Hello, I would like to order a large pizza with extra cheese and a bottle of water, please.",
+    )
+    b = DecodeOptions(
+        "en",
+        context="Tomorrow will be sunny in Paris and in Berlin, with some rain in London later in the evening.",
+    )
+    assert len(engine.previous_tokens(a, JobKind.FINAL)) == 16
+    assert len(engine.previous_tokens(b, JobKind.FINAL)) == 16
+    jobs = [
+        TranscribeJob(JobKind.FINAL, order[: 4 * 16000].astype(np.float32) / 32768.0, a),
+        TranscribeJob(JobKind.FINAL, weather[: 4 * 16000].astype(np.float32) / 32768.0, b),
+    ]
+    assert engine.batch_key(jobs[0]) == engine.batch_key(jobs[1])
+    alone = [engine.run([j])[0].text for j in jobs]
+    assert [t.text for t in engine.run(jobs)] == alone and all(alone)

@@ -195,6 +195,35 @@ def test_failed_final_is_recoverable_and_the_session_goes_on() -> None:
     assert not h.core.done
 
 
+def _utterance_final(h: Harness) -> Submit:
+    speak(h, 1.0)
+    speak(h, 0.6, speech=False)
+    (final,) = [j for j in h.jobs.values() if j.worker != VAD_WORKER]
+    return final
+
+
+def test_finals_carry_previous_finals_only_when_asked_and_reset_after_a_hot_fallback() -> None:
+    plain = Harness()
+    plain.text(v1_metadata(partials=False))
+    first = _utterance_final(plain)
+    plain.drain()
+    assert first.payload.options.context == _utterance_final(plain).payload.options.context == ""
+
+    h = Harness()
+    h.text(v1_metadata(partials=False, condition_on_previous_text=True))
+    assert _utterance_final(h).payload.options.context == ""  # nothing before the first
+    h.drain()
+    second = _utterance_final(h)
+    assert second.payload.options.context == "final words"
+    hot = Transcript([Segment("loop loop", 0.0, 1.0, -0.1, 0.01)], "en", None, temperature=0.8)
+    h.jobs.pop(second.job_id)
+    h.apply(h.core.on_result(second.job_id, hot, h.now))
+    assert h.sent[-1]["transcript"] == "loop loop"  # sent as decoded, but not carried on
+    assert _utterance_final(h).payload.options.context == ""
+    h.drain()
+    assert _utterance_final(h).payload.options.context == "final words"
+
+
 def test_cancelled_job_is_heard_as_a_failure_not_awaited() -> None:
     h = Harness()
     h.text(v1_metadata(partials=False))

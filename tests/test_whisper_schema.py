@@ -36,6 +36,7 @@ WHISPER = {
     "length_penalty": 1.5,
     "repetition_penalty": 1.2,
     "no_repeat_ngram_size": 3,
+    "condition_on_previous_text": True,
 }
 
 

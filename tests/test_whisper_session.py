@@ -13,7 +13,7 @@ from scripts.stt_client import frames_of, v1_metadata
 from speech_common.vad import SileroVad
 from speech_common.ws import SessionGate
 from tests.whisper_helpers import sample
-from whisper_streaming.engine import JobKind, Segment, TranscribeJob, Transcript, WhisperEngine
+from whisper_streaming.engine import JobKind, Segment, TranscribeJob, Transcript
 from whisper_streaming.scheduler import Scheduler
 from whisper_streaming.session import StreamingSession
 from whisper_streaming.settings import WhisperSettings
@@ -24,7 +24,10 @@ class FakeEngine:
 
     multilingual = False
     supported_languages = ["en"]
-    batch_key = staticmethod(WhisperEngine.batch_key)
+
+    @staticmethod
+    def batch_key(job: TranscribeJob) -> tuple:
+        return (job.kind, job.options.prompt, job.options.context)
 
     def __init__(self) -> None:
         self.jobs: list[TranscribeJob] = []

@@ -15,6 +15,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import lru_cache
 
 import numpy as np
 from faster_whisper import WhisperModel
@@ -35,6 +36,17 @@ NO_SPEECH_ALWAYS_DROP_PROB = 0.9  # whatever the log-prob
 MAX_COMPRESSION_RATIO = 2.4  # repeated n-grams compress too well
 MAX_NEW_TOKENS = 220  # a 30 s utterance is ~100-150 text tokens (+ timestamps for finals)
 CONTEXT_PAD_S = 1.0  # at least this much trailing silence in the encoder window, as in training
+# Whisper's temperature fallback (its ``transcribe()`` defaults): a final whose greedy/beam decode
+# compresses too well (a loop) or is improbable is decoded again by sampling at rising
+# temperatures, best of BEST_OF; if every try fails, the most probable one is kept.
+FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
+BEST_OF = 5
+# Conditioning on the session's previous finals: the last tokens of their text go into the
+# prompt (Whisper's ``condition_on_previous_text``). CTranslate2 batches only prompts of one
+# length, so the context is cut to a bucket length: sessions' finals still share batches, and a
+# job's prompt depends only on itself (batched == alone).
+CONTEXT_TOKEN_BUCKETS = (0, 16, 32, 64)
+MAX_PREVIOUS_TOKENS = 223  # Whisper's own bound: half the text context, less <|startofprev|>
 
 
 class MixedLanguageBatch(ValueError):
@@ -59,6 +71,7 @@ class DecodeOptions:
     no_repeat_ngram_size: int = 0
     language_options: tuple[str, ...] = ()
     language_detection_only: bool = False
+    context: str = ""  # the session's previous finals (finals only; see CONTEXT_TOKEN_BUCKETS)
 
 
 @dataclass
@@ -92,6 +105,7 @@ class Transcript:
     segments: list[Segment]
     language: str
     language_prob: float | None
+    temperature: float = 0.0  # > 0: a fallback decode by sampling
 
     @property
     def text(self) -> str:
@@ -146,23 +160,36 @@ class WhisperEngine:
         self.multilingual = model.model.is_multilingual
         self.min_context_frames = int(min(encoder_context_s, 30.0) * MEL_FRAMES_PER_S)
         self._tokenizers: dict[str, Tokenizer] = {}
+        self._previous_tokens = lru_cache(maxsize=1024)(self._compute_previous_tokens)
+
+    def _text_tokens(self, text: str) -> list[int]:
+        text = text.strip()  # text tokens are the same whatever the language
+        return (
+            self.model.hf_tokenizer.encode(" " + text, add_special_tokens=False).ids if text else []
+        )
+
+    def _compute_previous_tokens(self, prompt: str, context: str) -> tuple[int, ...]:
+        tokens = self._text_tokens(context)
+        keep = max(b for b in CONTEXT_TOKEN_BUCKETS if b <= len(tokens))
+        tokens = self._text_tokens(prompt) + (tokens[len(tokens) - keep :] if keep else [])
+        return tuple(tokens[-MAX_PREVIOUS_TOKENS:])
 
     @property
     def supported_languages(self) -> list[str]:
         return list(self.model.supported_languages)
 
-    @staticmethod
-    def batch_key(job: TranscribeJob) -> tuple:
+    def batch_key(self, job: TranscribeJob) -> tuple:
         """Jobs that can share one generate() call and get what they would get alone.
 
         CTranslate2 needs <|startoftranscript|> at one position in every prompt of a batch, so
-        the prompt (its text and language fix its length) is part of the key, and a batch's
-        decoding settings and alignment tokenizer are its first job's, so those are too.
+        the prompt's length in tokens is part of the key (the language token is one token, but
+        None means detection), and a batch's decoding settings and alignment tokenizer are its
+        first job's, so those are too.
         """
         o = job.options
         if o.language_detection_only:
             return ("detect",)  # encode + detect, no decoding: any jobs share a batch
-        prompt = (o.prompt, o.language)
+        prompt = (len(self.previous_tokens(o, job.kind)), o.language)
         if job.kind is JobKind.PARTIAL:
             return (job.kind, *prompt)
         return (
@@ -182,7 +209,13 @@ class WhisperEngine:
         languages = self._languages(jobs, encoded)
         if jobs[0].options.language_detection_only:  # its own job: no decoding
             return [Transcript([], lang, prob) for lang, prob in languages]
-        return self._generate(jobs, languages, encoded, frames, jobs[0].kind is JobKind.FINAL)
+        return self._generate(jobs, languages, features, encoded, frames)
+
+    def previous_tokens(self, options: DecodeOptions, kind: JobKind) -> tuple[int, ...]:
+        """The tokens after <|startofprev|>: the session's prompt, then (finals only) the last
+        tokens of its previous finals, cut to a bucket length."""
+        context = options.context if kind is JobKind.FINAL else ""
+        return self._previous_tokens(options.prompt, context)
 
     # -- steps ---------------------------------------------------------------------------------
     def _features(self, jobs: list[TranscribeJob]) -> tuple[np.ndarray, list[int]]:
@@ -214,27 +247,22 @@ class WhisperEngine:
                 out.append(self._pick_language(probs, job.options))
         return out
 
-    def _generate(self, jobs, languages, encoded, frames, final: bool) -> list[Transcript]:
-        prompts = []
-        for job, (lang, _) in zip(jobs, languages, strict=True):
-            tok = self._tokenizer(lang)
-            previous = tok.encode(" " + job.options.prompt.strip()) if job.options.prompt else []
-            prompts.append(self.model.get_prompt(tok, previous, without_timestamps=not final))
+    def _generate(self, jobs, languages, features, encoded, frames) -> list[Transcript]:
+        final = jobs[0].kind is JobKind.FINAL
+        prompts = [
+            self.model.get_prompt(
+                self._tokenizer(lang),
+                list(self.previous_tokens(job.options, job.kind)),
+                without_timestamps=not final,
+            )
+            for job, (lang, _) in zip(jobs, languages, strict=True)
+        ]
         tok0 = self._tokenizer(languages[0][0])
         opts = jobs[0].options
-        results = self.model.model.generate(
-            encoded,
-            prompts,
-            beam_size=opts.beam_size if final else 1,
-            length_penalty=opts.length_penalty,
-            repetition_penalty=opts.repetition_penalty,
-            no_repeat_ngram_size=opts.no_repeat_ngram_size,
-            max_length=min(max(len(p) for p in prompts) + MAX_NEW_TOKENS, self.model.max_length),
-            return_scores=True,
-            return_no_speech_prob=True,
-            suppress_blank=True,
-            suppress_tokens=list(get_suppressed_tokens(tok0, [-1])),
-        )
+        results = self._decode(encoded, prompts, opts, final, tok0, temperature=0.0)
+        temperatures = [0.0] * len(jobs)
+        if final:
+            results, temperatures = self._fallback(features, prompts, opts, tok0, results)
         parsed = []
         for job, (lang, _), res, n_frames in zip(jobs, languages, results, frames, strict=True):
             tok = self._tokenizer(lang)
@@ -264,8 +292,7 @@ class WhisperEngine:
         for job, (lang, prob), res, subsegments in zip(
             jobs, languages, results, parsed, strict=True
         ):
-            n = max(len(res.sequences_ids[0]), 1)
-            avg_logprob = res.scores[0] * (n**opts.length_penalty) / (n + 1) if res.scores else None
+            avg_logprob = _avg_logprob(res, opts.length_penalty)
             tok = self._tokenizer(lang)
             duration = len(job.audio) / SAMPLE_RATE_HZ
             segments = []
@@ -291,8 +318,69 @@ class WhisperEngine:
                     segments.append(seg)
             if final:  # partials carry no timestamps: nothing to tell a loop by
                 segments = drop_repeats(segments)
-            out.append(Transcript(segments=segments, language=lang, language_prob=prob))
+            out.append(Transcript(segments, lang, prob, temperatures[len(out)]))
         return out
+
+    def _decode(self, encoded, prompts, opts: DecodeOptions, final: bool, tok0, temperature):
+        sampling = {}
+        if temperature > 0:  # as Whisper: sample, best of BEST_OF
+            sampling = dict(
+                sampling_topk=0, sampling_temperature=temperature, num_hypotheses=BEST_OF
+            )
+        return self.model.model.generate(
+            encoded,
+            prompts,
+            beam_size=opts.beam_size if final and temperature == 0 else 1,
+            length_penalty=opts.length_penalty,
+            repetition_penalty=opts.repetition_penalty,
+            no_repeat_ngram_size=opts.no_repeat_ngram_size,
+            max_length=min(max(len(p) for p in prompts) + MAX_NEW_TOKENS, self.model.max_length),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=list(get_suppressed_tokens(tok0, [-1])),
+            **sampling,
+        )
+
+    def _fallback(self, features, prompts, opts: DecodeOptions, tok0, results):
+        """Whisper's temperature fallback for the finals of a batch that look like a loop or are
+        improbable (and are not silence): decoded again, together, at rising temperatures."""
+        tries = [[(res, 0.0)] for res in results]
+        pending = [i for i, res in enumerate(results) if self._needs_fallback(res, opts, tok0)]
+        for temperature in FALLBACK_TEMPERATURES:
+            if not pending:
+                break
+            encoded = self.model.encode(features[pending])  # a subset: encode it again (rare)
+            retry = self._decode(
+                encoded, [prompts[i] for i in pending], opts, True, tok0, temperature
+            )
+            for i, res in zip(pending, retry, strict=True):
+                tries[i].append((res, temperature))
+            pending = [
+                i
+                for i, res in zip(pending, retry, strict=True)
+                if self._needs_fallback(res, opts, tok0)
+            ]
+        chosen = [t[-1] for t in tries]
+        for i in pending:  # every try failed: keep the most probable, loops last (as Whisper)
+            chosen[i] = max(
+                tries[i],
+                key=lambda t: (
+                    self._ratio(t[0], tok0) <= MAX_COMPRESSION_RATIO,
+                    _avg_logprob(t[0], opts.length_penalty) or 0.0,
+                ),
+            )
+        return [c[0] for c in chosen], [c[1] for c in chosen]
+
+    def _ratio(self, res, tok) -> float:
+        return compression_ratio(tok.decode([t for t in res.sequences_ids[0] if t < tok.eot]))
+
+    def _needs_fallback(self, res, opts: DecodeOptions, tok) -> bool:
+        avg = _avg_logprob(res, opts.length_penalty)
+        improbable = avg is not None and avg < LOW_LOGPROB
+        if improbable and res.no_speech_prob > NO_SPEECH_DROP_PROB:
+            return False  # silence: dropped later, not decoded again
+        return improbable or self._ratio(res, tok) > MAX_COMPRESSION_RATIO
 
     # -- helpers -------------------------------------------------------------------------------
     def _tokenizer(self, language: str) -> Tokenizer:
@@ -312,6 +400,14 @@ class WhisperEngine:
             if not allowed or lang in allowed:
                 return lang, prob
         return probs[0]
+
+
+def _avg_logprob(res, length_penalty: float) -> float | None:
+    """faster-whisper's average log-probability of a generate() result's best sequence."""
+    if not res.scores:
+        return None
+    n = max(len(res.sequences_ids[0]), 1)
+    return res.scores[0] * (n**length_penalty) / (n + 1)
 
 
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"

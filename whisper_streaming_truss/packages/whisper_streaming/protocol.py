@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -52,6 +52,12 @@ logger = logging.getLogger(__name__)
 
 VAD_WORKER = "vad"
 WHISPER_WORKER = "whisper"
+# Conditioning finals on the session's previous finals (``condition_on_previous_text``): the
+# text kept is bounded (the engine then takes at most its last 64 tokens), and it is reset after
+# a final that needed a hot fallback decode, as Whisper's ``prompt_reset_on_temperature``, so
+# one bad final cannot start a loop that feeds itself.
+CONTEXT_MAX_CHARS = 600
+CONTEXT_RESET_TEMPERATURE = 0.5
 ARRIVALS_KEPT = 4096  # (sample, time) pairs kept to time finals from the speech's arrival
 # One audio frame: clients send 512 samples (1 KiB); 1 MiB is ~33 s of 16 kHz s16le.
 MAX_AUDIO_FRAME_BYTES = 1 << 20
@@ -111,6 +117,7 @@ class SttCore:
         self._spec: tuple[int, int, int] | None = None  # (num, samples, job id)
         self._spec_results: dict[int, Any] = {}  # speculative job -> result, before its final
         self._finals: deque[_Final] = deque()
+        self._context = ""  # previous finals' text, for conditioning (bounded: CONTEXT_MAX_CHARS)
         self._flushed = False
 
     # -- the SessionCore interface -------------------------------------------------------------
@@ -336,9 +343,12 @@ class SttCore:
     def _submit_transcribe(self, kind: JobKind, audio: np.ndarray, offset_s: float) -> Submit:
         job_id = self._ids.new()
         self._outstanding.add(job_id)
-        job = TranscribeJob(kind, audio, self._decode, offset_s)
-        replace = "partial" if kind is JobKind.PARTIAL else None
-        return Submit(job_id, WHISPER_WORKER, job, priority=int(kind), replace_key=replace)
+        options = self._decode
+        if kind is JobKind.FINAL and self.config.whisper.condition_on_previous_text:
+            options = replace(options, context=self._context)
+        job = TranscribeJob(kind, audio, options, offset_s)
+        replace_key = "partial" if kind is JobKind.PARTIAL else None
+        return Submit(job_id, WHISPER_WORKER, job, priority=int(kind), replace_key=replace_key)
 
     def _cancel(self, job_id: int) -> Cancel:
         self._outstanding.discard(job_id)
@@ -439,9 +449,16 @@ class SttCore:
             commands.append(
                 Send(self._message(final.result, final.num, True, final.audio_s, final.flush))
             )
+            self._remember(final.result)
             metrics.FINALS_SENT.inc()
             metrics.FINAL_LATENCY.observe(max(now - final.speech_end_at, 0.0))
         return commands
+
+    def _remember(self, transcript: Transcript) -> None:
+        if transcript.temperature > CONTEXT_RESET_TEMPERATURE:
+            self._context = ""
+        elif transcript.text:
+            self._context = f"{self._context} {transcript.text}".strip()[-CONTEXT_MAX_CHARS:]
 
     # -- endings -----------------------------------------------------------------------------------
     def _fail(self, error: ProtocolError) -> list[Command]:

@@ -43,6 +43,9 @@ class WhisperParams(_Strict):
     length_penalty: float = Field(1.0, ge=0.0, le=10.0)
     repetition_penalty: float = Field(1.0, ge=0.5, le=5.0)
     no_repeat_ngram_size: int = Field(0, ge=0, le=20)
+    # Opt-in (an extension of the published schema): each final is decoded with the session's
+    # previous finals as context, like Whisper's own ``condition_on_previous_text``.
+    condition_on_previous_text: bool = False
 
 
 class StreamingWhisperParams(StreamingParams, WhisperParams):
