@@ -10,6 +10,10 @@ Per concurrency level it reports, over all sessions:
 * inter-chunk gap p99: the largest pauses between consecutive audio frames of one session;
 * real-time factor: wall time first word → last audio, divided by the audio duration.
 
+``--turns`` runs the event protocol instead (one socket per conversation): time from ``flush``
+to the turn's first audio over 20 turns, ``clear`` -> ``cleared`` over 20 barge-ins (and that
+no audio of the cleared text came after ``cleared``), and first audio per response format.
+
 With ``--dummy-weights`` (random model weights on CPU) the numbers measure the pipeline and
 the server's overhead, not Orpheus on a GPU. The SNAC section decodes random codes with random
 SNAC weights, batched across streams vs one window at a time, at 1, 4 and 16 streams, and
@@ -41,7 +45,7 @@ sys.path[:0] = [
 ]
 
 from stats import percentile  # noqa: E402
-from tts_client import TTSResult, stream_tts  # noqa: E402
+from tts_client import EventSession, TTSResult, stream_tts  # noqa: E402
 
 logger = logging.getLogger("bench_tts")
 
@@ -178,6 +182,82 @@ def snac_section() -> dict[str, Any]:
     }
 
 
+TURNS = 20
+BARGE_INS = 20
+FORMAT_SESSIONS = 5
+FORMATS = (("pcm_s16le", 24000), ("pcm_f32le", 24000), ("wav", 24000), ("mulaw", 8000),
+           ("alaw", 8000), ("mp3", 24000), ("opus", 48000))  # fmt: skip
+LONG_TEXT = "A long answer that keeps the engine busy for quite a while, so it can be cut off."
+
+
+def _ms(values: list[float], q: float) -> float | None:
+    return _round(percentile([v * 1000 for v in values], q)) if values else None
+
+
+async def turns_section(url: str, config: dict[str, Any], api_key: str | None) -> dict[str, Any]:
+    """The event protocol's latencies, measured by the client (see the module docstring)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        session = await EventSession.open(http, url, config, api_key)
+        flush_waits = []
+        for turn in range(TURNS):
+            await session.say(f"Turn number {turn} is a short one.")
+            sent = await session.control("flush", id=turn)
+            flush_waits.append(await session.wait_audio(sent) - sent)
+            await session.wait_for("flush_done")
+        clear_waits, leaked = [], 0
+        await session.control("update", max_tokens=2000)  # long generations to cut off
+        for n in range(BARGE_INS):
+            await session.say(LONG_TEXT)
+            await session.wait_audio(await session.control("flush", id=f"long-{n}"))
+            sent = await session.control("clear", id=n)
+            cleared = await session.wait_for("cleared")
+            at = next(r.at for r in reversed(session.received) if r.event is cleared)
+            clear_waits.append(at - sent)
+            await asyncio.sleep(0.2)  # anything of the cleared text would arrive now
+            after = session.received[[r.event for r in session.received].index(cleared) + 1 :]
+            leaked += sum(len(r.audio) for r in after if r.audio)
+        await session.close()
+    formats = []
+    for fmt, rate in FORMATS:
+        waits = []
+        for _ in range(FORMAT_SESSIONS):
+            format_config = {**config, "response_format": fmt, "sample_rate": rate}
+            async with aiohttp.ClientSession() as http:
+                session = await EventSession.open(http, url, format_config, api_key)
+                await session.say("First audio in every format.")
+                sent = await session.control("flush")
+                waits.append(await session.wait_audio(sent) - sent)
+                await session.close()
+        formats.append({"format": fmt, "rate": rate, "first_audio_ms_p50": _ms(waits, 50)})
+    return {
+        "turns": TURNS,
+        "flush_to_first_audio_ms_p50": _ms(flush_waits, 50),
+        "flush_to_first_audio_ms_p95": _ms(flush_waits, 95),
+        "barge_ins": BARGE_INS,
+        "clear_to_cleared_ms_p50": _ms(clear_waits, 50),
+        "clear_to_cleared_ms_p95": _ms(clear_waits, 95),
+        "audio_bytes_after_cleared": leaked,
+        "formats": formats,
+    }
+
+
+def print_turns(turns: dict[str, Any]) -> None:
+    print(
+        f"\n{turns['turns']} turns on one socket: flush -> first audio p50 "
+        f"{turns['flush_to_first_audio_ms_p50']} ms, p95 {turns['flush_to_first_audio_ms_p95']} ms"
+    )
+    print(
+        f"{turns['barge_ins']} barge-ins: clear -> cleared p50 {turns['clear_to_cleared_ms_p50']}"
+        f" ms, p95 {turns['clear_to_cleared_ms_p95']} ms; audio bytes of cleared text after"
+        f" cleared: {turns['audio_bytes_after_cleared']}"
+    )
+    print("| format | rate | flush -> first audio p50 ms |\n|---|---:|---:|")
+    for row in turns["formats"]:
+        print(f"| {row['format']} | {row['rate']} | {row['first_audio_ms_p50']} |")
+
+
 @contextlib.contextmanager
 def local_server(dummy_weights: bool) -> Iterator[Any]:
     """scripts/serve.py on a free port (the same runner the e2e tests use)."""
@@ -265,6 +345,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--buffer-size", type=int, default=10)
     parser.add_argument("--word-interval-ms", type=float, default=0.0)
     parser.add_argument("--skip-snac", action="store_true", help="skip the SNAC decode section")
+    parser.add_argument("--turns", action="store_true", help="the event protocol's latencies")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench_results" / "tts.json")
     return parser.parse_args(argv)
 
@@ -280,6 +361,17 @@ def main(argv: list[str] | None = None) -> int:
         "config": config,
         "word_interval_ms": args.word_interval_ms,
     }
+    if args.turns:
+        config["max_tokens"] = min(args.max_tokens, 140)  # short turns (~1.7 s of audio)
+        if args.url:
+            report["turns"] = asyncio.run(turns_section(args.url, config, args.api_key))
+        else:
+            with local_server(dummy_weights=True) as served:
+                report["turns"] = asyncio.run(turns_section(served.ws_url, config, None))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+        print_turns(report["turns"])
+        return 0 if report["turns"]["audio_bytes_after_cleared"] == 0 else 1
     if args.url:
         report["url"] = args.url
         report["levels"] = asyncio.run(run_levels(args.url, args, config, args.metrics_url))

@@ -8,6 +8,11 @@ Baseten: python scripts/tts_client.py --model-id abc123 --text-file speech.txt -
 Speaks Baseten's published protocol: a JSON first frame, one text frame per word, ``__END__``;
 binary PCM s16le 24 kHz mono frames come back until the server closes. Prints the time to first
 audio and the real-time factor (wall time / audio duration; below 1 is faster than real time).
+
+``--format`` / ``--rate`` ask for another encoding (mp3, opus, wav, mulaw, ... at 8-48 kHz);
+``--events`` speaks the event protocol (``EventSession``): each paragraph of the text is a turn
+ended by ``flush``; ``--interactive`` reads turns from stdin (``/clear`` barges in, ``/voice leo``
+changes the voice, end of input ends the session).
 """
 
 from __future__ import annotations
@@ -159,12 +164,168 @@ async def stream_tts(
     return result
 
 
-def write_wav(path: Path, pcm: bytes) -> None:
-    """PCM s16le 24 kHz mono → a WAV file."""
+@dataclass
+class Received:
+    at: float  # time.monotonic()
+    audio: bytes | None = None
+    event: dict[str, Any] | None = None
+
+
+class EventSession:
+    """A client of the event protocol (``events: true``): one socket for a conversation.
+
+    A reader task files every frame, timestamped, into ``received``; ``wait_for`` returns the
+    next event of a type (audio before it is kept in ``received`` as well)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.received: list[Received] = []
+        self.created: dict[str, Any] = {}
+        self.close_code: int | None = None
+        self._arrived = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+        self._seen = 0  # events already returned by wait_for
+
+    @classmethod
+    async def open(
+        cls, http: aiohttp.ClientSession, url: str, config: dict[str, Any], api_key: str | None
+    ) -> EventSession:
+        headers = {"Authorization": f"Api-Key {api_key}"} if api_key else {}
+        ws = await _connect(http, url, headers)
+        await ws.send_json({**config, "events": True})
+        session = cls(ws)
+        session.created = await session.wait_for("session_created")
+        return session
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.ws:
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    item = Received(time.monotonic(), audio=message.data)
+                elif message.type == aiohttp.WSMsgType.TEXT:
+                    item = Received(time.monotonic(), event=json.loads(message.data))
+                else:
+                    break
+                async with self._arrived:
+                    self.received.append(item)
+                    self._arrived.notify_all()
+        finally:
+            self.close_code = self.ws.close_code
+            async with self._arrived:
+                self._arrived.notify_all()
+
+    async def wait_for(self, kind: str, timeout_s: float = 120.0) -> dict[str, Any]:
+        """The next event of this type (an ``error`` event raises)."""
+
+        def find() -> dict[str, Any] | None:
+            for i in range(self._seen, len(self.received)):
+                event = self.received[i].event
+                if event is None:
+                    continue
+                if event["type"] == kind:
+                    self._seen = i + 1
+                    return event
+                if event["type"] == "error" and kind != "error":
+                    self._seen = i + 1
+                    raise RuntimeError(f"server error: {event['body']}")
+            return None
+
+        async with asyncio.timeout(timeout_s), self._arrived:
+            while (event := find()) is None:
+                if self._reader.done():
+                    raise ConnectionError(f"closed ({self.close_code}) before {kind}")
+                await self._arrived.wait()
+            return event
+
+    async def say(self, text: str) -> None:
+        await self.ws.send_str(text)
+
+    async def control(self, kind: str, **fields: Any) -> float:
+        """Send a control message; returns when it was sent."""
+        await self.ws.send_json({"type": kind, **fields})
+        return time.monotonic()
+
+    def audio(self, since: float = 0.0) -> bytes:
+        return b"".join(r.audio for r in self.received if r.audio and r.at >= since)
+
+    def first_audio_after(self, t: float) -> float | None:
+        return next((r.at for r in self.received if r.audio and r.at >= t), None)
+
+    async def wait_audio(self, since: float, timeout_s: float = 120.0) -> float:
+        """When the first audio frame at or after ``since`` arrived (waits for it)."""
+        async with asyncio.timeout(timeout_s), self._arrived:
+            while (at := self.first_audio_after(since)) is None:
+                if self._reader.done():
+                    raise ConnectionError(f"closed ({self.close_code}) before audio")
+                await self._arrived.wait()
+            return at
+
+    async def wait_closed(self, timeout_s: float = 10.0) -> int | None:
+        """Wait for the server to close (after ``session_done``); its close code."""
+        await asyncio.wait_for(asyncio.shield(self._reader), timeout_s)
+        return self.close_code
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()] or [text]
+
+
+async def _turns(session: EventSession, turns: list[str], interactive: bool) -> None:
+    """Speak each turn (``flush``), or read turns from stdin; then ``end``."""
+    loop = asyncio.get_running_loop()
+    n = 0
+    while True:
+        if interactive:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                break
+            line = line.strip()
+            if line == "/clear":
+                await session.control("clear")
+                await session.wait_for("cleared")
+                print("cleared")
+                continue
+            if line.startswith("/voice "):
+                await session.control("update", voice=line.split(maxsplit=1)[1])
+                continue
+        elif n == len(turns):
+            break
+        else:
+            line = turns[n]
+        n += 1
+        await session.say(line + " ")
+        sent = await session.control("flush", id=n)
+        await session.wait_for("flush_done")
+        first = session.first_audio_after(sent)
+        ms = f"{(first - sent) * 1000:.0f} ms" if first else "no audio"
+        print(f"turn {n}: flush -> first audio {ms}")
+    await session.control("end")
+    done = await session.wait_for("session_done")
+    print(f"session done: {done['generations']} generations, {done['audio_s']:.2f} s of audio")
+    await session.wait_closed()
+
+
+async def run_events(url: str, config: dict[str, Any], api_key: str | None, text: str,
+                     interactive: bool) -> tuple[bytes, int | None, dict[str, Any]]:  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        session = await EventSession.open(http, url, config, api_key)
+        try:
+            await _turns(session, _paragraphs(text), interactive)
+        finally:
+            await session.close()
+        return session.audio(), session.close_code, session.created
+
+
+def write_wav(path: Path, pcm: bytes, rate: int = SAMPLE_RATE_HZ) -> None:
+    """PCM s16le mono → a WAV file."""
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(BYTES_PER_SAMPLE)
-        wav.setframerate(SAMPLE_RATE_HZ)
+        wav.setframerate(rate)
         wav.writeframes(pcm)
 
 
@@ -178,6 +339,10 @@ def session_config(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name)
         if value is not None:
             config[name] = value
+    if args.format != "pcm_s16le":
+        config["response_format"] = args.format
+    if args.rate:
+        config["sample_rate"] = args.rate
     return config
 
 
@@ -205,7 +370,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--word-interval-ms", type=float, default=0.0, help="pause between words (LLM-like)"
     )
-    parser.add_argument("--out", type=Path, default=Path("tts_output.wav"), help="WAV to write")
+    parser.add_argument(
+        "--format",
+        default="pcm_s16le",
+        choices=["pcm_s16le", "pcm_f32le", "mulaw", "alaw", "wav", "mp3", "opus"],
+        help="response_format (pcm_s16le is saved as WAV, the others as they come)",
+    )
+    parser.add_argument("--rate", type=int, help="sample_rate (default 24000; mulaw/alaw 8000)")
+    parser.add_argument("--events", action="store_true", help="the event protocol, turn by turn")
+    parser.add_argument(
+        "--interactive", action="store_true", help="with --events: turns from stdin"
+    )
+    parser.add_argument("--out", type=Path, default=Path("tts_output.wav"), help="file to write")
     return parser.parse_args(argv)
 
 
@@ -220,6 +396,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         url = args.url or "ws://127.0.0.1:8080/v1/websocket"
     text = args.text_file.read_text() if args.text_file else (args.text or DEFAULT_TEXT)
+    if args.events or args.interactive:
+        audio, code, created = asyncio.run(
+            run_events(url, session_config(args), args.api_key, text, args.interactive)
+        )
+        _save(args, audio, created["sample_rate"])
+        print(f"close code: {code}")
+        return 0 if code == 1000 else 1
     result = asyncio.run(
         stream_tts(
             url,
@@ -232,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.error:
         print(f"server error: {json.dumps(result.error)} (close {result.close_code})")
         return 1
-    write_wav(args.out, bytes(result.pcm))
+    _save(args, bytes(result.pcm), args.rate or SAMPLE_RATE_HZ)
     ttfa = result.time_to_first_audio_s
     rtf = result.real_time_factor
     print(f"audio: {result.audio_s:.2f} s in {len(result.frame_sizes)} frames -> {args.out}")
@@ -240,6 +423,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"real-time factor: {rtf:.3f}" if rtf is not None else "real-time factor: n/a")
     print(f"close code: {result.close_code}")
     return 0 if result.close_code == 1000 else 1
+
+
+def _save(args: argparse.Namespace, audio: bytes, rate: int) -> None:
+    if args.format == "pcm_s16le":
+        write_wav(args.out, audio, rate)
+    else:
+        args.out.write_bytes(audio)
 
 
 if __name__ == "__main__":

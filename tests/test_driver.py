@@ -14,6 +14,7 @@ from speech_common.driver import (
     Cancel,
     Close,
     Command,
+    Discard,
     Send,
     StartStream,
     StreamChunk,
@@ -184,3 +185,37 @@ async def test_slow_reader_pauses_streaming_at_the_outbox_bound(bound: int) -> N
     ws.send_gate.set()
     clean, _ = await task
     assert clean and runner.produced == 1000 and len(ws.sent) == 1000
+
+
+class DiscardingCore(StreamingCore):
+    """Queues audio of two generations (acks "a" and "b"), then drops "a"'s on "clear"."""
+
+    def on_text(self, text: str, now: float) -> list[Command]:
+        if text == "queue":
+            return [Send(f"a{i}".encode(), ack="a") for i in range(5)] + [
+                Send(b"b0", ack="b"),
+                Send({"type": "marker"}),
+            ]
+        if text == "clear":
+            return [Discard(frozenset({"a"})), Send({"type": "cleared"})]
+        if text == "end":
+            self.done = True
+            return [Close(1000)]
+        return []
+
+
+async def test_discard_drops_queued_sends_unwritten_and_keeps_the_rest_in_order() -> None:
+    ws, runner = Socket(), Runner()
+    ws.send_gate = asyncio.Event()  # the client reads nothing yet: everything stays queued
+    core = DiscardingCore()
+    task = asyncio.create_task(run(ws, core, runner))
+    ws.text("queue")
+    await asyncio.sleep(0.05)
+    ws.text("clear")
+    ws.text("end")
+    await asyncio.sleep(0.05)
+    ws.send_gate.set()
+    clean, _ = await task
+    # At most the one message already being written when "clear" came gets through.
+    assert clean and ws.sent[-3:] == [b"b0", {"type": "marker"}, {"type": "cleared"}]
+    assert ws.sent[:-3] in ([], [b"a0"])

@@ -19,6 +19,7 @@ from speech_common.driver import (
     Cancel,
     Close,
     Command,
+    Discard,
     Send,
     StartStream,
     StreamChunk,
@@ -26,6 +27,7 @@ from speech_common.driver import (
 )
 
 CONFIG = {"voice": "tara", "max_tokens": 2000, "buffer_size": 3}
+EVENTS = {**CONFIG, "events": True}
 WORDS = "One two. Three four five. Six. Seven eight nine ten eleven.".split()
 
 
@@ -49,8 +51,12 @@ class Harness:
     audio: list[bytes] = field(default_factory=list)
     frames: list[dict] = field(default_factory=list)
     closes: list[Close] = field(default_factory=list)
+    log: list[tuple[str, object]] = field(default_factory=list)  # ("audio", job) / ("event", ...)
+    discarded: list[tuple[int, bytes]] = field(default_factory=list)
+    flushes: list[object] = field(default_factory=list)  # ids of the flushes sent
 
     def __post_init__(self) -> None:
+        self._queued_audio: list[bytes] = []  # parallel to unacked
         self.core = TtsCore(
             self.limits, VOICES, DEFAULT_VOICE, Params(), lambda t, m: min(m, 300), "s"
         )
@@ -61,15 +67,26 @@ class Harness:
             assert not self.closes, f"{command} after the close"
             if isinstance(command, StartStream):
                 self.started.append(command)
+                self.log.append(("start", command.job_id))
                 self.live[command.job_id] = 0
             elif isinstance(command, Cancel):
                 self.live.pop(command.job_id, None)
+            elif isinstance(command, Discard):
+                # The driver drops these sends unwritten: no ack will come, the client never
+                # hears them.
+                dropped = [i for i, ack in enumerate(self.unacked) if ack in command.acks]
+                for i in reversed(dropped):
+                    ack = self.unacked.pop(i)
+                    self.discarded.append((ack, self._queued_audio.pop(i)))
             elif isinstance(command, Send):
                 if isinstance(command.message, bytes):
                     self.audio.append(command.message)
                     self.unacked.append(command.ack)
+                    self._queued_audio.append(command.message)
+                    self.log.append(("audio", command.ack))
                 else:
                     self.frames.append(command.message)
+                    self.log.append(("event", command.message))
             elif isinstance(command, Close):
                 self.closes.append(command)
         running = [j for j in self.live if j not in self.finished]
@@ -88,6 +105,8 @@ class Harness:
 
     def text(self, payload: object) -> None:
         text = payload if isinstance(payload, str) else json.dumps(payload)
+        if text.startswith('{"type": "flush"'):
+            self.flushes.append(json.loads(text).get("id"))
         self.apply(self.core.on_text(text, self.now))
 
     def chunk(self, job_id: int) -> None:
@@ -104,7 +123,45 @@ class Harness:
         self.apply(self.core.on_result(job_id, StreamDone(failure), self.now))
 
     def ack(self) -> None:
+        self._queued_audio.pop(0)
         self.apply(self.core.on_sent(self.unacked.pop(0), self.now))
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        return [f for f in self.frames if kind is None or f.get("type") == kind]
+
+    def run_out(self) -> None:
+        """The engine finishes every running generation; the client reads everything."""
+        for _ in range(1000):
+            running = sorted(self.live.keys() - self.finished)
+            if running:
+                self.chunk(running[0])
+                self.done(running[0])
+            elif self.unacked:
+                self.ack()
+            else:
+                return
+
+    def check_events(self) -> None:
+        """The event protocol's promises: no audio of a generation started before a ``cleared``
+        comes after it; flushes answered in order, once each; ``session_done`` last."""
+        started: set[int] = set()
+        silenced: set[int] = set()
+        flush_ids = []
+        for kind, item in self.log:
+            if kind == "start":
+                started.add(item)
+            elif kind == "audio":
+                assert item not in silenced, f"audio of cleared generation {item}"
+            elif item["type"] == "cleared":
+                silenced |= started
+            elif item["type"] == "flush_done":
+                flush_ids.append(item["id"])
+        # Answered once each, in the order asked (a clear may drop some).
+        asked = iter(self.flushes)
+        assert all(any(i == a for a in asked) for i in flush_ids), (flush_ids, self.flushes)
+        done = self.events("session_done")
+        if done:
+            assert self.frames[-1] == done[0] and len(done) == 1
 
     def check_order(self) -> None:
         """Audio in generation order; each generation's chunks in order and contiguous."""
@@ -243,3 +300,182 @@ def test_every_interleaving_ends_and_keeps_order(
     # Inputs after the end change nothing.
     h.apply(h.core.on_text("more", h.now))
     h.apply(h.core.on_disconnect(h.now))
+
+
+# -- the event protocol (events: true) ------------------------------------------------------------
+def test_published_first_frame_gets_no_events_and_untouched_audio() -> None:
+    h = Harness()
+    h.text(CONFIG)
+    h.text("Hello there.")
+    h.text("__END__")
+    h.run_out()
+    assert h.frames == [] and h.closes == [Close(1000)]
+    assert h.audio == [f"[{h.started[0].job_id}:0]".encode()]  # the engine's bytes, as they were
+
+
+def test_turns_flush_done_after_their_audio_then_session_done() -> None:
+    h = Harness()
+    h.text({**EVENTS, "buffer_size": 10})
+    created = h.frames[0]
+    assert created == {
+        "type": "session_created",
+        "session_id": "s",
+        "voice": "tara",
+        "response_format": "pcm_s16le",
+        "sample_rate": 24000,
+    }
+    for turn in range(3):
+        for delta in ("Hel", "lo wor", "ld, turn", f" {turn}"):  # verbatim deltas
+            h.text(delta)
+        h.text(json.dumps({"type": "flush", "id": f"t{turn}"}))
+        assert h.started[-1].payload.text == f"Hello world, turn {turn}"
+        h.run_out()
+        assert h.frames[-1] == {"type": "flush_done", "id": f"t{turn}"}
+        kinds = [f["type"] for f in h.frames[-3:]]
+        assert kinds == ["audio_start", "audio_done", "flush_done"]
+    done = h.events("audio_done")
+    assert [d["generation"] for d in done] == [1, 2, 3]
+    assert all(a["end_s"] == b["start_s"] for a, b in zip(done, done[1:], strict=False))
+    h.text(json.dumps({"type": "flush", "id": "empty"}))  # nothing buffered: answered at once
+    assert h.frames[-1] == {"type": "flush_done", "id": "empty"}
+    h.text(json.dumps({"type": "end"}))
+    assert h.frames[-1]["type"] == "session_done" and h.frames[-1]["generations"] == 3
+    assert h.closes == [Close(1000)]
+    h.check_events()
+
+
+def test_clear_aborts_generations_and_drops_their_queued_audio() -> None:
+    h = Harness(limits=SessionLimits(engine_generations=2, lookahead_generations=1))
+    h.text(EVENTS)
+    h.text("First sentence here. Second one follows. ")
+    h.text(json.dumps({"type": "flush"}))
+    first, second = (s.job_id for s in h.started)
+    h.chunk(first)
+    h.chunk(first)
+    h.ack()  # the client heard one chunk; the other is still queued
+    h.chunk(second)  # waits its turn inside the core
+    h.text(json.dumps({"type": "clear", "id": 7}))
+    assert h.frames[-1] == {"type": "cleared", "id": 7, "generations_aborted": 2}
+    assert first not in h.live and second not in h.live  # engine requests cancelled
+    assert h.discarded == [(first, f"[{first}:1]".encode())] and not h.unacked
+    assert h.core.aborted_generations == 2
+    # Late chunks of the cleared generations are ignored; the next turn works.
+    h.apply(h.core.on_result(first, StreamChunk(b"late"), h.now))
+    h.text("Next turn.")
+    h.text(json.dumps({"type": "flush", "id": "next"}))
+    h.run_out()
+    assert h.frames[-1] == {"type": "flush_done", "id": "next"}
+    assert h.started[-1].payload.text == "Next turn."
+    h.check_events()
+
+
+def test_update_changes_the_voice_for_the_text_after_it() -> None:
+    h = Harness()
+    h.text({**EVENTS, "buffer_size": 10})
+    h.text("Spoken by tara")
+    h.text(json.dumps({"type": "update", "voice": "Leo", "temperature": 0.9}))
+    h.text(" and this by leo.")
+    h.text(json.dumps({"type": "flush"}))
+    h.run_out()
+    requests = [s.payload for s in h.started]
+    assert [(r.text, r.voice) for r in requests] == [
+        ("Spoken by tara", "tara"),
+        ("and this by leo.", "leo"),
+    ]
+    assert requests[1].params.temperature == 0.9 and requests[0].params.temperature == 0.6
+
+
+def test_bad_control_messages_are_recoverable() -> None:
+    h = Harness()
+    h.text(EVENTS)
+    bad = [
+        ("{not json", "invalid_json"),
+        ('{"type": "dance"}', "unknown_control"),
+        ('{"type": "flush", "extra": 1}', "invalid_message"),
+        ('{"type": "update", "voice": "nobody"}', "invalid_message"),
+        ('{"type": "update", "temperature": "hot"}', "invalid_message"),
+    ]
+    for frame, error_type in bad:
+        h.text(frame)
+        assert h.frames[-1]["type"] == "error"
+        assert h.frames[-1]["body"]["error_type"] == error_type
+        assert h.frames[-1]["body"]["recoverable"] is True
+    assert not h.closes
+    h.text(json.dumps({"type": "text", "text": "{braces} are spoken."}))
+    h.text("__END__")
+    h.run_out()
+    assert h.started[0].payload.text == "{braces} are spoken." and h.closes == [Close(1000)]
+
+
+EVENT_ACTIONS = st.sampled_from(
+    ["word"] * 6
+    + ["chunk"] * 6
+    + ["done"] * 4
+    + ["ack"] * 6
+    + ["flush"] * 2
+    + ["clear", "update", "badctl", "fail", "tick"]
+)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    lookahead=st.integers(0, 3),
+    engine=st.integers(1, 3),
+    actions=st.lists(EVENT_ACTIONS, min_size=5, max_size=200),
+    disconnect_at=st.none() | st.integers(0, 150),
+    data=st.data(),
+)
+def test_every_event_interleaving_ends_and_keeps_its_promises(
+    lookahead, engine, actions, disconnect_at, data
+):
+    limits = dataclasses.replace(
+        SessionLimits(), lookahead_generations=lookahead, engine_generations=engine
+    )
+    h = Harness(limits=limits)
+    h.text(EVENTS)
+    words = iter([f"{w} " for w in WORDS * 5])
+    flushes = 0
+    for step, action in enumerate(actions):
+        if step == disconnect_at:
+            h.apply(h.core.on_disconnect(h.now))
+        if h.core.done:
+            break
+        running = sorted(h.live.keys() - h.finished)
+        if action == "word":
+            h.text(next(words))
+        elif action == "flush":
+            flushes += 1
+            h.text(json.dumps({"type": "flush", "id": flushes}))
+        elif action == "clear":
+            h.text(json.dumps({"type": "clear"}))
+        elif action == "update":
+            h.text(json.dumps({"type": "update", "voice": data.draw(st.sampled_from(VOICES))}))
+        elif action == "badctl":
+            h.text('{"type": "nope"}')
+        elif action == "chunk" and running:
+            h.chunk(data.draw(st.sampled_from(running)))
+        elif action == "done" and running:
+            h.done(data.draw(st.sampled_from(running)))
+        elif action == "fail" and running and data.draw(st.integers(0, 9)) == 0:
+            h.done(data.draw(st.sampled_from(running)), error=True)
+        elif action == "ack" and h.unacked:
+            h.ack()
+        elif action == "tick":
+            h.now += 0.5
+            h.apply(h.core.on_timer(h.now))
+        h.check_order()
+        h.check_events()
+    if not h.core.done:
+        h.text(json.dumps({"type": "end"}))
+        h.run_out()
+        assert h.core.done and h.closes == [Close(1000)]
+        assert h.frames[-1]["type"] == "session_done"
+        # Every flush not cleared away was answered.
+        assert len(h.events("flush_done")) <= flushes
+    assert h.core.done
+    h.check_order()
+    h.check_events()

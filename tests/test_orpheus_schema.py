@@ -81,3 +81,38 @@ def test_binary_or_missing_config_frame(raw: bytes | None) -> None:
     with pytest.raises(ProtocolError) as info:
         parse_session_config(raw, VOICES, DEFAULT_VOICE)
     assert info.value.error_type == "invalid_config"
+
+
+# -- the README's protocol tables against the schema -------------------------------------------
+def _readme_rows() -> dict[str, str]:
+    """First cell -> the whole row, for every table row of the README's Orpheus section."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Orpheus TTS") :]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            first = line.split("|")[1].strip()
+            rows[first.split("`")[1]] = line
+    return rows
+
+
+def test_readme_documents_every_message_and_field() -> None:
+    import typing
+
+    from orpheus_tts.audio_format import SUPPORTED_RATES_HZ, AudioFormat
+    from orpheus_tts.schema import ControlMessage, ServerEvent
+
+    rows = _readme_rows()
+    for model in (*typing.get_args(ControlMessage), *typing.get_args(ServerEvent)):
+        (kind,) = typing.get_args(model.model_fields["type"].annotation)  # Literal["flush"]
+        assert kind in rows, f"README has no row for {kind!r}"
+        for name in model.model_fields:
+            if name != "type":
+                assert f"`{name}`" in rows[kind], f"README's {kind!r} row lacks {name!r}"
+    opt_in = {"events", "response_format", "sample_rate"}
+    assert opt_in <= set(SessionConfig.model_fields) and opt_in <= set(rows)
+    assert all(f"`{f.value}`" in rows["response_format"] for f in AudioFormat)
+    assert all(str(rate) in rows["sample_rate"] for rate in SUPPORTED_RATES_HZ)
+    assert "error" in rows and "`recoverable`" in rows["error"]

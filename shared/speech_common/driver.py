@@ -1,7 +1,7 @@
 """One small async driver for sans-I/O session cores (python-websockets' protocol.py pattern).
 
 A core is pure and synchronous: frames, job results, timers and the client's disconnect go in;
-commands come out (``Send``, ``Submit``, ``StartStream``, ``Cancel``, ``Close``). ``Submit`` is a
+commands come out (``Send``, ``Submit``, ``StartStream``, ``Cancel``, ``Discard``, ``Close``). ``Submit`` is a
 model job with one result (a Whisper or VAD batch job); ``StartStream`` a job whose items arrive
 one by one (a TTS generation's PCM chunks, then ``StreamDone``). A ``Send`` with an ``ack`` is
 reported back (``on_sent``) once written, so a core knows what the client has actually been
@@ -84,7 +84,15 @@ class Close:
     error: ProtocolError | None = None  # sent as a typed error frame before the close
 
 
-Command = Send | Submit | StartStream | Cancel | Close
+@dataclass(frozen=True)
+class Discard:
+    """Drop the queued, not yet written ``Send``s whose ack is in ``acks`` (a barge-in: audio
+    the client must not hear). A message already being written still goes out."""
+
+    acks: frozenset
+
+
+Command = Send | Submit | StartStream | Cancel | Discard | Close
 # A session's unsent bytes (audio queued for a slow client): streaming jobs pause beyond this.
 DEFAULT_MAX_OUTBOX_BYTES = 1 << 20  # 1 MiB: ~22 s of 24 kHz s16le audio
 # Cancelled streaming jobs must release their model requests; a stuck one is logged after this.
@@ -277,9 +285,25 @@ class _Session:
                 task = self.streams.pop(command.job_id, None)
                 if task is not None:
                     self._stop(task)
+            elif isinstance(command, Discard):
+                self._discard(command.acks)
             elif isinstance(command, Close) and not self.closing:
                 self.closing = True
                 self.outbox.put_nowait(command)
+
+    def _discard(self, acks: frozenset) -> None:
+        kept = []
+        while not self.outbox.empty():
+            item = self.outbox.get_nowait()
+            if isinstance(item, Send) and item.ack is not None and item.ack in acks:
+                if isinstance(item.message, bytes):
+                    self.outbox_bytes -= len(item.message)
+                continue
+            kept.append(item)
+        for item in kept:
+            self.outbox.put_nowait(item)
+        if self.outbox_bytes < self.max_outbox_bytes:
+            self.room.set()
 
     def _stop(self, task: asyncio.Task) -> None:
         """Cancel a streaming job; the session waits for it to finish releasing at its end."""

@@ -51,6 +51,7 @@ class TextBuffer:
         buffer_size: int = DEFAULT_BUFFER_SIZE_WORDS,
         max_chars: int = DEFAULT_MAX_CHARS,
         language: str = "en",
+        verbatim: bool = False,
     ) -> None:
         if buffer_size < 1:
             raise ValueError("buffer_size must be >= 1")
@@ -60,7 +61,9 @@ class TextBuffer:
         self.max_chars = max_chars
         self._segmenter = pysbd.Segmenter(language=language, clean=False)
         self._words: list[str] = []
-        self._verbatim = False  # frames carry their own whitespace (token deltas)
+        # Frames carry their own whitespace (token deltas); from the start when the protocol
+        # says so (the event protocol), else from the first frame that shows it.
+        self._verbatim = verbatim
         self._open = ""  # verbatim mode: the word still being typed
 
     @property
@@ -103,6 +106,11 @@ class TextBuffer:
         chunks = self._pack_sentences(sentences)
         self._words = []
         return chunks
+
+    def clear(self) -> None:
+        """Drop everything buffered (a barge-in)."""
+        self._words = []
+        self._open = ""
 
     # -- internals -------------------------------------------------------------------------
 

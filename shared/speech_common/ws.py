@@ -50,16 +50,21 @@ class ProtocolError(Exception):
         message: str,
         close_code: CloseCode = CloseCode.POLICY_VIOLATION,
         retry_after_s: float | None = None,
+        recoverable: bool = False,
     ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
         self.close_code = close_code
         self.retry_after_s = retry_after_s
+        self.recoverable = recoverable  # an error frame only: the session goes on
 
     def frame(self) -> dict[str, Any]:
         body = ErrorBody(
-            error_type=self.error_type, message=self.message, retry_after_s=self.retry_after_s
+            error_type=self.error_type,
+            message=self.message,
+            retry_after_s=self.retry_after_s,
+            recoverable=self.recoverable,
         )
         # Published clients know error_type/message/recoverable: the hint only when there is one.
         return ErrorFrame(body=body).model_dump(exclude_none=True)

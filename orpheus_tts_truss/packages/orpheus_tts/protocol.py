@@ -13,6 +13,15 @@ not the oldest alive one waits here until its turn, so the client hears the text
 Phases: CONFIG -> TEXT -> FLUSHING (``__END__`` received) -> DONE. Client errors end with a typed
 error frame and 1008, a failed generation with ``engine_error`` and 1011, success with 1000, a
 disconnect with nothing; every ending cancels the generations still alive.
+
+Audio leaves through the session's ``AudioEncoder`` (a pass-through for the published format).
+With ``events: true`` in the first frame the socket lives for a whole conversation
+(``orpheus_tts.schema`` lists the messages): text frames are appended verbatim; ``flush`` cuts a
+turn (``flush_done`` follows the turn's last audio byte, and each turn of a codec format is a
+whole stream); ``clear`` aborts everything not yet heard (the engine requests, and the audio
+still queued for the socket: ``Discard``) and answers ``cleared``; ``update`` changes voice or
+sampling for the text after it; ``end`` finishes with ``session_done``. A bad control message is
+a recoverable error: the session goes on.
 """
 
 from __future__ import annotations
@@ -26,11 +35,31 @@ from enum import Enum
 from typing import Any
 
 from orpheus_tts import metrics
-from orpheus_tts.schema import END_OF_INPUT, SessionConfig, parse_session_config
+from orpheus_tts.audio_format import AudioEncoder
+from orpheus_tts.schema import (
+    END_OF_INPUT,
+    AudioDone,
+    AudioStart,
+    Cleared,
+    ClearMessage,
+    EndMessage,
+    FlushDone,
+    FlushMessage,
+    SessionConfig,
+    SessionCreated,
+    SessionDone,
+    TextMessage,
+    UpdateMessage,
+    check_voice,
+    is_control_frame,
+    parse_control,
+    parse_session_config,
+)
 from speech_common.driver import (
     Cancel,
     Close,
     Command,
+    Discard,
     JobIds,
     Send,
     StartStream,
@@ -62,14 +91,33 @@ class GenerationRequest:
     request_id: str
 
 
+@dataclass(frozen=True)
+class _Voice:
+    """What a chunk of text is spoken with (``update`` changes it for the text after it)."""
+
+    voice: str
+    max_tokens: int
+    sampling: tuple[tuple[str, float], ...]  # the client's sampling overrides
+
+
+@dataclass
+class _Chunk:
+    text: str
+    ready_at: float  # when its text's last word arrived
+    voice: _Voice
+    after: list[dict] = field(default_factory=list)  # events due once its audio is all sent
+
+
 @dataclass
 class _Generation:
     job_id: int
     request_id: str
-    ready_at: float  # when its text's last word arrived
+    number: int  # 1, 2, ... in the session
+    chunk: _Chunk
     running: bool = True  # still producing audio in the engine
     pending: deque[bytes] = field(default_factory=deque)  # audio waiting for its turn
     unacked: int = 0  # chunks sent, not yet written to the socket
+    start_s: float | None = None  # on the session's audio timeline, once its audio began
 
 
 class TtsCore:
@@ -95,7 +143,9 @@ class TtsCore:
         self.aborted_generations = 0
         self._ids = JobIds()
         self._buffer: TextBuffer | None = None
-        self._chunks: deque[tuple[str, float]] = deque()  # text not yet given to a generation
+        self._encoder: AudioEncoder | None = None
+        self._voice: _Voice | None = None  # for the text arriving now
+        self._chunks: deque[_Chunk] = deque()  # text not yet given to a generation
         self._alive: deque[_Generation] = deque()  # in text order; the head is being sent
         self._by_job: dict[int, _Generation] = {}
         self._total_chars = 0
@@ -159,15 +209,23 @@ class TtsCore:
         self._last_activity = now
         try:
             if self.phase is Phase.CONFIG:
-                self._on_config(text)
-                return []
+                return self._on_config(text)
             if self.phase is Phase.FLUSHING:
                 raise ProtocolError(
                     "frame_after_end", f"no frames are accepted after {END_OF_INPUT}"
                 )
+            if self.events and is_control_frame(text):
+                return self._on_control(text, now)
             return self._on_words(text, now)
         except ProtocolError as exc:
+            if exc.recoverable:
+                logger.info("session %s: %s: %s", self.session_id, exc.error_type, exc.message)
+                return [Send(exc.frame())]
             return self._fail(exc)
+
+    @property
+    def events(self) -> bool:
+        return self.config is not None and self.config.events
 
     def on_result(self, job_id: int, result: Any, now: float) -> list[Command]:
         generation = self._by_job.get(job_id)
@@ -201,10 +259,17 @@ class TtsCore:
         return self._advance(now)
 
     # -- text ------------------------------------------------------------------------------------
-    def _on_config(self, text: str) -> None:
-        self.config = parse_session_config(text, self.voices, self.default_voice)
+    def _on_config(self, text: str) -> list[Command]:
+        config = parse_session_config(text, self.voices, self.default_voice)
+        self.config = config
         self._buffer = TextBuffer(
-            buffer_size=self.config.buffer_size, max_chars=self.limits.max_chunk_chars
+            buffer_size=config.buffer_size,
+            max_chars=self.limits.max_chunk_chars,
+            verbatim=config.events,
+        )
+        self._encoder = AudioEncoder(config.audio_format, config.output_rate)
+        self._voice = _Voice(
+            config.voice, config.max_tokens, tuple(config.sampling_overrides().items())
         )
         self.phase = Phase.TEXT
         logger.info(
@@ -214,6 +279,15 @@ class TtsCore:
             self.config.max_tokens,
             self.config.buffer_size,
         )
+        if not config.events:
+            return []
+        created = SessionCreated(
+            session_id=self.session_id,
+            voice=config.voice,
+            response_format=config.response_format,
+            sample_rate=config.output_rate,
+        )
+        return [Send(created.model_dump())]
 
     def _on_words(self, text: str, now: float) -> list[Command]:
         if len(text) > self.limits.max_frame_chars:
@@ -221,17 +295,84 @@ class TtsCore:
                 "frame_too_large", f"text frame exceeds {self.limits.max_frame_chars} characters"
             )
         if text.strip() == END_OF_INPUT:
-            self._chunks.extend((chunk, now) for chunk in self._buffer.flush())
-            self.phase = Phase.FLUSHING
-            return self._advance(now)
+            return self._on_end(now)
         self._total_chars += len(text)
         if self._total_chars > self.limits.max_session_chars:
             raise ProtocolError(
                 "session_too_large",
                 f"session text exceeds {self.limits.max_session_chars} characters",
             )
-        self._chunks.extend((chunk, now) for chunk in self._buffer.push(text))
+        self._queue(self._buffer.push(text), now)
         return self._start_generations()
+
+    def _queue(self, texts: list[str], now: float) -> None:
+        self._chunks.extend(_Chunk(text, now, self._voice) for text in texts)
+
+    def _on_end(self, now: float) -> list[Command]:
+        self._queue(self._buffer.flush(), now)
+        self.phase = Phase.FLUSHING
+        return self._advance(now)
+
+    # -- the event protocol ----------------------------------------------------------------------
+    def _on_control(self, text: str, now: float) -> list[Command]:
+        message = parse_control(text)
+        if isinstance(message, TextMessage):
+            return self._on_words(message.text, now) if message.text else []
+        if isinstance(message, EndMessage):
+            return self._on_end(now)
+        if isinstance(message, FlushMessage):
+            return self._on_flush(message, now)
+        if isinstance(message, ClearMessage):
+            return self._on_clear(message)
+        return self._on_update(message, now)
+
+    def _on_flush(self, message: FlushMessage, now: float) -> list[Command]:
+        self._queue(self._buffer.flush(), now)
+        done = FlushDone(id=message.id).model_dump()
+        if self._chunks:
+            self._chunks[-1].after.append(done)
+        elif self._alive:
+            self._alive[-1].chunk.after.append(done)
+        else:  # nothing left to say: the turn is over now
+            return self._end_turn([done])
+        return self._advance(now)
+
+    def _on_clear(self, message: ClearMessage) -> list[Command]:
+        """Barge-in: nothing of the text so far is heard after ``cleared``."""
+        self._buffer.clear()
+        self._chunks.clear()
+        aborted = [g for g in self._alive if g.running]
+        commands: list[Command] = [Cancel(g.job_id) for g in self._alive]
+        # Audio of these generations still queued for the socket is dropped unsent.
+        commands.append(Discard(frozenset(g.job_id for g in self._alive)))
+        for generation in aborted:
+            self.aborted_generations += 1
+            metrics.ABORTED_GENERATIONS.labels(reason="clear").inc()
+            logger.info("generation %s aborted (clear)", generation.request_id)
+        self._alive.clear()
+        self._by_job.clear()
+        self._encoder.reset()
+        cleared = Cleared(id=message.id, generations_aborted=len(aborted))
+        return commands + [Send(cleared.model_dump())]
+
+    def _on_update(self, message: UpdateMessage, now: float) -> list[Command]:
+        voice = self._voice
+        name = check_voice(message.voice, self.voices, True) if message.voice else voice.voice
+        sampling = dict(voice.sampling)
+        for key in ("temperature", "top_p", "repetition_penalty"):
+            if getattr(message, key) is not None:
+                sampling[key] = getattr(message, key)
+        self._queue(self._buffer.flush(), now)  # the text so far keeps its voice
+        self._voice = _Voice(
+            name, message.max_tokens or voice.max_tokens, tuple(sorted(sampling.items()))
+        )
+        return self._start_generations()
+
+    def _end_turn(self, events: list[dict]) -> list[Command]:
+        """A turn's audio is all out: the encoder's tail (a codec stream ends here), then the
+        turn's events."""
+        tail = self._encoder.finish()
+        return ([Send(tail)] if tail else []) + [Send(event) for event in events]
 
     # -- generations -----------------------------------------------------------------------------
     def _start_generations(self) -> list[Command]:
@@ -242,19 +383,19 @@ class TtsCore:
             and len(self._alive) < 1 + self.limits.lookahead_generations
             and running < self.limits.engine_generations
         ):
-            text, ready_at = self._chunks.popleft()
+            chunk = self._chunks.popleft()
             self._generation_count += 1
             request_id = f"{self.session_id}-{self._generation_count}"
             params = dataclasses.replace(
                 self.default_params,
-                max_tokens=self.max_tokens_for_text(text, self.config.max_tokens),
-                **self.config.sampling_overrides(),
+                max_tokens=self.max_tokens_for_text(chunk.text, chunk.voice.max_tokens),
+                **dict(chunk.voice.sampling),
             )
-            generation = _Generation(self._ids.new(), request_id, ready_at)
+            generation = _Generation(self._ids.new(), request_id, self._generation_count, chunk)
             self._alive.append(generation)
             self._by_job[generation.job_id] = generation
             running += 1
-            request = GenerationRequest(text, self.config.voice, params, request_id)
+            request = GenerationRequest(chunk.text, chunk.voice.voice, params, request_id)
             commands.append(StartStream(generation.job_id, GENERATION_WORKER, request))
         return commands
 
@@ -266,12 +407,46 @@ class TtsCore:
         commands: list[Command] = []
         while head.pending:
             pcm = head.pending.popleft()
+            if head.start_s is None:
+                commands.extend(self._audio_start(head))
+            data = self._encoder.encode(pcm)
+            if not data:
+                continue  # the codec holds it back (less than a frame so far)
             head.unacked += 1
-            metrics.AUDIO_BYTES_SENT.inc(len(pcm))
+            metrics.AUDIO_BYTES_SENT.inc(len(data))
             if not self._first_audio_sent:
                 self._first_audio_sent = True
-                metrics.TIME_TO_FIRST_AUDIO.observe(max(now - head.ready_at, 0.0))
-            commands.append(Send(pcm, ack=head.job_id))
+                metrics.TIME_TO_FIRST_AUDIO.observe(max(now - head.chunk.ready_at, 0.0))
+            commands.append(Send(data, ack=head.job_id))
+        return commands
+
+    def _timeline_s(self) -> float:
+        return round(self._encoder.timeline_s, 4)
+
+    def _audio_start(self, generation: _Generation) -> list[Command]:
+        generation.start_s = self._timeline_s()
+        if not self.events:
+            return []
+        start = AudioStart(
+            generation=generation.number, text=generation.chunk.text, start_s=generation.start_s
+        )
+        return [Send(start.model_dump())]
+
+    def _retire(self, generation: _Generation) -> list[Command]:
+        """A generation's audio is all written: its events, and a turn's end."""
+        commands: list[Command] = []
+        if generation.start_s is None:  # it made no audio at all
+            commands.extend(self._audio_start(generation))
+        if self.events:
+            done = AudioDone(
+                generation=generation.number,
+                text=generation.chunk.text,
+                start_s=generation.start_s,
+                end_s=self._timeline_s(),
+            )
+            commands.append(Send(done.model_dump()))
+        if generation.chunk.after:
+            commands.extend(self._end_turn(generation.chunk.after))
         return commands
 
     def _advance(self, now: float) -> list[Command]:
@@ -283,12 +458,20 @@ class TtsCore:
                 break  # its audio is still on its way to the client
             self._alive.popleft()
             del self._by_job[head.job_id]
+            commands.extend(self._retire(head))
             commands.extend(self._send_ready(now))
         commands.extend(self._start_generations())
         if self.phase is Phase.FLUSHING and not self._chunks and not self._alive:
             self.outcome = "ok"
+            commands.extend(self._end_turn(self._session_done()))
             commands.extend(self._end(None, Close(CloseCode.NORMAL)))
         return commands
+
+    def _session_done(self) -> list[dict]:
+        if not self.events:
+            return []
+        done = SessionDone(generations=self._generation_count, audio_s=self._timeline_s())
+        return [done.model_dump()]
 
     # -- endings ---------------------------------------------------------------------------------
     def _fail(self, error: ProtocolError) -> list[Command]:
@@ -310,5 +493,7 @@ class TtsCore:
         self._alive.clear()
         self._by_job.clear()
         self._chunks.clear()
+        if self._encoder is not None:
+            self._encoder.reset()  # nothing more goes out: release what the codec holds
         self.phase = Phase.DONE
         return commands + ([close] if close is not None else [])

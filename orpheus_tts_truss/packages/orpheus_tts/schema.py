@@ -1,19 +1,36 @@
-"""The WebSocket protocol's typed edge: the session's first (JSON) frame, parsed once.
+"""The WebSocket protocol's typed edge, in one place: every frame a client may send and every
+event the server sends, parsed once (the README's protocol section is tested against this).
 
 Compatible with Baseten's published Orpheus client: ``{"voice", "max_tokens", "buffer_size"}``
 plus optional ``temperature``, ``top_p``, ``repetition_penalty``. Then text frames of words,
 then ``"__END__"``. Numbers are strict (``"2000"`` or ``true`` is an error, not a coercion) and
 unknown keys are rejected so a typo such as ``"temprature"`` is reported instead of ignored.
+
+Opt-in keys of the first frame (a first frame without them gets exactly the published
+protocol): ``response_format`` and ``sample_rate`` (the audio's encoding), ``events: true``
+(the multi-turn event protocol: ``ControlMessage`` in, ``ServerEvent`` out, see
+``orpheus_tts.protocol``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 
-from speech_common.ws import ProtocolError, describe_validation_error, load_json
+from orpheus_tts.audio_format import AudioFormat, check_format, default_rate
+from speech_common.ws import CloseCode, ProtocolError, describe_validation_error, load_json
 
 END_OF_INPUT = "__END__"
 
@@ -44,6 +61,18 @@ class SessionConfig(BaseModel):
     temperature: _Temperature | None = None
     top_p: _TopP | None = None
     repetition_penalty: _RepetitionPenalty | None = None
+    # -- opt-in (not in the published client) --
+    events: StrictBool = False  # the multi-turn event protocol
+    response_format: StrictStr = AudioFormat.PCM_S16LE.value
+    sample_rate: StrictInt | None = None  # None: 24000 (Orpheus's own), 8000 for mulaw/alaw
+
+    @property
+    def audio_format(self) -> AudioFormat:
+        return AudioFormat(self.response_format)
+
+    @property
+    def output_rate(self) -> int:
+        return self.sample_rate or default_rate(self.audio_format)
 
     def sampling_overrides(self) -> dict[str, float]:
         """The sampling fields the client set (the server's defaults apply to the rest)."""
@@ -74,9 +103,155 @@ def parse_session_config(
         config = SessionConfig.model_validate(data)
     except ValidationError as exc:
         raise ProtocolError("invalid_config", describe_validation_error(exc, "config")) from None
-    voice = config.voice.strip().lower()
-    if voice not in voices:
+    if config.response_format not in {f.value for f in AudioFormat}:
         raise ProtocolError(
-            "invalid_config", f"unknown voice {config.voice!r}; choose one of {sorted(voices)}"
+            "unsupported_format",
+            f"response_format {config.response_format!r} is not supported; choose one of "
+            f"{[f.value for f in AudioFormat]}",
+            CloseCode.UNSUPPORTED_DATA,
         )
-    return config.model_copy(update={"voice": voice})
+    check_format(config.audio_format, config.output_rate)
+    return config.model_copy(update={"voice": check_voice(config.voice, voices)})
+
+
+def check_voice(voice: str, voices: Collection[str], recoverable: bool = False) -> str:
+    name = voice.strip().lower()
+    if name not in voices:
+        raise ProtocolError(
+            "invalid_config" if not recoverable else "invalid_message",
+            f"unknown voice {voice!r}; choose one of {sorted(voices)}",
+            recoverable=recoverable,
+        )
+    return name
+
+
+# -- the event protocol (``events: true``) ---------------------------------------------------------
+# Client -> server: a text frame whose first non-blank character is "{" is a control message
+# (below); any other text frame is text to speak, appended verbatim (an LLM's deltas: "Hel",
+# "lo wor", "ld."). Text that itself starts with "{" is sent as {"type": "text", "text": ...}.
+# "__END__" is the same as {"type": "end"}.
+_Id = Annotated[StrictStr, Field(max_length=128)] | StrictInt | None
+
+
+class _Control(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FlushMessage(_Control):
+    """Speak everything buffered now; ``flush_done`` (same id) follows its last audio byte."""
+
+    type: Literal["flush"]
+    id: _Id = None
+
+
+class ClearMessage(_Control):
+    """Barge-in: drop buffered text, abort generations; ``cleared`` follows, then no audio of
+    the cleared text."""
+
+    type: Literal["clear"]
+    id: _Id = None
+
+
+class UpdateMessage(_Control):
+    """New voice or sampling for the text that follows (text before it keeps the old ones)."""
+
+    type: Literal["update"]
+    voice: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    max_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS_LIMIT)] | None = None
+    temperature: _Temperature | None = None
+    top_p: _TopP | None = None
+    repetition_penalty: _RepetitionPenalty | None = None
+
+
+class TextMessage(_Control):
+    """Text to speak, for text that would otherwise look like a control message."""
+
+    type: Literal["text"]
+    text: StrictStr
+
+
+class EndMessage(_Control):
+    """Finish: the remaining audio, ``session_done``, close 1000."""
+
+    type: Literal["end"]
+
+
+ControlMessage = FlushMessage | ClearMessage | UpdateMessage | TextMessage | EndMessage
+_CONTROL = TypeAdapter(Annotated[ControlMessage, Field(discriminator="type")])
+CONTROL_TYPES = ("flush", "clear", "update", "text", "end")
+
+
+def is_control_frame(text: str) -> bool:
+    return text.lstrip().startswith("{")
+
+
+def parse_control(text: str) -> ControlMessage:
+    """A control message, or a recoverable ``ProtocolError`` (the session goes on)."""
+    try:
+        data: Any = load_json(text)
+    except ValueError as exc:
+        raise ProtocolError("invalid_json", f"not JSON: {exc}", recoverable=True) from None
+    if not isinstance(data, dict) or data.get("type") not in CONTROL_TYPES:
+        kind = data.get("type") if isinstance(data, dict) else None
+        raise ProtocolError(
+            "unknown_control",
+            f"unknown control message type {kind!r}; expected one of {list(CONTROL_TYPES)}",
+            recoverable=True,
+        )
+    try:
+        return _CONTROL.validate_python(data)
+    except ValidationError as exc:
+        raise ProtocolError(
+            "invalid_message", describe_validation_error(exc, "message"), recoverable=True
+        ) from None
+
+
+# Server -> client (JSON text frames, interleaved with binary audio). Times are seconds on the
+# session's audio timeline: the audio sent so far, at the session's sample rate.
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class SessionCreated(_Event):
+    type: Literal["session_created"] = "session_created"
+    session_id: str
+    voice: str
+    response_format: str
+    sample_rate: int
+
+
+class AudioStart(_Event):
+    type: Literal["audio_start"] = "audio_start"
+    generation: int  # 1, 2, ... in the session
+    text: str
+    start_s: float
+
+
+class AudioDone(_Event):
+    type: Literal["audio_done"] = "audio_done"
+    generation: int
+    text: str
+    start_s: float
+    end_s: float
+
+
+class FlushDone(_Event):
+    type: Literal["flush_done"] = "flush_done"
+    id: str | int | None = None
+
+
+class Cleared(_Event):
+    type: Literal["cleared"] = "cleared"
+    id: str | int | None = None
+    generations_aborted: int
+
+
+class SessionDone(_Event):
+    type: Literal["session_done"] = "session_done"
+    generations: int
+    audio_s: float
+
+
+# Errors are speech_common.ws.ErrorFrame ({"type": "error", "body": {...}}); in the event
+# protocol a bad control message is ``recoverable: true`` and the session goes on.
+ServerEvent = SessionCreated | AudioStart | AudioDone | FlushDone | Cleared | SessionDone
