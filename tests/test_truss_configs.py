@@ -73,3 +73,92 @@ def test_project_python_is_the_images(truss: str) -> None:
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     version = TrussConfig.from_yaml(REPO_ROOT / truss / "config.yaml").python_version
     assert project["requires-python"] == f">={version[2]}.{version[3:]}"
+
+
+# -- every third-party import of a truss is installed in its image ---------------------------------
+_LOCAL_ROOTS = {"orpheus_tts": "orpheus_tts_truss/packages", "whisper_streaming":
+                "whisper_streaming_truss/packages", "speech_common": "shared"}  # fmt: skip
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def _module_file(name: str) -> Path | None:
+    root = _LOCAL_ROOTS.get(name.split(".")[0])
+    if root is None:
+        return None
+    base = _REPO / root / Path(*name.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def _third_party_imports(entry: Path) -> dict[str, str]:
+    """Top-level third-party modules imported anywhere (lazily too) by ``entry`` and the local
+    modules it reaches: module -> a file importing it."""
+    import ast
+    import sys
+
+    seen: set[Path] = set()
+    found: dict[str, str] = {}
+    todo = [entry]
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.exists():
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                local = _module_file(name)
+                if local is not None:
+                    todo.append(local)
+                elif name.split(".")[0] not in sys.stdlib_module_names | {"__future__"}:
+                    found.setdefault(name.split(".")[0], str(path.relative_to(_REPO)))
+    return found
+
+
+def _with_dependencies(names: set[str]) -> set[str]:
+    """The named distributions and what they require, as installed here (vLLM is not: its
+    dependencies count only where the truss names them)."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    out: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop().lower().replace("_", "-")
+        if name in out:
+            continue
+        out.add(name)
+        try:
+            requires = md.requires(name) or []
+        except md.PackageNotFoundError:
+            continue
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return out
+
+
+@pytest.mark.parametrize("truss", ["orpheus_tts_truss", "whisper_streaming_truss"])
+def test_every_import_is_in_the_image(truss: str) -> None:
+    """A module the truss imports (its model.py and every local module reached from it) must
+    come from a package its config.yaml names, or from one of their dependencies. (The Orpheus
+    image lacked soxr and PyAV once: sessions with a response format would have died there.)"""
+    import importlib.metadata as md
+
+    cfg = TrussConfig.from_yaml(_REPO / truss / "config.yaml")
+    named = {re.split(r"[=<>\[ ]", r)[0] for r in cfg.requirements}
+    installed = _with_dependencies(named)
+    distributions = md.packages_distributions()
+    missing = {
+        module: where
+        for module, where in _third_party_imports(_REPO / truss / "model" / "model.py").items()
+        if module != "vllm"  # named by the Orpheus truss, installable only on a GPU machine
+        and not {d.lower().replace("_", "-") for d in distributions.get(module, [module])}
+        & installed
+    }
+    assert not missing, f"{truss} imports packages its image does not install: {missing}"
