@@ -85,11 +85,12 @@ def test_binary_or_missing_config_frame(raw: bytes | None) -> None:
 
 # -- the README's protocol tables against the schema -------------------------------------------
 def _readme_rows() -> dict[str, str]:
-    """First cell -> the whole row, for every table row of the README's Orpheus section."""
+    """First cell -> the whole row, for every table row of the README's protocol section."""
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Orpheus TTS") :]
+    start = readme.index("### Opt-in: formats and the event protocol")
+    section = readme[start : readme.index("\n### ", start + 1)]
     rows = {}
     for line in section.splitlines():
         if line.startswith("| `"):
