@@ -198,3 +198,10 @@ def test_g711_matches_the_reference_tables_within_one_lsb(fmt, encode, decode_) 
     ours_rank = np.searchsorted(levels, [decode_(c) for c in ours])
     reference_rank = np.searchsorted(levels, [decode_(encode(int(v))) for v in values])
     assert np.abs(ours_rank - reference_rank).max() <= 1  # at most one code apart
+
+
+def test_gain_in_db_scales_the_samples() -> None:
+    pcm = _speechlike(0.2)
+    quiet = AudioEncoder(AudioFormat.PCM_S16LE, MODEL_RATE_HZ, gain_db=-20.0).encode(pcm)
+    ratio = np.abs(np.frombuffer(quiet, "<i2")).max() / np.abs(np.frombuffer(pcm, "<i2")).max()
+    assert abs(ratio - 0.1) < 0.001

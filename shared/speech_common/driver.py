@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 # -- commands (core -> driver) -----------------------------------------------------------------
 @dataclass(frozen=True)
 class Send:
-    message: dict[str, Any] | bytes
+    message: dict[str, Any] | bytes | str  # str: a text frame sent as is (counted as audio:
+    # a dialect that carries audio as base64 JSON serialises it itself)
     ack: Hashable | None = None  # reported to the core (on_sent) once written to the socket
 
 
@@ -252,8 +253,11 @@ class _Session:
                         logger.debug("could not send error frame %s", item.error.error_type)
                 await safe_close(self.ws, item.code, item.reason)
                 return
-            if isinstance(item.message, bytes):
-                await self.ws.send_bytes(item.message)
+            if isinstance(item.message, (bytes, str)):
+                if isinstance(item.message, bytes):
+                    await self.ws.send_bytes(item.message)
+                else:
+                    await self.ws.send_text(item.message)
                 self.outbox_bytes -= len(item.message)
                 if self.outbox_bytes < self.max_outbox_bytes:
                     self.room.set()
@@ -267,7 +271,7 @@ class _Session:
         for command in commands:
             if isinstance(command, Send):
                 if not self.closing:
-                    if isinstance(command.message, bytes):
+                    if isinstance(command.message, (bytes, str)):
                         self.outbox_bytes += len(command.message)
                         if self.outbox_bytes >= self.max_outbox_bytes:
                             self.room.clear()
@@ -296,7 +300,7 @@ class _Session:
         while not self.outbox.empty():
             item = self.outbox.get_nowait()
             if isinstance(item, Send) and item.ack is not None and item.ack in acks:
-                if isinstance(item.message, bytes):
+                if isinstance(item.message, (bytes, str)):
                     self.outbox_bytes -= len(item.message)
                 continue
             kept.append(item)

@@ -52,6 +52,7 @@ class TextBuffer:
         max_chars: int = DEFAULT_MAX_CHARS,
         language: str = "en",
         verbatim: bool = False,
+        auto_release: bool = True,
     ) -> None:
         if buffer_size < 1:
             raise ValueError("buffer_size must be >= 1")
@@ -64,6 +65,8 @@ class TextBuffer:
         # Frames carry their own whitespace (token deltas); from the start when the protocol
         # says so (the event protocol), else from the first frame that shows it.
         self._verbatim = verbatim
+        # False: nothing is released before ``flush`` (a client that cuts its own segments).
+        self.auto_release = auto_release
         self._open = ""  # verbatim mode: the word still being typed
 
     @property
@@ -85,6 +88,8 @@ class TextBuffer:
                 self._cut_long_last_word()
             self._add_words(words)
         ready: list[str] = []
+        if not self.auto_release:
+            return ready
         complete = self._complete_sentence_word_counts()
         if complete:
             ready.extend(self._pack_sentences(complete))

@@ -162,14 +162,17 @@ class _CodecStream:
 class AudioEncoder:
     """The session's output stream (see the module docstring)."""
 
-    def __init__(self, fmt: AudioFormat, rate: int, source_rate: int = MODEL_RATE_HZ) -> None:
+    def __init__(
+        self, fmt: AudioFormat, rate: int, source_rate: int = MODEL_RATE_HZ, gain_db: float = 0.0
+    ) -> None:
         check_format(fmt, rate)
         self.format = fmt
+        self.gain = 10 ** (gain_db / 20)
         self.rate = rate
         self.source_rate = source_rate
         self.samples_in = 0  # at ``source_rate``: the session's audio timeline
         self.samples_out = 0  # at ``rate`` (behind ``samples_in`` by what soxr holds)
-        self._passthrough = fmt is AudioFormat.PCM_S16LE and rate == source_rate
+        self._passthrough = fmt is AudioFormat.PCM_S16LE and rate == source_rate and not gain_db
         self._resampler: StreamingResampler | None = None
         self._codec: _CodecStream | None = None
         self._started = False  # a stream (and for WAV its header) has begun
@@ -180,7 +183,8 @@ class AudioEncoder:
         if self._passthrough:
             self.samples_out += len(pcm) // 2
             return pcm
-        samples = self._resample(np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0)
+        samples = np.frombuffer(pcm, "<i2").astype(np.float32) * (self.gain / 32768.0)
+        samples = self._resample(samples)
         return self._start() + self._emit(samples)
 
     @property

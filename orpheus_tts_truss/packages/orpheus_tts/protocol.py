@@ -264,10 +264,15 @@ class TtsCore:
         self.config = config
         self._buffer = TextBuffer(
             buffer_size=config.buffer_size,
-            max_chars=self.limits.max_chunk_chars,
+            max_chars=min(
+                config.max_chunk_chars or self.limits.max_chunk_chars, self.limits.max_chunk_chars
+            ),  # fmt: skip
             verbatim=config.events,
+            auto_release=config.segment != "never",
         )
-        self._encoder = AudioEncoder(config.audio_format, config.output_rate)
+        self._encoder = AudioEncoder(
+            config.audio_format, config.output_rate, gain_db=float(config.volume_db)
+        )
         self._voice = _Voice(
             config.voice, config.max_tokens, tuple(config.sampling_overrides().items())
         )
@@ -303,6 +308,8 @@ class TtsCore:
                 f"session text exceeds {self.limits.max_session_chars} characters",
             )
         self._queue(self._buffer.push(text), now)
+        if self.config.segment == "immediate":
+            self._queue(self._buffer.flush(), now)
         return self._start_generations()
 
     def _queue(self, texts: list[str], now: float) -> None:

@@ -65,6 +65,13 @@ class SessionConfig(BaseModel):
     events: StrictBool = False  # the multi-turn event protocol
     response_format: StrictStr = AudioFormat.PCM_S16LE.value
     sample_rate: StrictInt | None = None  # None: 24000 (Orpheus's own), 8000 for mulaw/alaw
+    # When buffered text is spoken: at sentence ends and every ``buffer_size`` words (the
+    # published behaviour), at once after every text frame, or only at a flush / the end.
+    segment: Literal["sentence", "immediate", "never"] = "sentence"
+    # Gain applied to the audio, in dB (Fish Audio's prosody.volume).
+    volume_db: Annotated[StrictFloat | StrictInt, Field(ge=-30, le=30)] = 0
+    # Characters per generation, below the server's own cap (which it never exceeds).
+    max_chunk_chars: Annotated[StrictInt, Field(ge=16, le=MAX_CONFIG_FRAME_CHARS)] | None = None
 
     @property
     def audio_format(self) -> AudioFormat:

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Hashable, Mappi
 from typing import Any, Protocol
 
 from orpheus_tts import metrics
+from orpheus_tts.dialects import DIALECTS, session_core
 from orpheus_tts.protocol import GenerationRequest, TtsCore
 from speech_common.driver import StartStream, run_session
 from speech_common.text_buffer import DEFAULT_MAX_CHARS
@@ -72,6 +73,10 @@ class SessionLimits:
     admission_capacity_sessions: int = 64
     admission_max_queue_wait_s: float = 0.5
     admission_target_utilisation: float = 0.9  # the SNAC worker's busy share sessions may fill
+    # The protocol of a session (orpheus_tts.dialects): "auto" picks Together's when the
+    # handshake carries its query parameters and Fish Audio's for a MessagePack first frame;
+    # "together" or "fish" for a gateway that drops query strings.
+    dialect: str = "auto"
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> SessionLimits:
@@ -87,6 +92,7 @@ class SessionLimits:
             or limits.engine_generations < 1
             or limits.max_chunk_chars < 1
             or limits.max_sessions < 1
+            or limits.dialect not in DIALECTS
         ):
             raise ValueError(f"invalid session limits: {limits}")
         return limits
@@ -175,10 +181,12 @@ class TTSSession:
                 self._gate.leave()
             metrics.ACTIVE_SESSIONS.dec()
 
+        query = dict(getattr(self._ws, "query_params", None) or {})
+        protocol = session_core(core, query, self._limits.dialect)
         outcome = "cancelled"  # server shutdown, unless the session ends below
         try:
             clean = await run_session(
-                self._ws, core, SynthJobs(self._synth), self.session_id, release
+                self._ws, protocol, SynthJobs(self._synth), self.session_id, release
             )
             outcome = core.outcome if clean else "internal_error"
             if core.aborted_generations and core.gone_at is not None:

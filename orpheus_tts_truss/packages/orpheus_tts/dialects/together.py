@@ -1,0 +1,201 @@
+"""Together AI's realtime TTS WebSocket (``wss://api.together.ai/v1/audio/speech/websocket``).
+
+Its clients put the session's settings in the query string (``model``, ``voice``,
+``response_format``, ``sample_rate``, ``segment``, ``max_partial_length``, ``alignment``,
+``speed``) and wait for ``session.created`` before they send anything. Then JSON messages:
+
+client -> server                     this core
+``input_text_buffer.append`` {text}  text, verbatim; answered ``conversation.item.input_text.received``
+``input_text_buffer.commit``         ``flush``
+``input_text_buffer.clear``          ``clear``
+``tts_session.updated`` {session}    ``update`` (voice, sampling); answered ``session.updated``
+
+server -> client: ``session.created``; per generation (an "item", ``tts_<n>``)
+``conversation.item.audio_output.delta`` {item_id, delta: base64 audio} and ``.done``;
+``conversation.item.tts.failed`` when a generation fails; ``error`` {error: {message, type,
+code}} for bad input.
+
+Not supported, answered with an error rather than ignored: ``alignment=word`` (word timestamps)
+and ``speed`` other than 1 (Orpheus has no rate control; a time stretch would change its voice).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+from orpheus_tts.dialects.base import DialectCore
+from orpheus_tts.protocol import TtsCore
+from orpheus_tts.schema import MAX_BUFFER_SIZE_WORDS
+from speech_common.driver import Command, Send
+from speech_common.ws import CloseCode, ProtocolError, load_json
+
+DEFAULT_MODEL = "canopylabs/orpheus-3b-0.1-ft"
+# Together's response_format names -> ours ("raw" and "pcm" are 16-bit PCM).
+FORMATS = {"raw": "pcm_s16le", "pcm": "pcm_s16le", "pcm_s16le": "pcm_s16le",
+           "pcm_f32le": "pcm_f32le", "wav": "wav", "mp3": "mp3", "opus": "opus",
+           "mulaw": "mulaw", "alaw": "alaw"}  # fmt: skip
+QUERY_KEYS = ("model", "voice", "response_format", "sample_rate", "segment",
+              "max_partial_length", "alignment", "speed", "api_key")  # fmt: skip
+# Query keys that select this dialect when a client connects with them.
+SELECTING_KEYS = frozenset(QUERY_KEYS)
+
+
+def wants_together(query: Mapping[str, str]) -> bool:
+    return bool(SELECTING_KEYS & set(query))
+
+
+class TogetherCore(DialectCore):
+    def __init__(self, core: TtsCore, query: Mapping[str, str]) -> None:
+        super().__init__(core)
+        self.query = dict(query)
+        self.model = self.query.get("model") or DEFAULT_MODEL
+
+    def start(self, now: float) -> list[Command]:
+        commands = super().start(now)
+        try:
+            config = self._config()
+        except ProtocolError as exc:
+            return commands + self.fail(exc, now)
+        return commands + self._guard(
+            lambda: self.translate(self.core.on_text(json.dumps(config), now), now), now
+        )
+
+    def _config(self) -> dict[str, Any]:
+        q = self.query
+        unknown = sorted(set(q) - set(QUERY_KEYS))
+        if unknown:
+            raise ProtocolError("invalid_request_error", f"unknown query parameters {unknown}")
+        if "orpheus" not in self.model.lower():
+            raise ProtocolError(
+                "invalid_request_error", f"model {self.model!r} is not served here (Orpheus)"
+            )
+        if q.get("alignment", "none") != "none":
+            raise ProtocolError(
+                "unsupported",
+                "alignment=word (word timestamps) is not supported by this deployment",
+                CloseCode.UNSUPPORTED_DATA,
+            )
+        if _number(q.get("speed", "1"), "speed") != 1.0:
+            raise ProtocolError(
+                "unsupported",
+                "speed other than 1 is not supported: Orpheus has no speaking-rate control",
+                CloseCode.UNSUPPORTED_DATA,
+            )
+        fmt = q.get("response_format", "raw")
+        if fmt not in FORMATS:
+            raise ProtocolError(
+                "unsupported",
+                f"response_format {fmt!r} is not supported; choose one of {sorted(FORMATS)}",
+                CloseCode.UNSUPPORTED_DATA,
+            )
+        config: dict[str, Any] = {
+            "events": True,
+            "voice": q.get("voice", self.core.default_voice),
+            "response_format": FORMATS[fmt],
+            "segment": q.get("segment", "sentence"),
+            # Together buffers "until sentence completion or maximum length": words of a
+            # sentence are never released early.
+            "buffer_size": MAX_BUFFER_SIZE_WORDS,
+        }
+        if "sample_rate" in q:
+            config["sample_rate"] = int(_number(q["sample_rate"], "sample_rate"))
+        if "max_partial_length" in q:
+            config["max_chunk_chars"] = int(_number(q["max_partial_length"], "max_partial_length"))
+        return config
+
+    # -- client messages ---------------------------------------------------------------------------
+    def client_text(self, text: str, now: float) -> list[Command]:
+        try:
+            message = load_json(text)
+        except ValueError as exc:
+            raise ProtocolError(
+                "invalid_request_error", f"not JSON: {exc}", recoverable=True
+            ) from None
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "input_text_buffer.append":
+            piece = message.get("text")
+            if not isinstance(piece, str):
+                raise ProtocolError(
+                    "invalid_request_error", "append needs a text string", recoverable=True
+                )
+            received = Send({"type": "conversation.item.input_text.received", "text": piece})
+            return [received, *self.control({"type": "text", "text": piece}, now)]
+        if kind == "input_text_buffer.commit":
+            return self.control({"type": "flush"}, now)
+        if kind == "input_text_buffer.clear":
+            return self.control({"type": "clear"}, now)
+        if kind == "tts_session.updated":
+            return self._update(message.get("session"), now)
+        raise ProtocolError(
+            "invalid_request_error", f"unknown message type {kind!r}", recoverable=True
+        )
+
+    def _update(self, session: Any, now: float) -> list[Command]:
+        if not isinstance(session, dict):
+            raise ProtocolError(
+                "invalid_request_error", "tts_session.updated needs a session object",
+                recoverable=True,
+            )  # fmt: skip
+        allowed = {"voice", "temperature", "top_p", "repetition_penalty", "max_tokens"}
+        unknown = sorted(set(session) - allowed)
+        if unknown:
+            raise ProtocolError(
+                "invalid_request_error", f"cannot update {unknown}", recoverable=True
+            )
+        commands = self.control({"type": "update", **session}, now)
+        if any(isinstance(c, Send) and _is_error(c) for c in commands):
+            return commands
+        updated = {"type": "session.updated", "session": {**self._session(), **session}}
+        return [*commands, Send(updated)]
+
+    def _session(self) -> dict[str, Any]:
+        return {
+            "id": self.core.session_id,
+            "object": "realtime.tts.session",
+            "modalities": ["text", "audio"],
+            "model": self.model,
+            "voice": self.core.config.voice if self.core.config else None,
+        }
+
+    # -- server messages ---------------------------------------------------------------------------
+    def audio(self, data: bytes, ack: Hashable, now: float) -> list[Command]:
+        delta = {
+            "type": "conversation.item.audio_output.delta",
+            "item_id": f"tts_{self._generation}",
+            "delta": base64.b64encode(data).decode(),
+        }
+        return [Send(json.dumps(delta), ack=ack)]  # a str: counted against the outbox bound
+
+    def event(self, event: dict[str, Any], now: float) -> list[Command]:
+        kind = event["type"]
+        if kind == "session_created":
+            created = {"event_id": uuid.uuid4().hex, "type": "session.created",
+                       "session": self._session()}  # fmt: skip
+            return [Send(created)]
+        if kind == "audio_done":
+            done = {"type": "conversation.item.audio_output.done",
+                    "item_id": f"tts_{event['generation']}"}  # fmt: skip
+            return [Send(done)]
+        return []  # audio_start, flush_done, cleared, session_done: Together has none
+
+    def error(self, error: ProtocolError, fatal: bool, now: float) -> list[Command]:
+        body = {"message": error.message, "type": error.error_type, "code": error.error_type}
+        if error.error_type == "engine_error":
+            return [Send({"type": "conversation.item.tts.failed", "error": body})]
+        return [Send({"type": "error", "error": body})]
+
+
+def _number(value: str, name: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ProtocolError("invalid_request_error", f"{name} must be a number") from None
+
+
+def _is_error(command: Send) -> bool:
+    message = command.message
+    return isinstance(message, dict) and message.get("type") == "error"

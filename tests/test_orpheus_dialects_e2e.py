@@ -1,0 +1,175 @@
+"""Together AI's and Fish Audio's TTS WebSocket clients, written from their published docs,
+against the real Truss server (dummy weights): unchanged but for the URL, they get audio and a
+clean end, and their bad input gets their own error shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+from typing import Any
+
+import av
+import msgpack
+import pytest
+import websockets
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "canopylabs/orpheus-3b-0.1-ft"
+
+
+# -- Together: the docs' example client (websockets; query string; base64 deltas) -----------------
+async def together_example(url: str, text: str = "Hello!") -> tuple[bytes, list[dict]]:
+    """Together's documented WebSocket example, with ``wss://api.together.ai`` replaced."""
+    events = []
+    async with websockets.connect(f"{url}?model={MODEL}&voice=tara") as ws:
+        session = json.loads(await ws.recv())
+        events.append(session)
+        await ws.send(json.dumps({"type": "input_text_buffer.append", "text": text}))
+        await ws.send(json.dumps({"type": "input_text_buffer.commit"}))
+        audio_data = bytearray()
+        async for msg in ws:
+            data = json.loads(msg)
+            events.append(data)
+            if data["type"] == "conversation.item.audio_output.delta":
+                audio_data.extend(base64.b64decode(data["delta"]))
+            elif data["type"] == "conversation.item.audio_output.done":
+                break
+    return bytes(audio_data), events
+
+
+async def test_together_example_client(orpheus_server: Any) -> None:
+    audio, events = await asyncio.wait_for(together_example(orpheus_server.ws_url), 120)
+    created = events[0]
+    assert created["type"] == "session.created"
+    assert created["session"]["model"] == MODEL and created["session"]["voice"] == "tara"
+    assert created["session"]["object"] == "realtime.tts.session"
+    assert events[1] == {"type": "conversation.item.input_text.received", "text": "Hello!"}
+    assert audio and len(audio) % 2 == 0  # raw PCM s16le 24 kHz
+    assert events[-1] == {"type": "conversation.item.audio_output.done", "item_id": "tts_1"}
+
+
+async def test_together_pipecat_flow_voice_update_and_clear(orpheus_server: Any) -> None:
+    """What pipecat's TogetherTTSService does: ``tts_session.updated`` with the voice on
+    connect, append + commit per sentence, ``input_text_buffer.clear`` on an interruption."""
+    async with websockets.connect(f"{orpheus_server.ws_url}?model={MODEL}&voice=tara") as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        await ws.send(json.dumps({"type": "tts_session.updated", "session": {"voice": "leo"}}))
+        updated = json.loads(await ws.recv())
+        assert updated["type"] == "session.updated" and updated["session"]["voice"] == "leo"
+        await ws.send(json.dumps({"type": "input_text_buffer.append", "text": "Interrupt me."}))
+        await ws.send(json.dumps({"type": "input_text_buffer.commit"}))
+        await ws.send(json.dumps({"type": "input_text_buffer.clear"}))
+        await ws.send(json.dumps({"type": "input_text_buffer.append", "text": "Second."}))
+        await ws.send(json.dumps({"type": "input_text_buffer.commit"}))
+        done = []
+        while not done:
+            data = json.loads(await asyncio.wait_for(ws.recv(), 120))
+            if data["type"] == "conversation.item.audio_output.done":
+                done.append(data["item_id"])
+        assert done == ["tts_2"]  # the cleared item never finished; the next one did
+
+
+@pytest.mark.parametrize(
+    ("query", "error_type"),
+    [("model=hexgrad/Kokoro-82M", "invalid_request_error"),
+     ("voice=nobody", "invalid_config"),
+     ("alignment=word", "unsupported"),
+     ("speed=1.5", "unsupported"),
+     ("response_format=flac", "unsupported")],
+)  # fmt: skip
+async def test_together_bad_query_gets_together_errors(
+    orpheus_server: Any, query: str, error_type: str
+) -> None:
+    async with websockets.connect(f"{orpheus_server.ws_url}?{query}") as ws:
+        data = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+    assert data["type"] == "error" and data["error"]["type"] == error_type
+    assert set(data["error"]) == {"message", "type", "code"}
+
+
+async def test_together_bad_message_is_an_error_and_the_session_goes_on(orpheus_server: Any):
+    async with websockets.connect(f"{orpheus_server.ws_url}?model={MODEL}") as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"type": "response.create"}))
+        error = json.loads(await ws.recv())
+        assert error["type"] == "error" and "response.create" in error["error"]["message"]
+        await ws.send(json.dumps({"type": "input_text_buffer.append", "text": "Still fine."}))
+        await ws.send(json.dumps({"type": "input_text_buffer.commit"}))
+        kinds = set()
+        while "conversation.item.audio_output.done" not in kinds:
+            kinds.add(json.loads(await asyncio.wait_for(ws.recv(), 120))["type"])
+        assert "conversation.item.audio_output.delta" in kinds
+
+
+# -- Fish Audio: the docs' live client (MessagePack frames) -----------------------------------------
+async def fish_example(
+    url: str, request: dict, texts: list[str], **start: Any
+) -> tuple[bytes, list[dict]]:
+    """Fish Audio's documented live-TTS flow: start, text..., flush, stop; read until finish."""
+    events = []
+    audio = bytearray()
+    async with websockets.connect(url) as ws:
+        start_event = {"event": "start", "request": {"text": "", **request}, **start}
+        await ws.send(msgpack.packb(start_event))
+        for text in texts:
+            await ws.send(msgpack.packb({"event": "text", "text": text}))
+        await ws.send(msgpack.packb({"event": "flush"}))
+        await ws.send(msgpack.packb({"event": "stop"}))
+        async for message in ws:
+            data = msgpack.unpackb(message)
+            events.append(data)
+            if data["event"] == "audio":
+                audio.extend(data["audio"])
+            elif data["event"] == "finish":
+                break
+    return bytes(audio), events
+
+
+async def test_fish_example_client_mp3(orpheus_server: Any) -> None:
+    request = {"format": "mp3", "reference_id": "tara", "latency": "balanced",
+               "chunk_length": 200}  # fmt: skip
+    audio, events = await asyncio.wait_for(
+        fish_example(orpheus_server.ws_url, request, ["Hello, this is ", "streaming text. "]),
+        120,
+    )
+    assert events[-1]["event"] == "finish" and events[-1]["reason"] == "stop"
+    assert all(e["event"] in ("audio", "finish") for e in events)
+    times = [e["time"] for e in events if e["event"] == "audio"]
+    assert times == sorted(times)
+    with av.open(io.BytesIO(audio), format="mp3") as container:
+        seconds = sum(f.samples for f in container.decode(audio=0)) / 24000
+    assert seconds > 0.1
+
+
+async def test_fish_volume_is_a_gain_and_debug_logs(orpheus_server: Any) -> None:
+    request = {"format": "pcm", "sample_rate": 24000, "reference_id": "tara",
+               "prosody": {"volume": -20}}  # fmt: skip
+    quiet, events = await fish_example(orpheus_server.ws_url, request, ["Quiet."], debug=True)
+    # -20 dB: whatever the (random) model says, no sample reaches a tenth of full scale.
+    assert quiet and max(abs(x) for x in memoryview(quiet).cast("h")) <= 32768 // 10 + 1
+    logs = [e["message"] for e in events if e["event"] == "log"]
+    assert any(m.startswith("audio_start") for m in logs) and any("audio_done" in m for m in logs)
+
+
+@pytest.mark.parametrize(
+    ("request_", "error_part"),
+    [({"references": [{"audio": b"RIFF", "text": "hi"}]}, "voice cloning"),
+     ({"prosody": {"speed": 1.3}}, "speed"),
+     ({"format": "flac"}, "format")],
+)  # fmt: skip
+async def test_fish_unsupported_requests_get_fish_errors(
+    orpheus_server: Any, request_: dict, error_part: str
+) -> None:
+    async with websockets.connect(orpheus_server.ws_url) as ws:
+        await ws.send(msgpack.packb({"event": "start", "request": {"text": "", **request_}}))
+        error = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 30))
+        finish = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 30))
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+    assert error["event"] == "error" and error_part in error["error"]
+    assert finish["event"] == "finish" and finish["reason"] == "error"
+    assert ws.close_code == 1003
