@@ -163,6 +163,21 @@ def build_context(truss_dir: Path, out: Path) -> None:
         raise RuntimeError(f"truss image build-context failed (exit {result.returncode})")
 
 
+def with_config(truss_dir: Path, config: Path, out: Path) -> Path:
+    """A copy of the truss whose config.yaml is ``config`` (what ``truss push --config`` does);
+    relative ``external_package_dirs`` are made absolute, since the copy lives elsewhere."""
+    import yaml
+
+    copy = out / truss_dir.name
+    shutil.copytree(truss_dir, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data["external_package_dirs"] = [
+        str((truss_dir / d).resolve()) for d in data.get("external_package_dirs") or []
+    ]
+    (copy / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return copy
+
+
 def assemble_app(dirs: RunDirs) -> None:
     """Lay out the image's /app: server code + model/ + the normalised config.yaml."""
     shutil.copytree(dirs.context / "server", dirs.app)
@@ -325,6 +340,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("truss_dir", type=Path, help="folder with the truss's config.yaml")
     parser.add_argument("--port", type=int, default=0, help="TCP port (0: pick a free one)")
     parser.add_argument(
+        "--config", type=Path, help="another config file of the truss (as truss push --config)"
+    )
+    parser.add_argument(
         "--dummy-weights",
         action="store_true",
         help="random weights instead of downloaded ones (only "
@@ -393,7 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     dirs.root.mkdir(parents=True)
     try:
         try:
-            build_context(args.truss_dir, dirs.context)
+            truss_dir = args.truss_dir
+            if args.config is not None:
+                truss_dir = with_config(truss_dir, args.config.resolve(), dirs.root / "truss")
+            build_context(truss_dir, dirs.context)
             assemble_app(dirs)
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
             print(f"serve.py: build failed: {exc}", file=sys.stderr, flush=True)

@@ -137,6 +137,7 @@ def serve_truss(
     env: Mapping[str, str] | None = None,
     start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
+    config: str | Path | None = None,
 ) -> Iterator[ServedTruss]:
     """Run serve.py on a free port until the block ends; raises ServeError if it never gets ready."""
     truss_path = Path(truss_dir)
@@ -145,6 +146,8 @@ def serve_truss(
     cmd = [_python(), str(SERVE_SCRIPT), str(truss_path), "--port", "0"]
     if dummy_weights:
         cmd.append("--dummy-weights")
+    if config is not None:
+        cmd += ["--config", str(truss_path / config)]
     child_env = {**os.environ, **(env or {})}
     with tempfile.TemporaryFile(prefix="serve-stderr-") as stderr_log:
         process = subprocess.Popen(

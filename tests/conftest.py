@@ -51,3 +51,16 @@ def orpheus_server() -> Iterator[ServedTruss]:
         env=ADMISSION_OFF["orpheus"],
     ) as served:
         yield served
+
+
+@pytest.fixture(scope="session")
+def orpheus_http_server() -> Iterator[ServedTruss]:
+    """orpheus_tts_truss's HTTP flavour (config_http.yaml), dummy weights."""
+    with serve_truss(
+        ORPHEUS_TRUSS_DIR,
+        dummy_weights=True,
+        start_timeout_s=START_TIMEOUT_S,
+        env=ADMISSION_OFF["orpheus"],
+        config="config_http.yaml",
+    ) as served:
+        yield served

@@ -162,3 +162,23 @@ def test_every_import_is_in_the_image(truss: str) -> None:
         & installed
     }
     assert not missing, f"{truss} imports packages its image does not install: {missing}"
+
+
+def test_http_flavour_config_is_the_websocket_one_but_for_its_transport() -> None:
+    """``truss push --config config_http.yaml``: passes Truss's push-time validation, and
+    differs from config.yaml only in name, description, model class and transport, so the image
+    check of config.yaml (same requirements, same weights) covers it."""
+    import yaml
+    from truss.base.truss_config import HTTPOptions
+
+    truss = REPO_ROOT / "orpheus_tts_truss"
+    http = TrussConfig.from_yaml(truss / "config_http.yaml")
+    http.validate_forbid_extra()
+    assert isinstance(http.runtime.transport, HTTPOptions)
+    assert http.model_class_name == "OrpheusSpeech"
+    websocket = yaml.safe_load((truss / "config.yaml").read_text())
+    other = yaml.safe_load((truss / "config_http.yaml").read_text())
+    differs = {k for k in set(websocket) | set(other) if websocket.get(k) != other.get(k)}
+    assert differs == {"model_name", "description", "model_class_name", "runtime"}
+    websocket["runtime"].pop("transport")
+    assert other["runtime"] == websocket["runtime"]

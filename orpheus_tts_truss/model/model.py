@@ -8,7 +8,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-class Model:
+class _Orpheus:
+    """What both flavours share: the runtime loaded once, health, admission, sessions."""
+
     def __init__(self, **kwargs: Any) -> None:
         # Nothing heavy here: Truss builds the object before the weights are needed.
         self._config = kwargs.get("config") or {}
@@ -48,7 +50,9 @@ class Model:
         has died: every session would fail, so the replica must be restarted."""
         return self._runtime is not None and self._runtime.is_healthy()
 
-    async def websocket(self, websocket: Any) -> None:
+    async def _session(self, websocket: Any) -> None:
+        """One session of the protocol core on a WebSocket (or the HTTP flavour's in-memory
+        socket)."""
         from orpheus_tts.prompt import DEFAULT_VOICE, VOICES
         from orpheus_tts.session import TTSSession
 
@@ -69,3 +73,47 @@ class Model:
         decoder = self._runtime.decoder
         utilisation = decoder.utilisation(self._admission.policy.window_s)
         return self._admission.check(active, utilisation, decoder.oldest_wait_s())
+
+
+class Model(_Orpheus):
+    """The WebSocket flavour (``config.yaml``): Baseten's protocol, and the dialects."""
+
+    async def websocket(self, websocket: Any) -> None:
+        await self._session(websocket)
+
+
+class OrpheusSpeech(_Orpheus):
+    """The HTTP flavour (``config_http.yaml``): Together's ``/v1/audio/speech`` body in, audio
+    (or server-sent events with ``stream``) out; each request is one session of the same core."""
+
+    async def predict(self, model_input: Any) -> Any:
+        from starlette.responses import JSONResponse, Response, StreamingResponse
+
+        from orpheus_tts.http_speech import (
+            CONTENT_TYPES,
+            HttpError,
+            finish_wav,
+            parse_request,
+            speech_chunks,
+            sse_events,
+        )
+
+        try:
+            request = parse_request(model_input)
+            chunks = speech_chunks(request, self._session)
+            if request.stream:
+                first = await anext(chunks, b"")  # errors before any audio: a status code
+
+                async def rest():
+                    if first:
+                        yield first
+                    async for chunk in chunks:
+                        yield chunk
+
+                return StreamingResponse(sse_events(rest()), media_type="text/event-stream")
+            audio = b"".join([chunk async for chunk in chunks])
+        except HttpError as exc:
+            return JSONResponse(exc.body, status_code=exc.status)
+        if request.response_format == "wav":
+            audio = finish_wav(audio)
+        return Response(audio, media_type=CONTENT_TYPES[request.response_format])
