@@ -37,7 +37,16 @@ def whisper_server() -> Iterator[ServedTruss]:
 
 
 @pytest.fixture(scope="session")
-def orpheus_server() -> Iterator[ServedTruss]:
+def aligner_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The word aligner's model for the Orpheus servers: Whisper base, test-only (see
+    tests/whisper_helpers.whisper_base_dir); production sets ``aligner_model`` itself."""
+    from tests.whisper_helpers import whisper_base_dir
+
+    return {"ALIGNER_MODEL": str(whisper_base_dir(tmp_path_factory.mktemp("aligner")))}
+
+
+@pytest.fixture(scope="session")
+def orpheus_server(aligner_env: dict[str, str]) -> Iterator[ServedTruss]:
     """orpheus_tts_truss on the real Truss server with dummy (random) weights.
 
     The functional tests run up to 8 sessions at once on 2 cores, beyond the CPU stand-in's
@@ -48,19 +57,19 @@ def orpheus_server() -> Iterator[ServedTruss]:
         ORPHEUS_TRUSS_DIR,
         dummy_weights=True,
         start_timeout_s=START_TIMEOUT_S,
-        env=ADMISSION_OFF["orpheus"],
+        env={**ADMISSION_OFF["orpheus"], **aligner_env},
     ) as served:
         yield served
 
 
 @pytest.fixture(scope="session")
-def orpheus_http_server() -> Iterator[ServedTruss]:
+def orpheus_http_server(aligner_env: dict[str, str]) -> Iterator[ServedTruss]:
     """orpheus_tts_truss's HTTP flavour (config_http.yaml), dummy weights."""
     with serve_truss(
         ORPHEUS_TRUSS_DIR,
         dummy_weights=True,
         start_timeout_s=START_TIMEOUT_S,
-        env=ADMISSION_OFF["orpheus"],
+        env={**ADMISSION_OFF["orpheus"], **aligner_env},
         config="config_http.yaml",
     ) as served:
         yield served

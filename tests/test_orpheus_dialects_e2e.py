@@ -51,6 +51,33 @@ async def test_together_example_client(orpheus_server: Any) -> None:
     assert events[-1] == {"type": "conversation.item.audio_output.done", "item_id": "tts_1"}
 
 
+async def test_together_word_timestamps_before_each_items_done(orpheus_server: Any) -> None:
+    text = "Hello there, how are you?"
+    async with websockets.connect(f"{orpheus_server.ws_url}?model={MODEL}&alignment=word") as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        await ws.send(json.dumps({"type": "input_text_buffer.append", "text": text}))
+        await ws.send(json.dumps({"type": "input_text_buffer.commit"}))
+        kinds, stamps = [], None
+        async for msg in ws:
+            data = json.loads(msg)
+            kinds.append(data["type"])
+            if data["type"] == "conversation.item.word_timestamps":
+                stamps = data
+            elif data["type"] == "conversation.item.audio_output.done":
+                break
+    assert stamps is not None and stamps["item_id"] == "tts_1"
+    assert kinds[-2:] == [
+        "conversation.item.word_timestamps",
+        "conversation.item.audio_output.done",
+    ]
+    # The dummy model's audio is not speech: only the shape is checked here (accuracy:
+    # tests/test_orpheus_alignment.py).
+    assert stamps["words"] == text.split()
+    starts, ends = stamps["start_seconds"], stamps["end_seconds"]
+    assert len(starts) == len(ends) == len(text.split())
+    assert all(s <= e for s, e in zip(starts, ends, strict=True)) and starts == sorted(starts)
+
+
 async def test_together_pipecat_flow_voice_update_and_clear(orpheus_server: Any) -> None:
     """What pipecat's TogetherTTSService does: ``tts_session.updated`` with the voice on
     connect, append + commit per sentence, ``input_text_buffer.clear`` on an interruption."""
@@ -76,7 +103,7 @@ async def test_together_pipecat_flow_voice_update_and_clear(orpheus_server: Any)
     ("query", "error_type"),
     [("model=hexgrad/Kokoro-82M", "invalid_request_error"),
      ("voice=nobody", "invalid_config"),
-     ("alignment=word", "unsupported"),
+     ("alignment=phoneme", "invalid_request_error"),
      ("speed=1.5", "unsupported"),
      ("response_format=flac", "unsupported")],
 )  # fmt: skip

@@ -221,3 +221,17 @@ async def test_tts_client_cli_speaks_the_event_protocol(orpheus_server: Any, tmp
             "--out", str(out)]  # fmt: skip
     code = await asyncio.to_thread(tts_client.main, argv)
     assert code == 0 and _decode("mp3", 24000, out.read_bytes()) > 0.1
+
+
+async def test_word_timestamps_event_before_audio_done(orpheus_server: Any) -> None:
+    config = {**SHORT_CONFIG, "word_timestamps": True}
+    async with aiohttp.ClientSession() as http:
+        session = await EventSession.open(http, orpheus_server.ws_url, config, None)
+        await session.say("Words with times.")
+        await session.control("flush")
+        stamps = await session.wait_for("word_timestamps")
+        done = await session.wait_for("audio_done")
+        await session.close()
+    assert [w["word"] for w in stamps["words"]] == ["Words", "with", "times."]
+    assert all(done["start_s"] <= w["start_s"] <= w["end_s"] <= done["end_s"] + 1e-3
+               for w in stamps["words"])  # fmt: skip

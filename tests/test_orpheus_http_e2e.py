@@ -70,7 +70,7 @@ async def test_streaming_server_sent_events(orpheus_http_server: Any) -> None:
     [({"input": "x", "voice": "nobody"}, "invalid_config"),
      ({"input": "x", "response_format": "flac"}, "invalid_request_error"),
      ({"input": ""}, "invalid_request_error"),
-     ({"input": "x", "alignment": "word"}, "unsupported"),
+     ({"input": "x", "alignment": "word"}, "unsupported"),  # needs stream
      ({"input": "x", "model": "hexgrad/Kokoro-82M"}, "invalid_request_error"),
      ({"input": "x", "stream": True, "voice": "nobody"}, "invalid_config")],
 )  # fmt: skip
@@ -81,3 +81,16 @@ async def test_bad_requests_are_400_with_togethers_error_shape(
     assert status == 400, data[:300]
     error = json.loads(data)["error"]
     assert error["type"] == error_type and set(error) == {"message", "type", "code"}
+
+
+async def test_streaming_with_word_timestamps(orpheus_http_server: Any) -> None:
+    body = {"input": "Timed words here.", "stream": True, "response_format": "raw",
+            "alignment": "word"}  # fmt: skip
+    status, _, data = await speech(orpheus_http_server, body)
+    assert status == 200
+    lines = [line[6:] for line in data.decode().split("\n") if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    events = [json.loads(line) for line in lines[:-1]]
+    stamps = [e for e in events if e["type"] == "conversation.item.word_timestamps"]
+    assert len(stamps) == 1 and stamps[0]["words"] == ["Timed", "words", "here."]
+    assert events[-1] is stamps[0]  # after the generation's audio

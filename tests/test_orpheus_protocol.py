@@ -24,6 +24,7 @@ from speech_common.driver import (
     StartStream,
     StreamChunk,
     StreamDone,
+    Submit,
 )
 
 CONFIG = {"voice": "tara", "max_tokens": 2000, "buffer_size": 3}
@@ -54,12 +55,15 @@ class Harness:
     log: list[tuple[str, object]] = field(default_factory=list)  # ("audio", job) / ("event", ...)
     discarded: list[tuple[int, bytes]] = field(default_factory=list)
     flushes: list[object] = field(default_factory=list)  # ids of the flushes sent
+    words_available: bool = False  # an aligner on the deployment
+    aligns: dict[int, Submit] = field(default_factory=dict)  # aligner jobs outstanding
 
     def __post_init__(self) -> None:
         self._queued_audio: list[bytes] = []  # parallel to unacked
         self.core = TtsCore(
-            self.limits, VOICES, DEFAULT_VOICE, Params(), lambda t, m: min(m, 300), "s"
-        )
+            self.limits, VOICES, DEFAULT_VOICE, Params(), lambda t, m: min(m, 300), "s",
+            word_timestamps_available=self.words_available,
+        )  # fmt: skip
         self.apply(self.core.start(self.now))
 
     def apply(self, commands: list[Command]) -> None:
@@ -69,8 +73,11 @@ class Harness:
                 self.started.append(command)
                 self.log.append(("start", command.job_id))
                 self.live[command.job_id] = 0
+            elif isinstance(command, Submit):
+                self.aligns[command.job_id] = command
             elif isinstance(command, Cancel):
                 self.live.pop(command.job_id, None)
+                self.aligns.pop(command.job_id, None)
             elif isinstance(command, Discard):
                 # The driver drops these sends unwritten: no ack will come, the client never
                 # hears them.
@@ -479,3 +486,64 @@ def test_every_event_interleaving_ends_and_keeps_its_promises(
     assert h.core.done
     h.check_order()
     h.check_events()
+
+
+def test_word_timestamps_come_before_audio_done_on_the_session_timeline() -> None:
+    from orpheus_tts.alignment import ALIGN_WORKER, WordTime
+
+    h = Harness(words_available=True)
+    h.text({**EVENTS, "buffer_size": 10, "word_timestamps": True})
+    for turn in range(2):
+        h.text("Hello there.")
+        h.text(json.dumps({"type": "flush", "id": turn}))
+        job = h.started[-1].job_id
+        h.chunk(job)
+        h.done(job)
+        while h.unacked:
+            h.ack()
+        ((align_id, submit),) = h.aligns.items()
+        assert submit.worker == ALIGN_WORKER and submit.payload.pcm == f"[{job}:0]".encode()
+        assert submit.payload.text == "Hello there."
+        assert h.frames[-1]["type"] == "audio_start"  # held until the words are known
+        h.aligns.clear()
+        words = [WordTime("Hello", 0.01, 0.2), WordTime("there.", 0.25, 0.5)]
+        h.apply(h.core.on_result(align_id, words, h.now))
+        stamps, done, flushed = h.frames[-3:]
+        offset = h.events("audio_start")[-1]["start_s"]
+        assert stamps["type"] == "word_timestamps" and stamps["generation"] == turn + 1
+        assert stamps["words"][0] == {"word": "Hello", "start_s": round(offset + 0.01, 3),
+                                      "end_s": round(offset + 0.2, 3)}  # fmt: skip
+        assert done["type"] == "audio_done" and flushed == {"type": "flush_done", "id": turn}
+    # A failed alignment costs only the timestamps: empty words, the audio was sent.
+    h.text("Again.")
+    h.text(json.dumps({"type": "flush", "id": "x"}))
+    job = h.started[-1].job_id
+    h.chunk(job)
+    h.done(job)
+    h.ack()
+    (align_id,) = h.aligns
+    h.apply(h.core.on_result(align_id, RuntimeError("aligner failed"), h.now))
+    assert h.events("word_timestamps")[-1]["words"] == []
+    assert h.frames[-1] == {"type": "flush_done", "id": "x"}
+
+
+def test_word_timestamps_without_an_aligner_or_events_are_refused() -> None:
+    h = Harness()
+    h.text({**EVENTS, "word_timestamps": True})
+    assert h.closes[0].code == 1003 and h.closes[0].error.error_type == "unsupported"
+    h = Harness(words_available=True)
+    h.text({**CONFIG, "word_timestamps": True})
+    assert h.closes[0].code == 1008
+
+
+def test_disconnect_cancels_a_pending_alignment() -> None:
+    h = Harness(words_available=True)
+    h.text({**EVENTS, "word_timestamps": True})
+    h.text("Hello there.")
+    h.text(json.dumps({"type": "flush"}))
+    job = h.started[-1].job_id
+    h.chunk(job)
+    h.done(job)
+    assert h.aligns
+    h.apply(h.core.on_disconnect(h.now))
+    assert not h.aligns and h.core.done  # the aligner job was cancelled

@@ -112,7 +112,15 @@ def test_readme_documents_every_message_and_field() -> None:
         for name in model.model_fields:
             if name != "type":
                 assert f"`{name}`" in rows[kind], f"README's {kind!r} row lacks {name!r}"
-    opt_in = {"events", "response_format", "sample_rate", "segment", "max_chunk_chars", "volume_db"}
+    opt_in = {
+        "events",
+        "response_format",
+        "sample_rate",
+        "segment",
+        "max_chunk_chars",
+        "volume_db",
+        "word_timestamps",
+    }
     assert opt_in <= set(SessionConfig.model_fields) and opt_in <= set(rows)
     assert all(f"`{f.value}`" in rows["response_format"] for f in AudioFormat)
     assert all(str(rate) in rows["sample_rate"] for rate in SUPPORTED_RATES_HZ)

@@ -65,6 +65,7 @@ class _Orpheus:
             self._limits,
             self._gate,
             self._admit,
+            self._runtime.aligner,
         )
         await session.run()
 
@@ -111,7 +112,7 @@ class OrpheusSpeech(_Orpheus):
                         yield chunk
 
                 return StreamingResponse(sse_events(rest()), media_type="text/event-stream")
-            audio = b"".join([chunk async for chunk in chunks])
+            audio = b"".join([c async for c in chunks if isinstance(c, bytes)])
         except HttpError as exc:
             return JSONResponse(exc.body, status_code=exc.status)
         if request.response_format == "wav":

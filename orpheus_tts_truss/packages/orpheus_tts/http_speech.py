@@ -54,6 +54,8 @@ class SpeechRequest(BaseModel):
                                   "segment": self.segment}  # fmt: skip
         if self.sample_rate is not None:
             config["sample_rate"] = self.sample_rate
+        if self.alignment == "word":
+            config["word_timestamps"] = True
         return config
 
 
@@ -78,8 +80,10 @@ def parse_request(body: Any) -> SpeechRequest:
     if "orpheus" not in request.model.lower():
         message = f"model {request.model!r} is not served here"
         raise HttpError(400, "invalid_request_error", message)
-    if request.alignment != "none":
-        raise HttpError(400, "unsupported", "alignment=word is not supported by this deployment")
+    if request.alignment != "none" and not request.stream:
+        raise HttpError(
+            400, "unsupported", "alignment=word needs stream: true (timestamps are events)"
+        )
     if request.language not in (None, "en"):
         raise HttpError(400, "unsupported", "Orpheus 3B (this model) speaks English only")
     return request
@@ -118,9 +122,10 @@ class MemorySocket:
 Runner = Callable[[MemorySocket], Awaitable[None]]  # runs one session on a socket
 
 
-async def speech_chunks(request: SpeechRequest, run: Runner) -> AsyncIterator[bytes]:
-    """The audio of one request, chunk by chunk as the session sends it; ``HttpError`` if the
-    session ends with an error (before any audio, or after: then the stream is cut)."""
+async def speech_chunks(request: SpeechRequest, run: Runner) -> AsyncIterator[bytes | dict]:
+    """The audio of one request, chunk by chunk as the session sends it (and its
+    ``word_timestamps`` events, with ``alignment``); ``HttpError`` if the session ends with an
+    error (before any audio, or after: then the stream is cut)."""
     frames = [json.dumps(request.session_config()),
               json.dumps({"type": "text", "text": request.input}), json.dumps({"type": "end"})]  # fmt: skip
     socket = MemorySocket(frames)
@@ -133,6 +138,8 @@ async def speech_chunks(request: SpeechRequest, run: Runner) -> AsyncIterator[by
                 yield item
             elif kind == "event" and item.get("type") == "error":
                 error = item["body"]
+            elif kind == "event" and item.get("type") == "word_timestamps":
+                yield item
             elif kind == "close":
                 code, _ = item
                 if code != 1000:
@@ -158,11 +165,17 @@ def finish_wav(data: bytes) -> bytes:
     )
 
 
-async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    """Together's server-sent events: one audio delta per chunk, then ``[DONE]``; an error after
-    the stream began is an ``error`` event (the status line went out already)."""
+async def sse_events(chunks: AsyncIterator[bytes | dict]) -> AsyncIterator[str]:
+    """Together's server-sent events: one audio delta per chunk (and word timestamps), then
+    ``[DONE]``; an error after the stream began is an ``error`` event (the status line went out
+    already)."""
+    from orpheus_tts.dialects.together import word_timestamps
+
     try:
         async for chunk in chunks:
+            if isinstance(chunk, dict):
+                yield f"data: {json.dumps(word_timestamps(chunk))}\n\n"
+                continue
             delta = {"type": "conversation.item.audio_output.delta", "item_id": "tts_1",
                      "delta": base64.b64encode(chunk).decode()}  # fmt: skip
             yield f"data: {json.dumps(delta)}\n\n"

@@ -35,6 +35,7 @@ from enum import Enum
 from typing import Any
 
 from orpheus_tts import metrics
+from orpheus_tts.alignment import ALIGN_WORKER, AlignRequest
 from orpheus_tts.audio_format import AudioEncoder
 from orpheus_tts.schema import (
     END_OF_INPUT,
@@ -50,6 +51,8 @@ from orpheus_tts.schema import (
     SessionDone,
     TextMessage,
     UpdateMessage,
+    WordOut,
+    WordTimestamps,
     check_voice,
     is_control_frame,
     parse_control,
@@ -65,6 +68,7 @@ from speech_common.driver import (
     StartStream,
     StreamChunk,
     StreamDone,
+    Submit,
 )
 from speech_common.text_buffer import TextBuffer
 from speech_common.ws import CloseCode, ProtocolError
@@ -118,6 +122,9 @@ class _Generation:
     pending: deque[bytes] = field(default_factory=deque)  # audio waiting for its turn
     unacked: int = 0  # chunks sent, not yet written to the socket
     start_s: float | None = None  # on the session's audio timeline, once its audio began
+    pcm: bytearray | None = None  # its audio, kept for the aligner (word timestamps only)
+    align_job: int | None = None  # the aligner's job, once generated
+    words: list[WordOut] | None = None  # the aligner's answer
 
 
 class TtsCore:
@@ -129,8 +136,10 @@ class TtsCore:
         default_params: Any,
         max_tokens_for_text: Callable[[str, int], int],
         session_id: str,
+        word_timestamps_available: bool = False,
     ) -> None:
         self.limits = limits
+        self.word_timestamps_available = word_timestamps_available
         self.voices = frozenset(voices)
         self.default_voice = default_voice
         self.default_params = default_params
@@ -148,6 +157,7 @@ class TtsCore:
         self._chunks: deque[_Chunk] = deque()  # text not yet given to a generation
         self._alive: deque[_Generation] = deque()  # in text order; the head is being sent
         self._by_job: dict[int, _Generation] = {}
+        self._aligning: dict[int, _Generation] = {}  # aligner job -> its generation
         self._total_chars = 0
         self._generation_count = 0
         self._first_audio_sent = False
@@ -228,12 +238,16 @@ class TtsCore:
         return self.config is not None and self.config.events
 
     def on_result(self, job_id: int, result: Any, now: float) -> list[Command]:
+        if job_id in self._aligning:
+            return self._on_alignment(self._aligning.pop(job_id), result, now)
         generation = self._by_job.get(job_id)
         if self.done or generation is None:
             return []
         if isinstance(result, StreamChunk):
             if result.item:
                 generation.pending.append(result.item)
+                if generation.pcm is not None:
+                    generation.pcm += result.item
             return self._send_ready(now)
         if isinstance(result, StreamDone):
             generation.running = False
@@ -247,6 +261,12 @@ class TtsCore:
                 )
                 error = ProtocolError("engine_error", message, CloseCode.INTERNAL_ERROR)
                 return self._end("engine_error", Close(error.close_code, error.message, error))
+            if generation.pcm is not None:  # all its audio is known: align it now
+                generation.align_job = self._ids.new()
+                self._aligning[generation.align_job] = generation
+                request = AlignRequest(bytes(generation.pcm), generation.chunk.text)
+                generation.pcm = None
+                return [Submit(generation.align_job, ALIGN_WORKER, request), *self._advance(now)]
             return self._advance(now)
         return []
 
@@ -259,8 +279,26 @@ class TtsCore:
         return self._advance(now)
 
     # -- text ------------------------------------------------------------------------------------
+    def _on_alignment(self, generation: _Generation, result: Any, now: float) -> list[Command]:
+        if isinstance(result, BaseException):  # no timestamps for it; the audio is unharmed
+            logger.warning("alignment of %s failed: %r", generation.request_id, result)
+            result = []
+        offset = generation.start_s or 0.0
+        generation.words = [
+            WordOut(word=w.word, start_s=round(offset + w.start_s, 3),
+                    end_s=round(offset + w.end_s, 3))
+            for w in result
+        ]  # fmt: skip
+        return self._advance(now)
+
     def _on_config(self, text: str) -> list[Command]:
         config = parse_session_config(text, self.voices, self.default_voice)
+        if config.word_timestamps and not self.word_timestamps_available:
+            raise ProtocolError(
+                "unsupported",
+                "word timestamps are not available on this deployment (no aligner model)",
+                CloseCode.UNSUPPORTED_DATA,
+            )
         self.config = config
         self._buffer = TextBuffer(
             buffer_size=config.buffer_size,
@@ -350,6 +388,8 @@ class TtsCore:
         self._chunks.clear()
         aborted = [g for g in self._alive if g.running]
         commands: list[Command] = [Cancel(g.job_id) for g in self._alive]
+        commands += [Cancel(job) for job in self._aligning]
+        self._aligning.clear()
         # Audio of these generations still queued for the socket is dropped unsent.
         commands.append(Discard(frozenset(g.job_id for g in self._alive)))
         for generation in aborted:
@@ -399,6 +439,8 @@ class TtsCore:
                 **dict(chunk.voice.sampling),
             )
             generation = _Generation(self._ids.new(), request_id, self._generation_count, chunk)
+            if self.config.word_timestamps:
+                generation.pcm = bytearray()
             self._alive.append(generation)
             self._by_job[generation.job_id] = generation
             running += 1
@@ -444,6 +486,9 @@ class TtsCore:
         commands: list[Command] = []
         if generation.start_s is None:  # it made no audio at all
             commands.extend(self._audio_start(generation))
+        if generation.words is not None:
+            words = WordTimestamps(generation=generation.number, words=generation.words)
+            commands.append(Send(words.model_dump()))
         if self.events:
             done = AudioDone(
                 generation=generation.number,
@@ -463,6 +508,8 @@ class TtsCore:
             head = self._alive[0]
             if head.unacked:
                 break  # its audio is still on its way to the client
+            if head.align_job is not None and head.words is None:
+                break  # its word timestamps go out before its audio_done
             self._alive.popleft()
             del self._by_job[head.job_id]
             commands.extend(self._retire(head))
@@ -497,6 +544,8 @@ class TtsCore:
                 self.aborted_generations += 1
                 metrics.ABORTED_GENERATIONS.labels(reason=reason).inc()
                 logger.info("generation %s aborted (%s)", generation.request_id, reason)
+        commands += [Cancel(job) for job in self._aligning]
+        self._aligning.clear()
         self._alive.clear()
         self._by_job.clear()
         self._chunks.clear()

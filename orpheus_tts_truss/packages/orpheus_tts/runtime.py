@@ -55,6 +55,10 @@ class OrpheusSettings:
     snac_noise: bool = True  # SNAC's NoiseBlock as trained; False = deterministic decode
     snac_compile: bool = False  # torch.compile(dynamic=True) the SNAC decoder (GPU)
     snac_device: str = ""  # "" = orpheus_device
+    # Word timestamps: a CTranslate2 Whisper model directory for the forced aligner
+    # (orpheus_tts.alignment); "" = not offered (sessions asking for them get an error).
+    aligner_model: str = ""
+    aligner_cpu_threads: int = 2
 
     @classmethod
     def from_metadata(
@@ -105,13 +109,17 @@ class OrpheusRuntime:
     tokenizer: Any
     decoder: SnacDecodeService
     synthesizer: Synthesizer
+    aligner: Any = None  # orpheus_tts.alignment.AlignService when aligner_model is set
 
     def is_healthy(self) -> bool:
-        return self.decoder.healthy and self.engine.is_healthy()
+        aligner_ok = self.aligner is None or self.aligner.healthy
+        return self.decoder.healthy and self.engine.is_healthy() and aligner_ok
 
     def shutdown(self) -> None:
         self.decoder.stop()
         self.engine.shutdown()
+        if self.aligner is not None:
+            self.aligner.stop()
 
 
 class WeightsNotFound(RuntimeError):
@@ -263,6 +271,11 @@ def load_runtime(settings: OrpheusSettings) -> OrpheusRuntime:
         engine.shutdown()
         raise
     synthesizer = Synthesizer(engine, tokenizer, decoder, policy)
+    aligner = None
+    if settings.aligner_model:
+        from orpheus_tts.alignment import AlignService
+
+        aligner = AlignService.load(settings.aligner_model, settings.aligner_cpu_threads).start()
     logger.info(
         "orpheus runtime ready: engine=%s device=%s dummy=%s window=%s",
         settings.orpheus_engine,
@@ -270,4 +283,4 @@ def load_runtime(settings: OrpheusSettings) -> OrpheusRuntime:
         settings.orpheus_dummy_weights,
         policy,
     )
-    return OrpheusRuntime(settings, engine, tokenizer, decoder, synthesizer)
+    return OrpheusRuntime(settings, engine, tokenizer, decoder, synthesizer, aligner)

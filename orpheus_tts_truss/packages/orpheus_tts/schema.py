@@ -68,6 +68,9 @@ class SessionConfig(BaseModel):
     # When buffered text is spoken: at sentence ends and every ``buffer_size`` words (the
     # published behaviour), at once after every text frame, or only at a flush / the end.
     segment: Literal["sentence", "immediate", "never"] = "sentence"
+    # With events: a word_timestamps event per generation (forced alignment; the deployment
+    # must have an aligner model, else the session is refused with a typed 1003).
+    word_timestamps: StrictBool = False
     # Gain applied to the audio, in dB (Fish Audio's prosody.volume).
     volume_db: Annotated[StrictFloat | StrictInt, Field(ge=-30, le=30)] = 0
     # Characters per generation, below the server's own cap (which it never exceeds).
@@ -118,6 +121,8 @@ def parse_session_config(
             CloseCode.UNSUPPORTED_DATA,
         )
     check_format(config.audio_format, config.output_rate)
+    if config.word_timestamps and not config.events:
+        raise ProtocolError("invalid_config", "word_timestamps needs events: true")
     return config.model_copy(update={"voice": check_voice(config.voice, voices)})
 
 
@@ -242,6 +247,20 @@ class AudioDone(_Event):
     end_s: float
 
 
+class WordOut(BaseModel):
+    word: str
+    start_s: float
+    end_s: float
+
+
+class WordTimestamps(_Event):
+    """Before a generation's ``audio_done``: its words on the session's audio timeline."""
+
+    type: Literal["word_timestamps"] = "word_timestamps"
+    generation: int
+    words: list[WordOut]
+
+
 class FlushDone(_Event):
     type: Literal["flush_done"] = "flush_done"
     id: str | int | None = None
@@ -261,4 +280,6 @@ class SessionDone(_Event):
 
 # Errors are speech_common.ws.ErrorFrame ({"type": "error", "body": {...}}); in the event
 # protocol a bad control message is ``recoverable: true`` and the session goes on.
-ServerEvent = SessionCreated | AudioStart | AudioDone | FlushDone | Cleared | SessionDone
+ServerEvent = (
+    SessionCreated | AudioStart | WordTimestamps | AudioDone | FlushDone | Cleared | SessionDone
+)

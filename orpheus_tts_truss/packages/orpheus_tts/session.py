@@ -102,11 +102,15 @@ class SynthJobs:
     """The driver's JobRunner: each generation is a streaming job over ``Synthesizer.stream``
     (closing it, on a cancel, aborts the engine request and its queued decode work)."""
 
-    def __init__(self, synthesizer: Synthesizer) -> None:
+    def __init__(self, synthesizer: Synthesizer, aligner: Any = None) -> None:
         self.synthesizer = synthesizer
+        self.aligner = aligner  # orpheus_tts.alignment.AlignService, or None
 
     def submit(self, command: Any, stream_id: Hashable) -> asyncio.Future:
-        raise NotImplementedError("the TTS core runs generations as streaming jobs")
+        """A one-result job: a generation's word alignment (the aligner's worker thread)."""
+        if self.aligner is None:
+            raise RuntimeError("no aligner on this deployment")
+        return self.aligner.submit(command.payload, stream_id)
 
     async def stream(self, command: StartStream, stream_id: Hashable) -> AsyncIterator[bytes]:
         request: GenerationRequest = command.payload
@@ -128,7 +132,9 @@ class SynthJobs:
             metrics.ACTIVE_GENERATIONS.dec()
 
     def forget(self, stream_id: Hashable) -> None:
-        return None  # generations are cancelled by the driver; nothing is queued per session
+        # Generations are cancelled by the driver; queued alignments are dropped here.
+        if self.aligner is not None:
+            self.aligner.cancel_stream(stream_id)
 
 
 class TTSSession:
@@ -144,8 +150,10 @@ class TTSSession:
         limits: SessionLimits | None = None,
         gate: SessionGate | None = None,
         admit: Callable[[int], ProtocolError | None] | None = None,
+        aligner: Any = None,
     ) -> None:
         self._ws = websocket
+        self._aligner = aligner
         self._synth = synthesizer
         self._default_params = default_params
         self._voices = frozenset(voices)
@@ -174,6 +182,7 @@ class TTSSession:
             self._default_params,
             self._synth.max_tokens_for_text,
             self.session_id,
+            word_timestamps_available=self._aligner is not None,
         )
 
         def release() -> None:
@@ -186,7 +195,7 @@ class TTSSession:
         outcome = "cancelled"  # server shutdown, unless the session ends below
         try:
             clean = await run_session(
-                self._ws, protocol, SynthJobs(self._synth), self.session_id, release
+                self._ws, protocol, SynthJobs(self._synth, self._aligner), self.session_id, release
             )
             outcome = core.outcome if clean else "internal_error"
             if core.aborted_generations and core.gone_at is not None:

@@ -15,8 +15,10 @@ server -> client: ``session.created``; per generation (an "item", ``tts_<n>``)
 ``conversation.item.tts.failed`` when a generation fails; ``error`` {error: {message, type,
 code}} for bad input.
 
-Not supported, answered with an error rather than ignored: ``alignment=word`` (word timestamps)
-and ``speed`` other than 1 (Orpheus has no rate control; a time stretch would change its voice).
+``alignment=word`` adds ``conversation.item.word_timestamps`` {item_id, words, start_seconds,
+end_seconds} before each item's ``.done`` (where the deployment has an aligner model). Not
+supported, answered with an error rather than ignored: ``speed`` other than 1 (Orpheus has no
+rate control; a time stretch would change its voice).
 """
 
 from __future__ import annotations
@@ -73,12 +75,8 @@ class TogetherCore(DialectCore):
             raise ProtocolError(
                 "invalid_request_error", f"model {self.model!r} is not served here (Orpheus)"
             )
-        if q.get("alignment", "none") != "none":
-            raise ProtocolError(
-                "unsupported",
-                "alignment=word (word timestamps) is not supported by this deployment",
-                CloseCode.UNSUPPORTED_DATA,
-            )
+        if q.get("alignment", "none") not in ("none", "word"):
+            raise ProtocolError("invalid_request_error", "alignment must be none or word")
         if _number(q.get("speed", "1"), "speed") != 1.0:
             raise ProtocolError(
                 "unsupported",
@@ -101,6 +99,8 @@ class TogetherCore(DialectCore):
             # sentence are never released early.
             "buffer_size": MAX_BUFFER_SIZE_WORDS,
         }
+        if q.get("alignment") == "word":
+            config["word_timestamps"] = True
         if "sample_rate" in q:
             config["sample_rate"] = int(_number(q["sample_rate"], "sample_rate"))
         if "max_partial_length" in q:
@@ -180,6 +180,8 @@ class TogetherCore(DialectCore):
             done = {"type": "conversation.item.audio_output.done",
                     "item_id": f"tts_{event['generation']}"}  # fmt: skip
             return [Send(done)]
+        if kind == "word_timestamps":
+            return [Send(word_timestamps(event))]
         return []  # audio_start, flush_done, cleared, session_done: Together has none
 
     def error(self, error: ProtocolError, fatal: bool, now: float) -> list[Command]:
@@ -187,6 +189,18 @@ class TogetherCore(DialectCore):
         if error.error_type == "engine_error":
             return [Send({"type": "conversation.item.tts.failed", "error": body})]
         return [Send({"type": "error", "error": body})]
+
+
+def word_timestamps(event: dict[str, Any]) -> dict[str, Any]:
+    """Our ``word_timestamps`` event in Together's shape (parallel lists, seconds)."""
+    words = event["words"]
+    return {
+        "type": "conversation.item.word_timestamps",
+        "item_id": f"tts_{event['generation']}",
+        "words": [w["word"] for w in words],
+        "start_seconds": [w["start_s"] for w in words],
+        "end_seconds": [w["end_s"] for w in words],
+    }
 
 
 def _number(value: str, name: str) -> float:
