@@ -200,3 +200,20 @@ async def test_fish_unsupported_requests_get_fish_errors(
     assert error["event"] == "error" and error_part in error["error"]
     assert finish["event"] == "finish" and finish["reason"] == "error"
     assert ws.close_code == 1003
+
+
+@pytest.mark.parametrize("dialect", ["together", "fish", "http"])
+async def test_readme_client_scripts_run(
+    orpheus_server: Any, orpheus_http_server: Any, dialect: str, tmp_path
+) -> None:
+    """``scripts/tts_dialect_clients.py``, the README's runnable examples, against the server."""
+    from scripts import tts_dialect_clients
+
+    url = orpheus_server.ws_url
+    if dialect == "http":
+        url = f"{orpheus_http_server.http_url}/v1/models/model:predict"
+    out = tmp_path / "audio"
+    code = await asyncio.to_thread(
+        tts_dialect_clients.main, [dialect, "--url", url, "--out", str(out)]
+    )
+    assert code == 0 and out.stat().st_size > 1000
