@@ -83,14 +83,14 @@ def test_binary_or_missing_config_frame(raw: bytes | None) -> None:
     assert info.value.error_type == "invalid_config"
 
 
-# -- the README's protocol tables against the schema -------------------------------------------
+# -- docs/tts.md's protocol tables against the schema -------------------------------------------
 def _readme_rows() -> dict[str, str]:
-    """First cell -> the whole row, for every table row of the README's protocol section."""
+    """First cell -> the whole row, for every table row of docs/tts.md's opt-in protocol section."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = readme.index("### Opt-in: formats and the event protocol")
-    section = readme[start : readme.index("\n### ", start + 1)]
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "tts.md").read_text()
+    start = readme.index("## Opt-in: formats and the event protocol")
+    section = readme[start : readme.index("\n## ", start + 1)]
     rows = {}
     for line in section.splitlines():
         if line.startswith("| `"):
@@ -108,10 +108,10 @@ def test_readme_documents_every_message_and_field() -> None:
     rows = _readme_rows()
     for model in (*typing.get_args(ControlMessage), *typing.get_args(ServerEvent)):
         (kind,) = typing.get_args(model.model_fields["type"].annotation)  # Literal["flush"]
-        assert kind in rows, f"README has no row for {kind!r}"
+        assert kind in rows, f"docs/tts.md has no row for {kind!r}"
         for name in model.model_fields:
             if name != "type":
-                assert f"`{name}`" in rows[kind], f"README's {kind!r} row lacks {name!r}"
+                assert f"`{name}`" in rows[kind], f"docs/tts.md's {kind!r} row lacks {name!r}"
     opt_in = {
         "events",
         "response_format",

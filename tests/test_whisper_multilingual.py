@@ -73,7 +73,7 @@ def test_clips_cover_four_languages_ten_each(clips) -> None:
 def test_auto_language_decodes_in_the_detected_language(engine, clips) -> None:
     """``audio_language: "auto"``: each final carries the language detected from its own audio
     and its probability, and is decoded in it. English is recognised on every clip; on these
-    espeak-ng voices Whisper base does worse in other languages (measured in the README)."""
+    espeak-ng voices Whisper base does worse in other languages (measured in docs/benchmarks.md)."""
     auto = DecodeOptions(language=None)
     english = [audio for lang, audio in clips.values() if lang == "en"]
     results = [engine.run([TranscribeJob(JobKind.FINAL, a, auto)])[0] for a in english]

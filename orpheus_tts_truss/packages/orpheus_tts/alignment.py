@@ -15,7 +15,7 @@ Two steps, both cheap on a CPU:
    together) keep Whisper's estimate. The first word starts at the first loud frame, the last
    ends at the last one.
 
-Measured on this CPU (tests/test_orpheus_alignment.py, README): see the README's table.
+Measured on this CPU (tests/test_orpheus_alignment.py): see docs/tts.md's table.
 """
 
 from __future__ import annotations

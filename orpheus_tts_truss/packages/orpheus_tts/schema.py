@@ -1,5 +1,5 @@
 """The WebSocket protocol's typed edge, in one place: every frame a client may send and every
-event the server sends, parsed once (the README's protocol section is tested against this).
+event the server sends, parsed once (docs/tts.md's protocol tables are tested against this).
 
 Compatible with Baseten's published Orpheus client: ``{"voice", "max_tokens", "buffer_size"}``
 plus optional ``temperature``, ``top_p``, ``repetition_penalty``. Then text frames of words,

@@ -22,7 +22,7 @@ class WindowPolicy:
     """Streaming window geometry, in frames (1 frame = 7 tokens = 2048 samples = 85.3 ms).
 
     Default 2 left / 1 hop / 2 right: first audio after 21 tokens, seams within 0.07 % of peak of
-    the offline decode (measured; 1 frame of right context is ~3 % off). See the README.
+    the offline decode (measured; 1 frame of right context is ~3 % off). See docs/tts.md.
     """
 
     left_context_frames: int = 2

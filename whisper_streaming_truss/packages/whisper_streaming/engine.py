@@ -5,7 +5,7 @@ decoded in one CTranslate2 batch: partials greedy without timestamps, finals wit
 word timestamps when asked). The encoder runs on ``encoder_context_s`` of audio instead of Whisper's
 fixed 30 s window when that is set (what whisper.cpp calls ``audio_ctx``): on a 2-core CPU with
 tiny.en a 10 s context cut the encoder from ~300 ms to ~20 ms per utterance with the same text on
-the bundled samples (measured; see README). Production keeps the full 30 s window.
+the bundled samples (measured; see docs/benchmarks.md). Production keeps the full 30 s window.
 """
 
 from __future__ import annotations
