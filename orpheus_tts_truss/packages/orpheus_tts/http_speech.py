@@ -120,6 +120,7 @@ class MemorySocket:
 
 
 Runner = Callable[[MemorySocket], Awaitable[None]]  # runs one session on a socket
+_winding_down: set[asyncio.Task] = set()  # sessions of clients that left, still releasing
 
 
 async def speech_chunks(request: SpeechRequest, run: Runner) -> AsyncIterator[bytes | dict]:
@@ -149,7 +150,12 @@ async def speech_chunks(request: SpeechRequest, run: Runner) -> AsyncIterator[by
     finally:
         if not task.done():
             socket.disconnect()  # the HTTP client left: abort like a WebSocket disconnect
-        await asyncio.gather(task, return_exceptions=True)
+        # The session winds down by itself (its core sees the disconnect, aborts the
+        # generation, releases its slot). The response's own cancellation must not cancel it
+        # halfway: it is shielded, and kept referenced until it has finished.
+        _winding_down.add(task)
+        task.add_done_callback(_winding_down.discard)
+        await asyncio.shield(task)
 
 
 def finish_wav(data: bytes) -> bytes:

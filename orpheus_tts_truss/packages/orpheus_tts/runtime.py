@@ -122,6 +122,9 @@ class OrpheusRuntime:
             self.aligner.stop()
 
 
+DUMMY_MIN_FRAMES = 4  # dummy weights speak at least this many frames (the first SNAC window)
+
+
 class WeightsNotFound(RuntimeError):
     """Real weights were asked for and are not there."""
 
@@ -188,7 +191,9 @@ def _build_engine(settings: OrpheusSettings) -> tuple[TokenEngine, Any]:
             max_model_len=settings.max_model_len,
             max_concurrency=settings.transformers_max_concurrency,
             # A random Llama rarely emits audio tokens: constrain it (the plumbing stays real).
-            constraint=AudioConstraint(max_frames=settings.dummy_max_frames),
+            constraint=AudioConstraint(
+                max_frames=settings.dummy_max_frames, min_frames=DUMMY_MIN_FRAMES
+            ),
         )
         return engine, build_dummy_tokenizer()
 

@@ -39,10 +39,16 @@ class AudioConstraint:
     """Restrict sampling to the audio token of the next slot; end with 128258.
 
     ``max_frames`` forces the stop token after that many frames (dummy weights: a random model
-    must end somewhere). The stop token is otherwise allowed at every frame boundary.
+    must end somewhere); ``min_frames`` forbids it before that many (a random model must also say
+    something: it stopped at once on ~1 % of short generations). The stop token is otherwise
+    allowed at every frame boundary.
     """
 
     max_frames: int | None = None
+    min_frames: int = 0
+
+    def may_stop(self, generated: int) -> bool:
+        return generated >= self.min_frames * SLOTS_PER_FRAME
 
     def allowed(self, generated: int, frames_cap: int | None) -> tuple[int, int] | None:
         """Token id range [lo, hi) allowed at this step, or None when only the stop token is."""
@@ -60,6 +66,7 @@ def sample_next(
     params: SamplingParams,
     generator: torch.Generator | None = None,
     allowed: tuple[int, int] | None | bool = False,
+    may_stop: bool = True,
 ) -> int:
     """One sampling step over a (vocab,) logits vector.
 
@@ -77,7 +84,7 @@ def sample_next(
     else:
         lo, hi = allowed
         ids = torch.arange(lo, hi, device=logits.device)
-        if lo == AUDIO_TOKEN_BASE:  # frame boundary: ending here loses nothing
+        if lo == AUDIO_TOKEN_BASE and may_stop:  # frame boundary: ending here loses nothing
             stop = torch.tensor([END_OF_SPEECH_TOKEN_ID], device=logits.device)
             ids = torch.cat([ids, stop])
         candidates = ids
@@ -253,9 +260,11 @@ class TransformersEngine:
             out = self.model(input_ids=input_ids, past_key_values=past, use_cache=True)
             past = out.past_key_values
             allowed: tuple[int, int] | None | bool = False
+            may_stop = True
             if self.constraint is not None:
                 allowed = self.constraint.allowed(generated, frames_cap)
-            token = sample_next(out.logits[0, -1], presence, params, generator, allowed)
+                may_stop = self.constraint.may_stop(generated)
+            token = sample_next(out.logits[0, -1], presence, params, generator, allowed, may_stop)
             push(token)
             if token in stop_ids:
                 return
