@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test test-fast lint image-check gpu-wheels gpu-check soak-whisper soak-orpheus serve-whisper serve-orpheus bench-stt bench-tts deploy-whisper deploy-orpheus clean
 
-$(STAMP): requirements-dev.txt
+$(STAMP): requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	# The project itself, editable: its packages importable and its commands on the venv's PATH.
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -44,7 +46,7 @@ gpu-wheels: venv
 ## The carried wheels go to a private folder, not the machine's site-packages.
 gpu-check:
 	$(PYTHON) -m pip install --quiet --no-index --no-deps --target .gpu_site .gpu_wheels/*.whl
-	PYTHONPATH=.gpu_site $(PYTHON) scripts/gpu_check.py --out bench_results/gpu_check.json
+	PYTHONPATH=.gpu_site:.:shared:orpheus_tts_truss/packages $(PYTHON) scripts/gpu_check.py --out bench_results/gpu_check.json
 
 ## Reliability soak on the local server (fuzz, disconnect storm, overload, RSS); not in CI.
 soak-whisper: venv

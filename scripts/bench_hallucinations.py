@@ -16,10 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scripts.stt_client import FRAME_SAMPLES, frames_of, stream, v1_metadata  # noqa: E402
+from scripts.stt_client import FRAME_SAMPLES, frames_of, stream, v1_metadata
 
 RATE = 16000
 FULL_SCALE = 32767

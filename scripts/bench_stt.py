@@ -23,17 +23,16 @@ import json
 import os
 import platform
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from scripts.stt_client import FRAME_SAMPLES, frames_of, read_wav, stream, v1_metadata
 
-from scripts.stt_client import FRAME_SAMPLES, frames_of, read_wav, stream, v1_metadata  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 
 SAMPLES = REPO_ROOT / "samples"
 DEFAULT_FILES = ("speech_en", "weather_en", "order_en")

@@ -36,16 +36,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [
-    str(REPO_ROOT),
-    str(REPO_ROOT / "scripts"),
-    str(REPO_ROOT / "shared"),
-    str(REPO_ROOT / "orpheus_tts_truss" / "packages"),
-]
+from scripts.stats import percentile
+from scripts.tts_client import EventSession, TTSResult, stream_tts
 
-from stats import percentile  # noqa: E402
-from tts_client import EventSession, TTSResult, stream_tts  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 
 logger = logging.getLogger("bench_tts")
 

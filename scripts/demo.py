@@ -13,11 +13,10 @@ import asyncio
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from scripts.serving import serve_truss
+from scripts.stt_client import FRAME_SAMPLES, _print, frames_of, read_wav, stream, v1_metadata
 
-from scripts.serving import serve_truss  # noqa: E402
-from scripts.stt_client import FRAME_SAMPLES, _print, frames_of, read_wav, stream, v1_metadata  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

@@ -25,13 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a file: make `scripts.*` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scripts import promote as promote_mod  # noqa: E402
-from scripts import push as push_mod  # noqa: E402
-from scripts import smoke_test  # noqa: E402
-from scripts.baseten_api import (  # noqa: E402
+from scripts import promote as promote_mod
+from scripts import push as push_mod
+from scripts import smoke_test
+from scripts.baseten_api import (
     BasetenApiError,
     ConfigError,
     DeploymentFailedError,

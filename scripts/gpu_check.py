@@ -32,14 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [
-    str(REPO_ROOT / "scripts"),
-    str(REPO_ROOT / "shared"),
-    str(REPO_ROOT / "orpheus_tts_truss" / "packages"),
-]
+from scripts.stats import percentile
 
-from stats import percentile  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 
 DEFAULT_OUT = REPO_ROOT / "bench_results" / "gpu_check.json"
 DEFAULT_BUDGET_S = 450.0  # the check must finish within 8 minutes, start-up included

@@ -24,10 +24,7 @@ from pathlib import Path
 
 import yaml
 
-if __package__ in (None, ""):  # run as a file: make `scripts.*` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scripts.serve import build_context  # noqa: E402
+from scripts.serve import build_context
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -152,13 +151,20 @@ def build_language_clips(workdir: Path) -> None:
     (LANG_DIR / "clips.json").write_text(json.dumps(texts, indent=2, ensure_ascii=False) + "\n")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Regenerate the espeak-ng samples in samples/.")
+    parser.add_argument(
+        "--languages-only", action="store_true", help="only samples/lang (keep the tuned ones)"
+    )
+    args = parser.parse_args(argv)
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is required: apt-get install espeak-ng sox")
     SAMPLES_DIR.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        if "--languages-only" not in sys.argv:  # espeak-ng versions differ: keep the tuned ones
+        if not args.languages_only:  # espeak-ng versions differ: keep the tuned ones
             for name, sentences in SAMPLES.items():
                 build(name, sentences, Path(tmp))
                 print(f"wrote {SAMPLES_DIR / name}.wav")

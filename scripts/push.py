@@ -28,10 +28,7 @@ from typing import IO, Any
 
 import yaml
 
-if __package__ in (None, ""):  # run as a file: make `scripts.*` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scripts.baseten_api import (  # noqa: E402
+from scripts.baseten_api import (
     ConfigError,
     api_key_from_env,
     deployment_ws_url,

@@ -35,15 +35,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from scripts.serving import serve_truss
+from scripts.stats import percentile
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):
-    sys.path.insert(0, str(REPO_ROOT))
 
-from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
-from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
-
-from scripts.serving import serve_truss  # noqa: E402
-from scripts.stats import percentile  # noqa: E402
 
 FRAME_SAMPLES = 512
 STT_RATE = 16000

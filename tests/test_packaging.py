@@ -1,0 +1,34 @@
+"""The project installs as a package (``make``: ``pip install -e .``): every console command in
+pyproject.toml points at a real ``main``, and the tooling does not edit ``sys.path``."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# serve.py still puts the assembled image's /app and packages/ first on its path, as the image
+# does (its one remaining sys.path edit; see docs/development.md).
+SYS_PATH_EDITS_ALLOWED = {"scripts/serve.py"}
+
+
+def test_console_commands_point_at_main_functions() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    commands = project["scripts"]
+    assert len(commands) >= 10
+    for name, target in commands.items():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), name
+
+
+def test_no_file_edits_sys_path() -> None:
+    edits = {
+        str(path.relative_to(REPO))
+        for base in ("scripts", "shared", "tests", "whisper_streaming_truss", "orpheus_tts_truss")
+        for path in (REPO / base).rglob("*.py")
+        if re.search(r"sys\.path(\.insert|\.append|\[[^\]]*\]\s*=)", path.read_text())
+        and path.name != "test_packaging.py"
+    }
+    assert edits <= SYS_PATH_EDITS_ALLOWED, edits
