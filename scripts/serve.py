@@ -185,11 +185,40 @@ def assemble_app(dirs: RunDirs) -> None:
     shutil.copy2(dirs.context / "config.yaml", dirs.app / "config.yaml")
 
 
-def _prepend_pythonpath(path: Path) -> None:
-    # In-process imports (the model's load thread) and any subprocess the model starts.
-    sys.path.insert(0, str(path))
-    current = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(path) if not current else f"{path}{os.pathsep}{current}"
+RUN_BUILT = "--run-built"  # the re-executed server process (internal)
+
+
+def _exec_server(dirs: RunDirs, sock: socket.socket, url_stream: TextIO) -> None:
+    """Become a fresh interpreter whose import path is the image's: /app (the working
+    directory) and then the context's packages/ (PYTHONPATH, as the image's ENV sets it), with
+    nothing of scripts/ on it that could shadow the model's imports. The listening socket and
+    the URL stream are inherited; the pid stays the same."""
+    env = dict(os.environ)
+    packages = str(dirs.context / "packages")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [packages, env.get("PYTHONPATH")]))
+    os.set_inheritable(url_stream.fileno(), True)
+    url_stream.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.chdir(dirs.app)
+    argv = [sys.executable, "-m", "scripts.serve", RUN_BUILT, str(sock.fileno()),
+            str(url_stream.fileno()), str(dirs.root)]  # fmt: skip
+    os.execve(sys.executable, argv, env)
+
+
+def _run_built(argv: list[str]) -> int:
+    """The server process after ``_exec_server``: serve, then remove the run's build folder."""
+    sock_fd, url_fd, run_root = int(argv[0]), int(argv[1]), Path(argv[2])
+    shutdown = _Shutdown()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, shutdown.handle)
+    sock = socket.socket(fileno=sock_fd)
+    url_stream = os.fdopen(url_fd, "w", buffering=1)
+    try:
+        return run_server(Path.cwd(), sock, url_stream, shutdown)
+    finally:
+        sock.close()
+        shutil.rmtree(run_root, ignore_errors=True)
 
 
 class _LoadFailureRecorder(logging.Handler):
@@ -280,7 +309,6 @@ def _bind(port: int) -> socket.socket:
 def run_server(app_dir: Path, sock: socket.socket, url_stream: TextIO, shutdown: _Shutdown) -> int:
     """Serve the assembled app in this process on the bound socket; returns the exit code."""
     os.chdir(app_dir)  # model_module_dir and data_dir are relative to /app in the image
-    sys.path.insert(0, str(app_dir))
     import uvicorn
     from _truss_shared import log_config
     from truss_server import WS_MAX_MSG_SZ_BYTES, TrussServer
@@ -382,6 +410,14 @@ def _apply_environment(truss_name: str, dummy_weights: bool, context: Path) -> N
 
 def main(argv: list[str] | None = None) -> int:
     """Build, assemble and serve; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [RUN_BUILT]:  # the server process, after the build (see _exec_server)
+        logging.basicConfig(
+            level=logging.INFO,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        )
+        return _run_built(argv[1:])
     # Keep the real stdout for the URL line only; fd 1 (prints, C libraries, subprocesses)
     # goes to stderr.
     url_stream = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
@@ -421,14 +457,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BUILD_FAILED
         if shutdown.requested:
             return EXIT_OK
-        # Drop scripts/ from the path: the image has no such folder, and its modules could
-        # shadow the model's imports.
-        script_dir = str(Path(__file__).resolve().parent)
-        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(script_dir)]
-        _prepend_pythonpath(dirs.context / "packages")
         _apply_environment(truss_name, args.dummy_weights, dirs.context)
-        return run_server(dirs.app, sock, url_stream, shutdown)
-    finally:
+        _exec_server(dirs, sock, url_stream)  # on success never returns: the server owns dirs
+        return EXIT_SERVER_FAILED
+    finally:  # only when this process did not become the server
         sock.close()
         shutil.rmtree(dirs.root, ignore_errors=True)
 
