@@ -55,6 +55,9 @@ OPEN_TIMEOUT_S = 30.0
 NORMAL_CLOSE = 1000
 
 # TTS (Orpheus protocol): s16le mono at 24 kHz.
+# Declared here, not imported from orpheus_tts: the deploy job installs only the deploy tools
+# (truss, jiwer, websockets, httpx, PyYAML), not the trusses' dependencies; tests check that
+# these equal the protocol's own (tests/test_smoke_test.py).
 TTS_SAMPLE_RATE_HZ = 24_000
 TTS_BYTES_PER_SAMPLE = 2
 TTS_END_OF_INPUT = "__END__"

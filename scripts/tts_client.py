@@ -32,11 +32,11 @@ from typing import Any
 
 import aiohttp
 
+from orpheus_tts.schema import END_OF_INPUT
+from orpheus_tts.tokens import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
+
 logger = logging.getLogger("tts_client")
 
-SAMPLE_RATE_HZ = 24_000
-BYTES_PER_SAMPLE = 2
-END_OF_INPUT = "__END__"
 DEFAULT_TEXT = (
     "Hello there! This is Orpheus, streaming speech as the words arrive. "
     "Each sentence starts playing before the next one has been written. <laugh> Pretty neat."

@@ -189,3 +189,36 @@ def test_aborted_ids_are_bounded():
         )
     finally:
         engine.shutdown()
+
+
+async def test_thread_bridge_hands_items_over_in_order_and_fails_on_an_exception():
+    import threading
+
+    from orpheus_tts.engine import DONE, EngineError, ThreadBridge
+
+    bridge = ThreadBridge()
+    thread = threading.Thread(target=lambda: [bridge.push(i) for i in (1, 2, 3, DONE)])
+    thread.start()
+    assert [item async for item in bridge.items("r")] == [1, 2, 3]
+    thread.join()
+    failing = ThreadBridge()
+    failing.push(RuntimeError("boom"))
+    with pytest.raises(EngineError, match="generation r failed: boom"):
+        [item async for item in failing.items("r")]
+
+
+def test_thread_bridge_reports_a_closed_loop():
+    import asyncio
+
+    from orpheus_tts.engine import ThreadBridge
+
+    gone = []
+
+    async def make() -> ThreadBridge:
+        return ThreadBridge(on_gone=lambda: gone.append(True))
+
+    loop = asyncio.new_event_loop()
+    bridge = loop.run_until_complete(make())
+    loop.close()
+    bridge.push(1)
+    assert gone == [True]

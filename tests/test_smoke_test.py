@@ -297,3 +297,19 @@ def test_e2e_tts_smoke_against_orpheus_truss(orpheus_server):
     assert result["ok"] and result["metrics"]["audio_s"] >= st.DEFAULT_MIN_AUDIO_S
     assert result["metrics"]["time_to_first_audio_s"] is not None
     assert result["metrics"]["close_code"] == 1000
+
+
+def test_smoke_constants_equal_the_protocols_own() -> None:
+    """smoke_test declares the protocol constants it needs (the deploy job cannot import the
+    trusses' packages): they must stay the protocol's."""
+    from orpheus_tts.schema import END_OF_INPUT
+    from orpheus_tts.tokens import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
+    from scripts import smoke_test
+    from speech_common.vad import SAMPLE_RATE_HZ as STT_RATE
+
+    assert smoke_test.TTS_END_OF_INPUT == END_OF_INPUT
+    assert (smoke_test.TTS_SAMPLE_RATE_HZ, smoke_test.TTS_BYTES_PER_SAMPLE) == (
+        SAMPLE_RATE_HZ,
+        BYTES_PER_SAMPLE,
+    )
+    assert smoke_test.STT_SAMPLE_RATE_HZ == STT_RATE

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -33,6 +34,37 @@ class SamplingParams:
 
 class EngineError(RuntimeError):
     """The engine failed a request (not a cancellation)."""
+
+
+DONE = object()  # pushed by an engine's thread when a request finished
+
+
+class ThreadBridge:
+    """What an engine's thread produces for one request, handed to the caller's event loop in
+    order: ``push`` from any thread (an item, an exception, or ``DONE``); ``items`` on the loop
+    (create it there). If the caller's loop is gone, ``push`` calls ``on_gone`` instead."""
+
+    def __init__(self, on_gone: Callable[[], None] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._on_gone = on_gone
+
+    def push(self, item: object) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the consumer's loop is closed
+            if self._on_gone is not None:
+                self._on_gone()
+
+    async def items(self, request_id: str) -> AsyncIterator[object]:
+        """Until ``DONE``; an exception pushed by the thread fails the request."""
+        while True:
+            item = await self._queue.get()
+            if item is DONE:
+                return
+            if isinstance(item, BaseException):
+                raise EngineError(f"generation {request_id} failed: {item}") from item
+            yield item
 
 
 @runtime_checkable

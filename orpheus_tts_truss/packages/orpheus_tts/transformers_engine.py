@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from orpheus_tts.engine import EngineError, SamplingParams
+from orpheus_tts.engine import DONE, EngineError, SamplingParams, ThreadBridge
 from orpheus_tts.tokens import (
     AUDIO_TOKEN_BASE,
     CODEBOOK_SIZE,
@@ -30,8 +30,6 @@ from orpheus_tts.tokens import (
 logger = logging.getLogger(__name__)
 
 ABORTED_IDS_KEPT = 1024
-
-_DONE = object()
 
 
 @dataclass(frozen=True)
@@ -159,32 +157,19 @@ class TransformersEngine:
                 f"prompt of {len(prompt_ids)} tokens leaves no room in max_model_len "
                 f"{self.max_model_len}"
             )
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
         self._cancels[request_id] = cancel
-
-        def push(item: object) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the consumer's loop is gone
-                cancel.set()
-
-        job = loop.run_in_executor(
-            self._executor, self._run, prompt_ids, params, max_new, cancel, push
+        bridge = ThreadBridge(on_gone=cancel.set)
+        job = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._run, prompt_ids, params, max_new, cancel, bridge.push
         )
         finished = False
         try:
-            while True:
-                item = await queue.get()
-                if item is _DONE:
-                    finished = True
-                    break
-                if isinstance(item, BaseException):
-                    raise EngineError(f"generation {request_id} failed: {item}") from item
+            async for item in bridge.items(request_id):
                 if item in params.stop_token_ids:
                     finished = True  # the worker ends here too: not an abort
                 yield item  # type: ignore[misc]
+            finished = True
             await job
         finally:
             if not finished:
@@ -234,7 +219,7 @@ class TransformersEngine:
         except BaseException as exc:  # reported to the consumer, never lost in the pool
             push(exc)
             return
-        push(_DONE)
+        push(DONE)
 
     def _decode_loop(
         self,

@@ -22,14 +22,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from orpheus_tts.engine import EngineError, SamplingParams
+from orpheus_tts.engine import DONE, EngineError, SamplingParams, ThreadBridge
 from orpheus_tts.tokens import AUDIO_TOKEN_BASE, SLOTS_PER_FRAME
 
 logger = logging.getLogger(__name__)
 
 ABORTED_IDS_KEPT = 1024
 
-_DONE = object()
 ENGINE_START_TIMEOUT_S = 1800  # weight load + CUDA graph capture of a 3B model, generous
 
 
@@ -135,7 +134,7 @@ class VllmEngine:
                     push(ids)
                 if output.finished:
                     break
-            push(_DONE)
+            push(DONE)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -144,31 +143,18 @@ class VllmEngine:
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncIterator[int]:
-        caller = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-
-        def push(item: object) -> None:
-            try:
-                caller.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # caller loop closed; the finally below aborts
-                pass
-
+        bridge = ThreadBridge()  # a closed caller loop: the finally below aborts
         pump: concurrent.futures.Future = asyncio.run_coroutine_threadsafe(
-            self._pump(request_id, prompt_ids, params, push), self._loop
+            self._pump(request_id, prompt_ids, params, bridge.push), self._loop
         )
         finished = False
         try:
-            while True:
-                item = await queue.get()
-                if item is _DONE:
-                    finished = True
-                    break
-                if isinstance(item, BaseException):
-                    raise EngineError(f"generation {request_id} failed: {item}") from item
-                for token in item:
+            async for item in bridge.items(request_id):
+                for token in item:  # type: ignore[attr-defined]
                     if token in params.stop_token_ids:
                         finished = True  # vLLM finishes the request with this token
                     yield token
+            finished = True
         finally:
             if not finished:
                 pump.cancel()  # cancels the pump task on the engine loop → vLLM aborts
