@@ -29,9 +29,13 @@ class _Orpheus:
         from speech_common.settings import resolve
         from speech_common.ws import SessionGate
 
-        metadata = resolve(self._config.get("model_metadata") or {})
+        metadata = self._config.get("model_metadata") or {}
+        # Each key's environment override is applied once: the runtime settings resolve their
+        # own keys (defaults included), the session limits their tts_* keys.
         settings = OrpheusSettings.from_metadata(metadata)
-        self._limits = SessionLimits.from_metadata(metadata)
+        self._limits = SessionLimits.from_metadata(
+            resolve({k: v for k, v in metadata.items() if k.startswith("tts_")})
+        )
         self._gate = SessionGate(self._limits.max_sessions)
         self._admission = Admission(
             AdmissionPolicy(
