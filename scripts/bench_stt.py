@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scripts.stats import percentile
 from scripts.stt_client import FRAME_SAMPLES, frames_of, read_wav, stream, v1_metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -115,9 +116,8 @@ async def one_session(url: str, name: str, api_key: str | None, delay_s: float) 
 
 
 def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return float(np.percentile(values, q))
+    """The benchmarks' one percentile definition (scripts.stats: nearest rank)."""
+    return percentile(values, q)
 
 
 def offline_transcripts(files: list[str]) -> dict[str, str]:

@@ -38,12 +38,13 @@ import jiwer
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from scripts.auth import api_key_headers, is_local
+
 logger = logging.getLogger("smoke_test")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STT_SAMPLE = REPO_ROOT / "samples" / "speech_en.wav"
 API_KEY_ENV = "BASETEN_API_KEY"
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
 
 # Handshake retries: Baseten answers 503 while a deployment loads or wakes (GPU cold starts take
 # minutes); 502/504 are the gateway's own transient answers.
@@ -128,11 +129,6 @@ class SmokeResult:
     error: str | None = None
 
 
-def is_local(url: str) -> bool:
-    """Whether the URL points at this machine (no API key needed)."""
-    return (urlsplit(url).hostname or "") in LOCAL_HOSTS
-
-
 def normalize_text(text: str) -> str:
     """Lower case, no punctuation, small numbers as words, single spaces (for WER)."""
     words = _PUNCTUATION.sub(" ", text.lower()).split()
@@ -149,12 +145,6 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     return float(jiwer.wer(ref, hyp))
 
 
-def _headers(options: SmokeOptions) -> dict[str, str]:
-    if options.api_key and not is_local(options.url):
-        return {"Authorization": f"Api-Key {options.api_key}"}
-    return {}
-
-
 async def connect_with_retry(
     options: SmokeOptions, metrics: dict[str, Any], *, sleep=asyncio.sleep
 ) -> ClientConnection:
@@ -169,7 +159,7 @@ async def connect_with_retry(
         try:
             ws = await connect(
                 options.url,
-                additional_headers=_headers(options),
+                additional_headers=api_key_headers(options.url, options.api_key),
                 open_timeout=OPEN_TIMEOUT_S,
                 max_size=None,
                 proxy=None if is_local(options.url) else True,

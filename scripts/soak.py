@@ -29,7 +29,6 @@ import random
 import sys
 import time
 import urllib.request
-import wave
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -40,6 +39,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from scripts.serving import serve_truss
 from scripts.stats import percentile
+from scripts.stt_client import read_wav
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,8 +87,7 @@ class PhaseResult:
 
 
 def load_speech() -> bytes:
-    with wave.open(str(REPO_ROOT / "samples" / "speech_en.wav"), "rb") as w:
-        return w.readframes(w.getnframes())
+    return read_wav(REPO_ROOT / "samples" / "speech_en.wav").tobytes()
 
 
 def metrics_gauges(http_url: str, names: tuple[str, ...]) -> dict[str, float]:

@@ -26,6 +26,8 @@ import numpy as np
 import soxr
 import websockets
 
+from scripts.auth import api_key_headers
+
 FRAME_SAMPLES = 512  # the published client's frame: 32 ms at 16 kHz
 CLIENT_RATE_HZ = 16000
 
@@ -76,12 +78,6 @@ def v1_metadata(
     }
 
 
-def auth_headers(url: str, api_key: str | None) -> dict[str, str]:
-    if api_key and not url.startswith(("ws://127.0.0.1", "ws://localhost")):
-        return {"Authorization": f"Api-Key {api_key}"}
-    return {}
-
-
 async def stream(
     url: str,
     frames: list[bytes],
@@ -97,7 +93,7 @@ async def stream(
     """Send metadata, then frames (paced), then end_audio; collect messages until the server closes."""
     result = Result()
     async with websockets.connect(
-        url, additional_headers=auth_headers(url, api_key), max_size=None, open_timeout=30
+        url, additional_headers=api_key_headers(url, api_key), max_size=None, open_timeout=30
     ) as ws:
         t0 = time.monotonic()
         await ws.send(json.dumps(metadata))
@@ -168,7 +164,7 @@ async def _mic(url: str, metadata: dict, api_key: str | None) -> None:
     def callback(indata, _frames, _time, _status) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, bytes(indata))
 
-    async with websockets.connect(url, additional_headers=auth_headers(url, api_key)) as ws:
+    async with websockets.connect(url, additional_headers=api_key_headers(url, api_key)) as ws:
         await ws.send(json.dumps(metadata))
         t0 = time.monotonic()
 

@@ -34,6 +34,7 @@ import aiohttp
 
 from orpheus_tts.schema import END_OF_INPUT
 from orpheus_tts.tokens import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
+from scripts.auth import api_key_headers
 
 logger = logging.getLogger("tts_client")
 
@@ -116,7 +117,7 @@ async def stream_tts(
 ) -> TTSResult:
     """One session: send ``config``, then each word of ``text``, then ``__END__``; collect audio."""
     result = TTSResult()
-    headers = {"Authorization": f"Api-Key {api_key}"} if api_key else {}
+    headers = api_key_headers(url, api_key)
     words = text.split()
     first_sentence_end = next(
         (i for i, w in enumerate(words) if _SENTENCE_END.search(w)), len(words) - 1
@@ -190,8 +191,7 @@ class EventSession:
     async def open(
         cls, http: aiohttp.ClientSession, url: str, config: dict[str, Any], api_key: str | None
     ) -> EventSession:
-        headers = {"Authorization": f"Api-Key {api_key}"} if api_key else {}
-        ws = await _connect(http, url, headers)
+        ws = await _connect(http, url, api_key_headers(url, api_key))
         await ws.send_json({**config, "events": True})
         session = cls(ws)
         session.created = await session.wait_for("session_created")

@@ -24,18 +24,18 @@ import aiohttp
 import msgpack
 import websockets
 
+from scripts.auth import api_key_headers
+
 MODEL = "canopylabs/orpheus-3b-0.1-ft"
-
-
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Api-Key {api_key}"} if api_key else {}
 
 
 async def together(url: str, text: str, api_key: str | None, alignment: bool = False) -> bytes:
     """Together's WebSocket example: settings in the query string, wait for session.created,
     append + commit, base64 audio deltas until the item is done."""
     query = f"?model={MODEL}&voice=tara" + ("&alignment=word" if alignment else "")
-    async with websockets.connect(url + query, additional_headers=_headers(api_key)) as ws:
+    async with websockets.connect(
+        url + query, additional_headers=api_key_headers(url, api_key)
+    ) as ws:
         session = json.loads(await ws.recv())
         print("session:", session["session"]["id"])
         await ws.send(json.dumps({"type": "input_text_buffer.append", "text": text}))
@@ -56,7 +56,7 @@ async def together(url: str, text: str, api_key: str | None, alignment: bool = F
 
 async def fish(url: str, text: str, api_key: str | None, fmt: str = "mp3") -> bytes:
     """Fish Audio's live example: MessagePack start / text / stop; audio until finish."""
-    async with websockets.connect(url, additional_headers=_headers(api_key)) as ws:
+    async with websockets.connect(url, additional_headers=api_key_headers(url, api_key)) as ws:
         request = {"text": "", "format": fmt, "reference_id": "tara", "latency": "balanced"}
         await ws.send(msgpack.packb({"event": "start", "request": request}))
         await ws.send(msgpack.packb({"event": "text", "text": text}))
@@ -77,7 +77,7 @@ async def http(url: str, text: str, api_key: str | None, fmt: str = "mp3") -> by
     """The HTTP flavour: Together's speech request body; the audio file back."""
     body = {"model": MODEL, "input": text, "voice": "tara", "response_format": fmt}
     async with aiohttp.ClientSession() as session:
-        async with session.post(url, json=body, headers=_headers(api_key)) as response:
+        async with session.post(url, json=body, headers=api_key_headers(url, api_key)) as response:
             data = await response.read()
             if response.status != 200:
                 raise RuntimeError(f"{response.status}: {data[:300]!r}")
