@@ -229,6 +229,22 @@ def test_slow_client_holds_the_lookahead() -> None:
     assert len(h.started) == 3
 
 
+def engine_step(h: Harness, action: str, running: list[int], data: st.DataObject) -> bool:
+    """The engine's and the socket's side of an interleaving: a chunk, a generation's end
+    (failed now and then), a write acknowledged. False when the action is not one of these."""
+    if action == "chunk" and running:
+        h.chunk(data.draw(st.sampled_from(running)))
+    elif action == "done" and running:
+        h.done(data.draw(st.sampled_from(running)))
+    elif action == "fail" and running and data.draw(st.integers(0, 9)) == 0:
+        h.done(data.draw(st.sampled_from(running)), error=True)
+    elif action == "ack" and h.unacked:
+        h.ack()
+    else:
+        return action in ("chunk", "done", "fail", "ack")  # nothing to do for it now
+    return True
+
+
 ACTIONS = st.sampled_from(
     ["word"] * 6 + ["chunk"] * 6 + ["done"] * 4 + ["ack"] * 6 + ["fail", "tick", "binary"]
 )
@@ -270,14 +286,8 @@ def test_every_interleaving_ends_and_keeps_order(
         running = sorted(h.live.keys() - h.finished)
         if action == "word":
             h.text(next(words))
-        elif action == "chunk" and running:
-            h.chunk(data.draw(st.sampled_from(running)))
-        elif action == "done" and running:
-            h.done(data.draw(st.sampled_from(running)))
-        elif action == "fail" and running and data.draw(st.integers(0, 9)) == 0:
-            h.done(data.draw(st.sampled_from(running)), error=True)
-        elif action == "ack" and h.unacked:
-            h.ack()
+        elif engine_step(h, action, running, data):
+            pass
         elif action == "tick":
             h.now += data.draw(st.sampled_from([0.5, 11.0]))
             h.apply(h.core.on_timer(h.now))
@@ -463,14 +473,8 @@ def test_every_event_interleaving_ends_and_keeps_its_promises(
             h.text(json.dumps({"type": "update", "voice": data.draw(st.sampled_from(VOICES))}))
         elif action == "badctl":
             h.text('{"type": "nope"}')
-        elif action == "chunk" and running:
-            h.chunk(data.draw(st.sampled_from(running)))
-        elif action == "done" and running:
-            h.done(data.draw(st.sampled_from(running)))
-        elif action == "fail" and running and data.draw(st.integers(0, 9)) == 0:
-            h.done(data.draw(st.sampled_from(running)), error=True)
-        elif action == "ack" and h.unacked:
-            h.ack()
+        elif engine_step(h, action, running, data):
+            pass
         elif action == "tick":
             h.now += 0.5
             h.apply(h.core.on_timer(h.now))
