@@ -239,3 +239,31 @@ async def test_word_timestamps_event_before_audio_done(orpheus_server: Any) -> N
     assert [w["word"] for w in stamps["words"]] == ["Words", "with", "times."]
     assert all(done["start_s"] <= w["start_s"] <= w["end_s"] <= done["end_s"] + 1e-3
                for w in stamps["words"])  # fmt: skip
+
+
+@pytest.mark.parametrize("point", ["after_flush", "first_audio", "aligning"])
+async def test_event_session_left_at_any_point_frees_everything(
+    orpheus_server: Any, point: str
+) -> None:
+    """A client of the event protocol leaving mid-turn (just after ``flush``, at the first
+    audio, or with word timestamps on, while its audio is kept for the aligner): the generation
+    is aborted and no session, generation or slot stays active."""
+    from tests.test_orpheus_e2e import metric
+
+    config = {**SHORT_CONFIG, "max_tokens": 2000, "word_timestamps": point == "aligning"}
+    async with aiohttp.ClientSession() as http:
+        session = await EventSession.open(http, orpheus_server.ws_url, config, None)
+        await session.say("A long answer that keeps the engine busy for quite a while now.")
+        sent = await session.control("flush")
+        if point != "after_flush":
+            await session.wait_audio(sent)
+        await session.close()
+    for _ in range(500):
+        text = orpheus_server.metrics_text()
+        if (
+            metric(text, "orpheus_active_sessions") == 0
+            and metric(text, "orpheus_active_generations") == 0
+        ):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the session or its generation stayed active")
