@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from scripts.serving import ADMISSION_OFF, serve_truss
 
-        with serve_truss("whisper_streaming_truss", env=ADMISSION_OFF["whisper"]) as served:
+        with serve_truss("whisper_streaming_truss", env=ADMISSION_OFF) as served:
             report = run(served.ws_url)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

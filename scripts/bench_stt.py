@@ -299,7 +299,7 @@ def main() -> None:
         from scripts.serving import ADMISSION_OFF, serve_truss
 
         # Admission control off: the benchmark looks for the knee itself.
-        with serve_truss("whisper_streaming_truss", env=ADMISSION_OFF["whisper"]) as server:
+        with serve_truss("whisper_streaming_truss", env=ADMISSION_OFF) as server:
             rows = bench(server.ws_url)
 
     ok = [

@@ -140,7 +140,7 @@ def snac_section() -> dict[str, Any]:
     """Batched vs one-at-a-time SNAC decode throughput, and tokens before the first audio."""
     import torch
 
-    from orpheus_tts.runtime import OrpheusSettings
+    from orpheus_tts.settings import OrpheusSettings
     from orpheus_tts.snac_decoder import SnacCodec, build_snac, decode_throughput
 
     policy = OrpheusSettings().window_policy  # what the server runs
@@ -264,7 +264,7 @@ def local_server(dummy_weights: bool) -> Iterator[Any]:
         "orpheus_tts_truss",
         dummy_weights=dummy_weights,
         start_timeout_s=timeout_s,
-        env=ADMISSION_OFF["orpheus"],
+        env=ADMISSION_OFF,
     ) as served:
         yield served
 

@@ -51,7 +51,7 @@ CPU_DEFAULTS: dict[str, dict[str, str]] = {
         # text on the bundled samples (see whisper_streaming/engine.py). One CTranslate2 thread:
         # with two, OpenMP's spinning team fought the event loop and VAD for the 2 cores and
         # single finals took 1.2-5 s instead of ~0.2 s under load (measured with serve.py).
-        "ENCODER_CONTEXT_S": "10",
+        "WHISPER_ENCODER_CONTEXT_S": "10",
         "WHISPER_CPU_THREADS": "1",
         # Real-time sessions with final p95 under 1 s on 2 cores (bench_stt.py --capacity: 6).
         "ADMISSION_CAPACITY_SESSIONS": "6",
@@ -63,10 +63,10 @@ CPU_DEFAULTS: dict[str, dict[str, str]] = {
         # hop 1 + batches 1.20 / 7.92; one window at a time 1.26 / 4.41; hop 2 0.90 / 4.44;
         # hop 2 + one at a time 0.84 / 3.07. Batched convolutions lose on CPU, and hop 2 halves
         # the redundant context decoded per output frame (first audio after 28 tokens, not 21).
-        "DECODE_MAX_BATCH": "1",
+        "SNAC_MAX_BATCH": "1",
         "SNAC_HOP_FRAMES": "2",
         # Sessions with first audio p95 under 2 s on 2 cores with dummy weights (scripts/soak.py).
-        "TTS_ADMISSION_CAPACITY_SESSIONS": "2",
+        "ADMISSION_CAPACITY_SESSIONS": "2",
     },
 }
 DUMMY_WEIGHTS_OVERRIDES: dict[str, dict[str, str]] = {

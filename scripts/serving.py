@@ -32,19 +32,12 @@ HTTP_TIMEOUT_S = 10.0
 STDERR_TAIL_CHARS = 4000
 WS_URL_PREFIX = "ws://"
 
-# Admission control off, by truss: for functional e2e tests that load 2 cores beyond their
-# latency capacity, and for benchmarks that look for the knee themselves.
+# Admission control off (the same keys in both trusses): for functional e2e tests that load 2
+# cores beyond their latency capacity, and for benchmarks that look for the knee themselves.
 ADMISSION_OFF = {
-    "whisper": {
-        "ADMISSION_CAPACITY_SESSIONS": "64",
-        "ADMISSION_TARGET_UTILISATION": "1000",
-        "ADMISSION_MAX_QUEUE_WAIT_S": "1000",
-    },
-    "orpheus": {
-        "TTS_ADMISSION_CAPACITY_SESSIONS": "64",
-        "TTS_ADMISSION_TARGET_UTILISATION": "1000",
-        "TTS_ADMISSION_MAX_QUEUE_WAIT_S": "1000",
-    },
+    "ADMISSION_CAPACITY_SESSIONS": "64",
+    "ADMISSION_TARGET_UTILISATION": "1000",
+    "ADMISSION_MAX_QUEUE_WAIT_S": "1000",
 }
 
 

@@ -31,7 +31,7 @@ def echo_server() -> Iterator[ServedTruss]:
 def whisper_server() -> Iterator[ServedTruss]:
     """whisper_streaming_truss on the real Truss server (CPU defaults without a GPU)."""
     with serve_truss(
-        WHISPER_TRUSS_DIR, start_timeout_s=START_TIMEOUT_S, env=ADMISSION_OFF["whisper"]
+        WHISPER_TRUSS_DIR, start_timeout_s=START_TIMEOUT_S, env=ADMISSION_OFF
     ) as served:
         yield served
 
@@ -57,7 +57,7 @@ def orpheus_server(aligner_env: dict[str, str]) -> Iterator[ServedTruss]:
         ORPHEUS_TRUSS_DIR,
         dummy_weights=True,
         start_timeout_s=START_TIMEOUT_S,
-        env={**ADMISSION_OFF["orpheus"], **aligner_env},
+        env={**ADMISSION_OFF, **aligner_env},
     ) as served:
         yield served
 
@@ -69,7 +69,7 @@ def orpheus_http_server(aligner_env: dict[str, str]) -> Iterator[ServedTruss]:
         ORPHEUS_TRUSS_DIR,
         dummy_weights=True,
         start_timeout_s=START_TIMEOUT_S,
-        env={**ADMISSION_OFF["orpheus"], **aligner_env},
+        env={**ADMISSION_OFF, **aligner_env},
         config="config_http.yaml",
     ) as served:
         yield served

@@ -94,7 +94,8 @@ def _dying_codec() -> Any:
 
 
 def _orpheus_model(engine: Any) -> Any:
-    from orpheus_tts.runtime import OrpheusRuntime, OrpheusSettings
+    from orpheus_tts.runtime import OrpheusRuntime
+    from orpheus_tts.settings import OrpheusSettings
     from orpheus_tts.snac_decoder import SnacDecodeService
 
     decoder = SnacDecodeService(_dying_codec(), max_batch=1, max_wait_ms=0).start()

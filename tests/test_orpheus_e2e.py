@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from orpheus_tts.schema import MAX_TOKENS_LIMIT
-from orpheus_tts.session import SessionLimits
+from orpheus_tts.settings import SessionLimits
 from orpheus_tts.tokens import BYTES_PER_SAMPLE, SAMPLES_PER_FRAME
 
 pytestmark = pytest.mark.e2e

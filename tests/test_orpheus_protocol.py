@@ -5,7 +5,6 @@ it started, respect the per-session generation bounds, and send audio in text or
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 
 from orpheus_tts.prompt import DEFAULT_VOICE, VOICES
 from orpheus_tts.protocol import TtsCore
-from orpheus_tts.session import SessionLimits
+from orpheus_tts.settings import SessionLimits
 from speech_common.driver import (
     Cancel,
     Close,
@@ -267,9 +266,7 @@ ACTIONS = st.sampled_from(
 def test_every_interleaving_ends_and_keeps_order(
     lookahead, engine, config, actions, end_at, disconnect_at, data
 ):
-    limits = dataclasses.replace(
-        SessionLimits(), lookahead_generations=lookahead, engine_generations=engine
-    )
+    limits = SessionLimits(lookahead_generations=lookahead, engine_generations=engine)
     h = Harness(limits=limits)
     if config == "good":
         h.text(CONFIG)
@@ -449,9 +446,7 @@ EVENT_ACTIONS = st.sampled_from(
 def test_every_event_interleaving_ends_and_keeps_its_promises(
     lookahead, engine, actions, disconnect_at, data
 ):
-    limits = dataclasses.replace(
-        SessionLimits(), lookahead_generations=lookahead, engine_generations=engine
-    )
+    limits = SessionLimits(lookahead_generations=lookahead, engine_generations=engine)
     h = Harness(limits=limits)
     h.text(EVENTS)
     words = iter([f"{w} " for w in WORDS * 5])

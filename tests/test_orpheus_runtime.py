@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from orpheus_tts.engine import SamplingParams
-from orpheus_tts.runtime import OrpheusSettings, WeightsNotFound, load_runtime
+from orpheus_tts.runtime import WeightsNotFound, load_runtime
+from orpheus_tts.settings import OrpheusSettings
 from orpheus_tts.tokens import END_OF_SPEECH_TOKEN_ID
 
 
@@ -24,12 +25,12 @@ from orpheus_tts.tokens import END_OF_SPEECH_TOKEN_ID
 def test_settings_from_metadata_with_env_overrides():
     s = OrpheusSettings.from_metadata(
         {"orpheus_engine": "vllm", "max_model_len": 8192, "unrelated": 1, "snac_noise": True},
-        environ={"ORPHEUS_ENGINE": "transformers", "SNAC_NOISE": "0", "DECODE_MAX_BATCH": "4"},
+        environ={"ORPHEUS_ENGINE": "transformers", "SNAC_NOISE": "0", "SNAC_MAX_BATCH": "4"},
     )
     assert s.orpheus_engine == "transformers"
     assert s.max_model_len == 8192
     assert s.snac_noise is False
-    assert s.decode_max_batch == 4  # env override of a key config.yaml does not list
+    assert s.snac_max_batch == 4  # env override of a key config.yaml does not list
     assert s.orpheus_model_dir == "/app/weights/orpheus"
     assert s.window_policy.tokens_before_first_audio == 21
 
@@ -223,7 +224,7 @@ async def test_checkpoint_directories_load_and_serve_on_transformers(weights_dir
             "orpheus_model_dir": str(orpheus_dir),
             "snac_model_dir": str(snac_dir),
             "max_model_len": 512,
-            "decode_max_batch": 2,
+            "snac_max_batch": 2,
             "orpheus_constrain_audio": True,  # real weights: off by default; on here so a
             # random model yields frames (the unmasked path is tested in test_orpheus_engine)
         },
@@ -272,7 +273,7 @@ def test_vllm_starts_before_this_process_touches_cuda(weights_dirs, fake_vllm, m
             "orpheus_model_dir": str(orpheus_dir),
             "snac_model_dir": str(snac_dir),
             "max_model_len": 512,
-            "decode_max_batch": 1,
+            "snac_max_batch": 1,
         },
         environ={},
     )

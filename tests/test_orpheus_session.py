@@ -13,7 +13,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from orpheus_tts.prompt import DEFAULT_VOICE, VOICES
-from orpheus_tts.session import SessionLimits, TTSSession
+from orpheus_tts.session import TTSSession
+from orpheus_tts.settings import SessionLimits
 from speech_common.ws import CloseCode, SessionGate
 
 CONFIG = {"voice": "tara", "max_tokens": 2000, "buffer_size": 10}
@@ -332,7 +333,7 @@ async def test_bad_input_gets_typed_error_and_1008(frames: list[Any], error_type
 
 async def test_config_timeout() -> None:
     ws, synth = FakeWebSocket(), FakeSynthesizer()
-    await asyncio.wait_for(_session(ws, synth, SessionLimits(config_timeout_s=0.05)).run(), 2)
+    await asyncio.wait_for(_session(ws, synth, SessionLimits(first_frame_timeout_s=0.05)).run(), 2)
     assert ws.close_code == CloseCode.POLICY_VIOLATION
     assert ws.json_frames[0]["body"]["error_type"] == "timeout"
 
@@ -389,11 +390,12 @@ async def test_overloaded_replica_refuses_with_1013() -> None:
 
 def test_limits_from_metadata() -> None:
     limits = SessionLimits.from_metadata(
-        {"tts_max_frame_chars": 10, "tts_lookahead_generations": "2", "orpheus_engine": "vllm"}
+        {"max_frame_chars": 10, "lookahead_generations": "2", "orpheus_engine": "vllm"},
+        environ={},
     )
     assert limits.max_frame_chars == 10 and limits.lookahead_generations == 2
     with pytest.raises(ValueError):
-        SessionLimits.from_metadata({"tts_lookahead_generations": -1})
+        SessionLimits.from_metadata({"lookahead_generations": -1}, environ={})
 
 
 def test_config_yaml_session_limits_are_the_defaults() -> None:
@@ -404,5 +406,5 @@ def test_config_yaml_session_limits_are_the_defaults() -> None:
 
     config = pathlib.Path(__file__).resolve().parents[1] / "orpheus_tts_truss" / "config.yaml"
     metadata = yaml.safe_load(config.read_text())["model_metadata"]
-    assert any(key.startswith("tts_") for key in metadata)
-    assert SessionLimits.from_metadata(metadata) == SessionLimits()
+    assert "max_chunk_chars" in metadata
+    assert SessionLimits.from_metadata(metadata, environ={}) == SessionLimits()

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from orpheus_tts.engine import EngineError, SamplingParams
-from orpheus_tts.runtime import OrpheusRuntime, OrpheusSettings, load_runtime
+from orpheus_tts.runtime import OrpheusRuntime, load_runtime
+from orpheus_tts.settings import OrpheusSettings
 from orpheus_tts.synth import (
     MAX_TOKENS_PER_CHAR,
     MIN_MAX_TOKENS,
@@ -32,8 +33,8 @@ def runtime() -> OrpheusRuntime:
             "orpheus_device": "cpu",
             "orpheus_dummy_weights": True,
             "max_model_len": 512,
-            "decode_max_batch": 2,
-            "dummy_max_frames": DUMMY_FRAMES,
+            "snac_max_batch": 2,
+            "orpheus_dummy_max_frames": DUMMY_FRAMES,
             "snac_noise": False,
         },
         environ={},

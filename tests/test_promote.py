@@ -232,7 +232,7 @@ def test_autoscaling_yaml_validation(tmp_path):
 
 @pytest.mark.parametrize(
     ("truss", "session_cap_key"),
-    [("whisper_streaming_truss", "max_sessions"), ("orpheus_tts_truss", "tts_max_sessions")],
+    [("whisper_streaming_truss", "max_sessions"), ("orpheus_tts_truss", "max_sessions")],
 )
 def test_checked_in_autoscaling_files_are_valid_and_not_the_default(truss, session_cap_key):
     settings = pr.AutoscalingSettings.from_yaml(ROOT / truss / "autoscaling.yaml")

@@ -1,103 +1,107 @@
-"""speech_common.settings.resolve: model_metadata defaults, env overrides coerced to the default's type."""
+"""speech_common.settings.Settings: defaults, model_metadata, env overrides (one coercion rule),
+renamed keys still read."""
 
 from __future__ import annotations
 
+import logging
+from typing import ClassVar, Literal
+
 import pytest
+from pydantic import Field
 
-from speech_common.settings import resolve
-
-DEFAULTS = {
-    "whisper_model": "large-v3-turbo",
-    "speculative_finals": True,
-    "max_sessions": 20,
-    "vad_threshold": 0.5,
-    "languages": ["en", "de"],
-    "limits": {"a": 1},
-    "nothing": None,
-}
+from speech_common.settings import Settings
 
 
-def test_no_env_returns_a_copy_of_the_defaults() -> None:
-    out = resolve(DEFAULTS, {})
-    assert out == DEFAULTS
-    out["max_sessions"] = 1
-    assert DEFAULTS["max_sessions"] == 20
+class Demo(Settings):
+    RENAMED: ClassVar[dict[str, str]] = {"old_sessions": "max_sessions", "tts_flag": "flag"}
+
+    model_name: str = "large-v3-turbo"
+    flag: bool = True
+    max_sessions: int = Field(20, ge=1)
+    threshold: float = 0.5
+    engine: Literal["a", "b"] = "a"
 
 
-def test_none_metadata_is_empty() -> None:
-    assert resolve(None, {"WHISPER_MODEL": "tiny"}) == {}
+def test_defaults_without_metadata_or_env() -> None:
+    assert Demo.from_metadata(None, {}) == Demo()
 
 
-def test_env_var_is_the_upper_case_key() -> None:
-    out = resolve(DEFAULTS, {"WHISPER_MODEL": "tiny", "whisper_model": "ignored", "OTHER": "x"})
-    assert out["whisper_model"] == "tiny"
-    assert "OTHER" not in out and "other" not in out
+def test_metadata_then_env_which_is_the_upper_case_key() -> None:
+    s = Demo.from_metadata(
+        {"model_name": "base", "max_sessions": 3}, {"MODEL_NAME": "tiny", "model_name": "no"}
+    )
+    assert s.model_name == "tiny" and s.max_sessions == 3
+
+
+def test_env_overrides_a_key_the_metadata_does_not_list() -> None:
+    assert Demo.from_metadata({}, {"MAX_SESSIONS": "7"}).max_sessions == 7
 
 
 def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAX_SESSIONS", "3")
-    assert resolve(DEFAULTS)["max_sessions"] == 3
+    assert Demo.from_metadata({}).max_sessions == 3
 
 
 @pytest.mark.parametrize(
     ("raw", "value"),
-    [
-        ("1", True),
-        ("true", True),
-        ("TRUE", True),
-        (" yes ", True),
-        ("on", True),
-        ("0", False),
-        ("false", False),
-        ("No", False),
-        ("off", False),
-        ("", False),
-    ],
-)
+    [("1", True), ("true", True), ("yes", True), ("on", True), ("0", False), ("false", False),
+     ("no", False), ("off", False)],
+)  # fmt: skip
 def test_bool_coercion(raw: str, value: bool) -> None:
-    out = resolve(DEFAULTS, {"SPECULATIVE_FINALS": raw})
-    assert out["speculative_finals"] is value
+    assert Demo.from_metadata({}, {"FLAG": raw}).flag is value
 
 
 @pytest.mark.parametrize("raw", ["maybe", "2", "tru", "enabled"])
-def test_bad_bool_raises_naming_the_variable(raw: str) -> None:
-    with pytest.raises(ValueError, match="SPECULATIVE_FINALS"):
-        resolve(DEFAULTS, {"SPECULATIVE_FINALS": raw})
+def test_bad_bool_raises_naming_the_setting(raw: str) -> None:
+    with pytest.raises(ValueError, match="flag"):
+        Demo.from_metadata({}, {"FLAG": raw})
 
 
-def test_int_float_coercion() -> None:
-    out = resolve(DEFAULTS, {"MAX_SESSIONS": "8", "VAD_THRESHOLD": "0.25"})
-    assert out["max_sessions"] == 8 and type(out["max_sessions"]) is int
-    assert out["vad_threshold"] == 0.25 and type(out["vad_threshold"]) is float
-    # An int literal for a float default is still a float.
-    assert type(resolve(DEFAULTS, {"VAD_THRESHOLD": "1"})["vad_threshold"]) is float
-
-
-@pytest.mark.parametrize(
-    ("key", "raw"), [("MAX_SESSIONS", "8.5"), ("MAX_SESSIONS", "many"), ("VAD_THRESHOLD", "half")]
-)
-def test_bad_numbers_raise(key: str, raw: str) -> None:
-    with pytest.raises(ValueError):
-        resolve(DEFAULTS, {key: raw})
-
-
-def test_list_and_dict_from_json() -> None:
-    out = resolve(DEFAULTS, {"LANGUAGES": '["fr"]', "LIMITS": '{"b": 2}'})
-    assert out["languages"] == ["fr"] and out["limits"] == {"b": 2}
-    with pytest.raises(ValueError):
-        resolve(DEFAULTS, {"LANGUAGES": "fr,de"})
+def test_numbers_are_the_field_type() -> None:
+    s = Demo.from_metadata({}, {"MAX_SESSIONS": "8", "THRESHOLD": "1"})
+    assert s.max_sessions == 8 and type(s.max_sessions) is int
+    assert s.threshold == 1.0 and type(s.threshold) is float
 
 
 @pytest.mark.parametrize(
     ("key", "raw"),
-    [("LANGUAGES", '"fr"'), ("LANGUAGES", '{"a": 1}'), ("LIMITS", "[1]"), ("LIMITS", "3")],
-)
-def test_json_of_the_wrong_type_raises(key: str, raw: str) -> None:
-    with pytest.raises(ValueError, match=key):
-        resolve(DEFAULTS, {key: raw})
+    [("MAX_SESSIONS", "8.5"), ("MAX_SESSIONS", "many"), ("MAX_SESSIONS", "0"),
+     ("THRESHOLD", "half"), ("ENGINE", "c")],
+)  # fmt: skip
+def test_bad_values_fail_the_load_naming_the_setting(key: str, raw: str) -> None:
+    with pytest.raises(ValueError, match=key.lower()):
+        Demo.from_metadata({}, {key: raw})
 
 
-def test_str_and_none_defaults_take_the_raw_string() -> None:
-    out = resolve(DEFAULTS, {"WHISPER_MODEL": " small ", "NOTHING": "x"})
-    assert out["whisper_model"] == " small "
-    assert out["nothing"] == "x"
+def test_str_fields_take_the_raw_string_and_numbers_from_yaml() -> None:
+    assert Demo.from_metadata({}, {"MODEL_NAME": " small "}).model_name == " small "
+    assert Demo.from_metadata({"model_name": 3}, {}).model_name == "3"
+
+
+def test_unknown_metadata_keys_are_ignored_with_a_warning(caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        s = Demo.from_metadata({"typo_key": 1, "example_model_input": {}}, {})
+    assert s == Demo()
+    assert "typo_key" in caplog.text and "example_model_input" not in caplog.text
+
+
+def test_old_names_are_read_and_the_new_name_wins(caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert Demo.from_metadata({"old_sessions": 5}, {}).max_sessions == 5
+    assert "deprecated" in caplog.text
+    assert Demo.from_metadata({"old_sessions": 5, "max_sessions": 6}, {}).max_sessions == 6
+    assert Demo.from_metadata({}, {"TTS_FLAG": "0"}).flag is False
+    assert Demo.from_metadata({}, {"TTS_FLAG": "0", "FLAG": "1"}).flag is True
+
+
+def test_env_names() -> None:
+    assert Demo.env_names("max_sessions") == ["MAX_SESSIONS", "OLD_SESSIONS"]
+    assert Demo.env_names("threshold") == ["THRESHOLD"]
+
+
+def test_settings_are_frozen_and_closed() -> None:
+    s = Demo()
+    with pytest.raises(ValueError):
+        s.max_sessions = 2  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        Demo(nonsense=1)  # type: ignore[call-arg]

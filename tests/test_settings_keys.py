@@ -1,51 +1,105 @@
 """Every ``model_metadata`` key in a truss's config files is a setting the truss reads (a typo
-would otherwise be ignored silently), and every setting without a default is in them."""
+would otherwise be ignored), every setting without a default is in them, and every override the
+tooling sets (CPU stand-in, dummy weights, admission off) names a current setting."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic_core import PydanticUndefined
 
-from orpheus_tts.runtime import OrpheusSettings
-from orpheus_tts.session import SessionLimits
+from orpheus_tts.settings import OrpheusSettings, SessionLimits
+from scripts.serve import CPU_DEFAULTS, DUMMY_WEIGHTS_OVERRIDES
+from scripts.serving import ADMISSION_OFF
+from speech_common.settings import TRUSS_KEYS
 from whisper_streaming.settings import WhisperSettings
 
 REPO = Path(__file__).resolve().parents[1]
-TRUSS_CONVENTIONS = {"example_model_input"}  # read by Truss and people, not by the model
-
-
-def _fields(cls: type) -> dict[str, dataclasses.Field]:
-    if dataclasses.is_dataclass(cls):
-        return {f.name: f for f in dataclasses.fields(cls)}
-    return dict(cls.model_fields)  # pydantic
-
-
-def _required(fields: dict) -> set[str]:
-    missing = dataclasses.MISSING
-    return {
-        name for name, f in fields.items()
-        if getattr(f, "default", missing) is missing
-        and getattr(f, "default_factory", missing) is missing
-    }  # fmt: skip
-
-
-KNOWN = {
-    "whisper_streaming_truss/config.yaml": {**_fields(WhisperSettings)},
-    "orpheus_tts_truss/config.yaml": {
-        **_fields(OrpheusSettings),
-        **{f"tts_{k}": v for k, v in _fields(SessionLimits).items()},
-    },
+SETTINGS = {
+    "whisper_streaming_truss": WhisperSettings,
+    "orpheus_tts_truss": OrpheusSettings,
 }
-KNOWN["orpheus_tts_truss/config_http.yaml"] = KNOWN["orpheus_tts_truss/config.yaml"]
+CONFIGS = {
+    "whisper_streaming_truss/config.yaml": WhisperSettings,
+    "orpheus_tts_truss/config.yaml": OrpheusSettings,
+    "orpheus_tts_truss/config_http.yaml": OrpheusSettings,
+}
 
 
-@pytest.mark.parametrize("config", sorted(KNOWN))
+def _metadata(config: str) -> dict:
+    return yaml.safe_load((REPO / config).read_text())["model_metadata"]
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_every_metadata_key_is_a_setting_and_back(config: str) -> None:
-    metadata = yaml.safe_load((REPO / config).read_text())["model_metadata"]
-    known = KNOWN[config]
-    unknown = set(metadata) - set(known) - TRUSS_CONVENTIONS
+    cls = CONFIGS[config]
+    metadata = _metadata(config)
+    unknown = set(metadata) - set(cls.model_fields) - TRUSS_KEYS
     assert not unknown, f"{config}: model_metadata keys no setting reads: {sorted(unknown)}"
-    assert _required(known) <= set(metadata)
+    required = {n for n, f in cls.model_fields.items() if f.default is PydanticUndefined}
+    assert required <= set(metadata)
+    cls.from_metadata(metadata, environ={})  # valid as checked in
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_checked_in_configs_use_no_deprecated_name(config: str) -> None:
+    assert not set(_metadata(config)) & set(CONFIGS[config].RENAMED)
+
+
+def test_both_trusses_name_the_same_idea_the_same() -> None:
+    shared = {
+        "max_sessions",
+        "admission_capacity_sessions",
+        "admission_max_queue_wait_s",
+        "admission_target_utilisation",
+        "first_frame_timeout_s",
+    }
+    assert shared <= set(WhisperSettings.model_fields) & set(OrpheusSettings.model_fields)
+    for cls in SETTINGS.values():
+        batches = [n for n in cls.model_fields if n.endswith("max_batch")]
+        assert batches and all(n.split("_")[0] in ("whisper", "vad", "snac") for n in batches)
+
+
+def test_renamed_keys_point_at_settings() -> None:
+    for cls in (WhisperSettings, SessionLimits, OrpheusSettings):
+        for old, new in cls.RENAMED.items():
+            assert new in cls.model_fields and old not in cls.model_fields, (old, new)
+
+
+@pytest.mark.parametrize(
+    ("truss", "overrides"),
+    [*((t, o) for t, o in CPU_DEFAULTS.items()),
+     *((t, o) for t, o in DUMMY_WEIGHTS_OVERRIDES.items()),
+     *((t, ADMISSION_OFF) for t in SETTINGS)],
+)  # fmt: skip
+def test_tooling_overrides_are_current_settings_with_valid_values(truss, overrides) -> None:
+    cls = SETTINGS[truss]
+    current = {name.upper() for name in cls.model_fields}
+    assert set(overrides) <= current, set(overrides) - current
+    cls.from_metadata({}, environ=overrides)  # each value parses as its setting's type
+
+
+def test_old_orpheus_session_keys_still_configure_a_deployment() -> None:
+    old = {"tts_max_sessions": 3, "tts_config_timeout_s": 2.5, "decode_max_batch": 8}
+    s = OrpheusSettings.from_metadata(old, environ={"TTS_DIALECT": "fish"})
+    assert (s.max_sessions, s.first_frame_timeout_s, s.snac_max_batch) == (3, 2.5, 8)
+    assert s.dialect == "fish"
+
+
+def test_old_whisper_keys_still_configure_a_deployment() -> None:
+    old = {"max_batch_size": 4, "metadata_timeout_s": 5.0}
+    s = WhisperSettings.from_metadata(old, environ={"ENCODER_CONTEXT_S": "10"})
+    assert (s.whisper_max_batch, s.first_frame_timeout_s) == (4, 5.0)
+    assert s.whisper_encoder_context_s == 10.0
+
+
+@pytest.mark.parametrize(
+    ("cls", "page"), [(WhisperSettings, "docs/stt.md"), (OrpheusSettings, "docs/tts.md")]
+)
+def test_every_setting_is_documented_on_its_page(cls, page) -> None:
+    text = (REPO / page).read_text()
+    assert not [n for n in cls.model_fields if f"`{n}`" not in text]
+    deprecated = [old for old in cls.RENAMED if f"`{old}`" in text]
+    assert not deprecated, f"{page} still names old keys {deprecated}"

@@ -19,7 +19,7 @@ from whisper_streaming.engine import JobKind, Segment, Transcript
 from whisper_streaming.protocol import MAX_AUDIO_FRAME_BYTES, VAD_WORKER, CoreLimits, SttCore
 
 SPEECH, SILENCE = 0.95, 0.01
-METADATA_TIMEOUT_S = 5.0
+FIRST_FRAME_TIMEOUT_S = 5.0
 
 
 def transcript(text: str) -> Transcript:
@@ -31,7 +31,9 @@ class Harness:
     """Feeds a core and checks every command it answers with against the protocol's rules."""
 
     core: SttCore = field(
-        default_factory=lambda: SttCore(CoreLimits(metadata_timeout_s=METADATA_TIMEOUT_S), ["en"])
+        default_factory=lambda: SttCore(
+            CoreLimits(first_frame_timeout_s=FIRST_FRAME_TIMEOUT_S), ["en"]
+        )
     )
     now: float = 0.0
     jobs: dict[int, Submit] = field(default_factory=dict)  # outstanding, as the driver sees them
@@ -148,7 +150,7 @@ def test_utterance_final_and_clean_end() -> None:
 
 def test_metadata_timeout_and_audio_first() -> None:
     h = Harness()
-    h.tick(METADATA_TIMEOUT_S + 0.1)
+    h.tick(FIRST_FRAME_TIMEOUT_S + 0.1)
     assert h.closes[0].error.error_type == "metadata_timeout" and h.core.done
     h = Harness()
     h.audio(100)
@@ -318,13 +320,13 @@ def test_every_interleaving_ends_releases_and_keeps_order(
         elif action == "health":
             h.text({"type": "health_check"})
         elif action == "tick":
-            h.tick(data.draw(st.sampled_from([0.1, 1.0, METADATA_TIMEOUT_S])))
+            h.tick(data.draw(st.sampled_from([0.1, 1.0, FIRST_FRAME_TIMEOUT_S])))
         h.check_order()
     # However it got here, the session ends: the client says end_audio or leaves, or times out.
     if not h.core.done:
         h.text({"type": "end_audio"})
         h.drain()
-        h.tick(METADATA_TIMEOUT_S + 1)
+        h.tick(FIRST_FRAME_TIMEOUT_S + 1)
     if not h.core.done:
         h.disconnect()
     assert h.core.done

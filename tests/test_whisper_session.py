@@ -174,7 +174,7 @@ async def test_overloaded_replica_refuses_new_sessions(scheduler):
 
 async def test_metadata_timeout(scheduler):
     ws = FakeSocket()
-    await session(ws, scheduler, metadata_timeout_s=0.05).run()
+    await session(ws, scheduler, first_frame_timeout_s=0.05).run()
     assert ws.sent[0]["body"]["error_type"] == "metadata_timeout" and ws.closed[0] == 1008
 
 

@@ -23,31 +23,25 @@ class _Orpheus:
 
     def load(self) -> None:
         from orpheus_tts.engine import SamplingParams
-        from orpheus_tts.runtime import OrpheusSettings, load_runtime
-        from orpheus_tts.session import SessionLimits
+        from orpheus_tts.runtime import load_runtime
+        from orpheus_tts.settings import OrpheusSettings
         from speech_common.admission import Admission, AdmissionPolicy
-        from speech_common.settings import resolve
         from speech_common.ws import SessionGate
 
-        metadata = self._config.get("model_metadata") or {}
-        # Each key's environment override is applied once: the runtime settings resolve their
-        # own keys (defaults included), the session limits their tts_* keys.
-        settings = OrpheusSettings.from_metadata(metadata)
-        self._limits = SessionLimits.from_metadata(
-            resolve({k: v for k, v in metadata.items() if k.startswith("tts_")})
-        )
-        self._gate = SessionGate(self._limits.max_sessions)
+        settings = OrpheusSettings.from_metadata(self._config.get("model_metadata"))
+        self._limits = settings  # the session limits are part of the one settings model
+        self._gate = SessionGate(settings.max_sessions)
         self._admission = Admission(
             AdmissionPolicy(
-                capacity_sessions=self._limits.admission_capacity_sessions,
-                max_queue_wait_s=self._limits.admission_max_queue_wait_s,
-                target_utilisation=self._limits.admission_target_utilisation,
+                capacity_sessions=settings.admission_capacity_sessions,
+                max_queue_wait_s=settings.admission_max_queue_wait_s,
+                target_utilisation=settings.admission_target_utilisation,
             )
         )
         self._default_params = SamplingParams()
         logger.info("loading Orpheus runtime (%s)", settings)
         self._runtime = load_runtime(settings)
-        logger.info("Orpheus ready; session limits %s", self._limits)
+        logger.info("Orpheus ready")
 
     def is_healthy(self) -> bool:
         """False once the engine (vLLM's engine core, its loop thread) or the SNAC decode worker

@@ -1,53 +1,87 @@
-"""Production defaults from ``model_metadata``, overridden per key by environment variables.
+"""One settings layer for both trusses: a typed model per truss, filled from ``model_metadata``
+and overridden per key by environment variables.
 
-``config.yaml`` holds what a GPU deployment should run; a local CPU run (``scripts/serve.py``)
-overrides individual keys with env vars named after the key in upper case
-(``whisper_model`` → ``WHISPER_MODEL``). Values are coerced to the type of the default.
+``config.yaml``'s ``model_metadata`` holds what a GPU deployment runs; a local CPU run
+(``scripts/serve.py``) overrides keys with env vars named after the key in upper case
+(``whisper_model`` → ``WHISPER_MODEL``). There is one coercion rule for both: pydantic's own
+(lax) validation of the field's type, so ``"1"``/``"true"``/``"on"`` are booleans and ``"10"`` a
+number, and a value that does not fit fails the load naming the key.
+
+Naming scheme, the same in both trusses:
+- the same idea has the same name (``max_sessions``, ``admission_*``, ``first_frame_timeout_s``);
+- a model's own settings start with the model (``whisper_``, ``vad_``, ``orpheus_``, ``snac_``,
+  ``aligner_``); its batch size is ``<model>_max_batch``, its batch wait ``<model>_max_wait_ms``;
+- engine arguments passed straight through keep the engine's name (vLLM's ``max_model_len``);
+- units are suffixes (``_s``, ``_ms``, ``_chars``, ``_frames``).
+
+Renamed keys keep working: each settings model lists its old names in ``RENAMED``; an old name
+in ``model_metadata`` or the environment is read (the new name wins) and logged as deprecated.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict
 
 logger = logging.getLogger(__name__)
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+# model_metadata keys that Truss and people read, not the model.
+TRUSS_KEYS = frozenset({"example_model_input"})
 
 
-def _coerce(raw: str, default: Any, key: str) -> Any:
-    if isinstance(default, bool):
-        lowered = raw.strip().lower()
-        if lowered in _TRUE:
-            return True
-        if lowered in _FALSE:
-            return False
-        raise ValueError(f"{key.upper()}={raw!r} is not a boolean")
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
-    if isinstance(default, (list, dict)):
-        value = json.loads(raw)
-        if not isinstance(value, type(default)):  # '"fr"' for a list would iterate letters
-            raise ValueError(f"{key.upper()}={raw!r} is not a JSON {type(default).__name__}")
-        return value
-    return raw
+class Settings(BaseModel):
+    """Base of each truss's settings: frozen, typed, one field per ``model_metadata`` key."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True)
 
-def resolve(
-    model_metadata: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """Merge ``model_metadata`` with env overrides (``KEY`` for each ``key``)."""
-    environ = os.environ if environ is None else environ
-    merged = dict(model_metadata or {})
-    for key, default in list(merged.items()):
-        raw = environ.get(key.upper())
-        if raw is not None:
-            merged[key] = _coerce(raw, default, key)
-            logger.info("setting %s overridden from the environment", key)
-    return merged
+    # old key -> current key, for deployments whose config.yaml predates a rename.
+    RENAMED: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def from_metadata(
+        cls, metadata: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None
+    ) -> Self:
+        """The defaults, then ``model_metadata``'s keys, then the environment's (``KEY``)."""
+        environ = os.environ if environ is None else environ
+        values = cls._from_mapping(metadata or {})
+        values.update(cls._from_environment(environ))
+        return cls.model_validate(values)
+
+    @classmethod
+    def env_names(cls, key: str) -> list[str]:
+        """The environment variables that override ``key``: its own, then its old names'."""
+        old = [o for o, new in cls.RENAMED.items() if new == key]
+        return [key.upper(), *(o.upper() for o in old)]
+
+    @classmethod
+    def _from_mapping(cls, metadata: Mapping[str, Any]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for key, value in metadata.items():
+            name = cls.RENAMED.get(key, key)
+            if name not in cls.model_fields:
+                if key not in TRUSS_KEYS:
+                    logger.warning("model_metadata key %r is not a setting; ignored", key)
+                continue
+            if name != key:
+                logger.warning("model_metadata key %r is deprecated: use %r", key, name)
+                if name in metadata:
+                    continue  # both spellings: the current one wins
+            values[name] = value
+        return values
+
+    @classmethod
+    def _from_environment(cls, environ: Mapping[str, str]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            for env_name in cls.env_names(name):
+                if env_name in environ:
+                    values[name] = environ[env_name]
+                    if env_name != name.upper():
+                        logger.warning("%s is deprecated: use %s", env_name, name.upper())
+                    logger.info("setting %s overridden from the environment", name)
+                    break
+        return values

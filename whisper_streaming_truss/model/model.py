@@ -16,10 +16,9 @@ class Model:
         self._gate = None
 
     def load(self) -> None:
-        from speech_common.settings import resolve
         from whisper_streaming.settings import WhisperSettings
 
-        settings = WhisperSettings.from_metadata(resolve(self._config.get("model_metadata", {})))
+        settings = WhisperSettings.from_metadata(self._config.get("model_metadata"))
         if settings.whisper_device == "cuda":
             from whisper_streaming.cuda_libs import preload_cuda_libraries
 
@@ -45,11 +44,11 @@ class Model:
             compute_type=settings.whisper_compute_type,
             cpu_threads=settings.whisper_cpu_threads,
         )
-        engine = WhisperEngine(model, encoder_context_s=settings.encoder_context_s)
+        engine = WhisperEngine(model, encoder_context_s=settings.whisper_encoder_context_s)
         self._scheduler = Scheduler(
             engine,
             SileroVad(),
-            max_batch=settings.max_batch_size,
+            max_batch=settings.whisper_max_batch,
             vad_max_batch=settings.vad_max_batch,
             admission=AdmissionPolicy(
                 capacity_sessions=settings.admission_capacity_sessions,

@@ -179,7 +179,7 @@ class TtsCore:
 
     def start(self, now: float) -> list[Command]:
         self._last_activity = now
-        self._config_deadline = now + self.limits.config_timeout_s
+        self._config_deadline = now + self.limits.first_frame_timeout_s
         return []
 
     def on_timer(self, now: float) -> list[Command]:
@@ -187,7 +187,7 @@ class TtsCore:
         if deadline is None or now < deadline:
             return []
         timeout = (
-            self.limits.config_timeout_s
+            self.limits.first_frame_timeout_s
             if self.phase is Phase.CONFIG
             else self.limits.idle_timeout_s
         )

@@ -1,4 +1,4 @@
-"""Settings and the loaded runtime (engine + tokenizer + SNAC decode service + synthesizer).
+"""The loaded runtime (engine + tokenizer + SNAC decode service + synthesizer).
 
 ``load_runtime(settings)`` is synchronous, for ``model.load()`` (a thread with no event loop): it
 loads everything and warms both the SNAC decoder and the engine before returning. The engine
@@ -9,97 +9,21 @@ thread (see ``vllm_engine``), so it streams to the server loop afterwards.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from orpheus_tts.engine import TokenEngine
+from orpheus_tts.settings import OrpheusSettings
 from orpheus_tts.snac_decoder import SnacCodec, SnacDecodeService, build_snac
-from orpheus_tts.snac_stream import WindowPolicy
 from orpheus_tts.synth import Synthesizer
-from speech_common.settings import resolve
 
 logger = logging.getLogger(__name__)
 
 ORPHEUS_HF_REPO = "canopylabs/orpheus-3b-0.1-ft"
 SNAC_HF_REPO = "hubertsiuzdak/snac_24khz"
-
-
-@dataclass(frozen=True)
-class OrpheusSettings:
-    """Every key is a ``model_metadata`` key; the env var of the same name in upper case wins."""
-
-    orpheus_engine: str = "vllm"  # "vllm" (GPU) | "transformers" (anywhere)
-    orpheus_device: str = "cuda"  # "cuda" | "cpu"
-    orpheus_dummy_weights: bool = False  # random tiny Llama + random SNAC, local tokenizer
-    orpheus_model_dir: str = "/app/weights/orpheus"
-    snac_model_dir: str = "/app/weights/snac"
-    max_model_len: int = 4096  # prompt + generated tokens per generation
-    gpu_memory_utilization: float = 0.85  # vLLM: share of GPU memory (SNAC needs the rest)
-    decode_max_batch: int = 16  # SNAC windows per batched decode
-    decode_max_wait_ms: float = 2.0  # wait this long for a decode batch to fill
-    orpheus_dtype: str = "bfloat16"  # vLLM dtype; transformers: "auto" = bf16 on GPU, fp32 CPU
-    orpheus_quantization: str = ""  # vLLM quantization, e.g. "fp8" on H100; "" = none
-    max_num_seqs: int = 64  # vLLM: concurrent sequences per step
-    enable_prefix_caching: bool = True  # vLLM
-    transformers_max_concurrency: int = 2  # transformers engine: parallel generations (threads)
-    orpheus_constrain_audio: bool = False  # transformers: mask sampling to valid audio slots
-    dummy_max_frames: int = 48  # dummy weights: speech ends after this many frames (4.1 s)
-    snac_left_context_frames: int = 2
-    snac_hop_frames: int = 1
-    snac_right_context_frames: int = 2
-    snac_noise: bool = True  # SNAC's NoiseBlock as trained; False = deterministic decode
-    snac_compile: bool = False  # torch.compile(dynamic=True) the SNAC decoder (GPU)
-    snac_device: str = ""  # "" = orpheus_device
-    # Word timestamps: a CTranslate2 Whisper model directory for the forced aligner
-    # (orpheus_tts.alignment); "" = not offered (sessions asking for them get an error).
-    aligner_model: str = ""
-    aligner_cpu_threads: int = 2
-
-    @classmethod
-    def from_metadata(
-        cls, metadata: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None
-    ) -> OrpheusSettings:
-        """Known keys from ``model_metadata`` (others ignored), then env overrides by key."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        merged = {f.name: f.default for f in dataclasses.fields(cls)}
-        merged.update({k: v for k, v in (metadata or {}).items() if k in names})
-        resolved = resolve(merged, environ)
-        return cls(**{k: _as_type(resolved[k], cls._default(k)) for k in names})
-
-    @classmethod
-    def _default(cls, name: str) -> Any:
-        return next(f.default for f in dataclasses.fields(cls) if f.name == name)
-
-    def __post_init__(self) -> None:
-        if self.orpheus_engine not in ("vllm", "transformers"):
-            raise ValueError(
-                f"orpheus_engine must be vllm or transformers, not {self.orpheus_engine!r}"
-            )
-        if self.orpheus_device not in ("cuda", "cpu"):
-            raise ValueError(f"orpheus_device must be cuda or cpu, not {self.orpheus_device!r}")
-
-    @property
-    def window_policy(self) -> WindowPolicy:
-        return WindowPolicy(
-            self.snac_left_context_frames, self.snac_hop_frames, self.snac_right_context_frames
-        )
-
-
-def _as_type(value: Any, default: Any) -> Any:
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            return value.strip().lower() in ("1", "true", "yes", "on")
-        return bool(value)
-    if isinstance(default, int):
-        return int(value)
-    if isinstance(default, float):
-        return float(value)
-    return str(value)
 
 
 @dataclass
@@ -189,10 +113,10 @@ def _build_engine(settings: OrpheusSettings) -> tuple[TokenEngine, Any]:
             build_dummy_llama(settings.max_model_len),
             device=settings.orpheus_device,
             max_model_len=settings.max_model_len,
-            max_concurrency=settings.transformers_max_concurrency,
+            max_concurrency=settings.orpheus_max_concurrency,
             # A random Llama rarely emits audio tokens: constrain it (the plumbing stays real).
             constraint=AudioConstraint(
-                max_frames=settings.dummy_max_frames, min_frames=DUMMY_MIN_FRAMES
+                max_frames=settings.orpheus_dummy_max_frames, min_frames=DUMMY_MIN_FRAMES
             ),
         )
         return engine, build_dummy_tokenizer()
@@ -224,7 +148,7 @@ def _build_engine(settings: OrpheusSettings) -> tuple[TokenEngine, Any]:
             device=settings.orpheus_device,
             dtype=dtype,
             max_model_len=settings.max_model_len,
-            max_concurrency=settings.transformers_max_concurrency,
+            max_concurrency=settings.orpheus_max_concurrency,
             constraint=AudioConstraint() if settings.orpheus_constrain_audio else None,
         )
     return engine, tokenizer
@@ -264,10 +188,10 @@ def load_runtime(settings: OrpheusSettings) -> OrpheusRuntime:
         # Head windows (no left context yet) are shorter than steady ones: warm every size.
         codec.warmup(
             range(policy.frames_before_first_audio, policy.window_frames + 1),
-            settings.decode_max_batch,
+            settings.snac_max_batch,
         )
         decoder = SnacDecodeService(
-            codec, max_batch=settings.decode_max_batch, max_wait_ms=settings.decode_max_wait_ms
+            codec, max_batch=settings.snac_max_batch, max_wait_ms=settings.snac_max_wait_ms
         ).start()
         _run_blocking(engine.warmup())
     except BaseException:

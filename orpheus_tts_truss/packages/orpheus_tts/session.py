@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Hashable
 from typing import Any, Protocol
 
 from orpheus_tts import metrics
-from orpheus_tts.dialects import DIALECTS, session_core
+from orpheus_tts.dialects import session_core
 from orpheus_tts.protocol import GenerationRequest, TtsCore
+from orpheus_tts.settings import SessionLimits
 from speech_common.driver import StartStream, run_session
-from speech_common.text_buffer import DEFAULT_MAX_CHARS
 from speech_common.ws import ProtocolError, SessionGate, send_error_and_close
 
 logger = logging.getLogger(__name__)
@@ -44,58 +43,6 @@ class Synthesizer(Protocol):
     def max_tokens_for_text(self, text: str, client_max_tokens: int) -> int:
         """The token budget for one chunk of text, at most the client's."""
         ...
-
-
-@dataclasses.dataclass(frozen=True)
-class SessionLimits:
-    """Per-session limits and pipeline shape; keys of the same name in ``model_metadata``."""
-
-    # One text frame: a word or a few; 4096 characters is far beyond any real word stream.
-    max_frame_chars: int = 4096
-    # All text of one session: ~100k characters is well over an hour of speech.
-    max_session_chars: int = 100_000
-    # Characters per generation: Orpheus drifts on longer prompts.
-    max_chunk_chars: int = DEFAULT_MAX_CHARS
-    # Seconds to wait for the config frame after the connection opens.
-    config_timeout_s: float = 10.0
-    # Seconds without a client frame or audio sent before the session is closed.
-    idle_timeout_s: float = 300.0
-    # Generations started before the previous one has been fully sent.
-    lookahead_generations: int = 1
-    # Generations of one session running in the engine at once (2 = the next one is generated
-    # in parallel with the current one instead of after it).
-    engine_generations: int = 1
-    # Open sessions per replica before new ones are refused with 1013 (try again later); one
-    # H100 sustains ~24 real-time streams, and most open sessions are idle between sentences.
-    max_sessions: int = 64
-    # Admission control (speech_common.admission): sessions one replica serves in time
-    # (benchmarked), and the SNAC worker's load and queue wait beyond which new ones are refused.
-    admission_capacity_sessions: int = 64
-    admission_max_queue_wait_s: float = 0.5
-    admission_target_utilisation: float = 0.9  # the SNAC worker's busy share sessions may fill
-    # The protocol of a session (orpheus_tts.dialects): "auto" picks Together's when the
-    # handshake carries its query parameters and Fish Audio's for a MessagePack first frame;
-    # "together" or "fish" for a gateway that drops query strings.
-    dialect: str = "auto"
-
-    @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any]) -> SessionLimits:
-        """Take the ``tts_<field>`` keys that are present (e.g. ``tts_max_frame_chars``)."""
-        values = {}
-        for field in dataclasses.fields(cls):
-            key = f"tts_{field.name}"
-            if key in metadata:
-                values[field.name] = type(field.default)(metadata[key])
-        limits = cls(**values)
-        if (
-            limits.lookahead_generations < 0
-            or limits.engine_generations < 1
-            or limits.max_chunk_chars < 1
-            or limits.max_sessions < 1
-            or limits.dialect not in DIALECTS
-        ):
-            raise ValueError(f"invalid session limits: {limits}")
-        return limits
 
 
 class SynthJobs:

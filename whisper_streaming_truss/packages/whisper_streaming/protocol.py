@@ -72,7 +72,7 @@ class Phase(Enum):
 
 @dataclass(frozen=True)
 class CoreLimits:
-    metadata_timeout_s: float = 30.0
+    first_frame_timeout_s: float = 30.0
     max_buffered_audio_s: float = 20.0  # audio received but not yet through the VAD
     speculative_finals: bool = True
     speculation_lead_ms: int = 150
@@ -134,7 +134,7 @@ class SttCore:
         return frozenset(self._outstanding)
 
     def start(self, now: float) -> list[Command]:
-        self._deadline = now + self.limits.metadata_timeout_s
+        self._deadline = now + self.limits.first_frame_timeout_s
         return []
 
     def on_timer(self, now: float) -> list[Command]:

@@ -57,7 +57,7 @@ class StreamingSession:
     def core(self) -> SttCore:
         s = self.settings
         limits = CoreLimits(
-            metadata_timeout_s=s.metadata_timeout_s,
+            first_frame_timeout_s=s.first_frame_timeout_s,
             max_buffered_audio_s=s.max_buffered_audio_s,
             speculative_finals=s.speculative_finals,
             speculation_lead_ms=s.speculation_lead_ms,

