@@ -18,7 +18,7 @@ venv: $(STAMP)
 
 ## Streams a bundled speech sample through the whisper truss on the real Truss server (CPU, tiny.en).
 demo: venv
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/local/demo.py
 
 ## Unit + end-to-end tests (real Truss server over real WebSockets), lint first.
 test: venv
@@ -35,7 +35,7 @@ lint: venv
 
 ## Each truss's production image resolves (uv, Linux x86-64); also part of `make test`.
 image-check: venv
-	$(BIN)/python scripts/image_check.py
+	$(BIN)/python scripts/deploy/image_check.py
 
 ## Pure-Python wheels the GPU check needs beyond torch/transformers/numpy (carry .gpu_wheels/).
 GPU_WHEELS := snac==1.2.1 einops==0.8.2 prometheus-client==0.26.0
@@ -46,32 +46,32 @@ gpu-wheels: venv
 ## The carried wheels go to a private folder, not the machine's site-packages.
 gpu-check:
 	$(PYTHON) -m pip install --quiet --no-index --no-deps --target .gpu_site .gpu_wheels/*.whl
-	PYTHONPATH=.gpu_site:.:shared:orpheus_tts_truss/packages $(PYTHON) scripts/gpu_check.py --out bench_results/gpu_check.json
+	PYTHONPATH=.gpu_site:.:shared:orpheus_tts_truss/packages $(PYTHON) scripts/bench/gpu_check.py --out bench_results/gpu_check.json
 
 ## Reliability soak on the local server (fuzz, disconnect storm, overload, RSS); not in CI.
 soak-whisper: venv
-	$(BIN)/python scripts/soak.py whisper --sequential 1000
+	$(BIN)/python scripts/bench/soak.py whisper --sequential 1000
 
 soak-orpheus: venv
-	$(BIN)/python scripts/soak.py orpheus --sequential 1000
+	$(BIN)/python scripts/bench/soak.py orpheus --sequential 1000
 
 serve-whisper: venv
-	$(BIN)/python scripts/serve.py whisper_streaming_truss
+	$(BIN)/python scripts/local/serve.py whisper_streaming_truss
 
 serve-orpheus: venv
-	$(BIN)/python scripts/serve.py orpheus_tts_truss --dummy-weights
+	$(BIN)/python scripts/local/serve.py orpheus_tts_truss --dummy-weights
 
 bench-stt: venv
-	$(BIN)/python scripts/bench_stt.py
+	$(BIN)/python scripts/bench/stt.py
 
 bench-tts: venv
-	$(BIN)/python scripts/bench_tts.py --dummy-weights
+	$(BIN)/python scripts/bench/tts.py --dummy-weights
 
 deploy-whisper: venv
-	$(BIN)/python scripts/deploy.py whisper_streaming_truss
+	$(BIN)/python scripts/deploy/deploy.py whisper_streaming_truss
 
 deploy-orpheus: venv
-	$(BIN)/python scripts/deploy.py orpheus_tts_truss
+	$(BIN)/python scripts/deploy/deploy.py orpheus_tts_truss
 
 clean:
 	rm -rf $(VENV) .truss_build .pytest_cache .ruff_cache .gpu_wheels .gpu_site

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: real Truss servers (scripts/serve.py), started once per session on demand.
+"""Shared pytest fixtures: real Truss servers (scripts/local/serve.py), started once per session on demand.
 
 Fixtures are lazy: a server starts only when a test that requests it runs.
 """
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from scripts.serving import ADMISSION_OFF, DEFAULT_START_TIMEOUT_S, ServedTruss, serve_truss
+from scripts.local.spawn import ADMISSION_OFF, DEFAULT_START_TIMEOUT_S, ServedTruss, serve_truss
 
 ECHO_TRUSS_DIR = "tests/fixtures/echo_truss"
 FAILING_TRUSS_DIR = "tests/fixtures/failing_truss"
@@ -51,7 +51,7 @@ def orpheus_server(aligner_env: dict[str, str]) -> Iterator[ServedTruss]:
 
     The functional tests run up to 8 sessions at once on 2 cores, beyond the CPU stand-in's
     latency capacity (1-2 sessions): admission control is switched off here and measured on its
-    own (scripts/soak.py, tests/test_admission.py).
+    own (scripts/bench/soak.py, tests/test_admission.py).
     """
     with serve_truss(
         ORPHEUS_TRUSS_DIR,

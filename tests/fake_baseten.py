@@ -1,6 +1,6 @@
 """A local fake of Baseten's management REST API: a real HTTP server on 127.0.0.1.
 
-It implements the endpoints scripts/baseten_api.py calls (paths and body fields as in the published
+It implements the endpoints scripts/deploy/baseten_api.py calls (paths and body fields as in the published
 OpenAPI, see tests/fixtures/baseten_management_api_subset.json), deployment status transitions,
 promotions that ramp over several polls and may fail, asynchronous autoscaling updates, auth, and
 injected failures (429 with a Retry-After hint, 5xx).

@@ -7,7 +7,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from scripts import baseten_api as api
+from scripts.deploy import baseten_api as api
 from tests.fake_baseten import ROUTES, SUBSET, FakeBaseten
 
 MODEL = "m1"

@@ -1,4 +1,4 @@
-"""scripts/deploy.py: the step order and every failure path, against the local fake Baseten API."""
+"""scripts/deploy/deploy.py: the step order and every failure path, against the local fake Baseten API."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from scripts import deploy as dp
-from scripts import push as ps
-from scripts import smoke_test as st
-from scripts.baseten_api import ManagementClient, deployment_ws_url, environment_ws_url
-from scripts.promote import AutoscalingSettings
+from scripts.deploy import deploy as dp
+from scripts.deploy import push as ps
+from scripts.deploy import smoke_test as st
+from scripts.deploy.baseten_api import ManagementClient, deployment_ws_url, environment_ws_url
+from scripts.deploy.promote import AutoscalingSettings
 from tests.fake_baseten import FakeBaseten, FakeInferenceGateway
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -247,7 +247,8 @@ def test_no_rollback_leaves_instructions(fake, tmp_path):
     report = deployer(fake, tmp_path, FakeSmoke(production_ok=False), rollback=False).run()
     assert not report.rolled_back and fake.production(MODEL).current == NEW
     assert (
-        f"python scripts/promote.py --model-id {MODEL} --deployment-id {OLD}" in report.next_steps
+        f"python scripts/deploy/promote.py --model-id {MODEL} --deployment-id {OLD}"
+        in report.next_steps
     )
 
 
@@ -309,7 +310,7 @@ async def test_cli_end_to_end_with_fake_truss_fake_api_and_a_speaking_socket(fak
         )
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            str(ROOT / "scripts" / "deploy.py"),
+            str(ROOT / "scripts" / "deploy" / "deploy.py"),
             "orpheus_tts_truss",
             "--record",
             str(tmp_path / "rec.json"),
@@ -353,7 +354,7 @@ async def test_e2e_deploy_whisper_through_a_gateway_to_the_real_truss(whisper_se
                 TRUSS_BIN=str(FAKE_TRUSS),
             )  # fmt: skip
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(ROOT / "scripts" / "deploy.py"), "whisper_streaming_truss",
+                sys.executable, str(ROOT / "scripts" / "deploy" / "deploy.py"), "whisper_streaming_truss",
                 "--record", str(tmp_path / "rec.json"), "--poll-interval", "0", "--fast-smoke",
                 "--summary-json", str(tmp_path / "report.json"),
                 cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

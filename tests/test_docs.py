@@ -27,7 +27,7 @@ def test_links_and_paths_exist(page: Path) -> None:
     for target in re.findall(r"\]\(([^)#]+)\)", text):
         if not target.startswith("http"):
             assert (page.parent / target).exists(), f"{page.name}: dead link {target}"
-    # Backticked repository paths ("shared/speech_common/text_buffer.py", "scripts/promote.py").
+    # Backticked repository paths ("shared/speech_common/text_buffer.py", "scripts/deploy/promote.py").
     for path in re.findall(
         r"`((?:shared|scripts|tests|docs|samples|[a-z_]+_truss)/[\w/.-]+)`", text
     ):

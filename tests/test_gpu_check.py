@@ -1,4 +1,4 @@
-"""scripts/gpu_check.py runs end to end (small, on the CPU) and writes the report it promises, so
+"""scripts/bench/gpu_check.py runs end to end (small, on the CPU) and writes the report it promises, so
 that the one call on a borrowed GPU does not fail on a bug a CPU could have caught."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import gpu_check
+from scripts.bench import gpu_check
 
 pytestmark = pytest.mark.slow
 

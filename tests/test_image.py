@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts import image_check
+from scripts.deploy import image_check
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

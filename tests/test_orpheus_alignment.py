@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from orpheus_tts.alignment import WordAligner, quiet_runs, refine
-from scripts.bench_alignment import SEED, SENTENCES, boundary_errors, build, whisper_base_dir
+from scripts.bench.alignment import SEED, SENTENCES, boundary_errors, build, whisper_base_dir
 
 
 @pytest.fixture(scope="module")

@@ -206,8 +206,8 @@ async def test_fish_unsupported_requests_get_fish_errors(
 async def test_readme_client_scripts_run(
     orpheus_server: Any, orpheus_http_server: Any, dialect: str, tmp_path
 ) -> None:
-    """``scripts/tts_dialect_clients.py``, the runnable examples of docs/tts.md, against the server."""
-    from scripts import tts_dialect_clients
+    """``scripts/clients/tts_dialects.py``, the runnable examples of docs/tts.md, against the server."""
+    from scripts.clients import tts_dialects as tts_dialect_clients
 
     url = orpheus_server.ws_url
     if dialect == "http":

@@ -1,4 +1,4 @@
-"""Orpheus TTS through the real Truss server (scripts/serve.py --dummy-weights) over WebSockets."""
+"""Orpheus TTS through the real Truss server (scripts/local/serve.py --dummy-weights) over WebSockets."""
 
 from __future__ import annotations
 

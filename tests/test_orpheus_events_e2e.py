@@ -1,5 +1,5 @@
 """The event protocol (``events: true``) and the output formats through the real Truss server
-(scripts/serve.py --dummy-weights) over real WebSockets: turns with ``flush``, barge-in with
+(scripts/local/serve.py --dummy-weights) over real WebSockets: turns with ``flush``, barge-in with
 ``clear``, voice changes, every codec decoded by FFmpeg, and bad input that is recoverable."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import aiohttp
 import av
 import pytest
 
-from scripts.tts_client import EventSession
+from scripts.clients.tts import EventSession
 from tests.test_orpheus_e2e import SHORT_CONFIG, metric, published_client
 
 pytestmark = pytest.mark.e2e
@@ -192,7 +192,7 @@ async def test_bad_control_messages_are_recoverable_and_disturb_no_one(orpheus_s
 
 
 async def test_twenty_turns_each_end_with_their_flush_done(orpheus_server: Any) -> None:
-    """20 turns on one socket (``scripts/bench_tts.py --turns`` times them): each turn's
+    """20 turns on one socket (``scripts/bench/tts.py --turns`` times them): each turn's
     generation is done (``audio_done``) and its audio sent before its ``flush_done``; nothing of
     a turn comes after it. (Random dummy weights may generate a turn with no audio frames.)"""
     async with aiohttp.ClientSession() as http:
@@ -215,9 +215,9 @@ async def test_twenty_turns_each_end_with_their_flush_done(orpheus_server: Any) 
 
 
 async def test_tts_client_cli_speaks_the_event_protocol(orpheus_server: Any, tmp_path) -> None:
-    """``scripts/tts_client.py --events --format mp3``: two paragraphs are two turns; the file
+    """``scripts/clients/tts.py --events --format mp3``: two paragraphs are two turns; the file
     it writes decodes."""
-    from scripts import tts_client
+    from scripts.clients import tts as tts_client
 
     out = tmp_path / "turns.mp3"
     argv = ["--url", orpheus_server.ws_url, "--events", "--format", "mp3", "--rate", "24000",

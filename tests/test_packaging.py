@@ -30,3 +30,18 @@ def test_no_file_edits_sys_path() -> None:
         and path.name != "test_packaging.py"
     }
     assert edits <= SYS_PATH_EDITS_ALLOWED, edits
+
+
+def test_tooling_is_organised_by_trade_and_every_package_installs() -> None:
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    trades = {"clients", "local", "bench", "deploy"}
+    flat = {p.name for p in (REPO / "scripts").glob("*.py")} - {"__init__.py"}
+    assert not flat, f"scripts/ holds only its trades' packages: {sorted(flat)}"
+    found = {p.parent.name for p in (REPO / "scripts").glob("*/__init__.py")}
+    assert found == trades
+    assert {f"scripts.{t}" for t in trades} | {"scripts"} <= listed
+    for target in tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "scripts"
+    ].values():
+        assert target.split(".")[1] in trades, target

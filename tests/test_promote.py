@@ -1,4 +1,4 @@
-"""scripts/promote.py against the local fake management API."""
+"""scripts/deploy/promote.py against the local fake management API."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts import promote as pr
-from scripts.baseten_api import (
+from scripts.deploy import promote as pr
+from scripts.deploy.baseten_api import (
     ConfigError,
     DeploymentFailedError,
     ManagementClient,
@@ -250,7 +250,7 @@ def cli(fake: FakeBaseten, *args: str, key: str | None = None) -> subprocess.Com
     if key is not None:
         env["BASETEN_API_KEY"] = key
     return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "promote.py"), *args],
+        [sys.executable, str(ROOT / "scripts" / "deploy" / "promote.py"), *args],
         capture_output=True,
         text=True,
         env=env,

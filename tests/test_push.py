@@ -1,4 +1,4 @@
-"""scripts/push.py with a stand-in `truss` executable that prints the documented JSON output."""
+"""scripts/deploy/push.py with a stand-in `truss` executable that prints the documented JSON output."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import push as ps
+from scripts.deploy import push as ps
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_TRUSS = ROOT / "tests" / "fixtures" / "fake_truss_cli" / "truss"
@@ -51,7 +51,7 @@ def run_push(repo: Path, *args: str, key: str | None = KEY, **fake_env: str):
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "push.py"),
+            str(ROOT / "scripts" / "deploy" / "push.py"),
             "demo_truss",
             "--truss-bin",
             str(FAKE_TRUSS),

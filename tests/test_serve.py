@@ -1,4 +1,4 @@
-"""scripts/serve.py: env override table (unit) and the real Truss server over a real websocket (e2e)."""
+"""scripts/local/serve.py: env override table (unit) and the real Truss server over a real websocket (e2e)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,15 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from scripts import serve
-from scripts.serving import REPO_ROOT, SERVE_SCRIPT, ServedTruss, ServeError, _python, serve_truss
+from scripts.local import serve
+from scripts.local.spawn import (
+    REPO_ROOT,
+    SERVE_SCRIPT,
+    ServedTruss,
+    ServeError,
+    _python,
+    serve_truss,
+)
 from tests.conftest import ECHO_TRUSS_DIR, FAILING_TRUSS_DIR
 
 FAILURE_MESSAGE = "deliberate load failure from failing_truss"  # failing_truss/model/model.py

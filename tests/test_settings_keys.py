@@ -11,8 +11,8 @@ import yaml
 from pydantic_core import PydanticUndefined
 
 from orpheus_tts.settings import OrpheusSettings, SessionLimits
-from scripts.serve import CPU_DEFAULTS, DUMMY_WEIGHTS_OVERRIDES
-from scripts.serving import ADMISSION_OFF
+from scripts.local.serve import CPU_DEFAULTS, DUMMY_WEIGHTS_OVERRIDES
+from scripts.local.spawn import ADMISSION_OFF
 from speech_common.settings import TRUSS_KEYS
 from whisper_streaming.settings import WhisperSettings
 

@@ -1,4 +1,4 @@
-"""scripts/smoke_test.py: protocol fakes for the failure modes, the real trusses end to end."""
+"""scripts/deploy/smoke_test.py: protocol fakes for the failure modes, the real trusses end to end."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from scripts import smoke_test as st
+from scripts.deploy import smoke_test as st
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = json.loads((ROOT / "samples" / "speech_en.json").read_text())["text"]
@@ -234,7 +234,7 @@ def test_cli_requires_a_key_for_remote_urls_only():
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "smoke_test.py"),
+            str(ROOT / "scripts" / "deploy" / "smoke_test.py"),
             "tts",
             "wss://model-x.api.baseten.co/environments/production/websocket",
         ],
@@ -251,7 +251,7 @@ def test_cli_local_failure_is_one_line_and_exit_1():
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "smoke_test.py"),
+            str(ROOT / "scripts" / "deploy" / "smoke_test.py"),
             "tts",
             "ws://127.0.0.1:9/v1/websocket",
             "--connect-budget",
@@ -272,7 +272,7 @@ def test_cli_local_failure_is_one_line_and_exit_1():
 
 def smoke_cli(*args: str) -> tuple[int, dict]:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "smoke_test.py"), *args, "--json"],
+        [sys.executable, str(ROOT / "scripts" / "deploy" / "smoke_test.py"), *args, "--json"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -304,7 +304,7 @@ def test_smoke_constants_equal_the_protocols_own() -> None:
     trusses' packages): they must stay the protocol's."""
     from orpheus_tts.schema import END_OF_INPUT
     from orpheus_tts.tokens import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
-    from scripts import smoke_test
+    from scripts.deploy import smoke_test
     from speech_common.vad import SAMPLE_RATE_HZ as STT_RATE
 
     assert smoke_test.TTS_END_OF_INPUT == END_OF_INPUT

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import websockets
 
-from scripts.stt_client import FRAME_SAMPLES, frames_of, stream, v1_metadata
+from scripts.clients.stt import FRAME_SAMPLES, frames_of, stream, v1_metadata
 from speech_common.audio import mulaw_encode
 from tests.whisper_helpers import sample, wer
 

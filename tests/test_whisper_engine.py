@@ -33,7 +33,7 @@ def engine() -> WhisperEngine:
 @pytest.fixture(scope="module")
 def first_sentence() -> tuple[np.ndarray, str]:
     audio, ref = sample("speech_en")
-    # The first sentence lies between 0.5 s and ~3.7 s (see scripts/make_samples.py).
+    # The first sentence lies between 0.5 s and ~3.7 s (see scripts/bench/make_samples.py).
     return audio[8000 : int(3.8 * 16000)].astype(np.float32) / 32768.0, ref["utterances"][0]
 
 

@@ -1,6 +1,6 @@
 """Language handling with a real multilingual model: Whisper base (CTranslate2, MIT; shipped on
 the package index in two parts that concatenate into model.bin), on espeak-ng sentences in
-English, German, French and Spanish (samples/lang, made by scripts/make_samples.py)."""
+English, German, French and Spanish (samples/lang, made by scripts/bench/make_samples.py)."""
 
 from __future__ import annotations
 

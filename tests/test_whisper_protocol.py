@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from scripts.stt_client import v1_metadata
+from scripts.clients.stt import v1_metadata
 from speech_common.driver import Cancel, Close, Command, JobCancelled, Send, Submit
 from speech_common.vad import WINDOW_SAMPLES
 from speech_common.ws import load_json

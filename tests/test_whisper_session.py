@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from scripts.stt_client import frames_of, v1_metadata
+from scripts.clients.stt import frames_of, v1_metadata
 from speech_common.vad import SileroVad
 from speech_common.ws import SessionGate
 from tests.whisper_helpers import sample

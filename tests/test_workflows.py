@@ -101,7 +101,7 @@ def test_deploy_only_after_the_tests_passed_on_that_commit():
 
 
 def test_deploy_job_timeout_covers_the_scripts_worst_case():
-    from scripts import deploy as dp
+    from scripts.deploy import deploy as dp
 
     minutes = load(DEPLOY)["jobs"]["deploy"]["timeout-minutes"]
     assert minutes <= GITHUB_JOB_TIMEOUT_MAX_MIN
@@ -127,7 +127,7 @@ def test_deploy_job_is_serialised_per_model_and_uses_the_secret():
     job = load(DEPLOY)["jobs"]["deploy"]
     assert job["concurrency"]["group"] == "deploy-${{ matrix.model }}"
     assert job["concurrency"]["cancel-in-progress"] is False
-    run_step = next(s for s in job["steps"] if "scripts/deploy.py" in s.get("run", ""))
+    run_step = next(s for s in job["steps"] if "scripts/deploy/deploy.py" in s.get("run", ""))
     assert run_step["env"]["BASETEN_API_KEY"] == "${{ secrets.BASETEN_API_KEY }}"
     for model, truss in TRUSS_BY_MODEL.items():
         assert f"{model}) truss_dir={truss}" in run_step["run"]

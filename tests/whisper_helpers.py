@@ -9,7 +9,7 @@ from pathlib import Path
 import jiwer
 import numpy as np
 
-from scripts.stt_client import read_wav
+from scripts.clients.stt import read_wav
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
@@ -40,4 +40,4 @@ def sample(name: str, rate: int = 16000) -> tuple[np.ndarray, dict]:
     )
 
 
-from scripts.bench_alignment import whisper_base_dir  # noqa: E402,F401 (one helper)
+from scripts.bench.alignment import whisper_base_dir  # noqa: E402,F401 (one helper)

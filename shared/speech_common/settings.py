@@ -2,7 +2,7 @@
 and overridden per key by environment variables.
 
 ``config.yaml``'s ``model_metadata`` holds what a GPU deployment runs; a local CPU run
-(``scripts/serve.py``) overrides keys with env vars named after the key in upper case
+(``scripts/local/serve.py``) overrides keys with env vars named after the key in upper case
 (``whisper_model`` → ``WHISPER_MODEL``). There is one coercion rule for both: pydantic's own
 (lax) validation of the field's type, so ``"1"``/``"true"``/``"on"`` are booleans and ``"10"`` a
 number, and a value that does not fit fails the load naming the key.

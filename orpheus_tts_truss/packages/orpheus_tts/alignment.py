@@ -5,7 +5,7 @@ Two steps, both cheap on a CPU:
 1. Whisper's cross-attention alignment (CTranslate2 ``align``: dynamic time warping over the
    alignment heads, what faster-whisper uses for its word timestamps), with the *known* text
    as the decoder's tokens: nothing is transcribed. Its boundaries are coarse (a median error of
-   about 90 ms on espeak-ng words with known boundaries: ``scripts/bench_alignment.py``), late
+   about 90 ms on espeak-ng words with known boundaries: ``scripts/bench/alignment.py``), late
    or early by about the same amount for every word of an utterance.
 2. Refinement on the audio itself: a word boundary lies where the signal is quiet. The quiet
    runs (10 ms frames more than ``QUIET_BELOW_PEAK_DB`` under the loudest frame) are matched to

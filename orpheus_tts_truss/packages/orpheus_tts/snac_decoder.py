@@ -231,7 +231,7 @@ class SnacDecodeService:
         return self._worker.jobs_run
 
 
-# -- measurement helpers (tests, scripts/bench_tts.py) -------------------------------------------
+# -- measurement helpers (tests, scripts/bench/tts.py) -------------------------------------------
 def stream_decode_sync(codec: SnacCodec, frames: np.ndarray, policy: Any) -> np.ndarray:
     """Decode ``frames`` window by window exactly as a stream would; int16 samples."""
     from orpheus_tts.snac_stream import plan_all_windows

@@ -54,6 +54,6 @@ class WhisperSettings(Settings):
             raise RuntimeError(
                 f"Whisper model directory {self.whisper_model!r} not found: in production the "
                 "`weights:` section of config.yaml mounts it; locally set "
-                f"WHISPER_MODEL={EMBEDDED_MODEL} (scripts/serve.py does this without a GPU)."
+                f"WHISPER_MODEL={EMBEDDED_MODEL} (scripts/local/serve.py does this without a GPU)."
             )
         return self.whisper_model

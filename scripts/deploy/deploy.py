@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Deploy a truss to Baseten so that production never receives a build that does not speak.
 
-    python scripts/deploy.py TRUSS_DIR [--kind stt|tts] [--autoscaling FILE] [--summary-json FILE]
+    python scripts/deploy/deploy.py TRUSS_DIR [--kind stt|tts] [--autoscaling FILE] [--summary-json FILE]
 
-Steps: preflight (the API key works, the truss's Baseten secrets exist) -> push (scripts/push.py)
+Steps: preflight (the API key works, the truss's Baseten secrets exist) -> push (scripts/deploy/push.py)
 -> wait until the deployment is ACTIVE -> smoke-test the deployment's own WebSocket URL -> promote
-it to production with the truss's autoscaling.yaml (scripts/promote.py) -> smoke-test production. A failing step stops the run and prints what to do
+it to production with the truss's autoscaling.yaml (scripts/deploy/promote.py) -> smoke-test production. A failing step stops the run and prints what to do
 next; before the promotion, production is untouched. If production fails its smoke test after the
 promotion, the previous production deployment is promoted back (unless --no-rollback).
 Needs BASETEN_API_KEY; BASETEN_API_URL points the REST calls elsewhere (tests use a local fake).
@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scripts import promote as promote_mod
-from scripts import push as push_mod
-from scripts import smoke_test
-from scripts.baseten_api import (
+from scripts.deploy import promote as promote_mod
+from scripts.deploy import push as push_mod
+from scripts.deploy import smoke_test
+from scripts.deploy.baseten_api import (
     BasetenApiError,
     ConfigError,
     DeploymentFailedError,
@@ -335,7 +335,7 @@ class Deployer:
             raise StepFailed(
                 str(exc),
                 f"check the model's production environment in the Baseten UI; it should still "
-                f"serve {previous}. To retry: python scripts/promote.py --model-id "
+                f"serve {previous}. To retry: python scripts/deploy/promote.py --model-id "
                 f"{record.model_id} --deployment-id {record.deployment_id}",
             ) from None
         self.promoted = result.promoted
@@ -375,9 +375,7 @@ class Deployer:
         """Promote the previous production deployment back; return what happened."""
         record = self._record()
         previous = self.report.previous_production_id
-        manual = (
-            f"python scripts/promote.py --model-id {record.model_id} --deployment-id {previous}"
-        )
+        manual = f"python scripts/deploy/promote.py --model-id {record.model_id} --deployment-id {previous}"
         if not previous or previous == record.deployment_id:
             return "no previous production deployment to roll back to: fix and re-deploy."
         if not self.opts.rollback:
@@ -430,7 +428,7 @@ class Deployer:
         self.report.ok = True
         record = self._record()
         self.report.next_steps = (
-            f"to roll back: python scripts/promote.py --model-id {record.model_id} "
+            f"to roll back: python scripts/deploy/promote.py --model-id {record.model_id} "
             f"--deployment-id {self.report.previous_production_id}"
             if self.report.previous_production_id
             and self.report.previous_production_id != record.deployment_id

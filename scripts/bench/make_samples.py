@@ -12,7 +12,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
+from scripts import SAMPLES_DIR
+
 SAMPLE_RATE_HZ = 16000
 LEAD_SILENCE_S = 0.5
 GAP_SILENCE_S = 1.2  # > min_silence_duration_ms defaults, so each sentence is its own utterance

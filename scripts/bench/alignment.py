@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Word-timestamp accuracy and cost (orpheus_tts.alignment) on speech with known boundaries.
 
-    python scripts/bench_alignment.py            # Whisper base (dev packages) and tiny.en
+    python scripts/bench/alignment.py            # Whisper base (dev packages) and tiny.en
 
 espeak-ng renders every word on its own; the words are joined with silences of known, random
 length (30-120 ms), so every word boundary is known. A boundary that falls inside its silence
@@ -24,7 +24,7 @@ import numpy as np
 import soxr
 
 from orpheus_tts.alignment import WordAligner
-from scripts.stats import percentile
+from scripts.bench.stats import percentile
 
 SEED = 20261130
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Language detection with Whisper base on espeak-ng speech in en/de/fr/es (10 sentences each,
-scripts/make_samples.py's), through the engine's detection job: right answers per language for
+scripts/bench/make_samples.py's), through the engine's detection job: right answers per language for
 one sentence at 8 and 16 kHz and for three sentences (~8 s), with a 10 s and a 30 s encoder
 window. Needs espeak-ng, sox and the Whisper base dev packages.
 
-    python scripts/bench_language.py
+    python scripts/bench/language.py
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from scripts.bench_alignment import whisper_base_dir
-from scripts.make_samples import LANG_SENTENCES, LANG_VOICES, SPEECH_RATE_WPM
+from scripts.bench.alignment import whisper_base_dir
+from scripts.bench.make_samples import LANG_SENTENCES, LANG_VOICES, SPEECH_RATE_WPM
 
 
 def _render(text: str, voice: str, rate: int, out: Path) -> np.ndarray:

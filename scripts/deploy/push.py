@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Push a truss to Baseten as a published deployment named after the git commit, and record it.
 
-    python scripts/push.py TRUSS_DIR [--record FILE] [--deployment-name NAME] [--json]
+    python scripts/deploy/push.py TRUSS_DIR [--record FILE] [--deployment-name NAME] [--json]
 
 Runs ``truss push TRUSS_DIR --output json --non-interactive --deployment-name <sha[-dirty-…]>
 --wait``, authenticated through truss's environment remote (``BASETEN_TRUSS_AUTH_REMOTE_URL`` =
@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import yaml
 
-from scripts.baseten_api import (
+from scripts.deploy.baseten_api import (
     ConfigError,
     api_key_from_env,
     deployment_ws_url,

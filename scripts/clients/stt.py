@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Stream a WAV file (or the microphone) to a streaming-Whisper WebSocket and print transcripts.
 
-    python scripts/stt_client.py ws://127.0.0.1:8080/v1/websocket samples/speech_en.wav
-    python scripts/stt_client.py wss://model-XXXX.api.baseten.co/environments/production/websocket \\
+    python scripts/clients/stt.py ws://127.0.0.1:8080/v1/websocket samples/speech_en.wav
+    python scripts/clients/stt.py wss://model-XXXX.api.baseten.co/environments/production/websocket \\
         samples/speech_en.wav            # API key from BASETEN_API_KEY or --api-key
-    python scripts/stt_client.py URL --mic   # needs the optional `sounddevice` package
+    python scripts/clients/stt.py URL --mic   # needs the optional `sounddevice` package
 
 Real-time paced by default (512-sample frames every 32 ms, like the published client); ``--fast``
 sends as fast as the socket takes it. Prints partials and finals with their arrival times.
@@ -26,7 +26,7 @@ import numpy as np
 import soxr
 import websockets
 
-from scripts.auth import api_key_headers
+from scripts.clients.auth import api_key_headers
 
 FRAME_SAMPLES = 512  # the published client's frame: 32 ms at 16 kHz
 CLIENT_RATE_HZ = 16000

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Reliability soak of one truss on the real Truss server: fuzz, disconnect storm, overload, RSS.
 
-Usage: ``python scripts/soak.py {whisper,orpheus} [--fuzz 500] [--storm 300] [--offered N]
+Usage: ``python scripts/bench/soak.py {whisper,orpheus} [--fuzz 500] [--storm 300] [--offered N]
 [--sequential 1000] [--url ws://…]`` (``make soak``; not part of CI: minutes, not seconds).
 
-Starts the truss with ``scripts/serve.py`` (CPU stand-in; orpheus with dummy weights) unless
+Starts the truss with ``scripts/local/serve.py`` (CPU stand-in; orpheus with dummy weights) unless
 ``--url`` points at a running one, and only ever talks to 127.0.0.1. Every phase is bounded in
 sessions and time. After each phase it reads the server's ``/metrics`` and requires the session
 gauges back at 0 within 1 s. Prints one table (and ``--json`` writes it):
@@ -37,12 +37,10 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from scripts.serving import serve_truss
-from scripts.stats import percentile
-from scripts.stt_client import read_wav
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
+from scripts import REPO_ROOT
+from scripts.bench.stats import percentile
+from scripts.clients.stt import read_wav
+from scripts.local.spawn import serve_truss
 
 FRAME_SAMPLES = 512
 STT_RATE = 16000

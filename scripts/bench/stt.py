@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Streaming-Whisper benchmark: N concurrent real-time sessions against a local or remote server.
 
-    python scripts/bench_stt.py                       # starts the local truss (tiny.en on CPU)
-    python scripts/bench_stt.py --sessions 1 2 4 8 --capacity
-    python scripts/bench_stt.py --url wss://…/environments/production/websocket   # BASETEN_API_KEY
+    python scripts/bench/stt.py                       # starts the local truss (tiny.en on CPU)
+    python scripts/bench/stt.py --sessions 1 2 4 8 --capacity
+    python scripts/bench/stt.py --url wss://…/environments/production/websocket   # BASETEN_API_KEY
 
 ``--corpus DIR`` streams every ``*.wav`` of DIR (16 kHz mono s16le, reference text in
 ``<name>.json``), e.g. the real-speech set in ``samples/real``.
@@ -29,11 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.stats import percentile
-from scripts.stt_client import FRAME_SAMPLES, frames_of, read_wav, stream, v1_metadata
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
+from scripts import REPO_ROOT
+from scripts.bench.stats import percentile
+from scripts.clients.stt import FRAME_SAMPLES, frames_of, read_wav, stream, v1_metadata
 
 SAMPLES = REPO_ROOT / "samples"
 DEFAULT_FILES = ("speech_en", "weather_en", "order_en")
@@ -116,7 +114,7 @@ async def one_session(url: str, name: str, api_key: str | None, delay_s: float) 
 
 
 def pct(values: list[float], q: float) -> float | None:
-    """The benchmarks' one percentile definition (scripts.stats: nearest rank)."""
+    """The benchmarks' one percentile definition (scripts.bench.stats: nearest rank)."""
     return percentile(values, q)
 
 
@@ -296,7 +294,7 @@ def main() -> None:
     if args.url:
         rows = bench(args.url)
     else:
-        from scripts.serving import ADMISSION_OFF, serve_truss
+        from scripts.local.spawn import ADMISSION_OFF, serve_truss
 
         # Admission control off: the benchmark looks for the knee itself.
         with serve_truss("whisper_streaming_truss", env=ADMISSION_OFF) as server:
@@ -315,7 +313,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "load_avg_at_end": os.getloadavg(),
         },
-        "url": args.url or "local whisper_streaming_truss (scripts/serve.py defaults)",
+        "url": args.url or "local whisper_streaming_truss (scripts/local/serve.py defaults)",
         "files": args.files,
         "corpus": str(args.corpus) if args.corpus else None,
         "offline_wer_vs_reference": offline_wer,

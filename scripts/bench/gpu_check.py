@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """GPU check of the Orpheus path, on one CUDA machine with no network and no Hugging Face.
 
-Usage: ``python scripts/gpu_check.py [--out bench_results/gpu_check.json]`` (``make gpu-check``).
+Usage: ``python scripts/bench/gpu_check.py [--out bench_results/gpu_check.json]`` (``make gpu-check``).
 
 Needs torch (CUDA), transformers and numpy, as a CUDA machine usually has them; the rest is pure
 Python and travels as wheels (``make gpu-wheels`` puts snac, einops and prometheus-client in
@@ -32,10 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scripts.stats import percentile
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
+from scripts import REPO_ROOT
+from scripts.bench.stats import percentile
 
 DEFAULT_OUT = REPO_ROOT / "bench_results" / "gpu_check.json"
 DEFAULT_BUDGET_S = 450.0  # the check must finish within 8 minutes, start-up included

@@ -3,7 +3,7 @@
 -60 dBFS, white noise at -30 dBFS and music-like tones, streamed (as fast as the server takes
 them) through the local whisper truss with partials on. Target: 0 words in finals.
 
-Usage: ``python scripts/bench_hallucinations.py [--seconds 60] [--url ws://…]``
+Usage: ``python scripts/bench/hallucinations.py [--seconds 60] [--url ws://…]``
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.stt_client import FRAME_SAMPLES, frames_of, stream, v1_metadata
+from scripts.clients.stt import FRAME_SAMPLES, frames_of, stream, v1_metadata
 
 RATE = 16000
 FULL_SCALE = 32767
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         report = run(args.url)
     else:
-        from scripts.serving import ADMISSION_OFF, serve_truss
+        from scripts.local.spawn import ADMISSION_OFF, serve_truss
 
         with serve_truss("whisper_streaming_truss", env=ADMISSION_OFF) as served:
             report = run(served.ws_url)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Promote a Baseten deployment to production, wait until production serves it, apply autoscaling.
 
-    python scripts/promote.py --model-id M --deployment-id D [--autoscaling FILE] [--json]
+    python scripts/deploy/promote.py --model-id M --deployment-id D [--autoscaling FILE] [--json]
 
 Uses the management REST API at ``BASETEN_API_URL`` (default https://api.baseten.co) with the key in
 ``BASETEN_API_KEY``. Exit code 0 when production runs the deployment (and the autoscaling settings
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from scripts.baseten_api import (
+from scripts.deploy.baseten_api import (
     ACTIVE_STATUS,
     AUTOSCALING_FIELDS,
     FAILED_STATUSES,

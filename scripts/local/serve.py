@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Serve a truss locally on Truss's own server code, without Docker.
 
-Usage: ``python scripts/serve.py <truss_dir> [--port N] [--dummy-weights]``
+Usage: ``python scripts/local/serve.py <truss_dir> [--port N] [--dummy-weights]``
 
 Builds the truss's image build context with ``truss image build-context`` into
 ``.truss_build/<truss_name>/<pid>/context``, assembles the image's ``/app`` layout next to it
@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from scripts import REPO_ROOT
+
 logger = logging.getLogger("serve")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_ROOT = REPO_ROOT / ".truss_build"
 HOST = "127.0.0.1"
 MODEL_READY_PATH = "/v1/models/model"
@@ -65,7 +66,7 @@ CPU_DEFAULTS: dict[str, dict[str, str]] = {
         # the redundant context decoded per output frame (first audio after 28 tokens, not 21).
         "SNAC_MAX_BATCH": "1",
         "SNAC_HOP_FRAMES": "2",
-        # Sessions with first audio p95 under 2 s on 2 cores with dummy weights (scripts/soak.py).
+        # Sessions with first audio p95 under 2 s on 2 cores with dummy weights (scripts/bench/soak.py).
         "ADMISSION_CAPACITY_SESSIONS": "2",
     },
 }
@@ -201,7 +202,7 @@ def _exec_server(dirs: RunDirs, sock: socket.socket, url_stream: TextIO) -> None
     sys.stdout.flush()
     sys.stderr.flush()
     os.chdir(dirs.app)
-    argv = [sys.executable, "-m", "scripts.serve", RUN_BUILT, str(sock.fileno()),
+    argv = [sys.executable, "-m", "scripts.local.serve", RUN_BUILT, str(sock.fileno()),
             str(url_stream.fileno()), str(dirs.root)]  # fmt: skip
     os.execve(sys.executable, argv, env)
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Stream text word by word to the Orpheus TTS WebSocket and save the audio as a WAV file.
 
-Local:   python scripts/tts_client.py --url ws://127.0.0.1:8080/v1/websocket --text "Hi there."
-Baseten: python scripts/tts_client.py --model-id abc123 --text-file speech.txt --out speech.wav
+Local:   python scripts/clients/tts.py --url ws://127.0.0.1:8080/v1/websocket --text "Hi there."
+Baseten: python scripts/clients/tts.py --model-id abc123 --text-file speech.txt --out speech.wav
          (API key from --api-key or BASETEN_API_KEY, sent as ``Authorization: Api-Key ...``)
 
 Speaks Baseten's published protocol: a JSON first frame, one text frame per word, ``__END__``;
@@ -34,7 +34,7 @@ import aiohttp
 
 from orpheus_tts.schema import END_OF_INPUT
 from orpheus_tts.tokens import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
-from scripts.auth import api_key_headers
+from scripts.clients.auth import api_key_headers
 
 logger = logging.getLogger("tts_client")
 

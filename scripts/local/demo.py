@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from pathlib import Path
 
-from scripts.serving import serve_truss
-from scripts.stt_client import FRAME_SAMPLES, _print, frames_of, read_wav, stream, v1_metadata
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from scripts import REPO_ROOT
+from scripts.clients.stt import FRAME_SAMPLES, _print, frames_of, read_wav, stream, v1_metadata
+from scripts.local.spawn import serve_truss
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Check that a speech WebSocket actually speaks (TTS) or transcribes (STT); exit 0 or 1.
 
-    python scripts/smoke_test.py tts WS_URL [--json]
-    python scripts/smoke_test.py stt WS_URL [--fast] [--json]
+    python scripts/deploy/smoke_test.py tts WS_URL [--json]
+    python scripts/deploy/smoke_test.py stt WS_URL [--fast] [--json]
 
 WS_URL may be a local server (``ws://127.0.0.1:8080/v1/websocket``), one Baseten deployment
 (``wss://model-<id>.api.baseten.co/deployment/<dep>/websocket``) or an environment
@@ -38,11 +38,11 @@ import jiwer
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from scripts.auth import api_key_headers, is_local
+from scripts import REPO_ROOT
+from scripts.clients.auth import api_key_headers, is_local
 
 logger = logging.getLogger("smoke_test")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STT_SAMPLE = REPO_ROOT / "samples" / "speech_en.wav"
 API_KEY_ENV = "BASETEN_API_KEY"
 

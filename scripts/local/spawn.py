@@ -1,4 +1,4 @@
-"""Start ``scripts/serve.py`` as a subprocess for end-to-end tests and stop it again.
+"""Start ``scripts/local/serve.py`` as a subprocess for end-to-end tests and stop it again.
 
 ``with serve_truss("whisper_streaming_truss") as served: ...`` waits for the URL line that
 serve.py prints once the model is loaded, and sends SIGTERM on exit.
@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from scripts import REPO_ROOT
+
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SERVE_SCRIPT = REPO_ROOT / "scripts" / "serve.py"
+SERVE_SCRIPT = REPO_ROOT / "scripts" / "local" / "serve.py"
 VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 DEFAULT_START_TIMEOUT_S = 120.0
 DEFAULT_STOP_TIMEOUT_S = 15.0

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Check that each truss's production image resolves, without Docker and without installing.
 
-Usage: ``python scripts/image_check.py [truss_dir ...]`` (default: both trusses).
+Usage: ``python scripts/deploy/image_check.py [truss_dir ...]`` (default: both trusses).
 
 For each truss: ``truss image build-context`` writes the image's ``requirements.txt`` (the
 truss's requirements plus the Truss server's own, unless the truss names a package itself) and
@@ -24,9 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from scripts.serve import build_context
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from scripts import REPO_ROOT
+from scripts.local.serve import build_context
 
 TRUSS_DIRS = ("whisper_streaming_truss", "orpheus_tts_truss")
 # What the base images run on: the manylinux tag uv resolves wheels for.

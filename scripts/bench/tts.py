@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Benchmark the Orpheus TTS WebSocket: N concurrent sessions, latency and real-time factor.
 
-    python scripts/bench_tts.py --dummy-weights             # local CPU server, random weights
-    python scripts/bench_tts.py --url wss://.../websocket --api-key ... --sessions 1,8,24
+    python scripts/bench/tts.py --dummy-weights             # local CPU server, random weights
+    python scripts/bench/tts.py --url wss://.../websocket --api-key ... --sessions 1,8,24
 
 Per concurrency level it reports, over all sessions:
 * time to first audio: from the first sentence being complete (the word after it sent) to the
@@ -36,11 +36,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from scripts.stats import percentile
-from scripts.tts_client import EventSession, TTSResult, stream_tts
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
+from scripts import REPO_ROOT
+from scripts.bench.stats import percentile
+from scripts.clients.tts import EventSession, TTSResult, stream_tts
 
 logger = logging.getLogger("bench_tts")
 
@@ -255,8 +253,8 @@ def print_turns(turns: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def local_server(dummy_weights: bool) -> Iterator[Any]:
-    """scripts/serve.py on a free port (the same runner the e2e tests use)."""
-    from scripts.serving import ADMISSION_OFF, serve_truss
+    """scripts/local/serve.py on a free port (the same runner the e2e tests use)."""
+    from scripts.local.spawn import ADMISSION_OFF, serve_truss
 
     timeout_s = float(os.environ.get("SERVE_START_TIMEOUT_S", 300))
     # Admission control off: the benchmark measures what happens past the knee.

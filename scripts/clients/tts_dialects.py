@@ -2,9 +2,9 @@
 """Runnable clients of the Orpheus truss's other dialects, as their vendors document them:
 only the URL (and the key header) differ from talking to Together AI or Fish Audio.
 
-    python scripts/tts_dialect_clients.py together --url ws://127.0.0.1:8080/v1/websocket
-    python scripts/tts_dialect_clients.py fish --url wss://model-<id>.api.baseten.co/environments/production/websocket
-    python scripts/tts_dialect_clients.py http --url https://model-<id>.api.baseten.co/environments/production/predict
+    python scripts/clients/tts_dialects.py together --url ws://127.0.0.1:8080/v1/websocket
+    python scripts/clients/tts_dialects.py fish --url wss://model-<id>.api.baseten.co/environments/production/websocket
+    python scripts/clients/tts_dialects.py http --url https://model-<id>.api.baseten.co/environments/production/predict
 
 (API key from --api-key or BASETEN_API_KEY, sent as ``Authorization: Api-Key ...``.) Each writes
 the audio it got to --out and prints what it received.
@@ -24,7 +24,7 @@ import aiohttp
 import msgpack
 import websockets
 
-from scripts.auth import api_key_headers
+from scripts.clients.auth import api_key_headers
 
 MODEL = "canopylabs/orpheus-3b-0.1-ft"
 
