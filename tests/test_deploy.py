@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
+from orpheus_tts.schema import END_OF_INPUT
+from orpheus_tts.tokens import SAMPLE_RATE_HZ
 from scripts.deploy import deploy as dp
 from scripts.deploy import push as ps
 from scripts.deploy import smoke_test as st
@@ -292,9 +294,9 @@ async def test_cli_end_to_end_with_fake_truss_fake_api_and_a_speaking_socket(fak
     async def speak(ws: ServerConnection) -> None:
         paths.append(ws.request.path)
         await ws.recv()
-        while await ws.recv() != st.TTS_END_OF_INPUT:
+        while await ws.recv() != END_OF_INPUT:
             pass
-        await ws.send(b"\x00\x01" * st.TTS_SAMPLE_RATE_HZ * 2)
+        await ws.send(b"\x00\x01" * SAMPLE_RATE_HZ * 2)
         await ws.close()
 
     async with serve(speak, "127.0.0.1", 0) as server:

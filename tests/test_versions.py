@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.utils import canonicalize_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRUSS_DIRS = ("whisper_streaming_truss", "orpheus_tts_truss")
@@ -25,13 +26,9 @@ class DevPin:
     comment: str
 
 
-def normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def parse_pin(line: str) -> tuple[str, str] | None:
     match = PIN.match(line.strip())
-    return (normalise(match.group("name")), match.group("version")) if match else None
+    return (canonicalize_name(match.group("name")), match.group("version")) if match else None
 
 
 def dev_pins(text: str) -> tuple[dict[str, DevPin], dict[str, str]]:

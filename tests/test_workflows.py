@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -138,12 +139,9 @@ def test_deploy_job_is_serialised_per_model_and_uses_the_secret():
 
 
 def test_deploy_installs_pins_that_exist():
-    job = load(DEPLOY)["jobs"]["deploy"]
-    install = next(s for s in job["steps"] if "deploy-requirements.txt" in s.get("run", ""))
     pins = (ROOT / "requirements-dev.txt").read_text()
-    for package in ("truss", "jiwer", "websockets", "httpx", "PyYAML"):
+    for package in _deploy_pins():
         assert f"\n{package}==" in pins, package
-    assert "grep -E '^(truss|jiwer|websockets|httpx|PyYAML)=='" in install["run"]
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -207,3 +205,66 @@ def test_targets_for_manual_dispatch(history, tmp_path, choice, expected):
     assert (
         run_targets(repo, tmp_path, EVENT_NAME="workflow_dispatch", INPUT_MODEL=choice) == expected
     )
+
+
+def _deploy_pins() -> list[str]:
+    install = next(
+        s
+        for s in load(DEPLOY)["jobs"]["deploy"]["steps"]
+        if "deploy-requirements.txt" in s.get("run", "")
+    )
+    return re.search(r"grep -E '\^\(([^)]*)\)=='", install["run"]).group(1).split("|")
+
+
+def _closure(names: list[str]) -> set[str]:
+    """The distributions ``pip install names`` brings, as this venv resolved them."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    todo, seen = list(names), set()
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        for line in metadata.requires(name) or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return seen
+
+
+def test_deploy_tools_run_on_the_deploy_jobs_install_set(tmp_path):
+    """The deploy job installs only some pins (and the project with --no-deps): the deploy
+    pipeline, the smoke test with its clients, WER and WAV reader must run on exactly that.
+    A site folder holding only those distributions (linked from this venv) stands in for it."""
+    from importlib import metadata
+
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    for name in _closure(_deploy_pins()):
+        dist = metadata.distribution(name)
+        for top in {f.parts[0] for f in dist.files or [] if f.parts[0] != ".."}:
+            source = Path(dist.locate_file(top))
+            if source.exists() and not (site / top).exists():
+                (site / top).symlink_to(source)
+    first_party = [ROOT, ROOT / "shared", ROOT / "whisper_streaming_truss" / "packages",
+                   ROOT / "orpheus_tts_truss" / "packages"]  # fmt: skip
+    code = """
+import scripts.deploy.deploy, scripts.deploy.smoke_test, scripts.deploy.promote
+from scripts.bench.wer import wer
+from scripts.clients.stt import frames_of, read_wav
+assert wer("nine apples", "9 apples") == 0.0
+assert frames_of(read_wav("samples/speech_en.wav"))
+"""
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": os.pathsep.join(map(str, [site, *first_party])),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -17,14 +17,13 @@ import argparse
 import subprocess
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
-import soxr
 
 from orpheus_tts.alignment import WordAligner
 from scripts.bench.stats import percentile
+from scripts.clients.stt import read_wav
 
 SEED = 20261130
 
@@ -46,10 +45,7 @@ SPEECH_THRESHOLD = 0.02  # espeak's silence is digital zero; its speech is far a
 def _word(word: str, workdir: Path) -> np.ndarray:
     path = workdir / "word.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(path), word], check=True)
-    with wave.open(str(path)) as w:
-        rate = w.getframerate()
-        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
-    audio = soxr.resample(pcm, rate, 16000).astype(np.float32)
+    audio = read_wav(path, 16000).astype(np.float32) / 32768
     loud = np.nonzero(np.abs(audio) > SPEECH_THRESHOLD)[0]
     return audio[loud[0] : loud[-1] + 1]
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-import wave
 from pathlib import Path
 
 import numpy as np
-import soxr
 
 from scripts.bench.alignment import whisper_base_dir
 from scripts.bench.make_samples import LANG_SENTENCES, LANG_VOICES, SPEECH_RATE_WPM
+from scripts.clients.stt import read_wav
 
 
 def _render(text: str, voice: str, rate: int, out: Path) -> np.ndarray:
@@ -27,9 +26,7 @@ def _render(text: str, voice: str, rate: int, out: Path) -> np.ndarray:
                    check=True, capture_output=True)  # fmt: skip
     subprocess.run(["sox", str(raw), "-r", str(rate), "-c", "1", "-b", "16", str(out),
                     "pad", "0.2", "0.3"], check=True, capture_output=True)  # fmt: skip
-    with wave.open(str(out)) as w:
-        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
-    return soxr.resample(pcm, rate, 16000).astype(np.float32)
+    return read_wav(out, 16000).astype(np.float32) / 32768
 
 
 def main(argv: list[str] | None = None) -> int:

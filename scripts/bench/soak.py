@@ -39,12 +39,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from scripts import REPO_ROOT
 from scripts.bench.stats import percentile
-from scripts.clients.stt import read_wav
+from scripts.clients.stt import CLIENT_RATE_HZ as STT_RATE
+from scripts.clients.stt import FRAME_SAMPLES, read_wav
 from scripts.local.spawn import serve_truss
 
-FRAME_SAMPLES = 512
-STT_RATE = 16000
-TTS_RATE = 24000
 CLOSE_WAIT_S = 60.0  # a session the server has not closed by then counts as "not closed"
 GAUGE_SETTLE_S = 1.0
 GAUGES = {

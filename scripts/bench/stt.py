@@ -31,6 +31,7 @@ import numpy as np
 
 from scripts import REPO_ROOT
 from scripts.bench.stats import percentile
+from scripts.bench.wer import wer
 from scripts.clients.stt import FRAME_SAMPLES, frames_of, read_wav, stream, v1_metadata
 
 SAMPLES = REPO_ROOT / "samples"
@@ -135,14 +136,6 @@ def offline_transcripts(files: list[str]) -> dict[str, str]:
     return out
 
 
-def corpus_wer(refs: list[str], hyps: list[str]) -> float:
-    import jiwer
-    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
-
-    norm = EnglishTextNormalizer({})
-    return float(jiwer.wer([norm(r) for r in refs], [norm(h) or "<empty>" for h in hyps]))
-
-
 async def run_level(
     url: str, n: int, files: list[str], api_key: str | None, every_file: bool = False
 ) -> list[SessionStats]:
@@ -176,21 +169,17 @@ def summarise(
         "final_latency_p50_s": pct(lat, 50),
         "final_latency_p95_s": pct(lat, 95),
         "first_partial_p50_s": pct(first, 50),
-        "wer_vs_reference": corpus_wer(
-            [refs[s.file] for s in stats], [s.transcript for s in stats]
-        ),
+        "wer_vs_reference": wer([refs[s.file] for s in stats], [s.transcript for s in stats]),
         "unfinished_sessions": sum(not s.finished for s in stats),
         "transcripts": {s.file: s.transcript for s in stats},
         "errors": sum(s.errors for s in stats),
     }
     if offline is not None:
         # The offline baseline on exactly the files these sessions streamed (same weights).
-        row["offline_wer_vs_reference"] = corpus_wer(
+        row["offline_wer_vs_reference"] = wer(
             [refs[s.file] for s in stats], [offline[s.file] for s in stats]
         )
-        row["wer_vs_offline"] = corpus_wer(
-            [offline[s.file] for s in stats], [s.transcript for s in stats]
-        )
+        row["wer_vs_offline"] = wer([offline[s.file] for s in stats], [s.transcript for s in stats])
     return row
 
 
@@ -262,7 +251,7 @@ def main() -> None:
     offline_wer = (
         None
         if offline is None
-        else corpus_wer([refs[n] for n in args.files], [offline[n] for n in args.files])
+        else wer([refs[n] for n in args.files], [offline[n] for n in args.files])
     )
 
     def bench(url: str) -> list[dict]:

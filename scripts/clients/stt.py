@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soxr
 import websockets
 
-from scripts.clients.auth import api_key_headers
+from scripts.clients.connect import DEFAULT_CONNECT_BUDGET_S, Handshake, open_websocket
+from whisper_streaming.schema import DEFAULT_SAMPLE_RATE_HZ
 
 FRAME_SAMPLES = 512  # the published client's frame: 32 ms at 16 kHz
-CLIENT_RATE_HZ = 16000
+CLIENT_RATE_HZ = DEFAULT_SAMPLE_RATE_HZ  # the published client sends 16 kHz
 
 
 @dataclass
@@ -38,13 +38,27 @@ class Result:
     partials: list[dict] = field(default_factory=list)
     arrivals: list[tuple[float, dict]] = field(default_factory=list)  # (seconds since start, msg)
     first_partial_s: float | None = None
-    finished: bool = False
+    first_final_s: float | None = None
+    end_audio_sent_s: float | None = None  # when end_audio went out (seconds since start)
+    finished: bool = False  # the server answered end_audio with "finished"
+    timed_out: bool = False  # timeout_s passed before the server closed
     errors: list[dict] = field(default_factory=list)
     close_code: int | None = None
+    close_reason: str = ""
+    handshake: Handshake = field(default_factory=Handshake)
 
     @property
     def transcript(self) -> str:
-        return " ".join(f["transcript"].strip() for f in self.finals if f["transcript"].strip())
+        texts = (final_text(f) for f in self.finals)
+        return " ".join(t for t in texts if t)
+
+
+def final_text(final: dict) -> str:
+    """A final's transcript (servers before ``transcript`` existed: its segments joined)."""
+    text = final.get("transcript")
+    if text is None:
+        text = " ".join(seg.get("text", "") for seg in final.get("segments", []))
+    return str(text).strip()
 
 
 def read_wav(path: str | Path, rate: int = CLIENT_RATE_HZ) -> np.ndarray:
@@ -56,6 +70,8 @@ def read_wav(path: str | Path, rate: int = CLIENT_RATE_HZ) -> np.ndarray:
         channels, src_rate = w.getnchannels(), w.getframerate()
     audio = data.reshape(-1, channels).mean(axis=1).astype(np.float32) / 32768.0
     if src_rate != rate:
+        import soxr  # only to resample (the deploy job's smoke test streams a 16 kHz sample)
+
         audio = soxr.resample(audio, src_rate, rate)
     return (np.clip(audio, -1, 32767 / 32768) * 32768).astype("<i2")
 
@@ -89,50 +105,67 @@ async def stream(
     api_key: str | None = None,
     on_message=None,
     timeout_s: float = 120.0,
+    connect_budget_s: float = DEFAULT_CONNECT_BUDGET_S,
+    handshake_backoff_s: float | None = None,
 ) -> Result:
-    """Send metadata, then frames (paced), then end_audio; collect messages until the server closes."""
+    """Send metadata, then frames (paced), then end_audio; collect messages until the server
+    closes or ``timeout_s`` (from the first frame) passes (``timed_out``)."""
     result = Result()
-    async with websockets.connect(
-        url, additional_headers=api_key_headers(url, api_key), max_size=None, open_timeout=30
-    ) as ws:
+    backoff = {} if handshake_backoff_s is None else {"backoff_s": handshake_backoff_s}
+    ws = await open_websocket(
+        url, api_key, budget_s=connect_budget_s, handshake=result.handshake, **backoff
+    )
+    async with ws:
         t0 = time.monotonic()
         await ws.send(json.dumps(metadata))
 
         async def sender() -> None:
             for i, frame in enumerate(frames):
-                if realtime:
+                if realtime:  # against the wall clock, so send jitter does not accumulate
                     delay = t0 + i * frame_s - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
                 await ws.send(frame)
             if end_audio:
                 await ws.send(json.dumps({"type": "end_audio"}))
+                result.end_audio_sent_s = time.monotonic() - t0
 
         send_task = asyncio.create_task(sender())
         try:
             async with asyncio.timeout(timeout_s):
                 async for raw in ws:
+                    if isinstance(raw, bytes):
+                        continue
                     msg = json.loads(raw)
                     now = time.monotonic() - t0
                     result.arrivals.append((now, msg))
                     if msg.get("type") == "transcription":
                         if msg["is_final"]:
                             result.finals.append(msg)
+                            if result.first_final_s is None:
+                                result.first_final_s = now
                         else:
                             result.partials.append(msg)
                             if result.first_partial_s is None:
                                 result.first_partial_s = now
-                    elif msg.get("type") == "end_audio" and msg["body"]["status"] == "finished":
+                    elif (
+                        msg.get("type") == "end_audio"
+                        and (msg.get("body") or {}).get("status") == "finished"
+                    ):
                         result.finished = True
                     elif msg.get("type") == "error":
                         result.errors.append(msg)
                     if on_message:
                         on_message(now, msg)
+        except TimeoutError:
+            result.timed_out = True
         except websockets.ConnectionClosed:
             pass
         finally:
             send_task.cancel()
+            await asyncio.gather(send_task, return_exceptions=True)
         result.close_code = ws.close_code
+        result.close_reason = ws.close_reason or ""
     return result
 
 
@@ -164,7 +197,7 @@ async def _mic(url: str, metadata: dict, api_key: str | None) -> None:
     def callback(indata, _frames, _time, _status) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, bytes(indata))
 
-    async with websockets.connect(url, additional_headers=api_key_headers(url, api_key)) as ws:
+    async with await open_websocket(url, api_key) as ws:
         await ws.send(json.dumps(metadata))
         t0 = time.monotonic()
 

@@ -35,6 +35,12 @@ import aiohttp
 from orpheus_tts.schema import END_OF_INPUT
 from orpheus_tts.tokens import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
 from scripts.clients.auth import api_key_headers
+from scripts.clients.connect import (
+    DEFAULT_CONNECT_BUDGET_S,
+    HANDSHAKE_BACKOFF_START_S,
+    Handshake,
+    retry_handshake,
+)
 
 logger = logging.getLogger("tts_client")
 
@@ -42,10 +48,6 @@ DEFAULT_TEXT = (
     "Hello there! This is Orpheus, streaming speech as the words arrive. "
     "Each sentence starts playing before the next one has been written. <laugh> Pretty neat."
 )
-# Baseten answers 503 at the handshake while a deployment loads or wakes from zero.
-HANDSHAKE_RETRY_STATUSES = {502, 503, 504}
-HANDSHAKE_ATTEMPTS = 8
-HANDSHAKE_BACKOFF_S = 2.0
 _SENTENCE_END = re.compile(r"[.!?…]['\")\]]*$")
 
 
@@ -63,7 +65,10 @@ class TTSResult:
     end_sent_at: float = 0.0
     closed_at: float = 0.0
     close_code: int | None = None
-    error: dict[str, Any] | None = None
+    close_reason: str = ""
+    error: dict[str, Any] | None = None  # the last JSON frame (an error frame in this protocol)
+    timed_out: bool = False  # timeout_s passed before the server closed
+    handshake: Handshake = field(default_factory=Handshake)
 
     @property
     def audio_s(self) -> float:
@@ -93,18 +98,22 @@ def baseten_url(model_id: str, environment: str | None, deployment_id: str | Non
 
 
 async def _connect(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str]
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    *,
+    budget_s: float = DEFAULT_CONNECT_BUDGET_S,
+    backoff_s: float = HANDSHAKE_BACKOFF_START_S,
+    handshake: Handshake | None = None,
 ) -> aiohttp.ClientWebSocketResponse:
-    for attempt in range(1, HANDSHAKE_ATTEMPTS + 1):
-        try:
-            return await session.ws_connect(url, headers=headers, max_msg_size=0)
-        except aiohttp.WSServerHandshakeError as exc:
-            if exc.status not in HANDSHAKE_RETRY_STATUSES or attempt == HANDSHAKE_ATTEMPTS:
-                raise
-            delay = HANDSHAKE_BACKOFF_S * attempt
-            logger.info("handshake got %s (loading?); retrying in %.0f s", exc.status, delay)
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
+    """aiohttp's WebSocket, through the one handshake retry (scripts.clients.connect)."""
+    return await retry_handshake(
+        lambda: session.ws_connect(url, headers=headers, max_msg_size=0),
+        lambda e: e.status if isinstance(e, aiohttp.WSServerHandshakeError) else None,
+        budget_s=budget_s,
+        backoff_s=backoff_s,
+        handshake=handshake,
+    )
 
 
 async def stream_tts(
@@ -114,8 +123,12 @@ async def stream_tts(
     config: dict[str, Any],
     api_key: str | None = None,
     word_interval_s: float = 0.0,
+    timeout_s: float | None = None,
+    connect_budget_s: float = DEFAULT_CONNECT_BUDGET_S,
+    handshake_backoff_s: float = HANDSHAKE_BACKOFF_START_S,
 ) -> TTSResult:
-    """One session: send ``config``, then each word of ``text``, then ``__END__``; collect audio."""
+    """One session: send ``config``, then each word of ``text``, then ``__END__``; collect audio
+    until the server closes or ``timeout_s`` (from the open socket) passes (``timed_out``)."""
     result = TTSResult()
     headers = api_key_headers(url, api_key)
     words = text.split()
@@ -123,7 +136,14 @@ async def stream_tts(
         (i for i, w in enumerate(words) if _SENTENCE_END.search(w)), len(words) - 1
     )
     async with aiohttp.ClientSession() as http:
-        ws = await _connect(http, url, headers)
+        ws = await _connect(
+            http,
+            url,
+            headers,
+            budget_s=connect_budget_s,
+            backoff_s=handshake_backoff_s,
+            handshake=result.handshake,
+        )
         result.connected_at = time.monotonic()
 
         async def send() -> None:
@@ -146,15 +166,21 @@ async def stream_tts(
 
         sender = asyncio.create_task(send())
         try:
-            async for message in ws:
-                if message.type == aiohttp.WSMsgType.BINARY:
-                    result.frame_times.append(time.monotonic())
-                    result.frame_sizes.append(len(message.data))
-                    result.pcm.extend(message.data)
-                elif message.type == aiohttp.WSMsgType.TEXT:
-                    result.error = json.loads(message.data)
-                elif message.type == aiohttp.WSMsgType.ERROR:
-                    break
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    message = await ws.receive()
+                    if message.type == aiohttp.WSMsgType.BINARY:
+                        result.frame_times.append(time.monotonic())
+                        result.frame_sizes.append(len(message.data))
+                        result.pcm.extend(message.data)
+                    elif message.type == aiohttp.WSMsgType.TEXT:
+                        result.error = json.loads(message.data)
+                    else:  # CLOSE carries the server's reason; CLOSED / ERROR end it too
+                        if message.type == aiohttp.WSMsgType.CLOSE:
+                            result.close_reason = str(message.extra or "")
+                        break
+        except TimeoutError:
+            result.timed_out = True
         finally:
             if not sender.done():
                 sender.cancel()

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import aiohttp
 import msgpack
-import websockets
 
 from scripts.clients.auth import api_key_headers
+from scripts.clients.connect import open_websocket
 
 MODEL = "canopylabs/orpheus-3b-0.1-ft"
 
@@ -33,9 +33,7 @@ async def together(url: str, text: str, api_key: str | None, alignment: bool = F
     """Together's WebSocket example: settings in the query string, wait for session.created,
     append + commit, base64 audio deltas until the item is done."""
     query = f"?model={MODEL}&voice=tara" + ("&alignment=word" if alignment else "")
-    async with websockets.connect(
-        url + query, additional_headers=api_key_headers(url, api_key)
-    ) as ws:
+    async with await open_websocket(url + query, api_key) as ws:
         session = json.loads(await ws.recv())
         print("session:", session["session"]["id"])
         await ws.send(json.dumps({"type": "input_text_buffer.append", "text": text}))
@@ -56,7 +54,7 @@ async def together(url: str, text: str, api_key: str | None, alignment: bool = F
 
 async def fish(url: str, text: str, api_key: str | None, fmt: str = "mp3") -> bytes:
     """Fish Audio's live example: MessagePack start / text / stop; audio until finish."""
-    async with websockets.connect(url, additional_headers=api_key_headers(url, api_key)) as ws:
+    async with await open_websocket(url, api_key) as ws:
         request = {"text": "", "format": fmt, "reference_id": "tara", "latency": "balanced"}
         await ws.send(msgpack.packb({"event": "start", "request": request}))
         await ws.send(msgpack.packb({"event": "text", "text": text}))

@@ -18,6 +18,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
+from scripts.deploy.poll import WaitTimeoutError as WaitTimeoutError  # raised by the waits
+from scripts.deploy.poll import poll_until
+
 logger = logging.getLogger(__name__)
 
 API_URL_ENV = "BASETEN_API_URL"
@@ -86,10 +89,6 @@ class DeploymentFailedError(RuntimeError):
         self.model_id = model_id
         self.deployment_id = deployment_id
         self.status = status
-
-
-class WaitTimeoutError(RuntimeError):
-    """A wait on the management API ran out of time."""
 
 
 @dataclass(frozen=True)
@@ -347,14 +346,14 @@ class ManagementClient:
         on_status: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Poll until the deployment is ACTIVE (or asleep, if accepted); raise on failure/timeout."""
-        deadline = clock() + timeout_s
-        last_status = None
-        while True:
+        seen: dict[str, str | None] = {"status": None}
+
+        def check() -> dict[str, Any] | None:
             deployment = self.get_deployment(model_id, deployment_id)
             status = str(deployment.get("status"))
-            if status != last_status and on_status is not None:
+            if status != seen["status"] and on_status is not None:
                 on_status(status)
-            last_status = status
+            seen["status"] = status
             if status == ACTIVE_STATUS or (
                 accept_scaled_to_zero and status == SCALED_TO_ZERO_STATUS
             ):
@@ -367,8 +366,15 @@ class ManagementClient:
                 )
             elif status not in PENDING_STATUSES and status != SCALED_TO_ZERO_STATUS:
                 logger.warning("unknown deployment status %s; still waiting", status)
-            if clock() >= deadline:
-                raise WaitTimeoutError(
-                    f"deployment {deployment_id} still {status} after {timeout_s:.0f} s"
-                )
-            self._sleep(poll_interval_s)
+            return None
+
+        return poll_until(
+            check,
+            timeout_s=timeout_s,
+            interval_s=poll_interval_s,
+            timeout_message=lambda: (
+                f"deployment {deployment_id} still {seen['status']} after {timeout_s:.0f} s"
+            ),
+            sleep=self._sleep,
+            clock=clock,
+        )

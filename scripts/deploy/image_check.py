@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from packaging.utils import canonicalize_name
 
 from scripts import REPO_ROOT
 from scripts.local.serve import build_context
@@ -81,11 +82,6 @@ class Resolution:
         return f"ok   {self.truss}: {len(self.packages)} packages ({pins})"
 
 
-def normalise(name: str) -> str:
-    """PEP 503 name normalisation."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def python_version(config_path: Path) -> str:
     """``python_version: py311`` -> ``3.11``."""
     tag = str((yaml.safe_load(config_path.read_text()) or {}).get("python_version", "py311"))
@@ -98,7 +94,7 @@ def parse_lock(text: str) -> dict[str, str]:
     for line in text.splitlines():
         match = LOCK_LINE.match(line.strip())
         if match:
-            packages[normalise(match.group("name"))] = match.group("version")
+            packages[canonicalize_name(match.group("name"))] = match.group("version")
     return packages
 
 

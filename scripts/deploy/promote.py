@@ -36,10 +36,10 @@ from scripts.deploy.baseten_api import (
     ConfigError,
     DeploymentFailedError,
     ManagementClient,
-    WaitTimeoutError,
     api_base_url,
     api_key_from_env,
 )
+from scripts.deploy.poll import WaitTimeoutError, poll_until
 
 logger = logging.getLogger("promote")
 
@@ -175,16 +175,16 @@ def wait_for_production(
     log: Callable[[str], None] = logger.info,
 ) -> dict[str, Any]:
     """Poll environments/production until its current deployment is ours and no promotion runs."""
-    deadline = clock() + timeout_s
-    last = None
-    while True:
+    seen: dict[str, Any] = {"state": None}
+
+    def check() -> dict[str, Any] | None:
         env = get_production(client, model_id)
         promotion = _promotion(env)
         state = (_current_id(env), promotion.get("status") if promotion else None)
-        if state != last:
+        if state != seen["state"]:
             pct = promotion.get("percent_traffic_to_new_version") if promotion else None
             log(f"production: current={state[0]} promotion={state[1]} traffic_to_new={pct}")
-            last = state
+            seen["state"] = state
         if promotion and promotion.get("status") in PROMOTION_FAILED_STATUSES:
             reason = promotion.get("error_message") or "no reason given"
             raise PromotionError(f"promotion {promotion.get('status')}: {reason}")
@@ -193,11 +193,20 @@ def wait_for_production(
         dep_status = str(client.get_deployment(model_id, deployment_id).get("status"))
         if dep_status in FAILED_STATUSES:
             raise DeploymentFailedError(model_id, deployment_id, dep_status)
-        if clock() >= deadline:
-            raise WaitTimeoutError(
-                f"production still serves {state[0]} (promotion {state[1]}) after {timeout_s:.0f} s"
-            )
-        sleep(poll_interval_s)
+        return None
+
+    def timeout_message() -> str:
+        current, promotion = seen["state"]
+        return f"production still serves {current} (promotion {promotion}) after {timeout_s:.0f} s"
+
+    return poll_until(
+        check,
+        timeout_s=timeout_s,
+        interval_s=poll_interval_s,
+        timeout_message=timeout_message,
+        sleep=sleep,
+        clock=clock,
+    )
 
 
 def settings_applied(environment: Mapping[str, Any] | None, wanted: Mapping[str, int]) -> bool:
@@ -220,16 +229,17 @@ def apply_autoscaling(
     wanted = settings.as_request()
     answer = client.update_environment_autoscaling(model_id, wanted, PRODUCTION) or {}
     status = str(answer.get("status", "ACCEPTED"))
-    deadline = clock() + timeout_s
-    while True:
-        if settings_applied(get_production(client, model_id), wanted):
-            return status
-        if clock() >= deadline:
-            raise WaitTimeoutError(
-                f"autoscaling settings {wanted} not applied after {timeout_s:.0f} s "
-                f"(update was {status})"
-            )
-        sleep(poll_interval_s)
+    return poll_until(
+        lambda: status if settings_applied(get_production(client, model_id), wanted) else None,
+        timeout_s=timeout_s,
+        interval_s=poll_interval_s,
+        timeout_message=lambda: (
+            f"autoscaling settings {wanted} not applied after {timeout_s:.0f} s "
+            f"(update was {status})"
+        ),
+        sleep=sleep,
+        clock=clock,
+    )
 
 
 def promote(

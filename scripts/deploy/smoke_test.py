@@ -21,55 +21,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import re
 import sys
-import time
-import wave
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import jiwer
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.exceptions import WebSocketException
 
-from scripts import REPO_ROOT
-from scripts.clients.auth import api_key_headers, is_local
+from orpheus_tts.tokens import BYTES_PER_SAMPLE as TTS_BYTES_PER_SAMPLE
+from orpheus_tts.tokens import SAMPLE_RATE_HZ as TTS_SAMPLE_RATE_HZ
+from scripts import SAMPLES_DIR
+from scripts.bench.wer import wer
+from scripts.clients import stt, tts
+from scripts.clients.auth import is_local
+from scripts.clients.connect import (
+    DEFAULT_CONNECT_BUDGET_S,
+    HANDSHAKE_BACKOFF_START_S,
+    Handshake,
+    HandshakeRejected,
+)
 
 logger = logging.getLogger("smoke_test")
 
-DEFAULT_STT_SAMPLE = REPO_ROOT / "samples" / "speech_en.wav"
+DEFAULT_STT_SAMPLE = SAMPLES_DIR / "speech_en.wav"
 API_KEY_ENV = "BASETEN_API_KEY"
-
-# Handshake retries: Baseten answers 503 while a deployment loads or wakes (GPU cold starts take
-# minutes); 502/504 are the gateway's own transient answers.
-RETRY_HANDSHAKE_STATUSES = frozenset({502, 503, 504})
-DEFAULT_CONNECT_BUDGET_S = 15 * 60.0
-HANDSHAKE_BACKOFF_START_S = 2.0
-HANDSHAKE_BACKOFF_MAX_S = 30.0
-OPEN_TIMEOUT_S = 30.0
 NORMAL_CLOSE = 1000
 
-# TTS (Orpheus protocol): s16le mono at 24 kHz.
-# Declared here, not imported from orpheus_tts: the deploy job installs only the deploy tools
-# (truss, jiwer, websockets, httpx, PyYAML), not the trusses' dependencies; tests check that
-# these equal the protocol's own (tests/test_smoke_test.py).
-TTS_SAMPLE_RATE_HZ = 24_000
-TTS_BYTES_PER_SAMPLE = 2
-TTS_END_OF_INPUT = "__END__"
+# TTS: the protocol's own constants (orpheus_tts), s16le mono at 24 kHz.
 DEFAULT_TTS_TEXT = "Hello! This is a smoke test of streaming speech, one word at a time."
 DEFAULT_MIN_AUDIO_S = 1.0
 DEFAULT_TTS_TIMEOUT_S = 120.0
 
-# STT (streaming Whisper protocol): 512-sample frames of s16le at 16 kHz, as real clients send.
-STT_SAMPLE_RATE_HZ = 16_000
-STT_FRAME_SAMPLES = 512
-STT_BYTES_PER_SAMPLE = 2
+# STT: the published client's frames (scripts.clients.stt), a bundled sample.
 DEFAULT_MAX_WER = 0.3
 DEFAULT_STT_TIMEOUT_S = 120.0  # after the last audio frame was sent
 # Bound on the STT sample's length (streamed at real-time pace before that timeout starts);
@@ -82,13 +69,6 @@ def default_timeout_s(kind: str) -> float:
     if kind == "tts":
         return DEFAULT_TTS_TIMEOUT_S
     return STT_MAX_SAMPLE_S + DEFAULT_STT_TIMEOUT_S
-
-
-_NUMBER_WORDS = {
-    "0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six",
-    "7": "seven", "8": "eight", "9": "nine", "10": "ten", "11": "eleven", "12": "twelve",
-}  # fmt: skip
-_PUNCTUATION = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
 
 
 class SmokeFailure(RuntimeError):
@@ -129,125 +109,55 @@ class SmokeResult:
     error: str | None = None
 
 
-def normalize_text(text: str) -> str:
-    """Lower case, no punctuation, small numbers as words, single spaces (for WER)."""
-    words = _PUNCTUATION.sub(" ", text.lower()).split()
-    return " ".join(_NUMBER_WORDS.get(w, w) for w in words)
+def _handshake_metrics(handshake: Handshake, metrics: dict[str, Any]) -> None:
+    metrics["handshake_attempts"] = handshake.attempts
+    metrics["connect_s"] = handshake.connect_s
 
 
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    """WER of hypothesis against reference after normalisation (1.0 for an empty hypothesis)."""
-    ref, hyp = normalize_text(reference), normalize_text(hypothesis)
-    if not ref:
-        raise ValueError("empty reference text")
-    if not hyp:
-        return 1.0
-    return float(jiwer.wer(ref, hyp))
-
-
-async def connect_with_retry(
-    options: SmokeOptions, metrics: dict[str, Any], *, sleep=asyncio.sleep
-) -> ClientConnection:
-    """Open the WebSocket, retrying 502/503/504 handshakes with backoff within the budget."""
-    deadline = time.monotonic() + options.connect_budget_s
-    delay = options.handshake_backoff_s
-    attempts = 0
-    started = time.monotonic()
-    while True:
-        attempts += 1
-        metrics["handshake_attempts"] = attempts
-        try:
-            ws = await connect(
-                options.url,
-                additional_headers=api_key_headers(options.url, options.api_key),
-                open_timeout=OPEN_TIMEOUT_S,
-                max_size=None,
-                proxy=None if is_local(options.url) else True,
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if status not in RETRY_HANDSHAKE_STATUSES:
-                hint = " (check BASETEN_API_KEY)" if status in (401, 403) else ""
-                raise SmokeFailure(
-                    f"handshake rejected with HTTP {status}{hint}", metrics
-                ) from None
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise SmokeFailure(
-                    f"still HTTP {status} at the handshake after {attempts} attempts "
-                    f"({options.connect_budget_s:.0f} s): the deployment did not become ready",
-                    metrics,
-                ) from None
-            logger.info("handshake HTTP %d (loading?); retrying in %.0f s", status, delay)
-            await sleep(min(delay, remaining))
-            delay = min(delay * 2, HANDSHAKE_BACKOFF_MAX_S)
-            continue
-        metrics["connect_s"] = round(time.monotonic() - started, 3)
-        return ws
-
-
-def _error_frame(message: str | bytes) -> str | None:
-    """The description of a server error frame, or None for any other text frame."""
-    if isinstance(message, bytes):
-        return None
-    try:
-        data = json.loads(message)
-    except ValueError:
-        return None
-    if isinstance(data, dict) and data.get("type") == "error":
-        body = data.get("body") or {}
-        return f"{body.get('error_type', 'error')}: {body.get('message', data)}"
-    return None
+def _describe_error(frame: dict[str, Any]) -> str:
+    body = frame.get("body") or {}
+    return f"{body.get('error_type', 'error')}: {body.get('message', frame)}"
 
 
 async def smoke_tts(options: SmokeOptions) -> SmokeResult:
-    """Speak a sentence word by word; require enough PCM and a normal close."""
+    """Speak a sentence word by word (scripts.clients.tts); require enough PCM and a normal
+    close."""
     metrics: dict[str, Any] = {}
     timeout_s = options.timeout_s or DEFAULT_TTS_TIMEOUT_S
-    ws = await connect_with_retry(options, metrics)
-    pcm_bytes = 0
-    first_audio_at: float | None = None
-    async with ws:
-        config: dict[str, Any] = {}
-        if options.voice:
-            config["voice"] = options.voice
-        await ws.send(json.dumps(config))
-        started = time.monotonic()
-        for word in options.text.split():
-            await ws.send(word)
-        await ws.send(TTS_END_OF_INPUT)
-
-        async def receive() -> None:
-            nonlocal pcm_bytes, first_audio_at
-            async for message in ws:
-                if isinstance(message, bytes):
-                    if message and first_audio_at is None:
-                        first_audio_at = time.monotonic()
-                    pcm_bytes += len(message)
-                    continue
-                if error := _error_frame(message):
-                    raise SmokeFailure(f"server error frame: {error}", metrics)
-
-        try:
-            await asyncio.wait_for(receive(), timeout_s)
-        except TimeoutError:
-            raise SmokeFailure(
-                f"no normal close within {timeout_s:.0f} s ({pcm_bytes} bytes of audio so far)",
-                metrics,
-            ) from None
-        except ConnectionClosed:
-            pass  # judged by the close code below
+    config = {"voice": options.voice} if options.voice else {}
+    result = await _with_handshake(
+        tts.stream_tts(
+            options.url,
+            options.text,
+            config=config,
+            api_key=options.api_key,
+            timeout_s=timeout_s,
+            connect_budget_s=options.connect_budget_s,
+            handshake_backoff_s=options.handshake_backoff_s,
+        ),
+        metrics,
+    )
+    _handshake_metrics(result.handshake, metrics)
+    pcm_bytes = len(result.pcm)
     audio_s = pcm_bytes / (TTS_SAMPLE_RATE_HZ * TTS_BYTES_PER_SAMPLE)
+    first = result.frame_times[0] - result.first_word_at if result.frame_times else None
     metrics.update(
         audio_s=round(audio_s, 3),
         pcm_bytes=pcm_bytes,
-        time_to_first_audio_s=round(first_audio_at - started, 3) if first_audio_at else None,
-        total_s=round(time.monotonic() - started, 3),
-        close_code=ws.close_code,
+        time_to_first_audio_s=round(first, 3) if first is not None else None,
+        total_s=round(result.closed_at - result.first_word_at, 3),
+        close_code=result.close_code,
     )
-    if ws.close_code != NORMAL_CLOSE:
+    if result.error and result.error.get("type") == "error":
+        raise SmokeFailure(f"server error frame: {_describe_error(result.error)}", metrics)
+    if result.timed_out:
         raise SmokeFailure(
-            f"closed with {ws.close_code} {ws.close_reason or ''}".strip()
+            f"no normal close within {timeout_s:.0f} s ({pcm_bytes} bytes of audio so far)",
+            metrics,
+        )
+    if result.close_code != NORMAL_CLOSE:
+        raise SmokeFailure(
+            f"closed with {result.close_code} {result.close_reason}".strip()
             + f" after {audio_s:.2f} s of audio",
             metrics,
         )
@@ -263,18 +173,13 @@ async def smoke_tts(options: SmokeOptions) -> SmokeResult:
     return SmokeResult(True, "tts", options.url, verdict, metrics)
 
 
-def load_sample(path: Path) -> bytes:
-    """PCM s16le mono 16 kHz frames of a WAV file."""
-    with wave.open(str(path), "rb") as wav:
-        if (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) != (
-            STT_SAMPLE_RATE_HZ,
-            1,
-            STT_BYTES_PER_SAMPLE,
-        ):
-            raise SmokeFailure(f"{path}: need 16 kHz mono 16-bit PCM")
-        if wav.getnframes() > STT_MAX_SAMPLE_S * STT_SAMPLE_RATE_HZ:
-            raise SmokeFailure(f"{path}: longer than {STT_MAX_SAMPLE_S:.0f} s")
-        return wav.readframes(wav.getnframes())
+async def _with_handshake(client: Any, metrics: dict[str, Any]) -> Any:
+    """Run a client call; a refused or never-ready handshake is a smoke failure."""
+    try:
+        return await client
+    except HandshakeRejected as exc:
+        metrics["handshake_attempts"] = exc.attempts
+        raise SmokeFailure(str(exc), metrics) from None
 
 
 def load_reference(sample: Path) -> str:
@@ -286,111 +191,73 @@ def load_reference(sample: Path) -> str:
         raise SmokeFailure(f"no reference text for {sample}: {exc}") from None
 
 
-def stt_metadata() -> dict[str, Any]:
-    """The v1 session metadata, as Baseten's own client sends it."""
-    return {
-        "vad_params": {"threshold": 0.5, "min_silence_duration_ms": 300, "speech_pad_ms": 30},
-        "streaming_whisper_params": {
-            "encoding": "pcm_s16le",
-            "sample_rate": STT_SAMPLE_RATE_HZ,
-            "enable_partial_transcripts": False,
-            "audio_language": "en",
-        },
-    }
-
-
-async def _send_audio(
-    ws: ClientConnection, pcm: bytes, fast: bool, timing: dict[str, float]
-) -> None:
-    frame_bytes = STT_FRAME_SAMPLES * STT_BYTES_PER_SAMPLE
-    frame_s = STT_FRAME_SAMPLES / STT_SAMPLE_RATE_HZ
-    start = time.monotonic()
-    for index, offset in enumerate(range(0, len(pcm), frame_bytes)):
-        frame = pcm[offset : offset + frame_bytes]
-        frame = frame + b"\x00" * (frame_bytes - len(frame))  # last frame zero-padded
-        await ws.send(frame)
-        if fast:
-            await asyncio.sleep(0)
-        else:  # real-time pace against the wall clock, so send jitter does not accumulate
-            await asyncio.sleep(max(0.0, start + (index + 1) * frame_s - time.monotonic()))
-    await ws.send(json.dumps({"type": "end_audio"}))
-    timing["end_audio_sent"] = time.monotonic()
-
-
 async def smoke_stt(options: SmokeOptions) -> SmokeResult:
-    """Stream the sample; require the finals' transcript within the WER bound."""
+    """Stream the sample with the STT client (scripts.clients.stt, published-client metadata);
+    require the finals' transcript within the WER bound."""
     metrics: dict[str, Any] = {}
     timeout_s = options.timeout_s or DEFAULT_STT_TIMEOUT_S
-    pcm = load_sample(options.sample)
+    try:
+        samples = stt.read_wav(options.sample)
+    except (OSError, EOFError, ValueError, SystemExit) as exc:
+        raise SmokeFailure(f"{options.sample}: {exc}") from None
+    audio_s = len(samples) / stt.CLIENT_RATE_HZ
+    if audio_s > STT_MAX_SAMPLE_S:
+        raise SmokeFailure(f"{options.sample}: longer than {STT_MAX_SAMPLE_S:.0f} s")
     reference = options.reference or load_reference(options.sample)
-    audio_s = len(pcm) / (STT_SAMPLE_RATE_HZ * STT_BYTES_PER_SAMPLE)
-    finals: list[str] = []
-    finished = False
-    timing: dict[str, float] = {}
-    ws = await connect_with_retry(options, metrics)
-    async with ws:
-        await ws.send(json.dumps(stt_metadata()))
-        started = time.monotonic()
-        sender = asyncio.create_task(_send_audio(ws, pcm, options.fast, timing))
-
-        async def receive() -> bool:
-            async for message in ws:
-                if isinstance(message, bytes):
-                    continue
-                if error := _error_frame(message):
-                    raise SmokeFailure(f"server error frame: {error}", metrics)
-                data = json.loads(message)
-                kind = data.get("type")
-                if kind == "transcription" and data.get("is_final"):
-                    text = data.get("transcript")
-                    if text is None:  # older servers: join the segments
-                        text = " ".join(seg.get("text", "") for seg in data.get("segments", []))
-                    finals.append(str(text).strip())
-                    metrics.setdefault("first_final_s", round(time.monotonic() - started, 3))
-                elif kind == "end_audio" and (data.get("body") or {}).get("status") == "finished":
-                    return True
-            return False
-
-        try:
-            finished = await asyncio.wait_for(receive(), audio_s + timeout_s)
-        except TimeoutError:
-            raise SmokeFailure(
-                f"no end_audio 'finished' within {timeout_s:.0f} s after the audio "
-                f"({len(finals)} finals so far)",
-                metrics,
-            ) from None
-        except ConnectionClosed:
-            pass
-        finally:
-            if not sender.done():
-                sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await sender
-    transcript = " ".join(t for t in finals if t)
-    wer = word_error_rate(reference, transcript)
+    result = await _with_handshake(
+        stt.stream(
+            options.url,
+            stt.frames_of(samples),
+            stt.v1_metadata(partials=False),
+            frame_s=stt.FRAME_SAMPLES / stt.CLIENT_RATE_HZ,
+            realtime=not options.fast,
+            api_key=options.api_key,
+            timeout_s=audio_s + timeout_s,
+            connect_budget_s=options.connect_budget_s,
+            handshake_backoff_s=options.handshake_backoff_s,
+        ),
+        metrics,
+    )
+    _handshake_metrics(result.handshake, metrics)
+    if result.errors:
+        raise SmokeFailure(f"server error frame: {_describe_error(result.errors[0])}", metrics)
+    transcript = result.transcript
+    error_rate = wer(reference, transcript)
+    last = result.arrivals[-1][0] if result.arrivals else None
     metrics.update(
         audio_s=round(audio_s, 3),
-        finals=len(finals),
+        finals=len(result.finals),
+        first_final_s=round(result.first_final_s, 3) if result.first_final_s else None,
         transcript=transcript,
         reference=reference,
-        wer=round(wer, 4),
+        wer=round(error_rate, 4),
         flush_s=(
-            round(time.monotonic() - timing["end_audio_sent"], 3)
-            if "end_audio_sent" in timing
+            round(last - result.end_audio_sent_s, 3)
+            if last is not None and result.end_audio_sent_s is not None
             else None
         ),
-        close_code=ws.close_code,
+        close_code=result.close_code,
         fast=options.fast,
     )
-    if not finished:
+    if result.timed_out:
         raise SmokeFailure(
-            f"connection ended ({ws.close_code} {ws.close_reason or ''}) before end_audio finished",
+            f"no end_audio 'finished' within {timeout_s:.0f} s after the audio "
+            f"({len(result.finals)} finals so far)",
             metrics,
         )
-    if wer > options.max_wer:
-        raise SmokeFailure(f"WER {wer:.2f} > {options.max_wer:.2f}: heard {transcript!r}", metrics)
+    if not result.finished:
+        raise SmokeFailure(
+            f"connection ended ({result.close_code} {result.close_reason}) before end_audio "
+            "finished",
+            metrics,
+        )
+    if error_rate > options.max_wer:
+        raise SmokeFailure(
+            f"WER {error_rate:.2f} > {options.max_wer:.2f}: heard {transcript!r}", metrics
+        )
     verdict = (
-        f"WER {wer:.2f} <= {options.max_wer:.2f} over {len(finals)} finals ({audio_s:.1f} s audio)"
+        f"WER {error_rate:.2f} <= {options.max_wer:.2f} over {len(result.finals)} finals "
+        f"({audio_s:.1f} s audio)"
     )
     return SmokeResult(True, "stt", options.url, verdict, metrics)
 
@@ -405,7 +272,7 @@ async def run_async(options: SmokeOptions) -> SmokeResult:
         raise SmokeFailure(f"unknown kind {options.kind!r}")
     except SmokeFailure as exc:
         return SmokeResult(False, options.kind, options.url, exc.message, exc.metrics, exc.message)
-    except (TimeoutError, OSError, WebSocketException, ValueError) as exc:
+    except (TimeoutError, OSError, WebSocketException, ValueError, ConnectionError) as exc:
         message = f"{type(exc).__name__}: {exc}"
         if options.api_key:
             message = message.replace(options.api_key, "***")

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from orpheus_tts.tokens import SAMPLE_RATE_HZ as MODEL_RATE_HZ  # Orpheus/SNAC output
+
 SAMPLE_RATE_HZ = 16000
 FRAME_S = 0.01  # energy frames for the refinement
 QUIET_BELOW_PEAK_DB = 35.0
@@ -206,7 +208,6 @@ def _distance(t: float, run: tuple[float, float]) -> float:
 
 
 # -- the aligner as a worker of the TTS runtime --------------------------------------------------
-MODEL_RATE_HZ = 24000
 ALIGN_WORKER = "aligner"
 
 

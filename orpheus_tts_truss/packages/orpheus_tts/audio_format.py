@@ -25,10 +25,10 @@ from enum import StrEnum
 
 import numpy as np
 
+from orpheus_tts.tokens import SAMPLE_RATE_HZ as MODEL_RATE_HZ  # Orpheus/SNAC output
 from speech_common.audio import StreamingResampler
 from speech_common.ws import CloseCode, ProtocolError
 
-MODEL_RATE_HZ = 24000  # Orpheus/SNAC output
 SUPPORTED_RATES_HZ = (8000, 16000, 22050, 24000, 44100, 48000)
 OPUS_RATES_HZ = (8000, 16000, 24000, 48000)  # what libopus encodes (it has no 22.05/44.1 kHz)
 TELEPHONY_RATE_HZ = 8000  # μ-law and A-law default to the telephone rate

@@ -10,6 +10,7 @@ from speech_common.audio import Encoding
 from speech_common.ws import describe_validation_error
 
 MAX_FINAL_DURATION_S = 30.0  # Whisper's input window
+DEFAULT_SAMPLE_RATE_HZ = 16000  # the published client's, and Whisper's own
 MIN_SAMPLE_RATE_HZ = 4000
 MAX_SAMPLE_RATE_HZ = 192000
 
@@ -27,7 +28,7 @@ class VadParams(_Strict):
 
 class StreamingParams(_Strict):
     encoding: str = Encoding.PCM_S16LE.value
-    sample_rate: int = Field(16000, ge=MIN_SAMPLE_RATE_HZ, le=MAX_SAMPLE_RATE_HZ)
+    sample_rate: int = Field(DEFAULT_SAMPLE_RATE_HZ, ge=MIN_SAMPLE_RATE_HZ, le=MAX_SAMPLE_RATE_HZ)
     enable_partial_transcripts: bool = False
     partial_transcript_interval_s: float = Field(0.5, ge=0.1, le=10.0)
     final_transcript_max_duration_s: float = Field(30.0, ge=1.0, le=MAX_FINAL_DURATION_S)
