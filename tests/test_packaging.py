@@ -45,3 +45,36 @@ def test_tooling_is_organised_by_trade_and_every_package_installs() -> None:
         "scripts"
     ].values():
         assert target.split(".")[1] in trades, target
+
+
+def _module_constants() -> dict[tuple[str, str], list[str]]:
+    """UPPER_CASE module-level constants with a literal value, by (name, value)."""
+    import ast
+    from collections import defaultdict
+
+    found: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for base in ("scripts", "shared", "whisper_streaming_truss", "orpheus_tts_truss"):
+        for path in (REPO / base).rglob("*.py"):
+            for node in ast.parse(path.read_text()).body:
+                if not isinstance(node, ast.Assign | ast.AnnAssign) or node.value is None:
+                    continue
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                try:
+                    value = ast.literal_eval(node.value)
+                except ValueError:
+                    continue  # computed or imported: defined elsewhere
+                for target in targets:
+                    if isinstance(target, ast.Name) and target.id.isupper():
+                        found[(target.id, repr(value))].append(str(path.relative_to(REPO)))
+    return found
+
+
+def test_no_two_modules_define_the_same_constant() -> None:
+    constants = _module_constants()
+    twins = {key: paths for key, paths in constants.items() if len(paths) > 1}
+    assert not twins, twins
+    strings: dict[str, set[str]] = {}
+    for (_name, value), paths in constants.items():
+        if value.startswith(("'", '"')) and len(value) > 7:  # a real word, not "" or "en"
+            strings.setdefault(value, set()).update(paths)
+    assert not {v: p for v, p in strings.items() if len(p) > 1}

@@ -41,7 +41,6 @@ SNAC_STREAMS = (1, 8, 32, 64)
 PIPELINE_STREAMS = (1, 8, 32)
 SNAC_WINDOWS_PER_STREAM = 20
 PARITY_BATCH, PARITY_FRAMES = 4, 32  # codes decoded on both devices
-INT16_FULL_SCALE = 32767
 PIPELINE_FRAMES = 24  # audio frames per generation (24 x 2048 samples = 2.05 s at 24 kHz)
 PIPELINE_TEXT = "Hello there, this is a check of the streaming speech pipeline on a GPU."
 MAX_MODEL_LEN = 1024
@@ -75,7 +74,7 @@ def snac_parity(device: str) -> dict[str, Any]:
     """(a) The same codes through the same random SNAC on the device and on the CPU."""
     import numpy as np
 
-    from orpheus_tts.snac_decoder import SnacCodec, build_snac
+    from orpheus_tts.snac_decoder import INT16_FULL_SCALE, SnacCodec, build_snac
 
     codes = np.random.default_rng(0).integers(0, 4096, size=(PARITY_BATCH, PARITY_FRAMES, 7))
     ref = SnacCodec(build_snac(None, device="cpu", noise=False, seed=0), device="cpu")

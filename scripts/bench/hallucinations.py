@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from scripts.clients.stt import CLIENT_RATE_HZ as RATE
 from scripts.clients.stt import FRAME_SAMPLES, frames_of, stream, v1_metadata
 
-RATE = 16000
 FULL_SCALE = 32767
 SEED = 0
 

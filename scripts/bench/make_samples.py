@@ -13,8 +13,10 @@ import tempfile
 from pathlib import Path
 
 from scripts import SAMPLES_DIR
+from scripts.clients.stt import (
+    CLIENT_RATE_HZ as SAMPLE_RATE_HZ,  # the samples are what clients send
+)
 
-SAMPLE_RATE_HZ = 16000
 LEAD_SILENCE_S = 0.5
 GAP_SILENCE_S = 1.2  # > min_silence_duration_ms defaults, so each sentence is its own utterance
 TAIL_SILENCE_S = 1.0

@@ -32,11 +32,12 @@ import numpy as np
 from scripts import REPO_ROOT
 from scripts.bench.stats import percentile
 from scripts.bench.wer import wer
+from scripts.clients.auth import API_KEY_ENV
+from scripts.clients.stt import CLIENT_RATE_HZ as RATE
 from scripts.clients.stt import FRAME_SAMPLES, frames_of, read_wav, stream, v1_metadata
 
 SAMPLES = REPO_ROOT / "samples"
 DEFAULT_FILES = ("speech_en", "weather_en", "order_en")
-RATE = 16000
 SILENCE_LEVEL = 64  # int16 amplitude below which a sample is silence (espeak pads with zeros)
 MERGE_GAP_S = 0.5  # gaps shorter than this are inside one utterance
 CAPACITY_P95_S = 1.0
@@ -235,7 +236,7 @@ def main() -> None:
     )
     parser.add_argument("--no-offline", action="store_true", help="skip the offline WER comparison")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench_results" / "stt.json"))
-    parser.add_argument("--api-key", default=os.environ.get("BASETEN_API_KEY"))
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV))
     args = parser.parse_args()
     if args.beam:
         WHISPER_METADATA["beam_width"] = args.beam

@@ -38,6 +38,7 @@ from typing import Any
 
 from scripts import REPO_ROOT
 from scripts.bench.stats import percentile
+from scripts.clients.auth import API_KEY_ENV
 from scripts.clients.tts import EventSession, TTSResult, stream_tts
 
 logger = logging.getLogger("bench_tts")
@@ -322,7 +323,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     target.add_argument(
         "--dummy-weights", action="store_true", help="start a local CPU server with random weights"
     )
-    parser.add_argument("--api-key", default=os.environ.get("BASETEN_API_KEY"))
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV))
     parser.add_argument(
         "--metrics-url", help="the server's /metrics (local runs): adds server-side latencies"
     )

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import websockets
 
+from scripts.clients.auth import API_KEY_ENV
 from scripts.clients.connect import DEFAULT_CONNECT_BUDGET_S, Handshake, open_websocket
 from whisper_streaming.schema import DEFAULT_SAMPLE_RATE_HZ
 
@@ -230,7 +231,7 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="send as fast as possible")
     parser.add_argument("--no-partials", action="store_true")
     parser.add_argument("--language", default="en", help='"auto" to detect')
-    parser.add_argument("--api-key", default=os.environ.get("BASETEN_API_KEY"))
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV))
     args = parser.parse_args()
     metadata = v1_metadata(partials=not args.no_partials, audio_language=args.language)
     if args.mic:

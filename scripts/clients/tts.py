@@ -34,7 +34,7 @@ import aiohttp
 
 from orpheus_tts.schema import END_OF_INPUT
 from orpheus_tts.tokens import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
-from scripts.clients.auth import api_key_headers
+from scripts.clients.auth import API_KEY_ENV, api_key_headers
 from scripts.clients.connect import (
     DEFAULT_CONNECT_BUDGET_S,
     HANDSHAKE_BACKOFF_START_S,
@@ -381,7 +381,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deployment-id", help="a specific Baseten deployment instead")
     parser.add_argument(
         "--api-key",
-        default=os.environ.get("BASETEN_API_KEY"),
+        default=os.environ.get(API_KEY_ENV),
         help="Baseten API key (default: $BASETEN_API_KEY)",
     )
     text = parser.add_mutually_exclusive_group()

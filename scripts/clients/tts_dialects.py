@@ -23,10 +23,9 @@ from pathlib import Path
 import aiohttp
 import msgpack
 
-from scripts.clients.auth import api_key_headers
+from orpheus_tts.settings import ORPHEUS_HF_REPO as MODEL
+from scripts.clients.auth import API_KEY_ENV, api_key_headers
 from scripts.clients.connect import open_websocket
-
-MODEL = "canopylabs/orpheus-3b-0.1-ft"
 
 
 async def together(url: str, text: str, api_key: str | None, alignment: bool = False) -> bytes:
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dialect", choices=["together", "fish", "http"])
     parser.add_argument("--url", required=True)
-    parser.add_argument("--api-key", default=os.environ.get("BASETEN_API_KEY"))
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV))
     parser.add_argument("--text", default="Hello from another vendor's client.")
     parser.add_argument("--out", type=Path, help="where the audio goes (default by dialect)")
     args = parser.parse_args(argv)

@@ -18,13 +18,13 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
+from scripts.clients.auth import API_KEY_ENV
 from scripts.deploy.poll import WaitTimeoutError as WaitTimeoutError  # raised by the waits
 from scripts.deploy.poll import poll_until
 
 logger = logging.getLogger(__name__)
 
 API_URL_ENV = "BASETEN_API_URL"
-API_KEY_ENV = "BASETEN_API_KEY"
 DEFAULT_API_URL = "https://api.baseten.co"
 PRODUCTION = "production"
 

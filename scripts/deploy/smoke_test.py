@@ -37,7 +37,7 @@ from orpheus_tts.tokens import SAMPLE_RATE_HZ as TTS_SAMPLE_RATE_HZ
 from scripts import SAMPLES_DIR
 from scripts.bench.wer import wer
 from scripts.clients import stt, tts
-from scripts.clients.auth import is_local
+from scripts.clients.auth import API_KEY_ENV, is_local
 from scripts.clients.connect import (
     DEFAULT_CONNECT_BUDGET_S,
     HANDSHAKE_BACKOFF_START_S,
@@ -48,7 +48,6 @@ from scripts.clients.connect import (
 logger = logging.getLogger("smoke_test")
 
 DEFAULT_STT_SAMPLE = SAMPLES_DIR / "speech_en.wav"
-API_KEY_ENV = "BASETEN_API_KEY"
 NORMAL_CLOSE = 1000
 
 # TTS: the protocol's own constants (orpheus_tts), s16le mono at 24 kHz.

@@ -7,6 +7,9 @@ from enum import StrEnum
 import numpy as np
 import soxr
 
+# The rate Whisper takes (and Silero VAD runs at): every STT stream is resampled to it once.
+WHISPER_RATE_HZ = 16000
+
 S16_MAX = 32768.0
 MULAW_BIAS = 0x84
 MULAW_CLIP = 32635

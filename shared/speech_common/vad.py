@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import SampleBuffer
+from .audio import WHISPER_RATE_HZ, SampleBuffer
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE_HZ = 16000
+SAMPLE_RATE_HZ = WHISPER_RATE_HZ
 WINDOW_SAMPLES = 512  # Silero's window at 16 kHz (32 ms)
 CONTEXT_SAMPLES = 64  # Silero v5+ prepends the previous window's last 64 samples
 STATE_SHAPE = (2, 1, 128)

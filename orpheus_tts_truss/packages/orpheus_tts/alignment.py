@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from orpheus_tts.tokens import SAMPLE_RATE_HZ as MODEL_RATE_HZ  # Orpheus/SNAC output
+from speech_common.audio import WHISPER_RATE_HZ as SAMPLE_RATE_HZ
 
-SAMPLE_RATE_HZ = 16000
 FRAME_S = 0.01  # energy frames for the refinement
 QUIET_BELOW_PEAK_DB = 35.0
 MIN_QUIET_S = 0.02  # shorter dips inside a word are not pauses

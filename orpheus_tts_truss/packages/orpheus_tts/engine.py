@@ -37,6 +37,8 @@ class EngineError(RuntimeError):
 
 
 DONE = object()  # pushed by an engine's thread when a request finished
+# Recently aborted request ids an engine remembers (so a late result of one is dropped).
+ABORTED_IDS_KEPT = 1024
 
 
 class ThreadBridge:

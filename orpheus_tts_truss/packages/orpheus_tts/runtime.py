@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from orpheus_tts.engine import TokenEngine
-from orpheus_tts.settings import OrpheusSettings
+from orpheus_tts.settings import ORPHEUS_HF_REPO, OrpheusSettings
 from orpheus_tts.snac_decoder import SnacCodec, SnacDecodeService, build_snac
 from orpheus_tts.synth import Synthesizer
 
 logger = logging.getLogger(__name__)
 
-ORPHEUS_HF_REPO = "canopylabs/orpheus-3b-0.1-ft"
 SNAC_HF_REPO = "hubertsiuzdak/snac_24khz"
 
 

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from orpheus_tts.audio_format import AudioFormat, check_format, default_rate
+from speech_common.text_buffer import DEFAULT_BUFFER_SIZE_WORDS
 from speech_common.ws import CloseCode, ProtocolError, describe_validation_error, load_json
 
 END_OF_INPUT = "__END__"
@@ -37,7 +38,6 @@ END_OF_INPUT = "__END__"
 DEFAULT_MAX_TOKENS = 2000  # ≈ 24 s of audio per generation at 82.03 tokens/s
 # Upper bound accepted from clients; the synthesizer clamps further by text length and context.
 MAX_TOKENS_LIMIT = 8192
-DEFAULT_BUFFER_SIZE_WORDS = 10
 MAX_BUFFER_SIZE_WORDS = 200
 # A config frame is a handful of keys; anything bigger is not a config.
 MAX_CONFIG_FRAME_CHARS = 4096

@@ -15,6 +15,8 @@ from orpheus_tts.snac_stream import WindowPolicy
 from speech_common.settings import Settings
 from speech_common.text_buffer import DEFAULT_MAX_CHARS
 
+ORPHEUS_HF_REPO = "canopylabs/orpheus-3b-0.1-ft"  # the checkpoint (and Together's model name)
+
 # The protocol of a session (orpheus_tts.dialects): "auto" picks Together's when the handshake
 # carries its query parameters and Fish Audio's for a MessagePack first frame.
 Dialect = Literal["auto", "baseten", "together", "fish"]

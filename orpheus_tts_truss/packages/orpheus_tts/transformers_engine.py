@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from orpheus_tts.engine import DONE, EngineError, SamplingParams, ThreadBridge
+from orpheus_tts.engine import ABORTED_IDS_KEPT, DONE, EngineError, SamplingParams, ThreadBridge
 from orpheus_tts.tokens import (
     AUDIO_TOKEN_BASE,
     CODEBOOK_SIZE,
@@ -28,8 +28,6 @@ from orpheus_tts.tokens import (
 )
 
 logger = logging.getLogger(__name__)
-
-ABORTED_IDS_KEPT = 1024
 
 
 @dataclass(frozen=True)

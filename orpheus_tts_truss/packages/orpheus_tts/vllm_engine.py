@@ -22,12 +22,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from orpheus_tts.engine import DONE, EngineError, SamplingParams, ThreadBridge
+from orpheus_tts.engine import ABORTED_IDS_KEPT, DONE, EngineError, SamplingParams, ThreadBridge
 from orpheus_tts.tokens import AUDIO_TOKEN_BASE, SLOTS_PER_FRAME
 
 logger = logging.getLogger(__name__)
-
-ABORTED_IDS_KEPT = 1024
 
 ENGINE_START_TIMEOUT_S = 1800  # weight load + CUDA graph capture of a 3B model, generous
 

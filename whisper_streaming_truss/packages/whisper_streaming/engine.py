@@ -23,12 +23,13 @@ from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_suppressed_tokens
 
+from speech_common.audio import WHISPER_RATE_HZ as SAMPLE_RATE_HZ
+
 MEL_FRAMES_PER_S = 100
 FULL_WINDOW_FRAMES = 3000  # Whisper's 30 s
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE_HZ = 16000
 # Hallucination guards (Whisper invents "Thank you." on noise; loops on hard audio).
 NO_SPEECH_DROP_PROB = 0.6  # with a low avg log-prob below: the segment is not speech
 LOW_LOGPROB = -1.0

@@ -32,10 +32,11 @@ from typing import Any
 from orpheus_tts.dialects.base import DialectCore
 from orpheus_tts.protocol import TtsCore
 from orpheus_tts.schema import MAX_BUFFER_SIZE_WORDS
+from orpheus_tts.settings import ORPHEUS_HF_REPO
 from speech_common.driver import Command, Send
 from speech_common.ws import CloseCode, ProtocolError, load_json
 
-DEFAULT_MODEL = "canopylabs/orpheus-3b-0.1-ft"
+DEFAULT_MODEL = ORPHEUS_HF_REPO
 # Together's response_format names -> ours ("raw" and "pcm" are 16-bit PCM).
 FORMATS = {"raw": "pcm_s16le", "pcm": "pcm_s16le", "pcm_s16le": "pcm_s16le",
            "pcm_f32le": "pcm_f32le", "wav": "wav", "mp3": "mp3", "opus": "opus",
