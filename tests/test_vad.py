@@ -490,3 +490,30 @@ def test_preroll_gives_whisper_audio_from_before_the_onset() -> None:
     assert ended[0].start_s == pytest.approx(20 * WINDOW_SAMPLES / SAMPLE_RATE_HZ - 0.032)
     assert ended[320].start_s == pytest.approx(20 * WINDOW_SAMPLES / SAMPLE_RATE_HZ - 0.320)
     assert len(ended[320].audio) - len(ended[0].audio) == int(0.320 * SAMPLE_RATE_HZ) - pad
+
+
+# -- a new stream's state -----------------------------------------------------------------------
+def test_a_new_stream_starts_as_after_silence() -> None:
+    from speech_common.vad import PRIME_SILENCE_WINDOWS
+
+    vad = SileroVad()
+    rng = np.random.default_rng(1)
+    windows = (rng.standard_normal((6, WINDOW_SAMPLES)) * 0.05).astype(np.float32)
+    (primed,) = vad.probabilities([(VadStreamState.after_silence(), windows)])
+    silence = np.zeros((PRIME_SILENCE_WINDOWS, WINDOW_SAMPLES), np.float32)
+    (reference,) = vad.probabilities([(VadStreamState.fresh(), np.concatenate([silence, windows]))])
+    np.testing.assert_allclose(primed, reference[PRIME_SILENCE_WINDOWS:], atol=1e-6)
+
+
+def test_speech_at_a_streams_first_sample_is_heard_at_once() -> None:
+    """LJ001-0001 says "Printing" from 0.02 s: a cold Silero state scored it below 0.5 for 8
+    windows (256 ms, the word lost); a state as after silence fires within 3."""
+    from scripts.clients.stt import read_wav
+
+    audio = read_wav(SAMPLES_DIR / "real" / "LJ001-0001.wav")[: 12 * WINDOW_SAMPLES]
+    windows = (audio.astype(np.float32) / 32768).reshape(-1, WINDOW_SAMPLES)
+    vad = SileroVad()
+    (cold,) = vad.probabilities([(VadStreamState.fresh(), windows)])
+    (primed,) = vad.probabilities([(VadStreamState.after_silence(), windows)])
+    first = {name: int(np.argmax(p >= 0.5)) for name, p in (("cold", cold), ("primed", primed))}
+    assert first["cold"] >= 8 and first["primed"] <= 3, first

@@ -204,6 +204,18 @@ def _utterance_final(h: Harness) -> Submit:
     return final
 
 
+def test_finals_use_the_deployments_beam_unless_the_session_names_one() -> None:
+    def final_beam(limits: CoreLimits, **whisper: object) -> int:
+        h = Harness(core=SttCore(limits, ["en"]))
+        h.text(v1_metadata(partials=False, **whisper))
+        return _utterance_final(h).payload.options.beam_size
+
+    assert final_beam(CoreLimits(whisper_beam_width=5)) == 5
+    assert final_beam(CoreLimits(whisper_beam_width=5), beam_width=1) == 1
+    assert final_beam(CoreLimits(whisper_beam_width=1), beam_width=3) == 3
+    assert final_beam(CoreLimits()) == 1  # the core's own default: greedy
+
+
 def test_finals_carry_previous_finals_only_when_asked_and_reset_after_a_hot_fallback() -> None:
     plain = Harness()
     plain.text(v1_metadata(partials=False))

@@ -102,7 +102,7 @@ def test_empty_gives_documented_defaults() -> None:
     assert cfg.whisper.prompt == ""
     assert cfg.whisper.language_options == []
     assert cfg.whisper.show_word_timestamps is False
-    assert cfg.whisper.beam_width == 1
+    assert cfg.whisper.beam_width is None  # the deployment decides (whisper_beam_width)
 
 
 def test_partial_sections_default_the_rest() -> None:

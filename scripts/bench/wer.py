@@ -20,8 +20,12 @@ def _normaliser():
 
 
 def normalise(text: str) -> str:
-    """Whisper's normalisation: lower case, no punctuation, numbers as digits, fillers dropped."""
-    return _normaliser()(text)
+    """Whisper's normalisation: lower case, no punctuation, numbers as digits, fillers dropped.
+
+    Whisper's normaliser keeps a "." that ends the text (it only strips one followed by a
+    non-digit), so a transcript ending in "..." gained a word "."; tokens that are only dots
+    are dropped (a streamed final ending mid-sentence was charged an insertion for it)."""
+    return " ".join(t for t in _normaliser()(text).split() if t.strip("."))
 
 
 def wer(reference: str | Sequence[str], hypothesis: str | Sequence[str]) -> float:

@@ -27,6 +27,10 @@ CONTEXT_SAMPLES = 64  # Silero v5+ prepends the previous window's last 64 sample
 STATE_SHAPE = (2, 1, 128)
 NEG_THRESHOLD_OFFSET = 0.15  # Silero's hysteresis: speech ends below threshold - 0.15
 FORCED_CUT_SEARCH_S = 5.0  # where to look for the quietest point when an utterance is too long
+# A stream's Silero state starts as after this much digital silence, not from zeros: from a cold
+# state Silero scored the first 250 ms of speech at a stream's start 0.07-0.26 ("Printing" lost
+# its word); after 16 silent windows it fires within 2-3 windows, like mid-stream.
+PRIME_SILENCE_WINDOWS = 16
 # Silero VAD v6 exactly as silero-vad 6.2.3 ships it (silero_vad/data/silero_vad.onnx).
 SILERO_ONNX_PATH = Path(__file__).resolve().parent / "assets" / "silero_vad.onnx"
 SILERO_ONNX_SHA256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
@@ -238,10 +242,20 @@ class VadStreamState:
 
     state: np.ndarray
     context: np.ndarray
+    primed: bool = True  # False: SileroVad replaces it with its after-silence state first
 
     @classmethod
     def fresh(cls) -> VadStreamState:
+        """Silero's reset state (zeros), as its own wrapper starts."""
         return cls(np.zeros(STATE_SHAPE, np.float32), np.zeros(CONTEXT_SAMPLES, np.float32))
+
+    @classmethod
+    def after_silence(cls) -> VadStreamState:
+        """A new stream: the model's state after PRIME_SILENCE_WINDOWS of silence, filled in by
+        ``SileroVad`` at the stream's first windows (the core holds no model)."""
+        state = cls.fresh()
+        state.primed = False
+        return state
 
 
 class SileroVad:
@@ -257,9 +271,19 @@ class SileroVad:
             str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
         )
         self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64)
+        silence = VadStreamState.fresh()
+        self.probabilities(
+            [(silence, np.zeros((PRIME_SILENCE_WINDOWS, WINDOW_SAMPLES), np.float32))]
+        )
+        self._after_silence = silence
 
     def probabilities(self, streams: list[tuple[VadStreamState, np.ndarray]]) -> list[np.ndarray]:
         """For each (state, windows[k, 512]) return k probabilities; runs streams in lockstep."""
+        for vs, _ in streams:
+            if not vs.primed:
+                vs.state = self._after_silence.state.copy()
+                vs.context = self._after_silence.context.copy()
+                vs.primed = True
         results = [np.zeros(len(w), np.float32) for _, w in streams]
         steps = max((len(w) for _, w in streams), default=0)
         for step in range(steps):

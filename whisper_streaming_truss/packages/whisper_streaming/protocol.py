@@ -77,6 +77,7 @@ class CoreLimits:
     speculative_finals: bool = True
     speculation_lead_ms: int = 150
     preroll_ms: int = 0  # audio given to Whisper before the VAD onset (at least the client's pad)
+    whisper_beam_width: int = 1  # finals' beam when the session's metadata names none
 
 
 @dataclass
@@ -102,7 +103,7 @@ class SttCore:
         # audio
         self._audio_in: AudioInput | None = None
         self._windows = np.zeros(0, np.float32)  # 16 kHz samples waiting for the VAD
-        self._vad_state = VadStreamState.fresh()
+        self._vad_state = VadStreamState.after_silence()
         self._vad_job: tuple[int, np.ndarray] | None = None  # (job id, its windows)
         self._received = 0  # 16 kHz samples received
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=ARRIVALS_KEPT)
@@ -255,7 +256,7 @@ class SttCore:
             language=None if w.audio_language == "auto" else w.audio_language,
             prompt=w.prompt,
             word_timestamps=w.show_word_timestamps,
-            beam_size=w.beam_width,
+            beam_size=w.beam_width or self.limits.whisper_beam_width,
             length_penalty=w.length_penalty,
             repetition_penalty=w.repetition_penalty,
             no_repeat_ngram_size=w.no_repeat_ngram_size,

@@ -40,7 +40,8 @@ class WhisperParams(_Strict):
     language_detection_only: bool = False
     language_options: list[str] = Field(default_factory=list, max_length=100)
     show_word_timestamps: bool = False
-    beam_width: int = Field(1, ge=1, le=10)
+    # Beam for finals (partials are greedy); None: the deployment's whisper_beam_width.
+    beam_width: int | None = Field(None, ge=1, le=10)
     length_penalty: float = Field(1.0, ge=0.0, le=10.0)
     repetition_penalty: float = Field(1.0, ge=0.5, le=5.0)
     no_repeat_ngram_size: int = Field(0, ge=0, le=20)

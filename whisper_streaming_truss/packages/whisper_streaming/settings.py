@@ -27,6 +27,9 @@ class WhisperSettings(Settings):
     # < 30 shortens the encoder window (CPU speed; see engine.py).
     whisper_encoder_context_s: float = Field(30.0, gt=0, le=30)
     whisper_max_batch: int = Field(16, ge=1)  # finals/partials per CTranslate2 batch
+    # Beam search width for finals when a session's metadata names no beam_width (partials are
+    # always greedy). 5 is Whisper's own transcribe() default.
+    whisper_beam_width: int = Field(5, ge=1, le=10)
     vad_max_batch: int = Field(64, ge=1)
     speculative_finals: bool = True
     # Start the final this long before the silence timeout ends (never before the pad is in).
