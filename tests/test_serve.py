@@ -7,6 +7,9 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -210,3 +213,36 @@ def test_listening_socket_disables_nagle() -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         sock.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; nobody may reap it in a container
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+def test_a_server_does_not_outlive_the_process_that_started_it() -> None:
+    """A test run killed hard (SIGKILL: no finally, no context exit) takes its server along."""
+    code = (
+        "import sys, time\n"
+        "from scripts.local.spawn import serve_truss\n"
+        f"with serve_truss({str(ECHO_TRUSS_DIR)!r}) as served:\n"
+        "    print(served.process.pid, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=REPO_ROOT)
+    try:
+        server_pid = int(owner.stdout.readline())
+        assert _alive(server_pid)
+        owner.kill()
+        owner.wait(10)
+        deadline = time.monotonic() + 20
+        while _alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(server_pid)
+    finally:
+        owner.kill()
+        owner.stdout.close()

@@ -32,6 +32,7 @@ DEFAULT_STOP_TIMEOUT_S = 15.0
 HTTP_TIMEOUT_S = 10.0
 STDERR_TAIL_CHARS = 4000
 WS_URL_PREFIX = "ws://"
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
 
 # Admission control off (the same keys in both trusses): for functional e2e tests that load 2
 # cores beyond their latency capacity, and for benchmarks that look for the knee themselves.
@@ -40,6 +41,21 @@ ADMISSION_OFF = {
     "ADMISSION_TARGET_UTILISATION": "1000",
     "ADMISSION_MAX_QUEUE_WAIT_S": "1000",
 }
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: have Linux send it SIGTERM when the process that started it
+    dies, so a test run or benchmark killed hard does not leave its server running (serve.py
+    shuts down cleanly on SIGTERM; the flag survives its re-exec)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ServeError(RuntimeError):
@@ -145,7 +161,12 @@ def serve_truss(
     child_env = {**os.environ, **(env or {})}
     with tempfile.TemporaryFile(prefix="serve-stderr-") as stderr_log:
         process = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=stderr_log, env=child_env, cwd=REPO_ROOT
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=stderr_log,
+            env=child_env,
+            cwd=REPO_ROOT,
+            preexec_fn=_die_with_parent,
         )
         try:
             ws_url = _read_url_line(process, time.monotonic() + start_timeout_s, stderr_log)
