@@ -23,10 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soxr
 import websockets
 
 from scripts.clients.auth import API_KEY_ENV
-from scripts.clients.connect import DEFAULT_CONNECT_BUDGET_S, Handshake, open_websocket
+from scripts.clients.connect import (
+    DEFAULT_CONNECT_BUDGET_S,
+    HANDSHAKE_BACKOFF_START_S,
+    Handshake,
+    open_websocket,
+)
 from whisper_streaming.schema import DEFAULT_SAMPLE_RATE_HZ
 
 FRAME_SAMPLES = 512  # the published client's frame: 32 ms at 16 kHz
@@ -71,8 +77,6 @@ def read_wav(path: str | Path, rate: int = CLIENT_RATE_HZ) -> np.ndarray:
         channels, src_rate = w.getnchannels(), w.getframerate()
     audio = data.reshape(-1, channels).mean(axis=1).astype(np.float32) / 32768.0
     if src_rate != rate:
-        import soxr  # only to resample (the deploy job's smoke test streams a 16 kHz sample)
-
         audio = soxr.resample(audio, src_rate, rate)
     return (np.clip(audio, -1, 32767 / 32768) * 32768).astype("<i2")
 
@@ -107,14 +111,17 @@ async def stream(
     on_message=None,
     timeout_s: float = 120.0,
     connect_budget_s: float = DEFAULT_CONNECT_BUDGET_S,
-    handshake_backoff_s: float | None = None,
+    handshake_backoff_s: float = HANDSHAKE_BACKOFF_START_S,
 ) -> Result:
     """Send metadata, then frames (paced), then end_audio; collect messages until the server
     closes or ``timeout_s`` (from the first frame) passes (``timed_out``)."""
     result = Result()
-    backoff = {} if handshake_backoff_s is None else {"backoff_s": handshake_backoff_s}
     ws = await open_websocket(
-        url, api_key, budget_s=connect_budget_s, handshake=result.handshake, **backoff
+        url,
+        api_key,
+        budget_s=connect_budget_s,
+        backoff_s=handshake_backoff_s,
+        handshake=result.handshake,
     )
     async with ws:
         t0 = time.monotonic()
