@@ -517,3 +517,16 @@ def test_speech_at_a_streams_first_sample_is_heard_at_once() -> None:
     (primed,) = vad.probabilities([(VadStreamState.after_silence(), windows)])
     first = {name: int(np.argmax(p >= 0.5)) for name, p in (("cold", cold), ("primed", primed))}
     assert first["cold"] >= 8 and first["primed"] <= 3, first
+
+
+def test_a_soft_onset_is_still_heard_late_even_primed() -> None:
+    """What docs/benchmarks.md says of LJ001-0009 ("Printing" lost): primed or not, Silero first
+    reaches 0.5 at window 8, 256 ms into the word; priming does not fix that clip."""
+    from scripts.clients.stt import read_wav
+
+    audio = read_wav(SAMPLES_DIR / "real" / "LJ001-0009.wav")[: 12 * WINDOW_SAMPLES]
+    windows = (audio.astype(np.float32) / 32768).reshape(-1, WINDOW_SAMPLES)
+    vad = SileroVad()
+    for state in (VadStreamState.fresh(), VadStreamState.after_silence()):
+        (probs,) = vad.probabilities([(state, windows)])
+        assert int(np.argmax(probs >= 0.5)) == 8
