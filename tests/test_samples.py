@@ -23,6 +23,26 @@ def test_real_speech_clips_are_usable_and_documented() -> None:
     assert sum(p.stat().st_size for p in clips) < 5 * 2**20  # a few MB at most
     readme = (REAL / "README.md").read_text()
     for needed in ("public domain", "revision", "dbf1a08a0d4e", "185cd24e046c", "sox",
-                   "c0d2f624c09d"):  # fmt: skip
+                   "c0d2f624c09d", "Apache-2.0", "f0d80c61f03f", "83c2b51ae864"):  # fmt: skip
         assert needed in readme
     assert 60 < total_s < 300
+
+
+LANG_REAL = REAL.parent / "lang_real"
+
+
+def test_real_multilingual_clips_are_usable_and_documented() -> None:
+    clips = json.loads((LANG_REAL / "clips.json").read_text())
+    per_language: dict[str, int] = {}
+    for info in clips.values():
+        with wave.open(str(LANG_REAL / info["file"])) as w:
+            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+        assert info["text"].strip()
+        per_language[info["language"]] = per_language.get(info["language"], 0) + 1
+    assert per_language == dict.fromkeys(("de", "en", "es", "fr", "it", "pt"), 3)
+    listed = {(LANG_REAL / info["file"]).resolve() for info in clips.values()}
+    assert set(LANG_REAL.glob("*.wav")) <= listed  # no clip without its entry
+    readme = (LANG_REAL / "README.md").read_text()
+    for needed in ("Apache-2.0", "f0d80c61f03f", "83c2b51ae864", "test_data.json"):
+        assert needed in readme
+    assert sum(p.stat().st_size for p in LANG_REAL.glob("*.wav")) < 3 * 2**20

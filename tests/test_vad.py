@@ -530,3 +530,35 @@ def test_a_soft_onset_is_still_heard_late_even_primed() -> None:
     for state in (VadStreamState.fresh(), VadStreamState.after_silence()):
         (probs,) = vad.probabilities([(state, windows)])
         assert int(np.argmax(probs >= 0.5)) == 8
+
+
+def test_postroll_keeps_audio_after_the_speech_ends() -> None:
+    """postroll_ms: a final holds that much audio after its last speech window (at least the
+    pad; at most what the silence timeout let in), and says where its speech ended."""
+    for postroll_ms, kept_ms in ((0, 32), (160, 160), (600, 320)):
+        f = Feeder(
+            VadOptions(speech_pad_ms=32, min_silence_duration_ms=320, postroll_ms=postroll_ms)
+        )
+        f.push(*[SILENCE] * 5, *[SPEECH] * 20, *[SILENCE] * 10)  # the 10th silent window ends it
+        (end,) = f.ended()
+        speech_end = 25 * WINDOW_SAMPLES
+        _assert_ramp(end.audio, 5 * WINDOW_SAMPLES - _samples(32), speech_end + _samples(kept_ms))
+        _assert_times(end)
+        assert end.speech_end_s == pytest.approx(speech_end / SAMPLE_RATE_HZ)
+
+
+def test_postroll_is_not_taken_again_as_the_next_preroll() -> None:
+    f = Feeder(VadOptions(speech_pad_ms=32, min_silence_duration_ms=320, postroll_ms=160))
+    f.push(*[SPEECH] * 10, *[SILENCE] * 10, *[SILENCE] * 2, *[SPEECH] * 10)
+    f.flush()
+    first, second = f.ended()
+    assert second.audio[0] >= first.audio[-1] + 1
+    _assert_ramp(second.audio, 22 * WINDOW_SAMPLES - _samples(32), 32 * WINDOW_SAMPLES)
+
+
+def test_postroll_at_the_end_of_the_stream_is_what_there_is() -> None:
+    f = Feeder(VadOptions(speech_pad_ms=32, postroll_ms=300))
+    f.push(*[SILENCE] * 3, *[SPEECH] * 10, SILENCE)
+    (end,) = f.flush()
+    _assert_ramp(end.audio, 3 * WINDOW_SAMPLES - _samples(32), 14 * WINDOW_SAMPLES)
+    assert end.speech_end_s == pytest.approx(13 * WINDOW_SAMPLES / SAMPLE_RATE_HZ)

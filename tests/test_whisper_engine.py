@@ -17,6 +17,7 @@ from whisper_streaming.engine import (
     TranscribeJob,
     WhisperEngine,
     is_hallucination,
+    too_many_words,
 )
 from whisper_streaming.settings import EMBEDDED_MODEL, WhisperSettings
 
@@ -186,6 +187,47 @@ def test_temperature_fallback_retries_only_the_failing_finals(engine, first_sent
     assert [t for _, t in spy.calls[1:]] == list(FALLBACK_TEMPERATURES[: len(spy.calls) - 1])
     assert results[1 - worse].temperature == 0.0
     assert wer(text, results[0].text) <= 0.34, results[0].text
+
+
+def test_too_many_words_for_the_audio_is_a_loop():
+    assert too_many_words("Now... Now... Now... Now... Now...", 0.69)
+    assert too_many_words("a b c d e f g", 1.0)
+    assert not too_many_words("No, no, no.", 0.4)  # short genuine repetition
+    assert not too_many_words("The train leaves at seven o'clock.", 1.5)  # 4 words/s
+
+
+def test_a_final_with_more_words_than_its_audio_falls_back(engine, first_sentence, monkeypatch):
+    """A decode claiming more words per second than MAX_WORDS_PER_S is decoded again like a
+    compression-ratio loop; when every try fails, the most probable is kept."""
+    audio, text = first_sentence
+    monkeypatch.setattr(engine_module, "MAX_WORDS_PER_S", 0.1)  # every try "loops"
+    spy = _GenerateSpy(engine.model.model)
+    monkeypatch.setattr(engine.model, "model", spy)
+    [result] = engine.run([TranscribeJob(JobKind.FINAL, audio, DecodeOptions("en", beam_size=5))])
+    assert [t for _, t in spy.calls] == [0.0, *FALLBACK_TEMPERATURES]
+    assert wer(text, result.text) <= 0.34, result.text
+
+
+def test_one_word_looped_by_beam_search_is_decoded_again():
+    """LJ001-0010 opens with "Now" alone; with 210 ms of audio after it, tiny.en's beam 5
+    wrote it five times (measured). The word-rate guard sends that final to the fallback."""
+    import wave
+
+    from scripts import SAMPLES_DIR
+
+    with wave.open(str(SAMPLES_DIR / "real" / "LJ001-0010.wav")) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
+    audio = pcm[: int(0.69 * 16000)]
+    path = WhisperSettings(whisper_model=EMBEDDED_MODEL).model_path()
+    model = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=1)
+    engine = WhisperEngine(model, encoder_context_s=10.0)
+    job = TranscribeJob(JobKind.FINAL, audio, DecodeOptions("en", beam_size=5))
+    guarded = engine.run([job])[0].text
+    assert guarded.lower().count("now") == 1, guarded
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine_module, "MAX_WORDS_PER_S", float("inf"))
+        unguarded = engine.run([job])[0].text
+    assert unguarded.lower().count("now") >= 4, unguarded  # the loop this guards against
 
 
 def test_fallback_skips_silence(engine, monkeypatch):

@@ -216,6 +216,29 @@ def test_finals_use_the_deployments_beam_unless_the_session_names_one() -> None:
     assert final_beam(CoreLimits()) == 1  # the core's own default: greedy
 
 
+def test_postroll_final_is_its_speculation_with_the_trailing_audio() -> None:
+    """With postroll_ms the final's audio holds that much after the speech, and the speculative
+    final started in the pause already held it: one Whisper job per utterance, not two."""
+    h = Harness(core=SttCore(CoreLimits(postroll_ms=150), ["en"]))
+    whisper_submits: list[Submit] = []
+    apply = h.apply
+
+    def recording(commands: list[Command]) -> None:
+        whisper_submits.extend(
+            c for c in commands if isinstance(c, Submit) and c.worker != VAD_WORKER
+        )
+        apply(commands)
+
+    h.apply = recording
+    h.text(v1_metadata(partials=False))
+    speak(h, 1.0)
+    speak(h, 0.6, speech=False)
+    (final,) = whisper_submits
+    assert final.payload.kind is JobKind.FINAL
+    speech_samples = int(1.0 * 16000 / WINDOW_SAMPLES) * WINDOW_SAMPLES
+    assert len(final.payload.audio) == speech_samples + int(0.150 * 16000)
+
+
 def test_finals_carry_previous_finals_only_when_asked_and_reset_after_a_hot_fallback() -> None:
     plain = Harness()
     plain.text(v1_metadata(partials=False))

@@ -186,6 +186,21 @@ def test_speculation_waits_for_the_trailing_pad() -> None:
     assert spec.audio[-1] == 25 * WINDOW_SAMPLES + 1600 - 1
 
 
+def test_speculation_waits_for_the_postroll_and_holds_what_the_final_holds() -> None:
+    """With post-roll the speculative final starts once that much audio followed the speech,
+    and its audio is the final's audio."""
+    d = Driver(_opts(speculate_after_ms=0, postroll_ms=160))
+    d.push(*[SILENCE] * 5, *[SPEECH] * 20, *[SILENCE] * 4)  # 2048 < 2560 samples
+    assert d.of(SpeculativeFinal) == []
+    d.push(SILENCE)
+    (spec,) = d.of(SpeculativeFinal)
+    assert spec.audio[-1] == 25 * WINDOW_SAMPLES + 2560 - 1
+    d.push(*[SILENCE] * 5)  # the 300 ms timeout
+    (final,) = d.of(FinalRequest)
+    np.testing.assert_array_equal(spec.audio, final.audio)
+    assert final.speech_end_s == pytest.approx(25 * WINDOW_S)
+
+
 def test_speculation_void_when_speech_resumes() -> None:
     d = Driver(_opts(speculate_after_ms=100))
     d.push(*[SPEECH] * 40, *[SILENCE] * 5)

@@ -2,19 +2,22 @@
 """Language detection with Whisper base on espeak-ng speech in en/de/fr/es (10 sentences each,
 scripts/bench/make_samples.py's), through the engine's detection job: right answers per language for
 one sentence at 8 and 16 kHz and for three sentences (~8 s), with a 10 s and a 30 s encoder
-window. Needs espeak-ng, sox and the Whisper base dev packages.
+window; then real human speech in six languages (samples/lang_real, three clips each). Needs
+espeak-ng, sox and the Whisper base dev packages.
 
     python scripts/bench/language.py
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from scripts import SAMPLES_DIR
 from scripts.bench.alignment import whisper_base_dir
 from scripts.bench.make_samples import LANG_SENTENCES, LANG_VOICES, SPEECH_RATE_WPM
 from scripts.clients.stt import read_wav
@@ -62,7 +65,36 @@ def main(argv: list[str] | None = None) -> int:
                 jobs = [TranscribeJob(JobKind.FINAL, a, detect) for a in joined]
                 right.append(sum(t.language == lang for t in engines[ctx].run(jobs)))
             print(f"| {label} | {ctx:.0f} s | " + " | ".join(map(str, right)) + " |")
+        _real_speech(engines, detect)
     return 0
+
+
+def _real_speech(engines, detect) -> None:
+    """Right answers on samples/lang_real (real speech, three clips per language)."""
+    from whisper_streaming.engine import JobKind, TranscribeJob
+
+    real = SAMPLES_DIR / "lang_real"
+    clips = json.loads((real / "clips.json").read_text())
+    languages = sorted({info["language"] for info in clips.values()})
+    print("\n| real speech | encoder window | " + " | ".join(languages) + " |")
+    print("|---|---:|" + "---:|" * len(languages))
+    for ctx, engine in engines.items():
+        jobs = {
+            name: TranscribeJob(
+                JobKind.FINAL,
+                read_wav(real / info["file"], 16000).astype(np.float32) / 32768,
+                detect,
+            )
+            for name, info in clips.items()
+        }
+        got = dict(zip(jobs, (t.language for t in engine.run(list(jobs.values()))), strict=True))
+        right = [
+            sum(got[n] == lang for n, info in clips.items() if info["language"] == lang)
+            for lang in languages
+        ]
+        row = " | ".join(f"{r}/{sum(i['language'] == lang for i in clips.values())}"
+                         for r, lang in zip(right, languages, strict=True))  # fmt: skip
+        print(f"| samples/lang_real | {ctx:.0f} s | {row} |")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,11 @@ class VadOptions:
     # onset ("ask" lost its "a" with the client's 30 ms pad); the audio is there anyway. (With
     # tiny.en, 300 ms measured worse on both sample sets: see config.yaml.)
     preroll_ms: int = 0
+    # Audio kept after the last speech window (at least speech_pad_ms). Silero scores a word's
+    # soft ending (the "-ns" of "Americans") as silence; with the client's 30 ms pad Whisper
+    # heard "america" / "as not". It is audio the final waited for anyway (the silence timeout),
+    # so it costs no latency up to min_silence_duration_ms.
+    postroll_ms: int = 0
 
     @property
     def neg_threshold(self) -> float:
@@ -67,6 +72,7 @@ class SpeechEnded:
     end_s: float
     forced: bool  # cut at max_utterance_s, speech goes on
     too_short: bool = False  # under min_speech_duration_ms: do not transcribe
+    speech_end_s: float | None = None  # where its last speech window ends (None: end_s)
 
 
 VadEvent = SpeechStarted | SpeechEnded
@@ -79,6 +85,7 @@ class VadSegmenter:
         self.options = options
         self._pad = int(options.speech_pad_ms * SAMPLE_RATE_HZ / 1000)
         self._preroll_samples = max(self._pad, int(options.preroll_ms * SAMPLE_RATE_HZ / 1000))
+        self._trail = max(self._pad, int(options.postroll_ms * SAMPLE_RATE_HZ / 1000))
         self._min_silence = int(options.min_silence_duration_ms * SAMPLE_RATE_HZ / 1000)
         self._min_speech = int(options.min_speech_duration_ms * SAMPLE_RATE_HZ / 1000)
         self._max_samples = int(options.max_utterance_s * SAMPLE_RATE_HZ)
@@ -106,14 +113,22 @@ class VadSegmenter:
         """Silence since the last speech window of the open utterance."""
         return self._silence * 1000 / SAMPLE_RATE_HZ if self._in_speech else 0.0
 
+    @property
+    def trailing_ms(self) -> float:
+        """Audio a final keeps after its last speech window: the pad or the post-roll."""
+        return self._trail * 1000 / SAMPLE_RATE_HZ
+
     def ending_audio(self) -> np.ndarray | None:
-        """If speech stopped for at least the pad, the audio the final will hold should it stay
-        stopped (a copy), else None. Lets a caller start the final before the silence timeout."""
-        if not self._in_speech or self._position - self._last_speech_end < self._pad:
+        """If speech stopped for at least the trailing audio, the audio the final will hold
+        should it stay stopped (a copy), else None. Lets a caller start the final before the
+        silence timeout."""
+        if not self._in_speech or self._position - self._last_speech_end < self._trail:
             return None
         if self._last_speech_end <= self._utt_start:  # forced cut in a pause: no speech here yet
             return None
-        return self._utterance.view()[: self._last_speech_end + self._pad - self._utt_start].copy()
+        return self._utterance.view()[
+            : self._last_speech_end + self._trail - self._utt_start
+        ].copy()
 
     @property
     def speech_ms(self) -> float:
@@ -188,7 +203,7 @@ class VadSegmenter:
 
     def _end_utterance(self) -> SpeechEnded:
         # A forced cut inside a pause can leave the last speech before this utterance's start.
-        keep_until = max(min(self._last_speech_end + self._pad, self._position), self._utt_start)
+        keep_until = max(min(self._last_speech_end + self._trail, self._position), self._utt_start)
         length = keep_until - self._utt_start
         audio = self._utterance.consume(length)
         # Measured from the first speech window: the preroll may be shorter than the pad (stream
@@ -199,9 +214,10 @@ class VadSegmenter:
             start_s=self._utt_start / SAMPLE_RATE_HZ,
             end_s=keep_until / SAMPLE_RATE_HZ,
             forced=False,
+            speech_end_s=self._last_speech_end / SAMPLE_RATE_HZ,
             too_short=speech_samples < self._min_speech,
         )
-        # The silence after the pad becomes preroll for the next utterance.
+        # The silence after the trailing audio becomes preroll for the next utterance.
         tail = self._utterance.consume(len(self._utterance))
         self._preroll.clear()
         self._preroll_len = 0

@@ -42,6 +42,13 @@ CONTEXT_PAD_S = 1.0  # at least this much trailing silence in the encoder window
 # temperatures, best of BEST_OF; if every try fails, the most probable one is kept.
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
 BEST_OF = 5
+# A decode that claims more words than its audio can hold is a loop the compression ratio
+# misses when it is short: beam 5 wrote "Now... Now... Now... Now... Now..." for 0.7 s of one
+# "Now" (LJ001-0010), and a fallback sample still four (5.8 words/s). It falls back like a loop.
+# The fastest final on the real-speech and espeak samples is 3.7 words/s (measured, audio
+# with its pads); fast conversational speech reaches ~4-5.
+MAX_WORDS_PER_S = 5.0
+MIN_WORDS_FOR_RATE = 4  # "no, no, no" in half a second is speech, not a loop
 # Conditioning on the session's previous finals: the last tokens of their text go into the
 # prompt (Whisper's ``condition_on_previous_text``). CTranslate2 batches only prompts of one
 # length, so the context is cut to a bucket length: sessions' finals still share batches, and a
@@ -118,6 +125,20 @@ def compression_ratio(text: str) -> float:
     return len(data) / max(len(zlib.compress(data)), 1)
 
 
+MIN_REPEAT_WORDS = 3  # a repeated phrase this long is a decoding loop, not speech
+_WORD = re.compile(r"[\w']+")
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(_WORD.findall(text.lower()))
+
+
+def too_many_words(text: str, duration_s: float) -> bool:
+    """More words than ``duration_s`` of audio can hold: a decoding loop."""
+    words = len(_words(text))
+    return words >= MIN_WORDS_FOR_RATE and words > MAX_WORDS_PER_S * max(duration_s, 1e-3)
+
+
 def is_hallucination(seg: Segment) -> bool:
     """Segments Whisper produced from non-speech, or looping on itself."""
     if seg.no_speech_prob > NO_SPEECH_ALWAYS_DROP_PROB:
@@ -125,14 +146,6 @@ def is_hallucination(seg: Segment) -> bool:
     if seg.no_speech_prob > NO_SPEECH_DROP_PROB and (seg.avg_logprob or 0.0) < LOW_LOGPROB:
         return True
     return len(seg.text) > 20 and compression_ratio(seg.text) > MAX_COMPRESSION_RATIO
-
-
-MIN_REPEAT_WORDS = 3  # a repeated phrase this long is a decoding loop, not speech
-_WORD = re.compile(r"[\w']+")
-
-
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(_WORD.findall(text.lower()))
 
 
 def drop_repeats(segments: list[Segment]) -> list[Segment]:
@@ -263,7 +276,10 @@ class WhisperEngine:
         results = self._decode(encoded, prompts, opts, final, tok0, temperature=0.0)
         temperatures = [0.0] * len(jobs)
         if final:
-            results, temperatures = self._fallback(features, prompts, opts, tok0, results)
+            durations = [len(job.audio) / SAMPLE_RATE_HZ for job in jobs]
+            results, temperatures = self._fallback(
+                features, prompts, opts, tok0, results, durations
+            )
         parsed = []
         for job, (lang, _), res, n_frames in zip(jobs, languages, results, frames, strict=True):
             tok = self._tokenizer(lang)
@@ -343,11 +359,15 @@ class WhisperEngine:
             **sampling,
         )
 
-    def _fallback(self, features, prompts, opts: DecodeOptions, tok0, results):
+    def _fallback(self, features, prompts, opts: DecodeOptions, tok0, results, durations):
         """Whisper's temperature fallback for the finals of a batch that look like a loop or are
         improbable (and are not silence): decoded again, together, at rising temperatures."""
         tries = [[(res, 0.0)] for res in results]
-        pending = [i for i, res in enumerate(results) if self._needs_fallback(res, opts, tok0)]
+        pending = [
+            i
+            for i, res in enumerate(results)
+            if self._needs_fallback(res, opts, tok0, durations[i])
+        ]
         for temperature in FALLBACK_TEMPERATURES:
             if not pending:
                 break
@@ -360,28 +380,33 @@ class WhisperEngine:
             pending = [
                 i
                 for i, res in zip(pending, retry, strict=True)
-                if self._needs_fallback(res, opts, tok0)
+                if self._needs_fallback(res, opts, tok0, durations[i])
             ]
         chosen = [t[-1] for t in tries]
         for i in pending:  # every try failed: keep the most probable, loops last (as Whisper)
             chosen[i] = max(
                 tries[i],
-                key=lambda t: (
-                    self._ratio(t[0], tok0) <= MAX_COMPRESSION_RATIO,
+                key=lambda t, i=i: (
+                    not self._loops(t[0], tok0, durations[i]),
                     _avg_logprob(t[0], opts.length_penalty) or 0.0,
                 ),
             )
         return [c[0] for c in chosen], [c[1] for c in chosen]
 
-    def _ratio(self, res, tok) -> float:
-        return compression_ratio(tok.decode([t for t in res.sequences_ids[0] if t < tok.eot]))
+    @staticmethod
+    def _text(res, tok) -> str:
+        return tok.decode([t for t in res.sequences_ids[0] if t < tok.eot])
 
-    def _needs_fallback(self, res, opts: DecodeOptions, tok) -> bool:
+    def _loops(self, res, tok, duration_s: float) -> bool:
+        text = self._text(res, tok)
+        return compression_ratio(text) > MAX_COMPRESSION_RATIO or too_many_words(text, duration_s)
+
+    def _needs_fallback(self, res, opts: DecodeOptions, tok, duration_s: float) -> bool:
         avg = _avg_logprob(res, opts.length_penalty)
         improbable = avg is not None and avg < LOW_LOGPROB
         if improbable and res.no_speech_prob > NO_SPEECH_DROP_PROB:
             return False  # silence: dropped later, not decoded again
-        return improbable or self._ratio(res, tok) > MAX_COMPRESSION_RATIO
+        return improbable or self._loops(res, tok, duration_s)
 
     # -- helpers -------------------------------------------------------------------------------
     def _tokenizer(self, language: str) -> Tokenizer:

@@ -77,6 +77,7 @@ class CoreLimits:
     speculative_finals: bool = True
     speculation_lead_ms: int = 150
     preroll_ms: int = 0  # audio given to Whisper before the VAD onset (at least the client's pad)
+    postroll_ms: int = 0  # audio given to Whisper after the speech ends (at least the pad)
     whisper_beam_width: int = 1  # finals' beam when the session's metadata names none
 
 
@@ -110,7 +111,6 @@ class SttCore:
         # transcription
         self._tracker: UtteranceTracker | None = None
         self._decode: DecodeOptions | None = None
-        self._pad_samples = 0
         self._partials: dict[int, tuple[int, int, int]] = {}  # job -> (num, seq, samples)
         self._partial_seq = 0
         self._last_partial_sent: dict[int, int] = {}  # num -> seq of the newest partial sent
@@ -236,11 +236,15 @@ class SttCore:
             speech_pad_ms=config.vad.speech_pad_ms,
             max_utterance_s=s.final_transcript_max_duration_s,
             preroll_ms=self.limits.preroll_ms,
+            postroll_ms=self.limits.postroll_ms,
         )
         speculate = None
         if self.limits.speculative_finals:
+            # Not before the final's trailing audio is in: the speculation must hold what the
+            # final will hold.
             speculate = max(
                 config.vad.speech_pad_ms,
+                self.limits.postroll_ms,
                 config.vad.min_silence_duration_ms - self.limits.speculation_lead_ms,
             )
         self._tracker = UtteranceTracker(
@@ -263,7 +267,6 @@ class SttCore:
             language_options=tuple(w.language_options),
             language_detection_only=w.language_detection_only,
         )
-        self._pad_samples = int(config.vad.speech_pad_ms * SAMPLE_RATE_HZ / 1000)
         self.phase = Phase.STREAMING
 
     # -- control ---------------------------------------------------------------------------------
@@ -384,10 +387,7 @@ class SttCore:
             request.num,
             None,
             len(request.audio) / SAMPLE_RATE_HZ,
-            self._arrival_of(
-                round(request.offset_s * SAMPLE_RATE_HZ) + len(request.audio) - self._pad_samples,
-                now,
-            ),
+            self._arrival_of(round(request.speech_end_s * SAMPLE_RATE_HZ), now),
         )
         if self._spec is not None:
             num, length, job_id = self._spec

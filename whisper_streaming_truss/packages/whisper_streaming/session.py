@@ -62,6 +62,7 @@ class StreamingSession:
             speculative_finals=s.speculative_finals,
             speculation_lead_ms=s.speculation_lead_ms,
             preroll_ms=s.preroll_ms,
+            postroll_ms=s.postroll_ms,
             whisper_beam_width=s.whisper_beam_width,
         )
         return SttCore(limits, self.scheduler.engine.supported_languages)

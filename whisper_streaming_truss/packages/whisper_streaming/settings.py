@@ -38,6 +38,10 @@ class WhisperSettings(Settings):
     speculation_lead_ms: int = Field(150, ge=0)
     # Audio given to Whisper before the VAD's onset (at least the client's speech_pad_ms).
     preroll_ms: int = Field(0, ge=0)
+    # Audio given to Whisper after the speech ends (at least speech_pad_ms): a word's soft
+    # ending that Silero already calls silence. Up to min_silence_duration_ms -
+    # speculation_lead_ms (150 ms with the published client's 300 ms) it costs no latency.
+    postroll_ms: int = Field(150, ge=0)
     max_sessions: int = Field(64, ge=1)  # beyond this new sessions get 1013 (try again later)
     # Admission control (speech_common.admission): sessions one replica serves in time
     # (benchmarked), and the Whisper worker's load and final-queue wait that refuse more.

@@ -30,6 +30,7 @@ class FinalRequest:
     audio: np.ndarray
     offset_s: float
     forced: bool
+    speech_end_s: float  # where the utterance's speech ends in the stream (before trailing audio)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ class UtteranceTracker:
         if event.too_short:
             self._next_num = num  # reuse the number: the client never saw it
             return [Dropped(num)]
-        return [FinalRequest(num, event.audio, event.start_s, event.forced)]
+        speech_end = event.end_s if event.speech_end_s is None else event.speech_end_s
+        return [FinalRequest(num, event.audio, event.start_s, event.forced, speech_end)]
 
     def _in_speech_requests(self) -> list[Request]:
         seg = self.segmenter
