@@ -211,12 +211,10 @@ def test_a_final_with_more_words_than_its_audio_falls_back(engine, first_sentenc
 def test_one_word_looped_by_beam_search_is_decoded_again():
     """LJ001-0010 opens with "Now" alone; with 210 ms of audio after it, tiny.en's beam 5
     wrote it five times (measured). The word-rate guard sends that final to the fallback."""
-    import wave
-
     from scripts import SAMPLES_DIR
+    from scripts.clients.stt import read_wav
 
-    with wave.open(str(SAMPLES_DIR / "real" / "LJ001-0010.wav")) as w:
-        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
+    pcm = read_wav(SAMPLES_DIR / "real" / "LJ001-0010.wav", 16000).astype(np.float32) / 32768
     audio = pcm[: int(0.69 * 16000)]
     path = WhisperSettings(whisper_model=EMBEDDED_MODEL).model_path()
     model = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=1)

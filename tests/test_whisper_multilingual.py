@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soxr
 
+from scripts.clients.stt import read_wav
 from tests.whisper_helpers import whisper_base_dir
 from whisper_streaming.engine import DecodeOptions, JobKind, TranscribeJob, WhisperEngine
 
@@ -107,9 +108,7 @@ def real_clips() -> dict[str, tuple[str, np.ndarray]]:
     meta = json.loads((LANG_REAL_DIR / "clips.json").read_text())
     out = {}
     for name, info in meta.items():
-        with wave.open(str(LANG_REAL_DIR / info["file"])) as w:
-            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
-            pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
+        pcm = read_wav(LANG_REAL_DIR / info["file"], 16000).astype(np.float32) / 32768
         out[name] = (info["language"], pcm)
     return out
 
