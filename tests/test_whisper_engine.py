@@ -265,3 +265,55 @@ def test_context_is_cut_to_a_bucket_and_batches_with_equal_buckets(engine):
     assert engine.batch_key(jobs[0]) == engine.batch_key(jobs[1])
     alone = [engine.run([j])[0].text for j in jobs]
     assert [t.text for t in engine.run(jobs)] == alone and all(alone)
+
+
+@pytest.fixture(scope="module")
+def full_window_engine() -> WhisperEngine:
+    """Whisper's full 30 s window, as production runs it."""
+    path = WhisperSettings(whisper_model=EMBEDDED_MODEL).model_path()
+    model = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=2)
+    return WhisperEngine(model, encoder_context_s=30.0)
+
+
+def _real(name: str) -> np.ndarray:
+    from scripts import SAMPLES_DIR
+    from scripts.clients.stt import read_wav
+
+    return read_wav(SAMPLES_DIR / "real" / f"{name}.wav", 16000).astype(np.float32) / 32768
+
+
+@pytest.mark.parametrize("words", [False, True])
+def test_a_decode_that_stops_early_goes_on_from_its_last_timestamp(
+    full_window_engine, monkeypatch, words
+):
+    """With the full window tiny.en closes a segment at 7.04 s of LJ001-0012 (8.2 s) and ends
+    its text there (Whisper's "go on in the next window"); the rest ("beautiful letters") is
+    decoded again from that timestamp instead of being lost."""
+    audio = _real("LJ001-0012")
+    job = TranscribeJob(
+        JobKind.FINAL, audio, DecodeOptions("en", beam_size=5, word_timestamps=words), 2.0
+    )
+    with monkeypatch.context() as mp:
+        mp.setattr(engine_module, "MAX_CONTINUATIONS", 0)
+        [cut] = full_window_engine.run([job])
+    assert cut.text.endswith("printing"), cut.text  # what the final was before
+    [result] = full_window_engine.run([job])
+    assert result.text.startswith(cut.text) and result.text.endswith("beautiful letters."), (
+        result.text
+    )
+    first, last = result.segments[0], result.segments[-1]
+    assert 2.0 <= first.start < first.end <= last.start < last.end <= 2.0 + len(audio) / 16000
+    if words:
+        times = [w.start for s in result.segments for w in s.words]
+        assert times == sorted(times) and last.words[-1].word == "letters."
+        assert first.end - 0.1 <= last.words[0].start < last.words[-1].end <= last.end + 0.1
+
+
+def test_a_final_that_goes_on_batched_equals_alone(full_window_engine):
+    jobs = [
+        TranscribeJob(JobKind.FINAL, _real(name), DecodeOptions("en", beam_size=5))
+        for name in ("LJ001-0012", "LJ001-0008", "LJ001-0007")
+    ]
+    alone = [full_window_engine.run([j])[0].text for j in jobs]
+    assert [t.text for t in full_window_engine.run(jobs)] == alone
+    assert alone[0].endswith("beautiful letters.") and alone[2].endswith("1455."), alone

@@ -6,6 +6,8 @@ word timestamps when asked). The encoder runs on ``encoder_context_s`` of audio 
 fixed 30 s window when that is set (what whisper.cpp calls ``audio_ctx``): on a 2-core CPU with
 tiny.en a 10 s context cut the encoder from ~300 ms to ~20 ms per utterance with the same text on
 the bundled samples (measured; see docs/benchmarks.md). Production keeps the full 30 s window.
+A final whose decode stops before its audio ends is decoded on from its last timestamp, as
+Whisper's ``transcribe()`` would (``MAX_CONTINUATIONS``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,14 @@ MIN_WORDS_FOR_RATE = 4  # "no, no, no" in half a second is speech, not a loop
 # job's prompt depends only on itself (batched == alone).
 CONTEXT_TOKEN_BUCKETS = (0, 16, 32, 64)
 MAX_PREVIOUS_TOKENS = 223  # Whisper's own bound: half the text context, less <|startofprev|>
+# A decode may stop before its audio ends: Whisper closes a segment with two timestamps and then
+# its end-of-text, expecting the next 30 s window to go on from there (transcribe() seeks to that
+# timestamp and decodes again). tiny.en with the full window stopped at 7.0 s of LJ001-0007's
+# 8.4 s ("... of about", without "1455"). The rest of a final's audio is decoded again from the
+# last timestamp, conditioned on the text so far, at most MAX_CONTINUATIONS times.
+MIN_CONTINUATION_S = 0.3  # shorter leftovers hold no word (10 s window: 30-40 ms left, measured)
+MAX_CONTINUATIONS = 3
+SAMPLES_PER_MEL_FRAME = SAMPLE_RATE_HZ // MEL_FRAMES_PER_S
 
 
 class MixedLanguageBatch(ValueError):
@@ -280,22 +290,16 @@ class WhisperEngine:
             results, temperatures = self._fallback(
                 features, prompts, opts, tok0, results, durations
             )
-        parsed = []
+        parsed, seeks = [], []
         for job, (lang, _), res, n_frames in zip(jobs, languages, results, frames, strict=True):
-            tok = self._tokenizer(lang)
             duration = len(job.audio) / SAMPLE_RATE_HZ
             if final:
-                subsegments, _, _ = self.model._split_segments_by_timestamps(  # noqa: SLF001
-                    tokenizer=tok,
-                    tokens=res.sequences_ids[0],
-                    time_offset=0.0,
-                    segment_size=n_frames,
-                    segment_duration=duration,
-                    seek=0,
-                )
+                subsegments, seek = self._split(self._tokenizer(lang), res, 0, n_frames, duration)
             else:
                 subsegments = [dict(seek=0, start=0.0, end=duration, tokens=res.sequences_ids[0])]
+                seek = n_frames
             parsed.append(subsegments)
+            seeks.append(seek)
         if final and any(j.options.word_timestamps for j in jobs) and all(parsed):
             if len({lang for lang, _ in languages}) > 1:
                 # Detected languages differ: one alignment tokenizer would be wrong for some.
@@ -305,38 +309,104 @@ class WhisperEngine:
             self.model.add_word_timestamps(
                 parsed, tok0, encoded, frames, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, 0.0
             )
+            seeks = [
+                _seek_after_words(subs, seek, n)
+                for subs, seek, n in zip(parsed, seeks, frames, strict=True)
+            ]
         out = []
-        for job, (lang, prob), res, subsegments in zip(
-            jobs, languages, results, parsed, strict=True
-        ):
-            avg_logprob = _avg_logprob(res, opts.length_penalty)
+        for i, (job, (lang, prob)) in enumerate(zip(jobs, languages, strict=True)):
             tok = self._tokenizer(lang)
-            duration = len(job.audio) / SAMPLE_RATE_HZ
-            segments = []
-            for sub in subsegments:
-                words = sub.get("words", []) if job.options.word_timestamps else []
-                seg = Segment(
-                    text=tok.decode([t for t in sub["tokens"] if t < tok.eot]).strip(),
-                    start=job.offset_s + min(sub["start"], duration),
-                    end=job.offset_s + min(sub["end"], duration),
-                    avg_logprob=avg_logprob,
-                    no_speech_prob=res.no_speech_prob,
-                    words=[
-                        Word(
-                            w["word"].strip(),
-                            job.offset_s + w["start"],
-                            job.offset_s + w["end"],
-                            w["probability"],
-                        )
-                        for w in words
-                    ],
-                )
-                if seg.text and not is_hallucination(seg):
-                    segments.append(seg)
+            passes = [(parsed[i], results[i], temperatures[i])]
+            if final:
+                passes += self._continue(job, tok, results[i], seeks[i], frames[i])
+            segments = [
+                seg
+                for subsegments, res, _ in passes
+                for seg in self._segments(job, tok, subsegments, res, opts.length_penalty)
+            ]
             if final:  # partials carry no timestamps: nothing to tell a loop by
                 segments = drop_repeats(segments)
-            out.append(Transcript(segments, lang, prob, temperatures[len(out)]))
+            out.append(Transcript(segments, lang, prob, max(t for _, _, t in passes)))
         return out
+
+    def _split(self, tok, res, seek: int, n_frames: int, duration_s: float):
+        """A final's tokens as timed segments (times from the job's start) and where the decode
+        stopped (mel frames from the job's start; ``seek + n_frames`` when it covered all)."""
+        subsegments, next_seek, _ = self.model._split_segments_by_timestamps(  # noqa: SLF001
+            tokenizer=tok,
+            tokens=res.sequences_ids[0],
+            time_offset=seek / MEL_FRAMES_PER_S,
+            segment_size=n_frames,
+            segment_duration=duration_s,
+            seek=seek,
+        )
+        return subsegments, next_seek
+
+    def _continue(self, job: TranscribeJob, tok, res, seek: int, n_frames: int):
+        """Decode what a final's decode left over (see MIN_CONTINUATION_S), alone: the prompt
+        holds the text so far, so it batches with nothing, and a batched final still equals the
+        same final alone. Returns the extra passes (subsegments, result, temperature)."""
+        passes = []
+        previous = list(self.previous_tokens(job.options, job.kind))
+        previous += [t for t in res.sequences_ids[0] if t < tok.eot]
+        min_frames = int(MIN_CONTINUATION_S * MEL_FRAMES_PER_S)
+        opts = job.options
+        while seek + min_frames <= n_frames and len(passes) < MAX_CONTINUATIONS:
+            tail = job.audio[seek * SAMPLES_PER_MEL_FRAME :]
+            features, [tail_frames] = self._features([TranscribeJob(job.kind, tail, opts)])
+            encoded = self.model.encode(features)
+            tail_prompt = self.model.get_prompt(tok, previous[-MAX_PREVIOUS_TOKENS:])
+            tail_s = len(tail) / SAMPLE_RATE_HZ
+            first = self._decode(encoded, [tail_prompt], opts, True, tok, temperature=0.0)
+            [res], [temperature] = self._fallback(
+                features, [tail_prompt], opts, tok, first, [tail_s]
+            )
+            subsegments, next_seek = self._split(tok, res, seek, tail_frames, tail_s)
+            if opts.word_timestamps and subsegments:
+                self.model.add_word_timestamps(
+                    [subsegments],
+                    tok,
+                    encoded,
+                    [tail_frames],
+                    PREPEND_PUNCTUATIONS,
+                    APPEND_PUNCTUATIONS,
+                    0.0,
+                )
+                next_seek = _seek_after_words(subsegments, next_seek, n_frames)
+            passes.append((subsegments, res, temperature))
+            if next_seek <= seek:
+                break
+            previous += [t for t in res.sequences_ids[0] if t < tok.eot]
+            seek = next_seek
+        return passes
+
+    @staticmethod
+    def _segments(job: TranscribeJob, tok, subsegments, res, length_penalty) -> list[Segment]:
+        """One decode's segments: absolute times, words when asked, hallucinations dropped."""
+        avg_logprob = _avg_logprob(res, length_penalty)
+        duration = len(job.audio) / SAMPLE_RATE_HZ
+        segments = []
+        for sub in subsegments:
+            words = sub.get("words", []) if job.options.word_timestamps else []
+            seg = Segment(
+                text=tok.decode([t for t in sub["tokens"] if t < tok.eot]).strip(),
+                start=job.offset_s + min(sub["start"], duration),
+                end=job.offset_s + min(sub["end"], duration),
+                avg_logprob=avg_logprob,
+                no_speech_prob=res.no_speech_prob,
+                words=[
+                    Word(
+                        w["word"].strip(),
+                        job.offset_s + w["start"],
+                        job.offset_s + w["end"],
+                        w["probability"],
+                    )
+                    for w in words
+                ],
+            )
+            if seg.text and not is_hallucination(seg):
+                segments.append(seg)
+        return segments
 
     def _decode(self, encoded, prompts, opts: DecodeOptions, final: bool, tok0, temperature):
         sampling = {}
@@ -426,6 +496,15 @@ class WhisperEngine:
             if not allowed or lang in allowed:
                 return lang, prob
         return probs[0]
+
+
+def _seek_after_words(subsegments: list[dict], seek: int, n_frames: int) -> int:
+    """Where a decode that stopped early goes on when its words are aligned: after its last
+    word (as transcribe() does), so the next segment does not overlap it."""
+    ends = [w["end"] for sub in subsegments for w in sub.get("words", [])]
+    if seek >= n_frames or not ends:
+        return seek
+    return max(seek, round(ends[-1] * MEL_FRAMES_PER_S))
 
 
 def _avg_logprob(res, length_penalty: float) -> float | None:
