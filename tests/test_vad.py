@@ -109,6 +109,52 @@ def test_preroll_at_stream_start_is_what_exists() -> None:
     assert f.seg.utterance_start_s == 0.0
 
 
+@pytest.mark.parametrize(
+    ("onset_windows", "head_ms", "from_start"),
+    [
+        (8, 500, True),  # 256 ms: within the head
+        (15, 500, True),  # 480 ms: still within
+        (16, 500, False),  # 512 ms: after it, the pad only
+        (8, 0, False),  # no head: the pad only
+    ],
+)
+def test_a_first_onset_near_the_stream_start_begins_at_the_start(
+    onset_windows, head_ms, from_start
+) -> None:
+    f = Feeder(VadOptions(speech_pad_ms=32, min_silence_duration_ms=320, stream_head_ms=head_ms))
+    f.push(*[SILENCE] * onset_windows, *[SPEECH] * 10, *[SILENCE] * 10)
+    (first,) = f.ended()
+    onset = onset_windows * WINDOW_SAMPLES
+    start = 0 if from_start else onset - _samples(32)
+    _assert_ramp(first.audio, start, onset + 10 * WINDOW_SAMPLES + _samples(32))
+    _assert_times(first)
+
+
+def test_only_the_streams_first_utterance_reaches_back_to_its_start() -> None:
+    f = Feeder(VadOptions(speech_pad_ms=32, min_silence_duration_ms=64, stream_head_ms=2000))
+    f.push(SILENCE, SPEECH, SILENCE, SILENCE, SILENCE, SPEECH, SILENCE, SILENCE)
+    first, second = f.ended()
+    _assert_ramp(first.audio, 0, 2 * WINDOW_SAMPLES + _samples(32))
+    _assert_ramp(second.audio, 5 * WINDOW_SAMPLES - _samples(32), 6 * WINDOW_SAMPLES + _samples(32))
+
+
+def test_a_speech_onset_at_the_stream_start_with_silero_keeps_the_first_word() -> None:
+    """LJ001-0009 opens with "Printing": Silero first reaches 0.5 at window 8 (see below), so
+    with the client's pad the utterance began 226 ms into the word; with the stream head it
+    begins at the stream's start."""
+    from scripts.clients.stt import read_wav
+
+    audio = read_wav(SAMPLES_DIR / "real" / "LJ001-0009.wav")[: 80 * WINDOW_SAMPLES]
+    windows = (audio.astype(np.float32) / 32768).reshape(-1, WINDOW_SAMPLES)
+    (probs,) = SileroVad().probabilities([(VadStreamState.fresh(), windows)])
+    starts = {}
+    for head_ms in (0, 500):
+        seg = VadSegmenter(VadOptions(speech_pad_ms=30, stream_head_ms=head_ms))
+        started = [e for w, p in zip(windows, probs, strict=True) for e in seg.push(w, float(p))]
+        starts[head_ms] = next(e.start_s for e in started if isinstance(e, SpeechStarted))
+    assert starts == {0: pytest.approx(8 * WINDOW_SAMPLES / SAMPLE_RATE_HZ - 0.030), 500: 0.0}
+
+
 def test_zero_pad_has_no_preroll() -> None:
     f = Feeder(VadOptions(speech_pad_ms=0, min_silence_duration_ms=64))
     f.push(SILENCE, SILENCE, SPEECH, SPEECH, SILENCE, SILENCE)

@@ -94,6 +94,29 @@ def test_all_samples_wer_and_end_audio_handshake(whisper_server):
     assert wer(refs, hyps) <= 0.15, hyps  # the issue's bound, over all bundled samples
 
 
+def test_a_stream_that_opens_with_speech_keeps_its_first_word(whisper_server):
+    """LJ001-0009 opens with "Printing"; Silero fires 256 ms into it. The first final begins at
+    the stream's start (stream_head_ms in config.yaml) and holds the word."""
+    from scripts import SAMPLES_DIR
+    from scripts.clients.stt import read_wav
+
+    audio = read_wav(SAMPLES_DIR / "real" / "LJ001-0009.wav")
+    finals: list[dict] = []
+    run(
+        stream(
+            whisper_server.ws_url,
+            frames_of(audio),
+            v1_metadata(partials=False),
+            frame_s=FRAME_S,
+            realtime=False,
+            on_message=lambda _t, m: finals.append(m) if m.get("is_final") else None,
+        )
+    )
+    first = finals[0]
+    assert first["transcript"].lower().startswith("printing"), first["transcript"]
+    assert first["segments"][0]["start_time"] == 0.0
+
+
 @pytest.mark.parametrize("shape", ["v2", "v3"])
 def test_v2_v3_metadata(whisper_server, shape):
     audio, ref = sample("order_en")

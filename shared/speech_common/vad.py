@@ -52,6 +52,12 @@ class VadOptions:
     # heard "america" / "as not". It is audio the final waited for anyway (the silence timeout),
     # so it costs no latency up to min_silence_duration_ms.
     postroll_ms: int = 0
+    # A stream's first utterance whose onset comes within this much of the stream's start
+    # begins at the stream's start. Silero fires late on a soft onset ("Printing" of
+    # LJ001-0009: 256 ms into the word) and a stream that opens with speech has no pause
+    # before it whose noise pre-roll could add (mid-stream, pre-roll cost more words than it
+    # won: docs/benchmarks.md).
+    stream_head_ms: int = 0
 
     @property
     def neg_threshold(self) -> float:
@@ -85,6 +91,7 @@ class VadSegmenter:
         self.options = options
         self._pad = int(options.speech_pad_ms * SAMPLE_RATE_HZ / 1000)
         self._preroll_samples = max(self._pad, int(options.preroll_ms * SAMPLE_RATE_HZ / 1000))
+        self._head = int(options.stream_head_ms * SAMPLE_RATE_HZ / 1000)
         self._trail = max(self._pad, int(options.postroll_ms * SAMPLE_RATE_HZ / 1000))
         self._min_silence = int(options.min_silence_duration_ms * SAMPLE_RATE_HZ / 1000)
         self._min_speech = int(options.min_speech_duration_ms * SAMPLE_RATE_HZ / 1000)
@@ -99,6 +106,7 @@ class VadSegmenter:
         self._last_speech_end = 0  # stream sample index just after the last speech window
         self._silence = 0  # samples of silence since the last speech window
         self._position = 0  # stream samples seen
+        self._heard = False  # an utterance has started in this stream
 
     @property
     def in_speech(self) -> bool:
@@ -180,15 +188,23 @@ class VadSegmenter:
         return [self._end_utterance()] if self._in_speech else []
 
     # -- internals -----------------------------------------------------------------------------
+    def _preroll_limit(self, onset: int) -> int:
+        """Samples of pre-roll an onset at stream sample ``onset`` gets (see stream_head_ms)."""
+        if not self._heard and onset <= self._head:
+            return max(self._preroll_samples, onset)
+        return self._preroll_samples
+
     def _remember_preroll(self, window: np.ndarray) -> None:
         self._preroll.append(window)
         self._preroll_len += len(window)
-        while self._preroll and self._preroll_len - len(self._preroll[0]) >= self._preroll_samples:
+        limit = self._preroll_limit(self._position)
+        while self._preroll and self._preroll_len - len(self._preroll[0]) >= limit:
             self._preroll_len -= len(self._preroll.popleft())
 
     def _start_utterance(self, start: int, window: np.ndarray, prob: float) -> None:
         pre = np.concatenate(list(self._preroll)) if self._preroll else np.zeros(0, np.float32)
-        pre = pre[len(pre) - min(self._preroll_samples, len(pre)) :]
+        pre = pre[len(pre) - min(self._preroll_limit(start), len(pre)) :]
+        self._heard = True
         self._preroll.clear()
         self._preroll_len = 0
         self._utterance.clear()

@@ -78,6 +78,7 @@ class CoreLimits:
     speculation_lead_ms: int = 150
     preroll_ms: int = 0  # audio given to Whisper before the VAD onset (at least the client's pad)
     postroll_ms: int = 0  # audio given to Whisper after the speech ends (at least the pad)
+    stream_head_ms: int = 0  # a first onset this near the stream's start begins at the start
     whisper_beam_width: int = 1  # finals' beam when the session's metadata names none
 
 
@@ -237,6 +238,7 @@ class SttCore:
             max_utterance_s=s.final_transcript_max_duration_s,
             preroll_ms=self.limits.preroll_ms,
             postroll_ms=self.limits.postroll_ms,
+            stream_head_ms=self.limits.stream_head_ms,
         )
         speculate = None
         if self.limits.speculative_finals:

@@ -63,6 +63,7 @@ class StreamingSession:
             speculation_lead_ms=s.speculation_lead_ms,
             preroll_ms=s.preroll_ms,
             postroll_ms=s.postroll_ms,
+            stream_head_ms=s.stream_head_ms,
             whisper_beam_width=s.whisper_beam_width,
         )
         return SttCore(limits, self.scheduler.engine.supported_languages)

@@ -42,6 +42,10 @@ class WhisperSettings(Settings):
     # ending that Silero already calls silence. Up to min_silence_duration_ms -
     # speculation_lead_ms (150 ms with the published client's 300 ms) it costs no latency.
     postroll_ms: int = Field(150, ge=0)
+    # A stream's first utterance whose VAD onset comes this soon after the stream's start
+    # begins at the start: Silero fires late on a soft onset, and a stream that opens with
+    # speech has nothing before it but the word's beginning ("Printing" of LJ001-0009).
+    stream_head_ms: int = Field(500, ge=0)
     max_sessions: int = Field(64, ge=1)  # beyond this new sessions get 1013 (try again later)
     # Admission control (speech_common.admission): sessions one replica serves in time
     # (benchmarked), and the Whisper worker's load and final-queue wait that refuse more.
