@@ -44,6 +44,12 @@ CONTEXT_PAD_S = 1.0  # at least this much trailing silence in the encoder window
 # temperatures, best of BEST_OF; if every try fails, the most probable one is kept.
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
 BEST_OF = 5
+# Before sampling, a final decoded with a beam is decoded greedily once. Beam 5 wrote "Now...
+# Now... Now... Now..." for LJ001-0010's 0.63 s "Now" where greedy wrote "Now" with a higher
+# average log-prob (-0.63 against -0.65, measured); sampling gave "Now", nothing or a loop from
+# one run to the next (CTranslate2's sampling cannot be seeded per call). Greedy is
+# deterministic and one step cheaper than a sample of BEST_OF.
+GREEDY_RETRY = True
 # A decode that claims more words than its audio can hold is a loop the compression ratio
 # misses when it is short: beam 5 wrote "Now... Now... Now... Now... Now..." for 0.7 s of one
 # "Now" (LJ001-0010), and a fallback sample still four (5.8 words/s). It falls back like a loop.
@@ -408,7 +414,9 @@ class WhisperEngine:
                 segments.append(seg)
         return segments
 
-    def _decode(self, encoded, prompts, opts: DecodeOptions, final: bool, tok0, temperature):
+    def _decode(
+        self, encoded, prompts, opts: DecodeOptions, final: bool, tok0, temperature, greedy=False
+    ):
         sampling = {}
         if temperature > 0:  # as Whisper: sample, best of BEST_OF
             sampling = dict(
@@ -417,7 +425,7 @@ class WhisperEngine:
         return self.model.model.generate(
             encoded,
             prompts,
-            beam_size=opts.beam_size if final and temperature == 0 else 1,
+            beam_size=opts.beam_size if final and temperature == 0 and not greedy else 1,
             length_penalty=opts.length_penalty,
             repetition_penalty=opts.repetition_penalty,
             no_repeat_ngram_size=opts.no_repeat_ngram_size,
@@ -431,19 +439,21 @@ class WhisperEngine:
 
     def _fallback(self, features, prompts, opts: DecodeOptions, tok0, results, durations):
         """Whisper's temperature fallback for the finals of a batch that look like a loop or are
-        improbable (and are not silence): decoded again, together, at rising temperatures."""
+        improbable (and are not silence): decoded again, together, greedily if the first decode
+        was a beam search (GREEDY_RETRY), then at rising temperatures."""
         tries = [[(res, 0.0)] for res in results]
+        greedy = [(0.0, True)] if GREEDY_RETRY and opts.beam_size > 1 else []
         pending = [
             i
             for i, res in enumerate(results)
             if self._needs_fallback(res, opts, tok0, durations[i])
         ]
-        for temperature in FALLBACK_TEMPERATURES:
+        for temperature, is_greedy in greedy + [(t, False) for t in FALLBACK_TEMPERATURES]:
             if not pending:
                 break
             encoded = self.model.encode(features[pending])  # a subset: encode it again (rare)
             retry = self._decode(
-                encoded, [prompts[i] for i in pending], opts, True, tok0, temperature
+                encoded, [prompts[i] for i in pending], opts, True, tok0, temperature, is_greedy
             )
             for i, res in zip(pending, retry, strict=True):
                 tries[i].append((res, temperature))
