@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.bench.wer import normalise, wer
+from scripts.bench.wer import normalise, repeated_phrases, wer
 
 
 def test_whisper_normalisation() -> None:
@@ -26,3 +26,16 @@ def test_corpus_wer_counts_errors_over_all_reference_words() -> None:
     assert wer("a b", "") == 1.0
     with pytest.raises(ValueError):
         wer("", "a")
+
+
+def test_a_phrase_said_twice_counts_only_when_the_reference_does_not_say_it_twice() -> None:
+    loop = "And so my fellow America, and so my fellow America."
+    assert repeated_phrases(loop, "And so, my fellow Americans") == {
+        ("and", "so", "my"),
+        ("so", "my", "fellow"),
+        ("my", "fellow", "america"),
+    }
+    kennedy = "ask not what your country can do for you, ask what you can do for your country"
+    assert repeated_phrases(kennedy, kennedy) == set()
+    assert repeated_phrases("No, no, no.", "") == set()  # one 3-word phrase, said once
+    assert repeated_phrases("now now now now", "now") == {("now", "now", "now")}

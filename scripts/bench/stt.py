@@ -31,7 +31,7 @@ import numpy as np
 
 from scripts import REPO_ROOT
 from scripts.bench.stats import percentile
-from scripts.bench.wer import wer
+from scripts.bench.wer import repeated_phrases, wer
 from scripts.clients.auth import API_KEY_ENV
 from scripts.clients.stt import CLIENT_RATE_HZ as RATE
 from scripts.clients.stt import FRAME_SAMPLES, frames_of, read_wav, stream, v1_metadata
@@ -52,6 +52,7 @@ class SessionStats:
     transcript: str
     finished: bool
     errors: int
+    finals: list[str]  # each final's text
 
 
 def speech_regions(samples: np.ndarray) -> list[tuple[float, float]]:
@@ -112,6 +113,7 @@ async def one_session(url: str, name: str, api_key: str | None, delay_s: float) 
         result.transcript,
         result.finished,
         len(result.errors),
+        [m["transcript"] for _, m in finals],
     )
 
 
@@ -174,6 +176,10 @@ def summarise(
         "unfinished_sessions": sum(not s.finished for s in stats),
         "transcripts": {s.file: s.transcript for s in stats},
         "errors": sum(s.errors for s in stats),
+        # Finals that hold a phrase of >= 3 words twice where the reference does not.
+        "finals_repeating_a_phrase": sum(
+            bool(repeated_phrases(text, refs[s.file])) for s in stats for text in s.finals
+        ),
     }
     if offline is not None:
         # The offline baseline on exactly the files these sessions streamed (same weights).
@@ -189,8 +195,8 @@ def table(rows: list[dict], offline_wer: float | None) -> str:
         return "–" if v is None else f"{v * scale:.0f} {unit}"
 
     lines = [
-        "| sessions | final p50 | final p95 | first partial p50 | streaming WER | offline WER (same files) | streamed vs offline text |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| sessions | final p50 | final p95 | first partial p50 | streaming WER | offline WER (same files) | streamed vs offline text | finals repeating a phrase |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         off = (
@@ -206,7 +212,7 @@ def table(rows: list[dict], offline_wer: float | None) -> str:
         lines.append(
             f"| {r['sessions']} | {f(r['final_latency_p50_s'])} | {f(r['final_latency_p95_s'])} | "
             f"{f(r['first_partial_p50_s'])} | {r['wer_vs_reference'] * 100:.1f} % | "
-            f"{vs_offline} |"
+            f"{vs_offline} | {r['finals_repeating_a_phrase']} |"
         )
     if offline_wer is not None:
         lines.append(

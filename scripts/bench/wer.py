@@ -36,3 +36,18 @@ def wer(reference: str | Sequence[str], hypothesis: str | Sequence[str]) -> floa
     if not any(normal_refs):
         raise ValueError("empty reference text")
     return float(jiwer.wer(normal_refs, [normalise(h) or EMPTY for h in hyps]))
+
+
+REPEAT_WORDS = 3  # the issue's bar: no final holds a phrase of 3 words or more twice
+
+
+def repeated_phrases(text: str, reference: str, n: int = REPEAT_WORDS) -> set[tuple[str, ...]]:
+    """Phrases of ``n`` words (normalised) that ``text`` holds more than once and ``reference``
+    does not: a decoding loop, where the speaker did not repeat himself ("ask not what your
+    country can do for you, ask what you can do for your country" repeats "can do for")."""
+
+    def repeated(words: list[str]) -> set[tuple[str, ...]]:
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        return {g for g in grams if grams.count(g) > 1}
+
+    return repeated(normalise(text).split()) - repeated(normalise(reference).split())
