@@ -68,7 +68,10 @@ MAX_PREVIOUS_TOKENS = 223  # Whisper's own bound: half the text context, less <|
 # timestamp and decodes again). tiny.en with the full window stopped at 7.0 s of LJ001-0007's
 # 8.4 s ("... of about", without "1455"). The rest of a final's audio is decoded again from the
 # last timestamp, conditioned on the text so far, at most MAX_CONTINUATIONS times.
-MIN_CONTINUATION_S = 0.3  # shorter leftovers hold no word (10 s window: 30-40 ms left, measured)
+# Shorter leftovers hold no word (10 s window: 30-40 ms left, measured). Twice the default
+# post-roll (150 ms of audio after the last speech window), so a leftover this long holds speech
+# the VAD heard, not only a final's trailing audio, where Whisper could invent a "Thank you.".
+MIN_CONTINUATION_S = 0.3
 MAX_CONTINUATIONS = 3
 SAMPLES_PER_MEL_FRAME = SAMPLE_RATE_HZ // MEL_FRAMES_PER_S
 
