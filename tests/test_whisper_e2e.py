@@ -25,6 +25,20 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def stream_unpaced(url: str, audio: np.ndarray, on_message=None):
+    """A v1 session without partials, its audio sent as fast as the server takes it."""
+    return run(
+        stream(
+            url,
+            frames_of(audio),
+            v1_metadata(partials=False),
+            frame_s=FRAME_S,
+            realtime=False,
+            on_message=on_message,
+        )
+    )
+
+
 def check_transcription_message(msg: dict) -> None:
     for key in (
         "type",
@@ -70,15 +84,8 @@ def test_all_samples_wer_and_end_audio_handshake(whisper_server):
     for name in ("speech_en", "weather_en", "order_en"):
         audio, ref = sample(name)
         seen: list[dict] = []
-        result = run(
-            stream(
-                whisper_server.ws_url,
-                frames_of(audio),
-                v1_metadata(partials=False),
-                frame_s=FRAME_S,
-                realtime=False,
-                on_message=lambda _t, m, s=seen: s.append(m),
-            )
+        result = stream_unpaced(
+            whisper_server.ws_url, audio, on_message=lambda _t, m, s=seen: s.append(m)
         )
         refs.append(ref["text"])
         hyps.append(result.transcript)
@@ -102,15 +109,10 @@ def test_a_stream_that_opens_with_speech_keeps_its_first_word(whisper_server):
 
     audio = read_wav(SAMPLES_DIR / "real" / "LJ001-0009.wav")
     finals: list[dict] = []
-    run(
-        stream(
-            whisper_server.ws_url,
-            frames_of(audio),
-            v1_metadata(partials=False),
-            frame_s=FRAME_S,
-            realtime=False,
-            on_message=lambda _t, m: finals.append(m) if m.get("is_final") else None,
-        )
+    stream_unpaced(
+        whisper_server.ws_url,
+        audio,
+        on_message=lambda _t, m: finals.append(m) if m.get("is_final") else None,
     )
     first = finals[0]
     assert first["transcript"].lower().startswith("printing"), first["transcript"]
