@@ -327,3 +327,44 @@ def test_a_final_that_goes_on_batched_equals_alone(full_window_engine):
     alone = [full_window_engine.run([j])[0].text for j in jobs]
     assert [t.text for t in full_window_engine.run(jobs)] == alone
     assert alone[0].endswith("beautiful letters.") and alone[2].endswith("1455."), alone
+
+
+def test_a_phrase_three_times_is_a_loop():
+    from whisper_streaming.engine import repeats_a_phrase
+
+    assert repeats_a_phrase(
+        "books, produced the block books, produced the block books, produced the block books,"
+    )
+    assert not repeats_a_phrase("Let me see, let me see.")  # twice: a speaker does that
+    assert not repeats_a_phrase(
+        "Ask not what your country can do for you, ask what you can do for your country."
+    )
+    assert not repeats_a_phrase("No, no, no, no, no.")  # one word: not a phrase of three
+
+
+def _run_on(clips: list[str], lead_s=0.5, gap_s=0.12) -> np.ndarray:
+    """Real clips run together: each trimmed to its sound (amplitude > 300, 50 ms kept either
+    side), ``gap_s`` of silence between them: a reader who does not pause."""
+    parts = [np.zeros(int(lead_s * 16000), np.float32)]
+    for name in clips:
+        audio = _real(name)
+        loud = np.flatnonzero(np.abs(audio) > 300 / 32768)
+        parts += [audio[max(loud[0] - 800, 0) : loud[-1] + 800], np.zeros(int(gap_s * 16000))]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def test_a_final_cut_inside_a_phrase_that_loops_falls_back(engine, monkeypatch):
+    """LJ001-0001 to 0004 read without pauses, a final cut inside "block | books" (18.77 s,
+    where a speculative final cut it): beam 5 wrote "produced the block books" four times in
+    its last 0.8 s segment, under the compression-ratio bar. Three times is a loop: the greedy
+    retry writes the phrase once."""
+    audio = _run_on(["LJ001-0001", "LJ001-0002", "LJ001-0003", "LJ001-0004"])
+    job = TranscribeJob(
+        JobKind.FINAL, audio[78880 : 78880 + 300352], DecodeOptions("en", beam_size=5)
+    )
+    [result] = engine.run([job])
+    assert result.text.count("produced the block books") == 1, result.text
+    with monkeypatch.context() as mp:
+        mp.setattr(engine_module, "MAX_PHRASE_REPEATS", 99)
+        [looped] = engine.run([job])
+    assert looped.text.count("produced the block books") >= 3, looped.text
