@@ -345,7 +345,7 @@ class WhisperEngine:
             tok = self._tokenizer(lang)
             passes = [(parsed[i], results[i], temperatures[i])]
             if final:
-                passes += self._continue(job, tok, results[i], seeks[i], frames[i])
+                passes += self._continue(job, tok, parsed[i], seeks[i], frames[i])
             segments = [
                 seg
                 for subsegments, res, _ in passes
@@ -369,13 +369,17 @@ class WhisperEngine:
         )
         return subsegments, next_seek
 
-    def _continue(self, job: TranscribeJob, tok, res, seek: int, n_frames: int):
+    def _continue(self, job: TranscribeJob, tok, subsegments, seek: int, n_frames: int):
         """Decode what a final's decode left over (see MIN_CONTINUATION_S), alone: the prompt
-        holds the text so far, so it batches with nothing, and a batched final still equals the
-        same final alone. Returns the extra passes (subsegments, result, temperature)."""
+        holds the text so far (the segments kept, as transcribe(): not an unfinished one), so it
+        batches with nothing, and a batched final still equals the same final alone. Returns
+        the extra passes (subsegments, result, temperature)."""
+
+        def text_tokens(subsegments) -> list[int]:
+            return [t for sub in subsegments for t in sub["tokens"] if t < tok.eot]
+
         passes = []
-        previous = list(self.previous_tokens(job.options, job.kind))
-        previous += [t for t in res.sequences_ids[0] if t < tok.eot]
+        previous = list(self.previous_tokens(job.options, job.kind)) + text_tokens(subsegments)
         min_frames = int(MIN_CONTINUATION_S * MEL_FRAMES_PER_S)
         opts = job.options
         while seek + min_frames <= n_frames and len(passes) < MAX_CONTINUATIONS:
@@ -403,7 +407,7 @@ class WhisperEngine:
             passes.append((subsegments, res, temperature))
             if next_seek <= seek:
                 break
-            previous += [t for t in res.sequences_ids[0] if t < tok.eot]
+            previous += text_tokens(subsegments)
             seek = next_seek
         return passes
 
