@@ -3,6 +3,7 @@ without its British-to-American spelling map), for benchmarks, tests and the smo
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from functools import cache
 
@@ -47,7 +48,7 @@ def repeated_phrases(text: str, reference: str, n: int = REPEAT_WORDS) -> set[tu
     country can do for you, ask what you can do for your country" repeats "can do for")."""
 
     def repeated(words: list[str]) -> set[tuple[str, ...]]:
-        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-        return {g for g in grams if grams.count(g) > 1}
+        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        return {g for g, count in grams.items() if count > 1}
 
     return repeated(normalise(text).split()) - repeated(normalise(reference).split())
