@@ -1,37 +1,26 @@
 """Word timestamps by forced alignment (orpheus_tts.alignment) on speech whose word boundaries
-are known by construction: espeak-ng renders every word on its own, the words are joined with
-silences of known, random length (30-120 ms). A boundary that falls inside such a silence is
+are known by construction (samples/words: espeak-ng rendered every word on its own, the words
+joined with silences of known, random length, 30-120 ms). A boundary that falls inside such a silence is
 right (the pause belongs to neither word); elsewhere its error is the distance to the silence.
 The first word's start and the last word's end are measured against the speech's own edges."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
 from orpheus_tts.alignment import WordAligner, quiet_runs, refine
-from scripts.bench.alignment import SEED, SENTENCES, boundary_errors, build, whisper_base_dir
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory):
-    if shutil.which("espeak-ng") is None:
-        pytest.fail("espeak-ng is required (apt-get install espeak-ng)")
-    workdir = tmp_path_factory.mktemp("words")
-    rng = np.random.default_rng(SEED)
-    return [(s, *build(s, rng, workdir)) for s in SENTENCES]
+from scripts.bench.alignment import boundary_errors, corpus, whisper_base_dir
 
 
 @pytest.mark.slow
-def test_word_boundaries_within_40_ms_median_and_100_ms_p95(corpus, tmp_path_factory) -> None:
+def test_word_boundaries_within_40_ms_median_and_100_ms_p95(tmp_path_factory) -> None:
     from faster_whisper import WhisperModel
 
     model_dir = whisper_base_dir(tmp_path_factory.mktemp("base"))
     aligner = WordAligner(WhisperModel(str(model_dir), device="cpu", compute_type="int8"))
     errors = []
-    for sentence, audio, truth in corpus:
+    for sentence, audio, truth in corpus():
         words = aligner.align(audio, sentence)
         assert [w.word for w in words] == sentence.split()
         assert all(a.end_s <= b.start_s for a, b in zip(words, words[1:], strict=False))

@@ -46,3 +46,22 @@ def test_real_multilingual_clips_are_usable_and_documented() -> None:
     for needed in ("Apache-2.0", "f0d80c61f03f", "83c2b51ae864", "test_data.json"):
         assert needed in readme
     assert sum(p.stat().st_size for p in LANG_REAL.glob("*.wav")) < 3 * 2**20
+
+
+def test_word_boundary_clips_match_their_generator() -> None:
+    """samples/words (the aligner's corpus; tests need no espeak-ng): the sentences are the
+    generator's, every word lies on speech and every gap between words is digital silence."""
+    import numpy as np
+
+    from scripts.bench.make_samples import WORDS_DIR, WORDS_SENTENCES
+    from scripts.clients.stt import read_wav
+
+    meta = json.loads((WORDS_DIR / "words.json").read_text())
+    assert [clip["text"] for clip in meta["clips"]] == WORDS_SENTENCES
+    for clip in meta["clips"]:
+        audio = read_wav(WORDS_DIR / clip["file"], meta["rate_hz"])
+        bounds = clip["word_samples"]
+        assert len(bounds) == len(clip["text"].split())
+        for (start, end), (next_start, _) in zip(bounds, bounds[1:], strict=False):
+            assert start < end <= next_start
+            assert np.abs(audio[start:end]).max() > 0 and not audio[end:next_start].any()

@@ -3,8 +3,9 @@
 
     python scripts/bench/alignment.py            # Whisper base (dev packages) and tiny.en
 
-espeak-ng renders every word on its own; the words are joined with silences of known, random
-length (30-120 ms), so every word boundary is known. A boundary that falls inside its silence
+The corpus is samples/words (committed; ``speech-make-samples --words-only`` regenerates it):
+espeak-ng rendered every word on its own and the words were joined with silences of known,
+random length (30-120 ms), so every word boundary is known. A boundary that falls inside its silence
 is exact (the pause belongs to neither word); elsewhere its error is the distance to the
 silence. The first word's start and the last word's end are measured against the speech's own
 edges. Prints median and p95 error and the aligner's CPU time per second of audio.
@@ -14,7 +15,7 @@ tests/test_orpheus_alignment.py holds the accuracy to its targets on the same co
 from __future__ import annotations
 
 import argparse
-import subprocess
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -22,45 +23,22 @@ from pathlib import Path
 import numpy as np
 
 from orpheus_tts.alignment import WordAligner
+from scripts import SAMPLES_DIR
 from scripts.bench.stats import percentile
 from scripts.clients.stt import read_wav
 
-SEED = 20261130
-
-SENTENCES = [
-    "Good morning, how are you today?",
-    "The train leaves at seven o'clock.",
-    "I would like a cup of coffee, please.",
-    "My sister lives in a small village.",
-    "Please call Stella and ask her to bring these things with her from the store.",
-    "Six spoons of fresh snow peas and five thick slabs of blue cheese.",
-    "We will meet at the station at seven o'clock tomorrow morning.",
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-]
-GAP_S = (0.03, 0.12)
-LEAD_S = 0.3
-SPEECH_THRESHOLD = 0.02  # espeak's silence is digital zero; its speech is far above this
+WORDS_DIR = SAMPLES_DIR / "words"
+RATE_HZ = 16000
 
 
-def _word(word: str, workdir: Path) -> np.ndarray:
-    path = workdir / "word.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(path), word], check=True)
-    audio = read_wav(path, 16000).astype(np.float32) / 32768
-    loud = np.nonzero(np.abs(audio) > SPEECH_THRESHOLD)[0]
-    return audio[loud[0] : loud[-1] + 1]
-
-
-def build(sentence: str, rng: np.random.Generator, workdir: Path):
-    parts = [np.zeros(int(LEAD_S * 16000), np.float32)]
-    truth = []
-    t = LEAD_S
-    for word in sentence.split():
-        audio = _word(word, workdir)
-        truth.append((t, t + len(audio) / 16000))
-        gap = np.zeros(int(rng.uniform(*GAP_S) * 16000), np.float32)
-        parts += [audio, gap]
-        t += (len(audio) + len(gap)) / 16000
-    return np.concatenate(parts), truth
+def corpus(words_dir: Path = WORDS_DIR) -> list[tuple[str, np.ndarray, list]]:
+    """(sentence, 16 kHz float audio, [(start_s, end_s) of each word]) per committed clip."""
+    clips = json.loads((words_dir / "words.json").read_text())["clips"]
+    return [
+        (clip["text"], read_wav(words_dir / clip["file"], RATE_HZ).astype(np.float32) / 32768,
+         [(start / RATE_HZ, end / RATE_HZ) for start, end in clip["word_samples"]])
+        for clip in clips
+    ]  # fmt: skip
 
 
 def boundary_errors(words, truth) -> list[float]:
@@ -71,11 +49,6 @@ def boundary_errors(words, truth) -> list[float]:
         for t, lo, hi in ((w.start_s, before, start), (w.end_s, end, after)):
             errors.append(0.0 if lo <= t <= hi else min(abs(t - lo), abs(t - hi)))
     return errors
-
-
-def corpus(workdir: Path, seed: int = SEED) -> list[tuple[str, np.ndarray, list]]:
-    rng = np.random.default_rng(seed)
-    return [(s, *build(s, rng, workdir)) for s in SENTENCES]
 
 
 def whisper_base_dir(root: Path) -> Path:
@@ -128,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        sentences = corpus(Path(tmp))
+        sentences = corpus()
         models = {"Whisper base": str(whisper_base_dir(Path(tmp))),
                   "Whisper tiny.en": WhisperSettings(whisper_model=EMBEDDED_MODEL).model_path()}  # fmt: skip
         print("| aligner model | boundaries | median | p95 | CPU per audio second |")

@@ -10,12 +10,16 @@ import json
 import shutil
 import subprocess
 import tempfile
+import wave
 from pathlib import Path
+
+import numpy as np
 
 from scripts import SAMPLES_DIR
 from scripts.clients.stt import (
     CLIENT_RATE_HZ as SAMPLE_RATE_HZ,  # the samples are what clients send
 )
+from scripts.clients.stt import read_wav
 
 LEAD_SILENCE_S = 0.5
 GAP_SILENCE_S = 1.2  # > min_silence_duration_ms defaults, so each sentence is its own utterance
@@ -96,6 +100,27 @@ LANG_SENTENCES: dict[str, list[str]] = {
 }
 
 
+# Word-boundary clips (samples/words): espeak-ng renders every word on its own and the words are
+# joined with silences of known, random length, so each word's start and end are known to the
+# sample; the word aligner's accuracy test and scripts/bench/alignment.py measure against them.
+WORDS_DIR = SAMPLES_DIR / "words"
+WORDS_RATE_HZ = 16000
+WORDS_SEED = 20261130
+WORDS_GAP_S = (0.03, 0.12)
+WORDS_LEAD_S = 0.3
+WORDS_SPEECH_THRESHOLD = 0.02  # espeak's silence is digital zero; its speech is far above this
+WORDS_SENTENCES = [
+    "Good morning, how are you today?",
+    "The train leaves at seven o'clock.",
+    "I would like a cup of coffee, please.",
+    "My sister lives in a small village.",
+    "Please call Stella and ask her to bring these things with her from the store.",
+    "Six spoons of fresh snow peas and five thick slabs of blue cheese.",
+    "We will meet at the station at seven o'clock tomorrow morning.",
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+]
+
+
 def _run(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True)
 
@@ -154,6 +179,38 @@ def build_language_clips(workdir: Path) -> None:
     (LANG_DIR / "clips.json").write_text(json.dumps(texts, indent=2, ensure_ascii=False) + "\n")
 
 
+def _word(word: str, workdir: Path) -> np.ndarray:
+    path = workdir / "word.wav"
+    _run("espeak-ng", "-v", "en-us", "-s", "160", "-w", str(path), word)
+    audio = read_wav(path, WORDS_RATE_HZ)
+    loud = np.nonzero(np.abs(audio.astype(np.float32) / 32768) > WORDS_SPEECH_THRESHOLD)[0]
+    return audio[loud[0] : loud[-1] + 1]
+
+
+def build_word_clips(workdir: Path) -> None:
+    WORDS_DIR.mkdir(exist_ok=True)
+    rng = np.random.default_rng(WORDS_SEED)
+    clips = []
+    for i, sentence in enumerate(WORDS_SENTENCES):
+        parts = [np.zeros(int(WORDS_LEAD_S * WORDS_RATE_HZ), np.int16)]
+        bounds, t = [], len(parts[0])
+        for word in sentence.split():
+            audio = _word(word, workdir)
+            gap = np.zeros(int(rng.uniform(*WORDS_GAP_S) * WORDS_RATE_HZ), np.int16)
+            bounds.append([t, t + len(audio)])
+            parts += [audio, gap]
+            t += len(audio) + len(gap)
+        name = f"words_{i}.wav"
+        with wave.open(str(WORDS_DIR / name), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(WORDS_RATE_HZ)
+            out.writeframes(np.concatenate(parts).astype("<i2").tobytes())
+        clips.append({"file": name, "text": sentence, "word_samples": bounds})
+    meta = {"rate_hz": WORDS_RATE_HZ, "seed": WORDS_SEED, "clips": clips}
+    (WORDS_DIR / "words.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -161,18 +218,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--languages-only", action="store_true", help="only samples/lang (keep the tuned ones)"
     )
+    parser.add_argument(
+        "--words-only", action="store_true", help="only samples/words (the aligner's clips)"
+    )
     args = parser.parse_args(argv)
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is required: apt-get install espeak-ng sox")
     SAMPLES_DIR.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.words_only:
+            build_word_clips(Path(tmp))
+            print(f"wrote {WORDS_DIR}")
+            return
         if not args.languages_only:  # espeak-ng versions differ: keep the tuned ones
             for name, sentences in SAMPLES.items():
                 build(name, sentences, Path(tmp))
                 print(f"wrote {SAMPLES_DIR / name}.wav")
         build_language_clips(Path(tmp))
         print(f"wrote {LANG_DIR}")
+        build_word_clips(Path(tmp))
+        print(f"wrote {WORDS_DIR}")
 
 
 if __name__ == "__main__":
