@@ -37,39 +37,31 @@ def whisper_server() -> Iterator[ServedTruss]:
 
 
 @pytest.fixture(scope="session")
-def aligner_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The word aligner's model for the Orpheus servers: Whisper base, test-only (see
-    tests/whisper_helpers.whisper_base_dir); production sets ``aligner_model`` itself."""
-    from tests.whisper_helpers import whisper_base_dir
-
-    return {"ALIGNER_MODEL": str(whisper_base_dir(tmp_path_factory.mktemp("aligner")))}
-
-
-@pytest.fixture(scope="session")
-def orpheus_server(aligner_env: dict[str, str]) -> Iterator[ServedTruss]:
+def orpheus_server() -> Iterator[ServedTruss]:
     """orpheus_tts_truss on the real Truss server with dummy (random) weights.
 
     The functional tests run up to 8 sessions at once on 2 cores, beyond the CPU stand-in's
     latency capacity (1-2 sessions): admission control is switched off here and measured on its
-    own (scripts/bench/soak.py, tests/test_admission.py).
+    own (scripts/bench/soak.py, tests/test_admission.py). Word timestamps use serve.py's
+    default aligner (the embedded tiny.en), as `make serve-orpheus` does.
     """
     with serve_truss(
         ORPHEUS_TRUSS_DIR,
         dummy_weights=True,
         start_timeout_s=START_TIMEOUT_S,
-        env={**ADMISSION_OFF, **aligner_env},
+        env=ADMISSION_OFF,
     ) as served:
         yield served
 
 
 @pytest.fixture(scope="session")
-def orpheus_http_server(aligner_env: dict[str, str]) -> Iterator[ServedTruss]:
+def orpheus_http_server() -> Iterator[ServedTruss]:
     """orpheus_tts_truss's HTTP flavour (config_http.yaml), dummy weights."""
     with serve_truss(
         ORPHEUS_TRUSS_DIR,
         dummy_weights=True,
         start_timeout_s=START_TIMEOUT_S,
-        env={**ADMISSION_OFF, **aligner_env},
+        env=ADMISSION_OFF,
         config="config_http.yaml",
     ) as served:
         yield served

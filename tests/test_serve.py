@@ -246,3 +246,9 @@ def test_a_server_does_not_outlive_the_process_that_started_it() -> None:
     finally:
         owner.kill()
         owner.stdout.close()
+
+
+def test_cpu_orpheus_aligns_words_with_the_embedded_whisper() -> None:
+    """Word timestamps work on `make serve-orpheus` as on a deployment (issue 19)."""
+    overrides = serve.env_overrides("orpheus_tts_truss", gpu=False, dummy_weights=True, environ={})
+    assert overrides["ALIGNER_MODEL"] == "embedded:tiny.en"

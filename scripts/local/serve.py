@@ -61,6 +61,8 @@ CPU_DEFAULTS: dict[str, dict[str, str]] = {
     "orpheus_tts_truss": {
         "ORPHEUS_ENGINE": "transformers",
         "ORPHEUS_DEVICE": "cpu",
+        # Word timestamps on by default, as in production: the embedded tiny.en aligns here.
+        "ALIGNER_MODEL": "embedded:tiny.en",
         # SNAC on a 2-core CPU (bench_tts.py --dummy-weights, 1 and 4 sessions, RTF p50):
         # hop 1 + batches 1.20 / 7.92; one window at a time 1.26 / 4.41; hop 2 0.90 / 4.44;
         # hop 2 + one at a time 0.84 / 3.07. Batched convolutions lose on CPU, and hop 2 halves

@@ -202,8 +202,10 @@ def load_runtime(settings: OrpheusSettings) -> OrpheusRuntime:
     aligner = None
     if settings.aligner_model:
         from orpheus_tts.alignment import AlignService
+        from speech_common.settings import model_dir
 
-        aligner = AlignService.load(settings.aligner_model, settings.aligner_cpu_threads).start()
+        path = model_dir(settings.aligner_model, "aligner_model")
+        aligner = AlignService.load(path, settings.aligner_cpu_threads).start()
     logger.info(
         "orpheus runtime ready: engine=%s device=%s dummy=%s window=%s",
         settings.orpheus_engine,

