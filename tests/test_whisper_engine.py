@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from faster_whisper import WhisperModel
 
+from scripts.local.serve import embedded_whisper_dir
 from tests.whisper_helpers import sample, wer
 from whisper_streaming import engine as engine_module
 from whisper_streaming.engine import (
@@ -19,14 +20,13 @@ from whisper_streaming.engine import (
     is_hallucination,
     too_many_words,
 )
-from whisper_streaming.settings import EMBEDDED_MODEL, WhisperSettings
 
 EN = DecodeOptions(language="en")
 
 
 @pytest.fixture(scope="module")
 def engine() -> WhisperEngine:
-    path = WhisperSettings(whisper_model=EMBEDDED_MODEL).model_path()
+    path = embedded_whisper_dir()
     model = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=2)
     return WhisperEngine(model, encoder_context_s=10.0)
 
@@ -221,7 +221,7 @@ def test_one_word_looped_by_beam_search_is_decoded_again(monkeypatch):
     from scripts.clients.stt import read_wav
 
     pcm = read_wav(SAMPLES_DIR / "real" / "LJ001-0010.wav", 16000).astype(np.float32) / 32768
-    path = WhisperSettings(whisper_model=EMBEDDED_MODEL).model_path()
+    path = embedded_whisper_dir()
     model = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=1)
     engine = WhisperEngine(model, encoder_context_s=10.0)
 
@@ -290,7 +290,7 @@ def test_context_is_cut_to_a_bucket_and_batches_with_equal_buckets(engine):
 @pytest.fixture(scope="module")
 def full_window_engine() -> WhisperEngine:
     """Whisper's full 30 s window, as production runs it."""
-    path = WhisperSettings(whisper_model=EMBEDDED_MODEL).model_path()
+    path = embedded_whisper_dir()
     model = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=2)
     return WhisperEngine(model, encoder_context_s=30.0)
 

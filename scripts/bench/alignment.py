@@ -95,7 +95,7 @@ def measure(aligner: WordAligner, sentences: list) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     from faster_whisper import WhisperModel
 
-    from whisper_streaming.settings import EMBEDDED_MODEL, WhisperSettings
+    from scripts.local.serve import embedded_whisper_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         sentences = corpus()
         models = {"Whisper base": str(whisper_base_dir(Path(tmp))),
-                  "Whisper tiny.en": WhisperSettings(whisper_model=EMBEDDED_MODEL).model_path()}  # fmt: skip
+                  "Whisper tiny.en": embedded_whisper_dir()}  # fmt: skip
         print("| aligner model | boundaries | median | p95 | CPU per audio second |")
         print("|---|---:|---:|---:|---:|")
         runs = [(name, path, True) for name, path in models.items()]

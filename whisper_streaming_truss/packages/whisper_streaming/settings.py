@@ -7,9 +7,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from speech_common.settings import EMBEDDED_WHISPER, Settings, model_dir
-
-EMBEDDED_MODEL = EMBEDDED_WHISPER
+from speech_common.settings import Settings, model_dir
 
 
 class WhisperSettings(Settings):
