@@ -25,11 +25,12 @@ from enum import StrEnum
 
 import numpy as np
 
+from orpheus_tts.loudness import LoudnessNormalizer
 from orpheus_tts.tokens import SAMPLE_RATE_HZ as MODEL_RATE_HZ  # Orpheus/SNAC output
 from speech_common.audio import StreamingResampler
 from speech_common.ws import CloseCode, ProtocolError
 
-SUPPORTED_RATES_HZ = (8000, 16000, 22050, 24000, 44100, 48000)
+SUPPORTED_RATES_HZ = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 OPUS_RATES_HZ = (8000, 16000, 24000, 48000)  # what libopus encodes (it has no 22.05/44.1 kHz)
 TELEPHONY_RATE_HZ = 8000  # μ-law and A-law default to the telephone rate
 # Ogg pages are flushed at least this often, so opus audio is not held back a second (the
@@ -115,7 +116,7 @@ class _Sink(io.RawIOBase):
 class _CodecStream:
     """One FFmpeg container stream (mu-law, A-law, mp3 or Ogg Opus) being written."""
 
-    def __init__(self, fmt: AudioFormat, rate: int) -> None:
+    def __init__(self, fmt: AudioFormat, rate: int, bitrate_bps: int | None = None) -> None:
         import av  # PyAV: imported with the first encoded session, not at import time
 
         self._av = av
@@ -125,7 +126,7 @@ class _CodecStream:
         self._stream = self._container.add_stream(codec, rate=rate)
         self._stream.layout = "mono"
         if fmt in _BITRATES:
-            self._stream.bit_rate = _BITRATES[fmt]
+            self._stream.bit_rate = bitrate_bps or _BITRATES[fmt]
         self._rate = rate
         self._pts = 0
 
@@ -163,16 +164,29 @@ class AudioEncoder:
     """The session's output stream (see the module docstring)."""
 
     def __init__(
-        self, fmt: AudioFormat, rate: int, source_rate: int = MODEL_RATE_HZ, gain_db: float = 0.0
+        self,
+        fmt: AudioFormat,
+        rate: int,
+        source_rate: int = MODEL_RATE_HZ,
+        gain_db: float = 0.0,
+        normalize_loudness: bool = False,
+        bitrate_bps: int | None = None,
     ) -> None:
         check_format(fmt, rate)
         self.format = fmt
         self.gain = 10 ** (gain_db / 20)
+        self.bitrate_bps = bitrate_bps  # mp3 / opus; None: MP3_BITRATE / OPUS_BITRATE
+        self._loudness = LoudnessNormalizer(source_rate) if normalize_loudness else None
         self.rate = rate
         self.source_rate = source_rate
         self.samples_in = 0  # at ``source_rate``: the session's audio timeline
         self.samples_out = 0  # at ``rate`` (behind ``samples_in`` by what soxr holds)
-        self._passthrough = fmt is AudioFormat.PCM_S16LE and rate == source_rate and not gain_db
+        self._passthrough = (
+            fmt is AudioFormat.PCM_S16LE
+            and rate == source_rate
+            and not gain_db
+            and not normalize_loudness
+        )
         self._resampler: StreamingResampler | None = None
         self._codec: _CodecStream | None = None
         self._started = False  # a stream (and for WAV its header) has begun
@@ -184,6 +198,8 @@ class AudioEncoder:
             self.samples_out += len(pcm) // 2
             return pcm
         samples = np.frombuffer(pcm, "<i2").astype(np.float32) * (self.gain / 32768.0)
+        if self._loudness is not None:
+            samples = self._loudness.process(samples)
         samples = self._resample(samples)
         return self._start() + self._emit(samples)
 
@@ -229,7 +245,7 @@ class AudioEncoder:
             return b""
         self._started = True
         if self.format in _CONTAINERS:
-            self._codec = _CodecStream(self.format, self.rate)
+            self._codec = _CodecStream(self.format, self.rate, self.bitrate_bps)
         if self.format is AudioFormat.WAV:
             return wav_header(self.rate)
         return b""

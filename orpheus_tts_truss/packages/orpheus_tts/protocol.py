@@ -309,7 +309,11 @@ class TtsCore:
             auto_release=config.segment != "never",
         )
         self._encoder = AudioEncoder(
-            config.audio_format, config.output_rate, gain_db=float(config.volume_db)
+            config.audio_format,
+            config.output_rate,
+            gain_db=float(config.volume_db),
+            normalize_loudness=config.normalize_loudness,
+            bitrate_bps=config.bitrate_bps,
         )
         self._voice = _Voice(
             config.voice, config.max_tokens, tuple(config.sampling_overrides().items())

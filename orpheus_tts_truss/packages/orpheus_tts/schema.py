@@ -14,6 +14,7 @@ protocol): ``response_format`` and ``sample_rate`` (the audio's encoding), ``eve
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
@@ -73,6 +74,10 @@ class SessionConfig(BaseModel):
     word_timestamps: StrictBool = False
     # Gain applied to the audio, in dB (Fish Audio's prosody.volume).
     volume_db: Annotated[StrictFloat | StrictInt, Field(ge=-30, le=30)] = 0
+    # A slow automatic gain towards a speech level (Fish Audio's prosody.normalize_loudness).
+    normalize_loudness: StrictBool = False
+    # mp3 / opus bit rate in bits per second (None: 64 kbit/s mp3, 32 kbit/s opus).
+    bitrate_bps: Annotated[StrictInt, Field(ge=6000, le=320_000)] | None = None
     # Characters per generation, below the server's own cap (which it never exceeds).
     max_chunk_chars: Annotated[StrictInt, Field(ge=16, le=MAX_CONFIG_FRAME_CHARS)] | None = None
 
@@ -135,6 +140,22 @@ def check_voice(voice: str, voices: Collection[str], recoverable: bool = False) 
             recoverable=recoverable,
         )
     return name
+
+
+# Orpheus 3B (canopylabs/orpheus-3b-0.1-ft) speaks English only; vendors' clients name the
+# language as a code ("en", "en-US", "en_GB") or a word ("english").
+ENGLISH = frozenset({"en", "eng", "english"})
+
+
+def check_language(language: str | None) -> None:
+    """Refuse (typed, 1003) a language other than English; None is the model's own."""
+    if language is None or re.split(r"[-_]", language.strip().lower())[0] in ENGLISH:
+        return
+    raise ProtocolError(
+        "unsupported",
+        f"language {language!r} is not supported: this model (Orpheus 3B) speaks English only",
+        CloseCode.UNSUPPORTED_DATA,
+    )
 
 
 # -- the event protocol (``events: true``) ---------------------------------------------------------
