@@ -1,10 +1,11 @@
 # Two commands on a fresh machine with only Python:  make demo  |  make test
 PYTHON ?= python3
 VENV := .venv
+CLIENTS_VENV := .venv-clients
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint image-check gpu-wheels gpu-check soak-whisper soak-orpheus serve-whisper serve-orpheus bench-stt bench-tts deploy-whisper deploy-orpheus clean
+.PHONY: venv venv-clients demo test test-fast lint image-check gpu-wheels gpu-check soak-whisper soak-orpheus serve-whisper serve-orpheus bench-stt bench-tts deploy-whisper deploy-orpheus clean
 
 $(STAMP): requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +17,21 @@ $(STAMP): requirements-dev.txt pyproject.toml
 
 venv: $(STAMP)
 
+## The real client libraries of tests/test_clients.py, in their own venv (their pins may clash with ours).
+$(CLIENTS_VENV)/.installed: requirements-clients.txt constraints-clients.txt
+	$(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet --only-binary=:all: --no-binary=docopt -r requirements-clients.txt -c constraints-clients.txt
+	touch $(CLIENTS_VENV)/.installed
+
+venv-clients: $(CLIENTS_VENV)/.installed
+
 ## Streams a bundled speech sample through the whisper truss on the real Truss server (CPU, tiny.en).
 demo: venv
 	$(BIN)/python scripts/local/demo.py
 
 ## Unit + end-to-end tests (real Truss server over real WebSockets), lint first.
-test: venv
+test: venv venv-clients
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
@@ -74,4 +84,4 @@ deploy-orpheus: venv
 	$(BIN)/python scripts/deploy/deploy.py orpheus_tts_truss
 
 clean:
-	rm -rf $(VENV) .truss_build .pytest_cache .ruff_cache .gpu_wheels .gpu_site
+	rm -rf $(VENV) $(CLIENTS_VENV) .truss_build .pytest_cache .ruff_cache .gpu_wheels .gpu_site

@@ -22,12 +22,15 @@ MODEL = "canopylabs/orpheus-3b-0.1-ft"
 
 # -- Together: the docs' example client (websockets; query string; base64 deltas) -----------------
 async def together_example(url: str, text: str = "Hello!") -> tuple[bytes, list[dict]]:
-    """Together's documented WebSocket example, with ``wss://api.together.ai`` replaced."""
+    """Together's documented WebSocket example, with ``wss://api.together.ai`` replaced. (The
+    docs' example reads until the socket closes, which no server does by itself: this one ends
+    its turn with an empty commit, as pipecat does, and stops at the item's ``.done``.)"""
     events = []
     async with websockets.connect(f"{url}?model={MODEL}&voice=tara") as ws:
         session = json.loads(await ws.recv())
         events.append(session)
         await ws.send(json.dumps({"type": "input_text_buffer.append", "text": text}))
+        await ws.send(json.dumps({"type": "input_text_buffer.commit"}))
         await ws.send(json.dumps({"type": "input_text_buffer.commit"}))
         audio_data = bytearray()
         async for msg in ws:
@@ -57,6 +60,7 @@ async def test_together_word_timestamps_before_each_items_done(orpheus_server: A
         assert json.loads(await ws.recv())["type"] == "session.created"
         await ws.send(json.dumps({"type": "input_text_buffer.append", "text": text}))
         await ws.send(json.dumps({"type": "input_text_buffer.commit"}))
+        await ws.send(json.dumps({"type": "input_text_buffer.commit"}))  # the turn's end
         kinds, stamps = [], None
         async for msg in ws:
             data = json.loads(msg)
@@ -80,7 +84,8 @@ async def test_together_word_timestamps_before_each_items_done(orpheus_server: A
 
 async def test_together_pipecat_flow_voice_update_and_clear(orpheus_server: Any) -> None:
     """What pipecat's TogetherTTSService does: ``tts_session.updated`` with the voice on
-    connect, append + commit per sentence, ``input_text_buffer.clear`` on an interruption."""
+    connect, append + commit per sentence, an empty commit at the turn's end,
+    ``input_text_buffer.clear`` on an interruption."""
     async with websockets.connect(f"{orpheus_server.ws_url}?model={MODEL}&voice=tara") as ws:
         assert json.loads(await ws.recv())["type"] == "session.created"
         await ws.send(json.dumps({"type": "tts_session.updated", "session": {"voice": "leo"}}))
@@ -91,6 +96,7 @@ async def test_together_pipecat_flow_voice_update_and_clear(orpheus_server: Any)
         await ws.send(json.dumps({"type": "input_text_buffer.clear"}))
         await ws.send(json.dumps({"type": "input_text_buffer.append", "text": "Second."}))
         await ws.send(json.dumps({"type": "input_text_buffer.commit"}))
+        await ws.send(json.dumps({"type": "input_text_buffer.commit"}))  # the turn's end
         done = []
         while not done:
             data = json.loads(await asyncio.wait_for(ws.recv(), 120))
@@ -125,6 +131,7 @@ async def test_together_bad_message_is_an_error_and_the_session_goes_on(orpheus_
         error = json.loads(await ws.recv())
         assert error["type"] == "error" and "response.create" in error["error"]["message"]
         await ws.send(json.dumps({"type": "input_text_buffer.append", "text": "Still fine."}))
+        await ws.send(json.dumps({"type": "input_text_buffer.commit"}))
         await ws.send(json.dumps({"type": "input_text_buffer.commit"}))
         kinds = set()
         while "conversation.item.audio_output.done" not in kinds:
@@ -168,7 +175,8 @@ async def test_fish_example_client_mp3(orpheus_server: Any) -> None:
     times = [e["time"] for e in events if e["event"] == "audio"]
     assert times == sorted(times)
     with av.open(io.BytesIO(audio), format="mp3") as container:
-        seconds = sum(f.samples for f in container.decode(audio=0)) / 24000
+        assert container.streams.audio[0].rate == 44100  # Fish's default for mp3
+        seconds = sum(f.samples for f in container.decode(audio=0)) / 44100
     assert seconds > 0.1
 
 

@@ -1,9 +1,9 @@
 """Truss entry point: load Orpheus + SNAC once in load(), serve each WebSocket as a TTS session."""
 
-from __future__ import annotations
-
 import logging
 from typing import Any
+
+from starlette.requests import Request
 
 logger = logging.getLogger(__name__)
 
@@ -82,37 +82,55 @@ class Model(_Orpheus):
 
 
 class OrpheusSpeech(_Orpheus):
-    """The HTTP flavour (``config_http.yaml``): Together's ``/v1/audio/speech`` body in, audio
-    (or server-sent events with ``stream``) out; each request is one session of the same core."""
+    """The HTTP flavour (``config_http.yaml``): Together's, Baseten's Orpheus and Fish Audio's
+    speech bodies in (``orpheus_tts.http_speech``), audio or server-sent events out; each
+    request is one session of the same core."""
 
-    async def predict(self, model_input: Any) -> Any:
+    # The raw request: Truss would parse a JSON body itself and answer a MessagePack one (Fish's
+    # clients send it) with a 500; a method taking only the request gets the bytes.
+    async def predict(self, request: Request) -> Any:
         from starlette.responses import JSONResponse, Response, StreamingResponse
 
         from orpheus_tts.http_speech import (
-            CONTENT_TYPES,
             HttpError,
+            Vendor,
             finish_wav,
             parse_request,
             speech_chunks,
             sse_events,
         )
 
+        speech: Vendor | None = None
         try:
-            request = parse_request(model_input)
-            chunks = speech_chunks(request, self._session)
-            if request.stream:
-                first = await anext(chunks, b"")  # errors before any audio: a status code
-
-                async def rest():
-                    if first:
-                        yield first
-                    async for chunk in chunks:
-                        yield chunk
-
-                return StreamingResponse(sse_events(rest()), media_type="text/event-stream")
-            audio = b"".join([c async for c in chunks if isinstance(c, bytes)])
+            speech = parse_request(await request.body(), request.headers.get("content-type", ""))
+            chunks = speech_chunks(speech, self._session)
+            if speech.whole_wav:
+                audio = b"".join([c async for c in chunks if isinstance(c, bytes)])
+                return Response(finish_wav(audio), media_type=speech.media_type)
+            first = await anext(chunks, b"")  # errors before any audio: a status code
         except HttpError as exc:
-            return JSONResponse(exc.body, status_code=exc.status)
-        if request.response_format == "wav":
-            audio = finish_wav(audio)
-        return Response(audio, media_type=CONTENT_TYPES[request.response_format])
+            body = speech.error_body(exc) if speech is not None else exc.body
+            return JSONResponse(body, status_code=exc.status)
+
+        async def rest():
+            if first:
+                yield first
+            async for chunk in chunks:
+                yield chunk
+
+        if speech.sse:
+            return StreamingResponse(sse_events(rest()), media_type="text/event-stream")
+        return StreamingResponse(_audio_only(rest()), media_type=speech.media_type)
+
+
+async def _audio_only(chunks: Any) -> Any:
+    """The audio of a response that is only audio (word timestamps are events of the SSE
+    stream), cut short if the session fails mid-way (the status line went out already)."""
+    from orpheus_tts.http_speech import HttpError
+
+    try:
+        async for chunk in chunks:
+            if isinstance(chunk, bytes):
+                yield chunk
+    except HttpError as exc:
+        logger.warning("speech request failed mid-stream: %s", exc.message)

@@ -30,12 +30,14 @@ from scripts.clients.connect import open_websocket
 
 async def together(url: str, text: str, api_key: str | None, alignment: bool = False) -> bytes:
     """Together's WebSocket example: settings in the query string, wait for session.created,
-    append + commit, base64 audio deltas until the item is done."""
+    append + commit, then an empty commit (the turn's end); base64 audio deltas until the
+    item is done."""
     query = f"?model={MODEL}&voice=tara" + ("&alignment=word" if alignment else "")
     async with await open_websocket(url + query, api_key) as ws:
         session = json.loads(await ws.recv())
         print("session:", session["session"]["id"])
         await ws.send(json.dumps({"type": "input_text_buffer.append", "text": text}))
+        await ws.send(json.dumps({"type": "input_text_buffer.commit"}))
         await ws.send(json.dumps({"type": "input_text_buffer.commit"}))
         audio = bytearray()
         async for message in ws:

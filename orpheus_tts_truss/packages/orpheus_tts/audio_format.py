@@ -197,9 +197,11 @@ class AudioEncoder:
         if self._passthrough:
             self.samples_out += len(pcm) // 2
             return pcm
-        samples = np.frombuffer(pcm, "<i2").astype(np.float32) * (self.gain / 32768.0)
-        if self._loudness is not None:
+        samples = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
+        if self._loudness is not None:  # the level first; volume_db is relative to it
             samples = self._loudness.process(samples)
+        if self.gain != 1.0:
+            samples *= self.gain
         samples = self._resample(samples)
         return self._start() + self._emit(samples)
 

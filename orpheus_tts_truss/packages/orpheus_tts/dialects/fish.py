@@ -1,48 +1,173 @@
 """Fish Audio's live TTS WebSocket (``wss://api.fish.audio/v1/tts/live``): MessagePack frames.
 
 client -> server (binary MessagePack maps)
-``{"event": "start", "request": {...}}``  first frame: ``format`` (wav, pcm, mp3, opus),
-                                          ``sample_rate``, ``reference_id`` (a voice name here),
-                                          ``prosody`` {``speed``, ``volume`` (dB)},
-                                          ``temperature``, ``top_p``, ``repetition_penalty``,
-                                          ``max_new_tokens``, ``chunk_length``; ``debug`` beside
-                                          ``request`` turns on ``log`` events
+``{"event": "start", "request": {...}}``  Fish's TTS request (``FishRequest``, the same body as
+                                          its HTTP API); ``debug`` beside ``request`` turns on
+                                          ``log`` events
 ``{"event": "text", "text": ...}``        text, concatenated verbatim
 ``{"event": "flush"}``                    speak what is buffered now
-``{"event": "stop"}``                     finish: the rest of the audio, then ``finish``
+``{"event": "stop"}``                     the rest of the audio, then ``finish``
 
-server -> client: ``{"event": "audio", "audio": <bytes>, "time": <ms since start>}``,
+server -> client: ``{"event": "audio", "audio": <bytes>, "time": <ms since the start>}``,
 ``{"event": "finish", "reason": "stop" | "error"}``, ``{"event": "error", "error": <message>}``,
 and with ``debug`` ``{"event": "log", "message": ...}`` for each generation.
 
-Voice cloning (``references`` with audio) is not something Orpheus does: it is refused with an
-error, never silently replaced by a stock voice. ``prosody.speed`` other than 1 likewise (no
-speaking-rate control); ``prosody.volume`` is a gain in dB.
+The socket outlives ``finish``: LiveKit's plugin keeps a pool of sockets and sends the next
+turn's ``start`` on the one that finished (a ``start`` that changes the audio format is refused;
+voice and sampling may change). Each turn of a ``wav`` session is a whole file (its own header).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Hashable
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgpack
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from orpheus_tts.audio_format import wav_header
 from orpheus_tts.dialects.base import DialectCore
 from orpheus_tts.protocol import TtsCore
+from orpheus_tts.schema import MAX_TOKENS_LIMIT
 from speech_common.driver import Command, Send
-from speech_common.ws import CloseCode, ProtocolError
+from speech_common.ws import CloseCode, ProtocolError, describe_validation_error
 
-FORMATS = {"wav": "wav", "pcm": "pcm_s16le", "mp3": "mp3", "opus": "opus"}
-# Request keys of Fish's TTS API that are accepted; those not listed in the module docstring
-# tune Fish's own models and change nothing here (latency mode, text normalisation, bitrates).
-REQUEST_KEYS = frozenset({
-    "text", "format", "sample_rate", "reference_id", "references", "prosody", "temperature",
-    "top_p", "repetition_penalty", "max_new_tokens", "chunk_length", "latency", "normalize",
-    "mp3_bitrate", "opus_bitrate", "min_chunk_length", "condition_on_previous_chunks",
-    "early_stop_threshold",
-})  # fmt: skip
 MAX_FRAME_BYTES = 65536  # a start or text event; text frames are checked again by the core
+# Fish's format -> ours; a Fish wav is PCM with a header per turn (added here).
+FORMATS = {"wav": "pcm_s16le", "pcm": "pcm_s16le", "mp3": "mp3", "opus": "opus"}
+DEFAULT_FORMAT = "mp3"
+DEFAULT_RATE_HZ = 44100  # Fish: "44100 Hz for most formats, 48000 Hz for opus"
+DEFAULT_OPUS_RATE_HZ = 48000
+OPUS_AUTO_BITRATE = -1000  # Fish's "automatic"
+# Fish allows temperature and top_p of 0 (greedy); Orpheus's sampler needs them above 0.
+MIN_SAMPLING = 0.01
+# Voice ids clients send when their user chose no voice: LiveKit's Fish plugin (1.8.9) defaults
+# its voice_id to this Fish library voice. It means "the default voice", here Orpheus's; any
+# other id that is not one of this deployment's voices is refused (unknown voice).
+DEFAULT_VOICE_IDS = frozenset({"933563129e564b19a115bedd57b7406a"})
+# Settings a new start on the same socket must keep: the audio stream's.
+STREAM_KEYS = ("response_format", "sample_rate", "volume_db", "normalize_loudness", "bitrate_bps")
+UPDATE_KEYS = ("voice", "temperature", "top_p", "repetition_penalty", "max_tokens")
+
+
+class FishProsody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    speed: float | None = None  # other than 1: refused (Orpheus has no speaking-rate control)
+    volume: float | None = None  # dB
+    normalize_loudness: bool | None = None  # Fish's default: true
+
+
+class FishRequest(BaseModel):
+    """Fish Audio's TTS request (``TTSRequest`` in its API reference), every documented key.
+
+    Honoured: ``text``, ``format``, ``sample_rate``, ``reference_id`` (one of this deployment's
+    voices), ``prosody``, ``temperature``, ``top_p``, ``repetition_penalty``, ``max_new_tokens``
+    (per generation), ``chunk_length`` (characters per generation), ``mp3_bitrate``,
+    ``opus_bitrate``. Accepted and without effect here, because they tune Fish's own models:
+    ``latency``, ``normalize`` (text normalisation), ``min_chunk_length``,
+    ``condition_on_previous_chunks``, ``early_stop_threshold``, ``features`` (``quality-guard``).
+    Refused: ``references`` (voice cloning), several ``reference_id`` (multi-speaker),
+    ``prosody.speed`` other than 1. A key Fish does not document is refused. ``None`` is a key's
+    default (Fish's SDK sends its unset keys as nil)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = None
+    temperature: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    references: list[Any] | None = None
+    reference_id: str | list[str] | None = None
+    prosody: FishProsody | None = None
+    chunk_length: Annotated[int, Field(ge=16, le=4096)] | None = None
+    normalize: bool | None = None
+    format: str | None = None  # wav, pcm, mp3, opus (another: unsupported, 1003)
+    sample_rate: int | None = None
+    mp3_bitrate: Literal[64, 128, 192] | None = None
+    opus_bitrate: int | None = None  # bps, -1000 = automatic (Fish's SDK sends kbps)
+    latency: Literal["low", "normal", "balanced"] | None = None
+    max_new_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)] | None = None
+    repetition_penalty: float | None = None
+    min_chunk_length: int | None = None
+    condition_on_previous_chunks: bool | None = None
+    early_stop_threshold: float | None = None
+    features: list[str] | None = None
+
+    @classmethod
+    def parse(cls, data: Any) -> FishRequest:
+        if not isinstance(data, dict):
+            raise ProtocolError("invalid_message", "the request must be a map")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            message = describe_validation_error(exc, "request")
+            raise ProtocolError("invalid_message", message) from None
+
+    @property
+    def audio_format(self) -> str:
+        return self.format or DEFAULT_FORMAT
+
+    def session_config(self, default_voice: str) -> dict[str, Any]:
+        """The request as a first frame of the event protocol (a Fish ``wav`` as PCM)."""
+        if self.references:
+            raise ProtocolError(
+                "unsupported",
+                "voice cloning (references) is not supported: Orpheus speaks only its stock "
+                "voices; pass one as reference_id",
+                CloseCode.UNSUPPORTED_DATA,
+            )
+        prosody = self.prosody or FishProsody()
+        if prosody.speed not in (None, 1.0):
+            raise ProtocolError(
+                "unsupported",
+                "prosody.speed other than 1 is not supported: Orpheus has no speaking-rate control",
+                CloseCode.UNSUPPORTED_DATA,
+            )
+        fmt = self.audio_format
+        if fmt not in FORMATS:
+            raise ProtocolError(
+                "unsupported",
+                f"format {fmt!r} is not supported; choose one of {sorted(FORMATS)}",
+                CloseCode.UNSUPPORTED_DATA,
+            )
+        opus = fmt == "opus"
+        config: dict[str, Any] = {
+            "events": True,
+            "response_format": FORMATS[fmt],
+            "sample_rate": self.sample_rate or (DEFAULT_OPUS_RATE_HZ if opus else DEFAULT_RATE_HZ),
+            "voice": self._voice(default_voice),
+            "normalize_loudness": prosody.normalize_loudness is not False,
+        }
+        if prosody.volume:
+            config["volume_db"] = float(prosody.volume)
+        if fmt == "mp3" and self.mp3_bitrate:
+            config["bitrate_bps"] = self.mp3_bitrate * 1000
+        if opus and self.opus_bitrate not in (None, OPUS_AUTO_BITRATE):
+            kbps = self.opus_bitrate < 1000  # type: ignore[operator]
+            config["bitrate_bps"] = self.opus_bitrate * 1000 if kbps else self.opus_bitrate  # type: ignore[operator]
+        for theirs in ("temperature", "top_p"):
+            if getattr(self, theirs) is not None:
+                config[theirs] = max(float(getattr(self, theirs)), MIN_SAMPLING)
+        if self.repetition_penalty is not None:
+            config["repetition_penalty"] = float(self.repetition_penalty)
+        if self.max_new_tokens is not None:
+            config["max_tokens"] = self.max_new_tokens
+        if self.chunk_length is not None:
+            config["max_chunk_chars"] = self.chunk_length
+        return config
+
+    def _voice(self, default_voice: str) -> str:
+        voice = self.reference_id
+        if isinstance(voice, list):
+            if len(voice) > 1:
+                raise ProtocolError(
+                    "unsupported",
+                    "several reference_id (multi-speaker) are not supported: one voice per request",
+                    CloseCode.UNSUPPORTED_DATA,
+                )
+            voice = voice[0] if voice else None
+        return default_voice if not voice or voice in DEFAULT_VOICE_IDS else voice
 
 
 def decode(data: bytes) -> dict[str, Any] | None:
@@ -59,11 +184,17 @@ def is_start(data: bytes) -> bool:
     return message is not None and message.get("event") == "start"
 
 
+STOP_FLUSH_ID = "fish-stop-"  # the id of the flush a stop makes: + its number
+
+
 class FishCore(DialectCore):
     def __init__(self, core: TtsCore) -> None:
         super().__init__(core)
         self.debug = False
-        self._started = False
+        self._config: dict[str, Any] | None = None  # the first start's, as sent to the core
+        self._wav_rate: int | None = None  # a wav session: a header starts each turn
+        self._header_due = False
+        self._stops = 0
 
     def client_text(self, text: str, now: float) -> list[Command]:
         raise ProtocolError("invalid_message", "Fish Audio frames are binary MessagePack")
@@ -73,11 +204,10 @@ class FishCore(DialectCore):
         if message is None:
             raise ProtocolError("invalid_message", "not a MessagePack event", recoverable=True)
         event = message["event"]
-        if not self._started:
-            if event != "start":
-                raise ProtocolError("invalid_message", "the first event must be start")
-            self._started = True
+        if event == "start":
             return self._start(message, now)
+        if self._config is None:
+            raise ProtocolError("invalid_message", "the first event must be start")
         if event == "text":
             text = message.get("text")
             if not isinstance(text, str):
@@ -86,55 +216,37 @@ class FishCore(DialectCore):
         if event == "flush":
             return self.control({"type": "flush"}, now)
         if event == "stop":
-            return self.control({"type": "end"}, now)
+            self._stops += 1
+            return self.control({"type": "flush", "id": f"{STOP_FLUSH_ID}{self._stops}"}, now)
         raise ProtocolError("invalid_message", f"unknown event {event!r}", recoverable=True)
 
     def _start(self, message: dict[str, Any], now: float) -> list[Command]:
-        request = message.get("request")
-        if not isinstance(request, dict):
-            raise ProtocolError("invalid_message", "start needs a request map")
+        request = FishRequest.parse(message.get("request"))
         self.debug = bool(message.get("debug", False))
-        unknown = sorted(set(request) - REQUEST_KEYS)
-        if unknown:
-            raise ProtocolError("invalid_message", f"unknown request keys {unknown}")
-        if request.get("references"):
-            raise ProtocolError(
-                "unsupported",
-                "voice cloning (references) is not supported: Orpheus speaks only its stock "
-                "voices; pass one as reference_id",
-                CloseCode.UNSUPPORTED_DATA,
-            )
-        prosody = request.get("prosody") or {}
-        if not isinstance(prosody, dict) or set(prosody) - {"speed", "volume"}:
-            raise ProtocolError("invalid_message", "prosody takes speed and volume")
-        if float(prosody.get("speed", 1.0)) != 1.0:
-            raise ProtocolError(
-                "unsupported",
-                "prosody.speed other than 1 is not supported: Orpheus has no speaking-rate control",
-                CloseCode.UNSUPPORTED_DATA,
-            )
-        fmt = request.get("format", "wav")
-        if fmt not in FORMATS:
-            raise ProtocolError(
-                "unsupported", f"format {fmt!r} is not supported; choose one of {sorted(FORMATS)}",
-                CloseCode.UNSUPPORTED_DATA,
-            )  # fmt: skip
-        config: dict[str, Any] = {
-            "events": True,
-            "response_format": FORMATS[fmt],
-            "voice": request.get("reference_id") or self.core.default_voice,
-        }
-        copied = {"sample_rate": "sample_rate", "temperature": "temperature", "top_p": "top_p",
-                  "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens",
-                  "chunk_length": "max_chunk_chars"}  # fmt: skip
-        for theirs, ours in copied.items():
-            if request.get(theirs) is not None:
-                config[ours] = request[theirs]
-        if prosody.get("volume"):
-            config["volume_db"] = float(prosody["volume"])
-        commands = self.translate(self.core.on_text(json.dumps(config), now), now)
-        if request.get("text"):
-            commands += self.control({"type": "text", "text": request["text"]}, now)
+        config = request.session_config(self.core.default_voice)
+        self._header_due = request.audio_format == "wav"
+        if self._config is None:
+            self._started_at = now  # "time" counts from here, however the dialect was chosen
+            self._config = config
+            self._wav_rate = config["sample_rate"] if self._header_due else None
+            commands = self.translate(self.core.on_text(json.dumps(config), now), now)
+        else:  # the next turn on a pooled socket
+            changed = [k for k in STREAM_KEYS if config.get(k) != self._config.get(k)]
+            if changed or self._header_due != (self._wav_rate is not None):
+                raise ProtocolError(
+                    "unsupported",
+                    f"a new start on this socket cannot change {changed or ['format']}: open "
+                    "a new socket",
+                    CloseCode.UNSUPPORTED_DATA,
+                )
+            update = {k: config[k] for k in UPDATE_KEYS if k in config}
+            if update != {k: self._config[k] for k in UPDATE_KEYS if k in self._config}:
+                self._config = config
+                commands = self.control({"type": "update", **update}, now)
+            else:
+                commands = []
+        if request.text:
+            commands += self.control({"type": "text", "text": request.text}, now)
         return commands
 
     # -- server messages ---------------------------------------------------------------------------
@@ -145,11 +257,15 @@ class FishCore(DialectCore):
         return int((now - self._started_at) * 1000)
 
     def audio(self, data: bytes, ack: Hashable, now: float) -> list[Command]:
+        if self._header_due and self._wav_rate is not None:
+            data = wav_header(self._wav_rate) + data
+            self._header_due = False
         return [self._pack({"event": "audio", "audio": data, "time": self._ms(now)}, ack)]
 
     def event(self, event: dict[str, Any], now: float) -> list[Command]:
         kind = event["type"]
-        if kind == "session_done":
+        flush_id = event.get("id") if kind == "flush_done" else None
+        if isinstance(flush_id, str) and flush_id.startswith(STOP_FLUSH_ID):
             return [self._pack({"event": "finish", "reason": "stop", "time": self._ms(now)})]
         if self.debug and kind in ("audio_start", "audio_done", "cleared"):
             detail = {k: v for k, v in event.items() if k != "type"}

@@ -6,19 +6,23 @@ Its clients put the session's settings in the query string (``model``, ``voice``
 
 client -> server                     this core
 ``input_text_buffer.append`` {text}  text, verbatim; answered ``conversation.item.input_text.received``
-``input_text_buffer.commit``         ``flush``
-``input_text_buffer.clear``          ``clear``
+``input_text_buffer.commit``         ``flush``; with nothing appended since the last commit, the
+                                     end of the item (below)
+``input_text_buffer.clear``          ``clear``; the next text is a new item
 ``tts_session.updated`` {session}    ``update`` (voice, sampling); answered ``session.updated``
 
-server -> client: ``session.created``; per generation (an "item", ``tts_<n>``)
-``conversation.item.audio_output.delta`` {item_id, delta: base64 audio} and ``.done``;
-``conversation.item.tts.failed`` when a generation fails; ``error`` {error: {message, type,
-code}} for bad input.
+server -> client: ``session.created``; ``conversation.item.audio_output.delta`` {item_id,
+delta: base64 audio}; ``conversation.item.audio_output.done`` {item_id} after an item's last
+audio; ``conversation.item.tts.failed`` when a generation fails; ``error`` {error: {message,
+type, code}} for bad input.
 
-``alignment=word`` adds ``conversation.item.word_timestamps`` {item_id, words, start_seconds,
-end_seconds} before each item's ``.done`` (where the deployment has an aligner model). Not
-supported, answered with an error rather than ignored: ``speed`` other than 1 (Orpheus has no
-rate control; a time stretch would change its voice).
+An item (``tts_<n>``) is a turn: the audio of every commit until an empty commit. Together's
+docs leave "item" undefined; pipecat's TogetherTTSService commits after every sentence, sends an
+empty commit at the end of the LLM's turn, and ends its turn at the first ``.done``: an item per
+commit would cut its reply after one sentence. ``alignment=word`` adds
+``conversation.item.word_timestamps`` {item_id, words, start_seconds, end_seconds} per
+generation (where the deployment has an aligner model). ``language`` other than English and
+``speed`` other than 1 are refused (Orpheus 3B speaks English and has no rate control).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 
 from orpheus_tts.dialects.base import DialectCore
 from orpheus_tts.protocol import TtsCore
-from orpheus_tts.schema import MAX_BUFFER_SIZE_WORDS
+from orpheus_tts.schema import MAX_BUFFER_SIZE_WORDS, check_language
 from orpheus_tts.settings import ORPHEUS_HF_REPO
 from speech_common.driver import Command, Send
 from speech_common.ws import CloseCode, ProtocolError, load_json
@@ -42,7 +46,7 @@ FORMATS = {"raw": "pcm_s16le", "pcm": "pcm_s16le", "pcm_s16le": "pcm_s16le",
            "pcm_f32le": "pcm_f32le", "wav": "wav", "mp3": "mp3", "opus": "opus",
            "mulaw": "mulaw", "alaw": "alaw"}  # fmt: skip
 QUERY_KEYS = ("model", "voice", "response_format", "sample_rate", "segment",
-              "max_partial_length", "alignment", "speed", "api_key")  # fmt: skip
+              "max_partial_length", "alignment", "speed", "language", "api_key")  # fmt: skip
 # Query keys that select this dialect when a client connects with them.
 SELECTING_KEYS = frozenset(QUERY_KEYS)
 
@@ -51,11 +55,18 @@ def wants_together(query: Mapping[str, str]) -> bool:
     return bool(SELECTING_KEYS & set(query))
 
 
+ITEM_FLUSH_ID = "together-item-"  # the id of the flush that ends an item: + its number
+
+
 class TogetherCore(DialectCore):
     def __init__(self, core: TtsCore, query: Mapping[str, str]) -> None:
         super().__init__(core)
         self.query = dict(query)
         self.model = self.query.get("model") or DEFAULT_MODEL
+        self._item = 1  # the item whose audio is going out
+        self._next_item = 1  # the item that text appended now belongs to
+        self._item_has_text = False  # text was appended to _next_item
+        self._appended = False  # text was appended since the last commit
 
     def start(self, now: float) -> list[Command]:
         commands = super().start(now)
@@ -78,6 +89,7 @@ class TogetherCore(DialectCore):
             )
         if q.get("alignment", "none") not in ("none", "word"):
             raise ProtocolError("invalid_request_error", "alignment must be none or word")
+        check_language(q.get("language"))
         if _number(q.get("speed", "1"), "speed") != 1.0:
             raise ProtocolError(
                 "unsupported",
@@ -124,9 +136,10 @@ class TogetherCore(DialectCore):
                     "invalid_request_error", "append needs a text string", recoverable=True
                 )
             received = Send({"type": "conversation.item.input_text.received", "text": piece})
+            self._appended = self._item_has_text = self._appended or bool(piece)
             return [received, *self.control({"type": "text", "text": piece}, now)]
         if kind == "input_text_buffer.commit":
-            return self.control({"type": "flush"}, now)
+            return self._commit(now)
         if kind == "input_text_buffer.clear":
             return self.control({"type": "clear"}, now)
         if kind == "tts_session.updated":
@@ -134,6 +147,14 @@ class TogetherCore(DialectCore):
         raise ProtocolError(
             "invalid_request_error", f"unknown message type {kind!r}", recoverable=True
         )
+
+    def _commit(self, now: float) -> list[Command]:
+        if self._appended or not self._item_has_text:  # speak it now; the item goes on
+            self._appended = False
+            return self.control({"type": "flush"}, now)
+        # An empty commit: the item ends after its last audio (the flush's flush_done).
+        item, self._next_item, self._item_has_text = self._next_item, self._next_item + 1, False
+        return self.control({"type": "flush", "id": f"{ITEM_FLUSH_ID}{item}"}, now)
 
     def _update(self, session: Any, now: float) -> list[Command]:
         if not isinstance(session, dict):
@@ -166,7 +187,7 @@ class TogetherCore(DialectCore):
     def audio(self, data: bytes, ack: Hashable, now: float) -> list[Command]:
         delta = {
             "type": "conversation.item.audio_output.delta",
-            "item_id": f"tts_{self._generation}",
+            "item_id": f"tts_{self._item}",
             "delta": base64.b64encode(data).decode(),
         }
         return [Send(json.dumps(delta), ack=ack)]  # a str: counted against the outbox bound
@@ -177,13 +198,18 @@ class TogetherCore(DialectCore):
             created = {"event_id": uuid.uuid4().hex, "type": "session.created",
                        "session": self._session()}  # fmt: skip
             return [Send(created)]
-        if kind == "audio_done":
-            done = {"type": "conversation.item.audio_output.done",
-                    "item_id": f"tts_{event['generation']}"}  # fmt: skip
-            return [Send(done)]
+        flush_id = event.get("id") if kind == "flush_done" else None
+        if isinstance(flush_id, str) and flush_id.startswith(ITEM_FLUSH_ID):
+            self._item = int(flush_id.removeprefix(ITEM_FLUSH_ID)) + 1
+            return [Send({"type": "conversation.item.audio_output.done",
+                          "item_id": f"tts_{self._item - 1}"})]  # fmt: skip
+        if kind == "cleared":  # the cleared item never finishes; new text is a new item
+            self._next_item += self._item_has_text
+            self._item, self._item_has_text, self._appended = self._next_item, False, False
+            return []
         if kind == "word_timestamps":
-            return [Send(word_timestamps(event))]
-        return []  # audio_start, flush_done, cleared, session_done: Together has none
+            return [Send(word_timestamps(event, f"tts_{self._item}"))]
+        return []  # audio_start, audio_done, other flushes, session_done: Together has none
 
     def error(self, error: ProtocolError, fatal: bool, now: float) -> list[Command]:
         body = {"message": error.message, "type": error.error_type, "code": error.error_type}
@@ -192,12 +218,12 @@ class TogetherCore(DialectCore):
         return [Send({"type": "error", "error": body})]
 
 
-def word_timestamps(event: dict[str, Any]) -> dict[str, Any]:
+def word_timestamps(event: dict[str, Any], item_id: str) -> dict[str, Any]:
     """Our ``word_timestamps`` event in Together's shape (parallel lists, seconds)."""
     words = event["words"]
     return {
         "type": "conversation.item.word_timestamps",
-        "item_id": f"tts_{event['generation']}",
+        "item_id": item_id,
         "words": [w["word"] for w in words],
         "start_seconds": [w["start_s"] for w in words],
         "end_seconds": [w["end_s"] for w in words],
