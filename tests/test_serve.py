@@ -252,3 +252,12 @@ def test_cpu_orpheus_aligns_words_with_the_embedded_whisper() -> None:
     """Word timestamps work on `make serve-orpheus` as on a deployment (issue 19)."""
     overrides = serve.env_overrides("orpheus_tts_truss", gpu=False, dummy_weights=True, environ={})
     assert overrides["ALIGNER_MODEL"] == "embedded:tiny.en"
+
+
+def test_config_names_a_file_of_the_truss_from_the_repository_root(monkeypatch) -> None:
+    """`serve.py orpheus_tts_truss --config config_http.yaml`, as docs/development.md writes it."""
+    monkeypatch.chdir(serve.REPO_ROOT)
+    args = serve._parse_args(["orpheus_tts_truss", "--config", "config_http.yaml"])
+    assert args.config == serve.REPO_ROOT / "orpheus_tts_truss" / "config_http.yaml"
+    with pytest.raises(SystemExit):
+        serve._parse_args(["orpheus_tts_truss", "--config", "nothing.yaml"])

@@ -397,6 +397,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.truss_dir = args.truss_dir.resolve()
     if not (args.truss_dir / "config.yaml").is_file():
         parser.error(f"{args.truss_dir} has no config.yaml")
+    if args.config is not None and not args.config.is_file():
+        # As docs write it from the repository root: a config file of the truss, by its name.
+        args.config = args.truss_dir / args.config
+        if not args.config.is_file():
+            parser.error(f"no config file {args.config}")
     if args.dummy_weights and args.truss_dir.name not in DUMMY_WEIGHTS_OVERRIDES:
         parser.error(f"--dummy-weights is not supported for {args.truss_dir.name}")
     if not 0 <= args.port <= 65535:
