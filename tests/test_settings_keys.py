@@ -53,7 +53,6 @@ def test_both_trusses_name_the_same_idea_the_same() -> None:
         "max_sessions",
         "admission_capacity_sessions",
         "admission_max_queue_wait_s",
-        "admission_target_utilisation",
         "first_frame_timeout_s",
     }
     assert shared <= set(WhisperSettings.model_fields) & set(OrpheusSettings.model_fields)

@@ -299,3 +299,21 @@ async def test_admission_refuses_with_a_retry_hint(engine):
         assert ws.closed[0] == 1013 and gate.active == 1
     finally:
         sched.stop()
+
+
+async def test_a_whisper_worker_busy_with_partials_refuses_no_one(engine):
+    """Partials fill the worker's idle time: busy as it is, a session is refused only when a
+    final or an audio window lags (issue 20: 4 real-time streams were refused at 100 % busy)."""
+    from speech_common.admission import AdmissionPolicy
+
+    sched = Scheduler(
+        engine, SileroVad(), max_batch=8, vad_max_batch=8,
+        admission=AdmissionPolicy(capacity_sessions=8, max_queue_wait_s=0.5),
+    )  # fmt: skip
+    sched.whisper.utilisation = lambda window_s: 1.0  # type: ignore[method-assign]
+    assert sched.admission_error(active=3) is None
+    sched.vad.oldest_wait_s = lambda priority=None: 0.8  # type: ignore[method-assign]
+    refusal = sched.admission_error(active=3)
+    assert refusal is not None and "0.8 s behind" in refusal.message
+    sched.vad.oldest_wait_s = lambda priority=None: 0.0  # type: ignore[method-assign]
+    assert sched.admission_error(active=8) is not None  # the measured capacity still bounds

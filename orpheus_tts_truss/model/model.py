@@ -35,7 +35,6 @@ class _Orpheus:
             AdmissionPolicy(
                 capacity_sessions=settings.admission_capacity_sessions,
                 max_queue_wait_s=settings.admission_max_queue_wait_s,
-                target_utilisation=settings.admission_target_utilisation,
             )
         )
         self._default_params = SamplingParams()
@@ -69,9 +68,7 @@ class _Orpheus:
 
     def _admit(self, active: int) -> Any:
         """None to admit one more session, else the 1013 error (SNAC is the shared bottleneck)."""
-        decoder = self._runtime.decoder
-        utilisation = decoder.utilisation(self._admission.policy.window_s)
-        return self._admission.check(active, utilisation, decoder.oldest_wait_s())
+        return self._admission.check(active, self._runtime.decoder.oldest_wait_s())
 
 
 class Model(_Orpheus):

@@ -38,7 +38,6 @@ PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
 # cores beyond their latency capacity, and for benchmarks that look for the knee themselves.
 ADMISSION_OFF = {
     "ADMISSION_CAPACITY_SESSIONS": "64",
-    "ADMISSION_TARGET_UTILISATION": "1000",
     "ADMISSION_MAX_QUEUE_WAIT_S": "1000",
 }
 

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -20,7 +19,6 @@ logger = logging.getLogger(__name__)
 SLOW_BATCH_S = (
     0.5  # batches slower than this (run or queue wait) are logged: the replica is overloaded
 )
-RECENT_BATCHES_KEPT = 4096  # (end, duration) of the latest batches, for utilisation
 
 P = TypeVar("P")  # job payload
 R = TypeVar("R")  # job result
@@ -77,10 +75,8 @@ class BatchWorker(Generic[P, R]):
         self._thread: threading.Thread | None = None
         self.died: BaseException | None = None  # what killed the worker thread, if anything
         self._running: list[_Job[P]] = []  # the batch in flight (worker thread only)
-        self._running_since: float | None = None
         self.batches_run = 0
         self.jobs_run = 0
-        self._recent: deque[tuple[float, float]] = deque(maxlen=RECENT_BATCHES_KEPT)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> BatchWorker[P, R]:
@@ -155,19 +151,6 @@ class BatchWorker(Generic[P, R]):
         with self._cond:
             return len(self._queue)
 
-    def utilisation(self, window_s: float) -> float:
-        """The share of the last ``window_s`` this worker spent running batches (0..1)."""
-        now = time.monotonic()
-        since = now - window_s
-        busy = 0.0
-        for ended, ran in list(self._recent):
-            if ended > since:
-                busy += min(ran, ended - since)
-        running = self._running_since
-        if running is not None:  # the batch in flight counts too
-            busy += now - max(running, since)
-        return min(busy / window_s, 1.0)
-
     def oldest_wait_s(self, priority: int | None = None) -> float:
         """How long the oldest queued job (of ``priority``, if given) has waited; 0 if none."""
         now = time.monotonic()
@@ -231,9 +214,7 @@ class BatchWorker(Generic[P, R]):
             live = [j for j in batch if not j.future.cancelled()]
             if live:
                 self._running = live
-                self._running_since = time.monotonic()
                 self._execute(live)
-                self._running_since = None
                 self._running = []
 
     def _execute(self, batch: list[_Job[P]]) -> None:
@@ -242,9 +223,7 @@ class BatchWorker(Generic[P, R]):
             try:
                 results = list(self._run_batch([j.payload for j in batch]))
             finally:
-                ended = time.monotonic()
-                ran = ended - started
-                self._recent.append((ended, ran))
+                ran = time.monotonic() - started
             waited = started - min(j.enqueued_at for j in batch)
             if ran > SLOW_BATCH_S or waited > SLOW_BATCH_S:
                 logger.warning(

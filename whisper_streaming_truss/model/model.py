@@ -53,7 +53,6 @@ class Model:
             admission=AdmissionPolicy(
                 capacity_sessions=settings.admission_capacity_sessions,
                 max_queue_wait_s=settings.admission_max_queue_wait_s,
-                target_utilisation=settings.admission_target_utilisation,
             ),
         ).start()
         self._settings = settings

@@ -36,7 +36,6 @@ _SESSION_RENAMED = {
             "max_sessions",
             "admission_capacity_sessions",
             "admission_max_queue_wait_s",
-            "admission_target_utilisation",
             "dialect",
         )
     },
@@ -68,10 +67,9 @@ class SessionLimits(Settings):
     # H100 sustains ~24 real-time streams, and most open sessions are idle between sentences.
     max_sessions: int = Field(64, ge=1)
     # Admission control (speech_common.admission): sessions one replica serves in time
-    # (benchmarked), and the SNAC worker's load and queue wait beyond which new ones are refused.
+    # (benchmarked), and the SNAC queue wait beyond which new ones are refused.
     admission_capacity_sessions: int = Field(64, ge=1)
     admission_max_queue_wait_s: float = Field(0.5, gt=0)
-    admission_target_utilisation: float = Field(0.9, gt=0)  # the SNAC worker's busy share
     # "together" or "fish" for a gateway that drops query strings.
     dialect: Dialect = "auto"
 

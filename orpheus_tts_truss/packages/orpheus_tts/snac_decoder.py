@@ -212,9 +212,6 @@ class SnacDecodeService:
     def healthy(self) -> bool:
         return self._worker.healthy
 
-    def utilisation(self, window_s: float) -> float:
-        return self._worker.utilisation(window_s)
-
     def oldest_wait_s(self) -> float:
         return self._worker.oldest_wait_s()
 

@@ -70,10 +70,14 @@ class Scheduler:
         """How long the oldest queued final has waited (the replica's lag behind its clients)."""
         return self.whisper.oldest_wait_s(priority=int(JobKind.FINAL))
 
+    def lag_s(self) -> float:
+        """How far the sessions are behind real time: the oldest final or audio window waiting
+        (partials are elastic: shed first, never a reason to refuse)."""
+        return max(self.final_wait_s(), self.vad.oldest_wait_s())
+
     def admission_error(self, active: int) -> ProtocolError | None:
         """None to admit a new session; else the 1013 error (with a retry hint) to answer."""
-        utilisation = self.whisper.utilisation(self.admission.policy.window_s)
-        return self.admission.check(active, utilisation, self.final_wait_s())
+        return self.admission.check(active, self.lag_s())
 
     def submit_transcription(
         self,

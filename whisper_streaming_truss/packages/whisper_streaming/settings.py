@@ -48,8 +48,6 @@ class WhisperSettings(Settings):
     # (benchmarked), and the Whisper worker's load and final-queue wait that refuse more.
     admission_capacity_sessions: int = Field(64, ge=1)
     admission_max_queue_wait_s: float = Field(0.5, gt=0)
-    # The Whisper worker's busy share sessions may fill.
-    admission_target_utilisation: float = Field(0.9, gt=0)
     first_frame_timeout_s: float = Field(30.0, gt=0)  # the metadata frame must come by then
     max_buffered_audio_s: float = Field(20.0, gt=0)  # audio queued, not yet processed, per session
 
