@@ -219,3 +219,23 @@ async def test_discard_drops_queued_sends_unwritten_and_keeps_the_rest_in_order(
     # At most the one message already being written when "clear" came gets through.
     assert clean and ws.sent[-3:] == [b"b0", {"type": "marker"}, {"type": "cleared"}]
     assert ws.sent[:-3] in ([], [b"a0"])
+
+
+async def test_a_normal_close_frees_the_slot_before_the_frame_goes_out() -> None:
+    """A client that reconnects the moment it reads the close must find its slot free (the
+    stand-in refused a session at its capacity of 4 while only 4 clients streamed)."""
+    ws, runner = Socket(), Runner()
+    ws.text("go")
+    releases: list[tuple[int, Any]] = []
+    real_close = ws.close
+
+    async def close(code: int = 1000, reason: str = "") -> None:
+        releases.append((2, len(calls)))  # the frame goes out now
+        await real_close(code, reason)
+
+    calls: list[int] = []
+    ws.close = close  # type: ignore[method-assign]
+    await asyncio.wait_for(
+        run_session(ws, StreamingCore(), runner, "s1", lambda: calls.append(1)), 5
+    )
+    assert calls == [1] and releases == [(2, 1)]  # released once, before the close frame

@@ -66,9 +66,9 @@ CPU_DEFAULTS: dict[str, dict[str, str]] = {
         # single finals took 1.2-5 s instead of ~0.2 s under load (measured with serve.py).
         "WHISPER_ENCODER_CONTEXT_S": "10",
         "WHISPER_CPU_THREADS": "1",
-        # Real-time sessions with final p95 under 1 s on 2 cores: bench_stt.py --capacity gave 6
-        # (2026-11-21) and 11 (2026-11-30, idle, beam 5 finals); 6 leaves room on a shared machine.
-        "ADMISSION_CAPACITY_SESSIONS": "6",
+        # Real-time sessions of real speech whose finals stay on time on 2 cores
+        # (docs/benchmarks.md, "Admission"): the knee of scripts/bench/stt.py --corpus samples/real.
+        "ADMISSION_CAPACITY_SESSIONS": "4",
     },
     "orpheus_tts_truss": {
         "ORPHEUS_ENGINE": "transformers",

@@ -189,6 +189,9 @@ class _Session:
     closing: bool = False
     outbox_bytes: int = 0
     room: asyncio.Event = field(default_factory=asyncio.Event)
+    # Called (once) just before a normal close frame goes out: the session's work is done, and
+    # a client that reconnects at once must find its slot free (admission counts open slots).
+    before_close: Callable[[], None] = lambda: None
 
     # -- tasks ---------------------------------------------------------------------------------
     async def read(self) -> None:
@@ -251,6 +254,8 @@ class _Session:
                         await self.ws.send_json(item.error.frame())
                     except Exception:  # client already gone
                         logger.debug("could not send error frame %s", item.error.error_type)
+                if item.code == CloseCode.NORMAL:
+                    self.before_close()
                 await safe_close(self.ws, item.code, item.reason)
                 return
             if isinstance(item.message, (bytes, str)):
@@ -377,9 +382,18 @@ async def run_session(
 ) -> bool:
     """Run ``core`` on ``ws`` until it closes or the client leaves; always ``release()``.
     Returns False when the session ended on an internal error (a bug: logged, 1011)."""
+    released = False
+
+    def release_once() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            release()
+
     session = _Session(
-        ws, core, runner, stream_id, asyncio.get_running_loop(), max_outbox_bytes=max_outbox_bytes
-    )
+        ws, core, runner, stream_id, asyncio.get_running_loop(), max_outbox_bytes=max_outbox_bytes,
+        before_close=release_once,
+    )  # fmt: skip
     session.room.set()
     crashed = False
     try:
@@ -406,7 +420,7 @@ async def run_session(
             await session.cancel_jobs()
         finally:
             runner.forget(stream_id)
-            release()
+            release_once()
     return not crashed
 
 
