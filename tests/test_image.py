@@ -1,5 +1,7 @@
-"""The image check: each truss's production image resolves (uv, Linux x86-64, the config's
-Python) with what it must hold and without what it must not; a conflicting pin makes it fail."""
+"""The image check: each truss's production image, for every config, resolves (uv, wheels only,
+the base image's platform: x86-64 manylinux_2_35, the config's Python) with what it must hold and
+without what it must not; a conflicting pin, a package without a wheel, or CUDA wheels newer than
+the base image without NVIDIA's compat package make it fail."""
 
 from __future__ import annotations
 
@@ -16,18 +18,52 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
+TARGETS = [
+    (truss, config.name)
+    for truss in image_check.TRUSS_DIRS
+    for config in image_check.truss_configs(REPO_ROOT / truss)
+]
+
+
 @pytest.fixture(scope="module")
-def resolutions() -> dict[str, image_check.Resolution]:
-    return {name: image_check.check_truss(REPO_ROOT / name) for name in image_check.TRUSS_DIRS}
+def all_resolutions() -> dict[tuple[str, str], image_check.Resolution]:
+    return {
+        (truss, config): image_check.check_truss(
+            REPO_ROOT / truss, config=REPO_ROOT / truss / config
+        )
+        for truss, config in TARGETS
+    }
+
+
+@pytest.fixture(scope="module")
+def resolutions(all_resolutions) -> dict[str, image_check.Resolution]:
+    return {truss: all_resolutions[(truss, "config.yaml")] for truss in image_check.TRUSS_DIRS}
+
+
+def test_every_config_is_checked() -> None:
+    assert ("orpheus_tts_truss", "config_http.yaml") in TARGETS
+    assert [c for t, c in TARGETS if t == "whisper_streaming_truss"] == ["config.yaml"]
+
+
+@pytest.mark.parametrize(("truss", "config"), TARGETS)
+def test_image_resolves_and_follows_its_rules(all_resolutions, truss: str, config: str) -> None:
+    result = all_resolutions[(truss, config)]
+    assert result.passed, result.summary()
+    assert result.python_version == "3.11"
+    assert result.config == config
+
+
+def test_http_flavour_image_is_the_websocket_one(all_resolutions) -> None:
+    http = all_resolutions[("orpheus_tts_truss", "config_http.yaml")]
+    assert http.packages == all_resolutions[("orpheus_tts_truss", "config.yaml")].packages
 
 
 @pytest.mark.parametrize("truss", image_check.TRUSS_DIRS)
-def test_image_resolves_and_follows_its_rules(
-    resolutions: dict[str, image_check.Resolution], truss: str
-) -> None:
-    result = resolutions[truss]
-    assert result.passed, result.summary()
-    assert result.python_version == "3.11"
+def test_truss_server_packages_are_the_pinned_ones(resolutions, truss: str) -> None:
+    """The server's lower bounds no longer float: uvicorn is the commit's, not PyPI's newest."""
+    packages = resolutions[truss].packages
+    assert packages["uvicorn"] == "0.54.0"
+    assert packages["websockets"] == "17.4"
 
 
 def test_stt_image_has_no_torch_and_no_cudnn(resolutions: dict[str, image_check.Resolution]):
@@ -43,6 +79,8 @@ def test_tts_image_gets_vllm_and_its_torch(resolutions: dict[str, image_check.Re
     assert packages["torch"] == "2.14.0"
     # The Truss server's own fastapi pin (<0.125) would make vLLM unresolvable.
     assert packages["fastapi"].startswith("0.136.")
+    # torch 2.14's CUDA 13.0 on the CUDA 12.8 base image: the check demanded cuda-compat-13-0.
+    assert packages["nvidia-cuda-runtime"].startswith("13.0.")
 
 
 def _copy_truss_with(tmp_path: Path, truss: str, edit) -> Path:
@@ -100,3 +138,50 @@ def test_rules_and_lock_parsing() -> None:
         "vllm is not in the image",
         "nvidia-cudnn-cu12==9.1 must not be in the image",
     ]
+
+
+def test_a_package_without_a_wheel_fails_the_check(tmp_path: Path) -> None:
+    # docopt 0.6.2 is an sdist only: the base image has no compiler to build it.
+    truss = _copy_truss_with(
+        tmp_path, "whisper_streaming_truss", lambda reqs: reqs + ["docopt==0.6.2"]
+    )
+    result = image_check.check_truss(truss)
+    assert not result.ok
+    assert "docopt" in result.error
+
+
+def test_resolves_for_the_base_images_platform_wheels_only(monkeypatch, tmp_path) -> None:
+    seen = {}
+
+    def run(cmd, **kwargs):
+        seen["cmd"] = cmd
+        return __import__("subprocess").CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(image_check.subprocess, "run", run)
+    image_check.resolve_context(tmp_path, "3.11")
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("--python-platform") + 1] == "x86_64-manylinux_2_35"  # glibc 2.35
+    assert cmd[cmd.index("--only-binary") + 1] == ":all:"
+    assert cmd[cmd.index("--python-version") + 1] == "3.11"
+
+
+def test_cuda_newer_than_the_base_image_needs_the_compat_package() -> None:
+    cu13 = {"torch": "2.14.0", "nvidia-cuda-runtime": "13.0.96"}
+    assert image_check.check_cuda_compat({"nvidia-cublas-cu12": "12.8.4.1"}, []) == []
+    assert image_check.check_cuda_compat({"nvidia-cuda-runtime-cu12": "12.8.90"}, []) == []
+    (problem,) = image_check.check_cuda_compat(cu13, ["apt-get install -y ffmpeg"])
+    assert "cuda-compat-13-0" in problem
+    assert image_check.check_cuda_compat(cu13, ["apt-get install -y cuda-compat-13-0"]) == []
+    assert image_check.check_cuda_compat(cu13, ["apt-get install cuda-compat-13-2"]) == []
+    assert image_check.check_cuda_compat(cu13, ["apt-get install cuda-compat-12-9"]) != []
+
+
+def test_orpheus_without_the_compat_package_fails_the_check(tmp_path: Path) -> None:
+    truss = _copy_truss_with(tmp_path, "orpheus_tts_truss", lambda reqs: reqs)
+    config_path = truss / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config.pop("build_commands")
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = image_check.check_truss(truss)
+    assert result.ok and not result.passed
+    assert any("cuda-compat-13-0" in p for p in result.problems), result.problems

@@ -264,6 +264,8 @@ def test_vllm_starts_before_this_process_touches_cuda(weights_dirs, fake_vllm, m
         return start(cls, args)
 
     monkeypatch.setattr(_FakeAsyncLLM, "from_engine_args", classmethod(from_engine_args))
+    # The driver check (a child process; no libcuda here) comes first of all.
+    monkeypatch.setattr("orpheus_tts.runtime.check_cuda_driver", lambda: events.append("driver"))
     orpheus_dir, snac_dir = weights_dirs
     settings = OrpheusSettings.from_metadata(
         {
@@ -279,6 +281,87 @@ def test_vllm_starts_before_this_process_touches_cuda(weights_dirs, fake_vllm, m
     )
     runtime = load_runtime(settings)
     try:
-        assert events and events[0] == "engine", events
+        assert events[:2] == ["driver", "engine"], events
     finally:
         runtime.shutdown()
+
+
+# -- the warm-up runs the way real requests run ------------------------------------------------
+def test_warmup_params_are_real_sessions_sampling_unseeded():
+    from orpheus_tts.tokens import SLOTS_PER_FRAME
+    from orpheus_tts.vllm_engine import warmup_params
+
+    real = SamplingParams()  # what the model's sessions start from (model.py, protocol.py)
+    params = warmup_params()
+    assert params.seed is None  # a seed sends vLLM's sampler down its PyTorch path
+    assert (params.temperature, params.top_p, params.repetition_penalty) == (
+        real.temperature,
+        real.top_p,
+        real.repetition_penalty,
+    )
+    assert params.stop_token_ids == real.stop_token_ids
+    assert params.max_tokens == 4 * SLOTS_PER_FRAME
+    # Defaults changed elsewhere are followed, and a seeded default is not.
+    assert warmup_params(SamplingParams(top_p=0.9, seed=7)) == SamplingParams(
+        top_p=0.9, max_tokens=4 * SLOTS_PER_FRAME
+    )
+
+
+async def test_vllm_warmup_sends_what_a_session_sends(fake_vllm):
+    from orpheus_tts.runtime import _run_blocking
+
+    _run_blocking(fake_vllm.warmup())
+    ids = [t async for t in fake_vllm.generate("s-1", [1, 2, 3], SamplingParams(max_tokens=50))]
+    assert ids
+    (_, _, warm), (_, _, real) = fake_vllm._engine.seen[-2:]  # noqa: SLF001
+    assert warm["seed"] is None and real["seed"] is None
+    assert {k: v for k, v in warm.items() if k != "max_tokens"} == {
+        k: v for k, v in real.items() if k != "max_tokens"
+    }
+
+
+def test_a_driver_too_old_stops_the_load_before_vllm_starts(weights_dirs, fake_vllm, monkeypatch):
+    from speech_common.cuda_driver import CudaDriverError
+
+    started: list[str] = []
+    monkeypatch.setattr(
+        _FakeAsyncLLM, "from_engine_args", classmethod(lambda cls, args: started.append("engine"))
+    )
+
+    def too_old():
+        raise CudaDriverError("host driver supports CUDA 12.8; install cuda-compat-13-0")
+
+    monkeypatch.setattr("orpheus_tts.runtime.check_cuda_driver", too_old)
+    orpheus_dir, snac_dir = weights_dirs
+    settings = OrpheusSettings.from_metadata(
+        {"orpheus_engine": "vllm", "orpheus_device": "cuda", "orpheus_model_dir": str(orpheus_dir),
+         "snac_model_dir": str(snac_dir)},
+        environ={},
+    )  # fmt: skip
+    with pytest.raises(CudaDriverError, match="cuda-compat-13-0"):
+        load_runtime(settings)
+    assert started == []
+
+
+def test_driver_check_matches_the_image(monkeypatch):
+    """The CUDA version and compat folder the runtime asks for are what config.yaml installs."""
+    from pathlib import Path
+
+    import yaml
+
+    from orpheus_tts import runtime
+    from speech_common import cuda_driver
+
+    seen = {}
+    monkeypatch.setattr(
+        cuda_driver, "ensure_cuda_driver", lambda required, what, **kw: seen.update(kw, r=required)
+    )
+    runtime.check_cuda_driver()
+    assert seen["r"] == runtime.VLLM_CUDA_VERSION == 13000
+    assert "580" in seen["fix"] and "cuda-compat-13-0" in seen["fix"]
+    truss = Path(__file__).resolve().parents[1] / "orpheus_tts_truss"
+    for name in ("config.yaml", "config_http.yaml"):
+        commands = " ".join(yaml.safe_load((truss / name).read_text())["build_commands"])
+        assert "cuda-compat-13-0" in commands, name
+        for folder in seen["compat_dirs"]:
+            assert f"{folder}/libcuda.so.1" in commands, name

@@ -181,4 +181,55 @@ def test_http_flavour_config_is_the_websocket_one_but_for_its_transport() -> Non
     differs = {k for k in set(websocket) | set(other) if websocket.get(k) != other.get(k)}
     assert differs == {"model_name", "description", "model_class_name", "runtime"}
     websocket["runtime"].pop("transport")
+    other["runtime"].pop("predict_concurrency")  # HTTP only: websocket sessions ignore it
     assert other["runtime"] == websocket["runtime"]
+
+
+def _http_configs() -> list[Path]:
+    return [
+        path
+        for truss in TRUSS_DIRS
+        for path in sorted((REPO_ROOT / truss).glob("config*.yaml"))
+        if not isinstance(TrussConfig.from_yaml(path).runtime.transport, WebsocketOptions)
+    ]
+
+
+def test_there_is_an_http_flavour() -> None:
+    assert [p.relative_to(REPO_ROOT).as_posix() for p in _http_configs()] == [
+        "orpheus_tts_truss/config_http.yaml"
+    ]
+
+
+@pytest.mark.parametrize("path", _http_configs(), ids=lambda p: p.relative_to(REPO_ROOT).as_posix())
+def test_http_flavour_serves_as_many_requests_as_its_engine(path: Path) -> None:
+    """The Truss server holds the predict_concurrency semaphore for a whole streaming response:
+    truss's default 1 would serve one request per replica. It must be the engine's capacity."""
+    config = TrussConfig.from_yaml(path)
+    assert config.runtime.predict_concurrency == config.model_metadata["max_sessions"] > 1
+
+
+# Baseten's startup probe: 1800 s by default, at most 3000 s (docs: development/model/health-checks).
+BASETEN_MAX_STARTUP_S = 3000
+
+
+@pytest.mark.parametrize(
+    ("config_path", "at_least"),
+    [
+        # CTranslate2's first CUDA start on an H100 plus the weights: 900 s was below it.
+        ("whisper_streaming_truss/config.yaml", 1800),
+        # vLLM's first start (torch.compile, CUDA graphs, FlashInfer JIT) plus 15 GB of weights.
+        ("orpheus_tts_truss/config.yaml", 3000),
+        ("orpheus_tts_truss/config_http.yaml", 3000),
+    ],
+)
+def test_startup_threshold_covers_a_first_start(config_path: str, at_least: int) -> None:
+    threshold = TrussConfig.from_yaml(REPO_ROOT / config_path).runtime.health_checks
+    assert at_least <= threshold.startup_threshold_seconds <= BASETEN_MAX_STARTUP_S
+
+
+def test_vllm_gives_up_before_the_startup_probe() -> None:
+    """The engine's own start timeout logs its error before Baseten restarts the replica."""
+    from orpheus_tts.vllm_engine import ENGINE_START_TIMEOUT_S
+
+    config = TrussConfig.from_yaml(REPO_ROOT / "orpheus_tts_truss" / "config.yaml")
+    assert ENGINE_START_TIMEOUT_S < config.runtime.health_checks.startup_threshold_seconds

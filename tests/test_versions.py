@@ -105,3 +105,42 @@ def test_a_difference_without_a_reason_is_caught() -> None:
         "vllm: truss 0.34.0, production-only line 0.33.0",
         "snac==1.2.1 is pinned by the truss, not in requirements-dev",
     ]
+
+
+def server_requirements() -> dict[str, str]:
+    """The Truss server's own requirements (name -> specifier) of the installed truss, which
+    build-context adds to each image unless the truss names the package itself."""
+    from importlib.resources import files
+
+    from packaging.requirements import Requirement
+
+    text = (files("truss") / "templates" / "server" / "requirements.txt").read_text()
+    out = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            req = Requirement(line)
+            out[canonicalize_name(req.name)] = str(req.specifier)
+    return out
+
+
+@pytest.mark.parametrize("truss", TRUSS_DIRS)
+def test_truss_server_dependencies_are_pinned(truss: str, dev) -> None:
+    """A lower bound in the server's requirements (uvicorn>=0.24.0) resolves to whatever is
+    newest at build time: each truss pins every such package, at the dev venv's version."""
+    pins = truss_pins(truss)
+    unpinned = []
+    for name, spec in server_requirements().items():
+        if spec.startswith("==") and "," not in spec:
+            continue  # the server pins it exactly (cython, msgpack-numpy): it moves with truss
+        if name not in pins:
+            unpinned.append(f"{name}{spec}")
+        else:
+            assert pins[name] == dev[0][name].version, name
+    assert unpinned == [], f"{truss} leaves the Truss server's versions to the resolver"
+
+
+def test_server_requirements_parse() -> None:
+    reqs = server_requirements()
+    assert reqs["uvicorn"].startswith(">=")
+    assert "fastapi" in reqs and "numpy" in reqs

@@ -23,6 +23,16 @@ from orpheus_tts.synth import Synthesizer
 logger = logging.getLogger(__name__)
 
 SNAC_HF_REPO = "hubertsiuzdak/snac_24khz"
+# vLLM 0.33.0 needs torch 2.14.0, whose wheels are CUDA 13.0 (cuDriverGetVersion 13000: host
+# driver >= 580). The image carries NVIDIA's forward-compatibility driver for older hosts
+# (config.yaml build_commands: cuda-compat-13-0).
+VLLM_CUDA_VERSION = 13000
+CUDA_COMPAT_DIRS = ("/usr/local/cuda-13.0/compat",)
+CUDA_DRIVER_FIX = (
+    "deploy on hosts whose NVIDIA driver is >= 580 (CUDA 13.0), or on a data-center GPU with "
+    "NVIDIA's forward-compatibility package cuda-compat-13-0 in the image (orpheus_tts_truss "
+    "config.yaml build_commands installs it in /usr/local/cuda-13.0/compat)"
+)
 
 
 @dataclass
@@ -95,6 +105,20 @@ def _check_device(device: str, what: str) -> None:
         )
 
 
+def check_cuda_driver(compat_dirs: tuple[str, ...] = CUDA_COMPAT_DIRS) -> Any:
+    """Before anything in this process initialises CUDA (vLLM forks its engine core after):
+    the host driver runs CUDA 13.0, or the image's forward-compatibility driver is loaded, or
+    ``CudaDriverError`` names the fix (speech_common.cuda_driver)."""
+    from speech_common.cuda_driver import ensure_cuda_driver
+
+    return ensure_cuda_driver(
+        VLLM_CUDA_VERSION,
+        "vLLM 0.33 (torch 2.14, CUDA 13.0 wheels)",
+        compat_dirs=compat_dirs,
+        fix=CUDA_DRIVER_FIX,
+    )
+
+
 def uses_vllm(settings: OrpheusSettings) -> bool:
     """Dummy weights always run on the transformers engine."""
     return settings.orpheus_engine == "vllm" and not settings.orpheus_dummy_weights
@@ -161,7 +185,10 @@ def load_runtime(settings: OrpheusSettings) -> OrpheusRuntime:
     # PYTORCH_NVML_BASED_CUDA_CHECK it creates a CUDA context): "Cannot re-initialize CUDA in
     # forked subprocess". So with vLLM the device checks run after the engine has started.
     engine_forks = uses_vllm(settings)
-    if not engine_forks:
+    if engine_forks:
+        # First: a driver too old for CUDA 13 fails here with its fix, not inside vLLM.
+        check_cuda_driver()
+    else:
         _check_device(settings.orpheus_device, "orpheus_device")
         _check_device(snac_device, "snac_device")
     policy = settings.window_policy

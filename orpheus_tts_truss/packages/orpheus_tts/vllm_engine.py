@@ -19,6 +19,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,22 @@ from orpheus_tts.tokens import AUDIO_TOKEN_BASE, SLOTS_PER_FRAME
 
 logger = logging.getLogger(__name__)
 
-ENGINE_START_TIMEOUT_S = 1800  # weight load + CUDA graph capture of a 3B model, generous
+# Weight load + torch.compile + CUDA graph capture of a 3B model on a first start; below the
+# truss's startup_threshold_seconds (3000) so this error is logged before the probe restarts us.
+ENGINE_START_TIMEOUT_S = 2700
+# The warm-up: a short generation with the sampling real sessions use. Unseeded, like them: vLLM's
+# sampler takes its PyTorch path for a request with a seed (per-request generators), so a seeded
+# warm-up would leave FlashInfer's top-p sampler (JIT-compiled at its first use) to the first
+# client. A few frames, from an audio-token prompt.
+WARMUP_PROMPT = [AUDIO_TOKEN_BASE] * 16
+WARMUP_FRAMES = 4
+
+
+def warmup_params(defaults: SamplingParams | None = None) -> SamplingParams:
+    """What the warm-up asks for: real sessions' sampling (temperature, top_p,
+    repetition_penalty, stop tokens; no seed), a few frames long."""
+    defaults = defaults or SamplingParams()
+    return replace(defaults, max_tokens=SLOTS_PER_FRAME * WARMUP_FRAMES, seed=None)
 
 
 def _import_vllm() -> dict[str, Any]:
@@ -166,13 +182,13 @@ class VllmEngine:
         )
 
     async def warmup(self) -> None:
-        """A short real generation: first-request allocations happen here, not for a client."""
-        prompt = [AUDIO_TOKEN_BASE] * 16
-        params = SamplingParams(max_tokens=SLOTS_PER_FRAME * 4, seed=0)
+        """A short generation the way real requests run (``warmup_params``): first-request
+        allocations and the sampler's kernels happen here, not for a client."""
+        params = warmup_params()
         count = 0
-        async for _ in self.generate("warmup", prompt, params):
+        async for _ in self.generate("warmup", WARMUP_PROMPT, params):
             count += 1
-        logger.info("vLLM engine warm (%d tokens)", count)
+        logger.info("vLLM engine warm (%d tokens, unseeded top-p sampling)", count)
 
     def is_healthy(self) -> bool:
         """The engine loop thread runs and vLLM does not report its engine core dead
