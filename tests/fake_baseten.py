@@ -48,6 +48,8 @@ ROUTES: list[tuple[str, str]] = [
     ("PATCH", "/v1/models/{model_id}/deployments/{deployment_id}/autoscaling_settings"),
     ("GET", "/v1/teams"),
     ("GET", "/v1/teams/{team_id}/secrets"),
+    ("GET", "/v1/models"),
+    ("POST", "/v1/models/{model_id}/deployments/{deployment_id}/deactivate"),
 ]
 
 
@@ -126,6 +128,7 @@ class FakeBaseten:
         self.secrets: set[str] = {"hf_access_token"}
         self.teams: dict[str, str] = {"team-default": "Default Team"}  # id -> name
         self.team_secrets: dict[str, set[str]] = {}  # team id -> secret names
+        self.models: dict[str, str] = {}  # model id -> name (GET /v1/models)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -362,6 +365,20 @@ class FakeBaseten:
             return 404, {}, {"error": "team not found"}
         return self._secrets_of(self.team_secrets.get(team_id, set()), self.teams[team_id])
 
+    def _list_models(self, body: Any):
+        models = [
+            {"id": model_id, "name": name, "created_at": _now(), "deployments_count": 1}
+            for model_id, name in self.models.items()
+        ]
+        return 200, {}, {"models": models}
+
+    def _deactivate(self, body: Any, model_id: str, deployment_id: str):
+        dep = self.deployments.get((model_id, deployment_id))
+        if dep is None:
+            return 404, {}, {"error": "deployment not found"}
+        dep.set_status("INACTIVE")
+        return 200, {}, {"success": True}
+
 
 _HANDLERS = {
     ROUTES[0]: "_get_deployment",
@@ -372,6 +389,8 @@ _HANDLERS = {
     ROUTES[5]: "_patch_deployment_autoscaling",
     ROUTES[6]: "_list_teams",
     ROUTES[7]: "_list_team_secrets",
+    ROUTES[8]: "_list_models",
+    ROUTES[9]: "_deactivate",
 }
 
 

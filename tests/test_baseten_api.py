@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
-
 import pytest
 
 from scripts.deploy import baseten_api as api
@@ -28,9 +25,7 @@ def fake():
 
 
 def client_for(fake: FakeBaseten, sleep=None, key: str | None = None) -> api.ManagementClient:
-    return api.ManagementClient(
-        key or fake.api_key, fake.url, sleep=sleep or SleepRecorder(), retry=api.RetryPolicy()
-    )
+    return api.ManagementClient(key or fake.api_key, fake.url, sleep=sleep or SleepRecorder())
 
 
 def test_fake_routes_exist_in_published_spec():
@@ -123,9 +118,7 @@ def test_429_is_retried_for_post_but_5xx_is_not(fake):
 def test_retries_give_up_after_max_attempts(fake):
     fake.add_deployment(MODEL, "d1")
     fake.inject(429, times=20, retry_after="0")
-    client = api.ManagementClient(
-        fake.api_key, fake.url, sleep=SleepRecorder(), retry=api.RetryPolicy(max_attempts=3)
-    )
+    client = api.ManagementClient(fake.api_key, fake.url, sleep=SleepRecorder(), max_attempts=3)
     with client, pytest.raises(api.BasetenApiError, match="HTTP 429"):
         client.get_deployment(MODEL, "d1")
     assert len(fake.calls("GET")) == 3
@@ -140,15 +133,6 @@ def test_wrong_key_is_a_clear_401_without_echoing_the_key(fake):
         client.get_deployment(MODEL, "d1")
     assert info.value.status_code == 401
     assert "wrong-secret-key" not in str(info.value)
-
-
-def test_parse_retry_after_accepts_http_dates():
-    now = datetime(2025, 1, 1, tzinfo=UTC)
-    later = format_datetime(now + timedelta(seconds=30), usegmt=True)
-    assert api.parse_retry_after(later, now=now) == pytest.approx(30)
-    assert api.parse_retry_after("12") == 12
-    assert api.parse_retry_after("soon") is None
-    assert api.parse_retry_after(None) is None
 
 
 def test_env_settings():
@@ -217,3 +201,30 @@ def test_deployment_autoscaling_update(fake):
         answer = client.update_deployment_autoscaling(MODEL, "d1", {"min_replica": 0})
     assert answer["status"] == "ACCEPTED"
     assert fake.deployments[(MODEL, "d1")].autoscaling["min_replica"] == 0
+
+
+def test_list_models_and_deactivate(fake):
+    fake.models = {MODEL: "whisper-streaming"}
+    fake.add_deployment(MODEL, "d1")
+    with client_for(fake) as client:
+        assert [m["name"] for m in client.list_models()] == ["whisper-streaming"]
+        client.deactivate(MODEL, "d1")
+    assert fake.deployments[(MODEL, "d1")].status == "INACTIVE"
+
+
+def test_poll_until_returns_the_answer_or_times_out():
+    answers = iter([None, None, "done"])
+    assert (
+        api.poll_until(
+            lambda: next(answers),
+            timeout_s=9,
+            interval_s=0,
+            timeout_message=lambda: "x",
+            sleep=lambda s: None,
+        )
+        == "done"
+    )
+    ticks = iter(range(10))
+    with pytest.raises(api.WaitTimeoutError, match="late"):
+        api.poll_until(lambda: None, timeout_s=2, interval_s=1, timeout_message=lambda: "late",
+                       sleep=lambda s: None, clock=lambda: float(next(ticks)))  # fmt: skip

@@ -67,9 +67,11 @@ def test_actionlint_catches_a_broken_workflow(tmp_path):
     assert proc.returncode == 1 and "nope" in proc.stdout
 
 
-def test_ci_runs_the_readme_test_command_on_prs_and_pushes():
+def test_ci_runs_the_readme_test_command_once_per_commit():
     ci = load(CI)
     assert {"pull_request", "push"} <= set(ci["on"])
+    # A pull request's commits are tested by the pull_request event only: pushes run on main.
+    assert ci["on"]["push"] == {"branches": ["main"]}
     assert ci["jobs"]["test"]["uses"] == "./.github/workflows/test.yml"
     (job,) = load(TEST)["jobs"].values()
     steps = job["steps"]
@@ -107,17 +109,18 @@ def test_deploy_job_timeout_covers_the_scripts_worst_case():
     minutes = load(DEPLOY)["jobs"]["deploy"]["timeout-minutes"]
     assert minutes <= GITHUB_JOB_TIMEOUT_MAX_MIN
     for truss, kind in dp.KIND_BY_TRUSS.items():
-        options = dp.DeployOptions(Path(truss), kind, None, Path("record.json"), "key")
+        options = dp.DeployOptions(ROOT / truss, kind, None, Path("record.json"), "key")
         worst = options.worst_case_s()
-        # push wait + wait ACTIVE + two smoke tests + promotion + settings + rollback
-        assert worst >= 129 * 60, worst
+        # upload + cold build + start-up threshold + smoke/load tests + promotion + rollback
+        assert worst >= options.active_timeout_s() + 60 * 60, worst
         assert minutes * 60 >= worst + DEPLOY_SETUP_S, (kind, worst / 60)
 
 
 def test_deploy_triggers_by_hand():
     deploy = load(DEPLOY)
     choice = deploy["on"]["workflow_dispatch"]["inputs"]["model"]
-    assert choice["type"] == "choice" and set(TRUSS_BY_MODEL) <= set(choice["options"])
+    assert choice["type"] == "choice"
+    assert {*TRUSS_BY_MODEL, "orpheus-http", "all"} <= set(choice["options"])
     for truss in TRUSS_BY_MODEL.values():
         assert (ROOT / truss / "config.yaml").exists() and (
             ROOT / truss / "autoscaling.yaml"
@@ -132,9 +135,15 @@ def test_deploy_job_is_serialised_per_model_and_uses_the_secret():
     assert run_step["env"]["BASETEN_API_KEY"] == "${{ secrets.BASETEN_API_KEY }}"
     for model, truss in TRUSS_BY_MODEL.items():
         assert f"{model}) truss_dir={truss}" in run_step["run"]
-    # the secret only ever reaches the environment, never a command line
+    assert "orpheus-http) truss_dir=orpheus_tts_truss; config=config_http.yaml" in run_step["run"]
+    assert "--require-hf-token" in run_step["run"]
+    assert run_step["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}"
+    # the secret only ever reaches the environment (deploy, and changed.py's look-up), never a
+    # command line
     text = DEPLOY.read_text()
-    assert text.count("secrets.BASETEN_API_KEY") == 1
+    assert text.count("secrets.BASETEN_API_KEY") == 2
+    targets = next(s for s in load(DEPLOY)["jobs"]["targets"]["steps"] if s.get("id") == "targets")
+    assert targets["env"]["BASETEN_API_KEY"] == "${{ secrets.BASETEN_API_KEY }}"
     assert load(DEPLOY)["on"]["workflow_call"]["secrets"]["BASETEN_API_KEY"]["required"] is True
 
 
@@ -166,6 +175,52 @@ def history(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return tmp_path, shas
 
 
+def test_targets_are_what_changed_since_each_models_production_commit(history, tmp_path):
+    """changed.py: production's deployment name is the commit it was pushed from."""
+    from scripts.deploy import changed
+    from scripts.deploy.baseten_api import ManagementClient
+    from tests.fake_baseten import FakeBaseten
+
+    repo, shas = history
+    for truss in ("whisper_streaming_truss", "orpheus_tts_truss"):
+        (repo / truss).mkdir(exist_ok=True)
+        for name in ("config.yaml", "config_http.yaml"):
+            (repo / truss / name).write_text(
+                (ROOT / truss / name).read_text() if (ROOT / truss / name).exists() else ""
+            )
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "configs")
+    shas["configs"] = _git(repo, "rev-parse", "HEAD")
+    names = {"mw": "whisper-streaming", "mo": "orpheus-tts-websocket", "mh": "orpheus-tts-http"}
+
+    def targets(production: dict[str, str]) -> list[str]:
+        with FakeBaseten(api_key="k") as api, ManagementClient("k", api.url) as client:
+            api.models = {i: names[i] for i in production}
+            for model_id, sha in production.items():
+                api.add_deployment(model_id, "d-" + model_id, name=sha)
+                api.set_production(model_id, "d-" + model_id)
+            models = {n: i for i, n in api.models.items()}
+            return [
+                t for t in changed.TARGETS if changed.needs_deploy(client, models, repo, t, "HEAD")
+            ]
+
+    head = shas["configs"][:10]
+    assert targets({"mw": head, "mo": head, "mh": head}) == []
+    # Whisper's production is older than the last orpheus change: only what changed since counts.
+    assert targets({"mw": shas["orpheus_tts_truss"], "mo": head, "mh": head}) == ["whisper"]
+    # shared/ is bundled into both trusses (external_package_dirs).
+    assert targets({"mw": shas["whisper_streaming_truss"], "mo": head, "mh": head}) == ["whisper"]
+    assert targets({"mw": shas["base"], "mo": head, "mh": head}) == ["whisper"]
+    everything = targets({"mw": shas["base"], "mo": shas["base"], "mh": shas["base"]})
+    assert everything == ["whisper", "orpheus", "orpheus-http"]
+    # No model yet, a dirty push, or a commit not in the history: deploy.
+    assert targets({"mo": head, "mh": f"{head}-dirty-20250101000000"}) == [
+        "whisper",
+        "orpheus-http",
+    ]
+    assert targets({"mw": "0" * 10, "mo": head, "mh": head}) == ["whisper"]
+
+
 def run_targets(repo: Path, tmp_path: Path, **env: str) -> list[str]:
     step = next(s for s in load(DEPLOY)["jobs"]["targets"]["steps"] if s.get("id") == "targets")
     out = tmp_path / "github_output"
@@ -180,26 +235,11 @@ def run_targets(repo: Path, tmp_path: Path, **env: str) -> list[str]:
     return json.loads(value)
 
 
-def test_targets_follow_the_changed_paths(history, tmp_path):
-    repo, shas = history
-
-    # commits, in order: base, whisper_streaming_truss, orpheus_tts_truss, shared, docs
-    def push(before: str, after: str) -> list[str]:
-        return run_targets(repo, tmp_path, EVENT_NAME="push", BEFORE=shas[before], SHA=shas[after])
-
-    assert push("base", "whisper_streaming_truss") == ["whisper"]
-    assert push("whisper_streaming_truss", "orpheus_tts_truss") == ["orpheus"]
-    assert push("orpheus_tts_truss", "shared") == ["whisper", "orpheus"]
-    assert push("shared", "docs") == []
-    # an unknown "before" (new branch, force push) deploys whatever the tree holds
-    everything = run_targets(repo, tmp_path, EVENT_NAME="push", BEFORE="0" * 40, SHA=shas["docs"])
-    assert everything == ["whisper", "orpheus"]
-
-
 @pytest.mark.parametrize(
     ("choice", "expected"),
-    [("whisper", ["whisper"]), ("orpheus", ["orpheus"]), ("both", ["whisper", "orpheus"])],
-)
+    [("whisper", ["whisper"]), ("orpheus-http", ["orpheus-http"]),
+     ("all", ["whisper", "orpheus", "orpheus-http"])],
+)  # fmt: skip
 def test_targets_for_manual_dispatch(history, tmp_path, choice, expected):
     repo, _ = history
     assert (
@@ -254,6 +294,7 @@ def test_deploy_tools_run_on_the_deploy_jobs_install_set(tmp_path):
                    ROOT / "orpheus_tts_truss" / "packages"]  # fmt: skip
     code = """
 import scripts.deploy.deploy, scripts.deploy.smoke_test, scripts.deploy.promote
+import scripts.deploy.changed, scripts.deploy.loadtest, scripts.bench.stt, scripts.clients.tts
 from scripts.bench.wer import wer
 from scripts.clients.stt import frames_of, read_wav
 assert wer("nine apples", "9 apples") == 0.0

@@ -1,22 +1,24 @@
 #!/usr/bin/env python3
-"""Deploy a truss to Baseten so that production never receives a build that does not speak.
+"""Deploy a truss to Baseten as a measurement: production only gets a candidate within its SLO.
 
-    python scripts/deploy/deploy.py TRUSS_DIR [--kind stt|tts] [--autoscaling FILE] [--summary-json FILE]
+    python scripts/deploy/deploy.py TRUSS_DIR [--config config_http.yaml] [--summary-json FILE]
 
-Steps: preflight (the API key works, the truss's Baseten secrets exist) -> push (scripts/deploy/push.py)
--> wait until the deployment is ACTIVE -> smoke-test the deployment's own WebSocket URL -> promote
-it to production with the truss's autoscaling.yaml (scripts/deploy/promote.py) -> smoke-test production. A failing step stops the run and prints what to do
-next; before the promotion, production is untouched. If production fails its smoke test after the
-promotion, the previous production deployment is promoted back (unless --no-rollback).
+preflight (API key, Baseten secrets, Hugging Face read access to gated weights with $HF_TOKEN,
+first deployment?) -> push (push.py: truss push without --wait) -> wait ACTIVE (UNHEALTHY waited
+out until build budget + the config's startup_threshold_seconds) -> smoke test and load test
+(loadtest.py, budgets in TRUSS_DIR/slo.yaml) on the deployment's own URL -> promote with the
+deployment's own instance type and TRUSS_DIR/autoscaling.yaml, the previous production kept warm
+-> smoke test production (failure: promote the previous one back) -> let the previous scale down.
+A model's first deployment is made production by Baseten on push: it is tested on its own URL
+like any other, and deactivated when it fails. A JSON report is always written (``--summary-json``,
+default deploy-report-<truss>[-<config>].json) and appended to $GITHUB_STEP_SUMMARY when set.
 Needs BASETEN_API_KEY; BASETEN_API_URL points the REST calls elsewhere (tests use a local fake).
-A GitHub job summary is appended to $GITHUB_STEP_SUMMARY when that variable is set.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -25,9 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from scripts.deploy import loadtest, smoke_test
 from scripts.deploy import promote as promote_mod
 from scripts.deploy import push as push_mod
-from scripts.deploy import smoke_test
 from scripts.deploy.baseten_api import (
     BasetenApiError,
     ConfigError,
@@ -38,26 +42,14 @@ from scripts.deploy.baseten_api import (
     api_key_from_env,
 )
 
-logger = logging.getLogger("deploy")
-
 KIND_BY_TRUSS = {"whisper_streaming_truss": "stt", "orpheus_tts_truss": "tts"}
-DEFAULT_ACTIVE_TIMEOUT_S = 45 * 60.0  # image build + weights download + model load on a cold GPU
-DEFAULT_ACTIVE_POLL_S = 10.0
-HTTP_UNAUTHORIZED = 401
-# What the previous production deployment may scale down to once the new one is proven.
-RELEASED_MIN_REPLICA = 0
-SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
-
-PushFn = Callable[..., push_mod.DeploymentRecord]
-SmokeFn = Callable[[smoke_test.SmokeOptions], smoke_test.SmokeResult]
-
-# What a promotion (or the rollback's promotion) can fail with.
-PROMOTION_ERRORS = (
-    promote_mod.PromotionError,
-    BasetenApiError,
-    DeploymentFailedError,
-    WaitTimeoutError,
-)
+# A cold build of a ~200-package CUDA image (uv install, layer push) plus getting a GPU node;
+# the model's own start-up (weights, load, warm-up) is bounded by its startup_threshold_seconds.
+DEFAULT_BUILD_TIMEOUT_S = 75 * 60.0
+DEFAULT_STARTUP_THRESHOLD_S = 1800.0  # truss's default health_checks.startup_threshold_seconds
+LOADTEST_TIMEOUT_S = 20 * 60.0  # the CI budget for one load test (slo.yaml keeps it shorter)
+HF_TOKEN_ENV, HF_ENDPOINT_ENV = "HF_TOKEN", "HF_ENDPOINT"
+PROMOTION_ERRORS = (promote_mod.PromotionError, *promote_mod.ERRORS)
 
 
 @dataclass
@@ -71,8 +63,10 @@ class Step:
 @dataclass
 class DeployReport:
     truss_dir: str
-    kind: str
+    config: str
+    protocol: str
     ok: bool = False
+    first_deployment: bool = False
     model_id: str | None = None
     deployment_id: str | None = None
     deployment_name: str | None = None
@@ -80,252 +74,268 @@ class DeployReport:
     production_deployment_id: str | None = None
     rolled_back: bool = False
     steps: list[Step] = field(default_factory=list)
-    smoke: dict[str, dict[str, Any]] = field(default_factory=dict)
+    measurements: dict[str, dict[str, Any]] = field(default_factory=dict)
     next_steps: str = ""
 
     def markdown(self) -> str:
-        """A GitHub job summary: ids, step table, smoke verdicts, next steps."""
-        icon = "✅" if self.ok else "❌"
         lines = [
-            f"### {icon} Deploy `{self.truss_dir}` ({self.kind})",
+            f"### {'✅' if self.ok else '❌'} Deploy `{self.truss_dir}` `{self.config}` "
+            f"({self.protocol})",
             "",
-            f"- model: `{self.model_id}`",
-            f"- deployment: `{self.deployment_id}` (`{self.deployment_name}`)",
-            f"- previous production: `{self.previous_production_id}`",
-            f"- production now: `{self.production_deployment_id}`"
-            + (" (rolled back)" if self.rolled_back else ""),
+            f"- deployment: `{self.deployment_id}` (`{self.deployment_name}`) of `{self.model_id}`"
+            + (" — the model's first deployment" if self.first_deployment else ""),
+            f"- production: `{self.production_deployment_id}` (was "
+            f"`{self.previous_production_id}`){' — rolled back' if self.rolled_back else ''}",
             "",
             "| step | result | seconds | detail |",
             "| --- | --- | --- | --- |",
         ]
-        for step in self.steps:
-            detail = step.detail.replace("|", "\\|").replace("\n", " ")
+        for s in self.steps:
+            detail = s.detail.replace("|", "\\|").replace("\n", " ")
             lines.append(
-                f"| {step.name} | {'pass' if step.ok else 'FAIL'} | {step.seconds:.1f} | {detail} |"
+                f"| {s.name} | {'pass' if s.ok else 'FAIL'} | {s.seconds:.1f} | {detail} |"
             )
-        if self.next_steps:
-            lines += ["", f"**Next:** {self.next_steps}"]
-        return "\n".join(lines) + "\n"
+        for where, m in self.measurements.items():
+            lines += ["", f"**{where}** ({m['sessions']} sessions): {m['verdict']}", ""]
+            lines += ["| metric | value | budget |", "| --- | --- | --- |"]
+            budgets = {k.rpartition("_")[0]: k for k in m["budgets"]}
+            for name, value in m["metrics"].items():
+                if not isinstance(value, dict | list):
+                    limit = budgets.get(name)
+                    shown = f"{limit.rpartition('_')[2]} {m['budgets'][limit]}" if limit else ""
+                    lines.append(f"| {name} | {loadtest._fmt(value)} | {shown} |")
+        return "\n".join(lines + (["", f"**Next:** {self.next_steps}"] * bool(self.next_steps)))
 
 
 class StepFailed(RuntimeError):
-    """A deploy step failed; ``next_steps`` tells the operator what to do."""
-
-    def __init__(self, detail: str, next_steps: str) -> None:
+    def __init__(self, detail: str, next_steps: str = "") -> None:
         super().__init__(detail)
-        self.detail = detail
-        self.next_steps = next_steps
+        self.detail, self.next_steps = detail, next_steps
 
 
 @dataclass(frozen=True)
 class DeployOptions:
     truss_dir: Path
-    kind: str
+    kind: str  # stt / tts; the protocol is "http" for a config without a websocket transport
     autoscaling: promote_mod.AutoscalingSettings | None
     record_path: Path
     api_key: str
+    config: str = push_mod.DEFAULT_CONFIG
     skip_push: bool = False
     rollback: bool = True
-    active_timeout_s: float = DEFAULT_ACTIVE_TIMEOUT_S
-    poll_interval_s: float = DEFAULT_ACTIVE_POLL_S
+    build_timeout_s: float = DEFAULT_BUILD_TIMEOUT_S
+    poll_interval_s: float = 10.0
     promotion_timeout_s: float = promote_mod.DEFAULT_PROMOTION_TIMEOUT_S
-    smoke_connect_budget_s: float = smoke_test.DEFAULT_CONNECT_BUDGET_S
-    smoke_timeout_s: float | None = None
-    smoke_fast: bool = False  # STT audio as fast as possible instead of at real-time pace
-    team: str | None = None  # Baseten team (accounts with several): its secrets are checked
-    push_timeout_s: float = push_mod.DEFAULT_WAIT_TIMEOUT_S
+    team: str | None = None
+    require_hf_token: bool = False
+    hf_token: str | None = None
+    hf_endpoint: str = "https://huggingface.co"
+    slo: dict[str, Any] | None = None  # default: TRUSS_DIR/slo.yaml
 
-    def smoke_worst_case_s(self) -> float:
-        """One smoke test at most: connect budget (503s while waking) + the test's own timeout."""
-        return self.smoke_connect_budget_s + (
-            self.smoke_timeout_s or smoke_test.default_timeout_s(self.kind)
-        )
+    def truss_config(self) -> dict[str, Any]:
+        return push_mod.truss_config(self.truss_dir, self.config)
+
+    @property
+    def protocol(self) -> str:
+        transport = ((self.truss_config().get("runtime") or {}).get("transport") or {}).get("kind")
+        return self.kind if transport == "websocket" else "http"
+
+    def active_timeout_s(self) -> float:
+        checks = (self.truss_config().get("runtime") or {}).get("health_checks") or {}
+        startup = checks.get("startup_threshold_seconds", DEFAULT_STARTUP_THRESHOLD_S)
+        return self.build_timeout_s + float(startup)
 
     def worst_case_s(self) -> float:
-        """Every step at its deadline, a failed production smoke test and the rollback included:
-        the CI job's timeout must exceed this, or CI kills a deploy halfway through a promotion."""
-        promotion = self.promotion_timeout_s + promote_mod.DEFAULT_SETTINGS_TIMEOUT_S
+        """Every step at its deadline, rollback included: the CI job's timeout must exceed it."""
         return (
-            self.push_timeout_s
-            + self.active_timeout_s
-            + 2 * self.smoke_worst_case_s()  # the deployment, then production
-            + promotion
-            + self.promotion_timeout_s  # the rollback's promotion
+            push_mod.UPLOAD_TIMEOUT_S
+            + self.active_timeout_s()
+            + 2 * smoke_test.WORST_CASE_S
+            + LOADTEST_TIMEOUT_S
+            + 2 * self.promotion_timeout_s  # the promotion, then the rollback's
+            + promote_mod.DEFAULT_SETTINGS_TIMEOUT_S
         )
 
 
 def infer_kind(truss_dir: Path) -> str:
-    """stt or tts from the truss folder's name."""
     name = truss_dir.resolve().name
-    if name in KIND_BY_TRUSS:
-        return KIND_BY_TRUSS[name]
-    if "whisper" in name or "stt" in name:
-        return "stt"
-    if "orpheus" in name or "tts" in name:
-        return "tts"
+    for key, kind in [*KIND_BY_TRUSS.items(), ("whisper", "stt"), ("stt", "stt"), ("tts", "tts")]:
+        if key in name:
+            return kind
     raise ConfigError(f"cannot tell whether {name} is stt or tts: pass --kind")
 
 
-class Deployer:
-    """Runs the steps in order; each one either passes or raises StepFailed."""
+def gated_repos(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(repo, revision) of every Hugging Face weight source that needs a token."""
+    out = []
+    for weight in config.get("weights") or []:
+        source = str(weight.get("source", ""))
+        if weight.get("auth_secret_name") and source.startswith("hf://"):
+            repo, _, revision = source.removeprefix("hf://").partition("@")
+            out.append((repo, revision or "main"))
+    return out
 
+
+def check_hf_access(repo: str, revision: str, token: str, endpoint: str) -> str:
+    """Prove the token reads the gated repo: the Hub's model API, then one gated file."""
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=endpoint.rstrip("/"), headers=headers, timeout=30) as hub:
+        info = hub.get(f"/api/models/{repo}/revision/{revision}")
+        if info.status_code == 401:  # noqa: PLR2004
+            raise StepFailed(f"the Hugging Face token was rejected (HTTP 401) for {repo}")
+        if info.status_code != 200:  # noqa: PLR2004
+            raise StepFailed(f"{repo}@{revision}: Hub model API answered HTTP {info.status_code}")
+        config = hub.head(f"/{repo}/resolve/{revision}/config.json")
+        if config.status_code >= 400:  # noqa: PLR2004
+            raise StepFailed(
+                f"the token cannot read gated {repo} (HTTP {config.status_code}): accept its "
+                f"licence at https://huggingface.co/{repo} with the token's account"
+            )
+    return f"{repo}@{revision[:10]} readable ({info.json().get('gated') or 'not'} gated)"
+
+
+class Deployer:
     def __init__(
         self,
         options: DeployOptions,
         client: ManagementClient,
         *,
-        push_fn: PushFn = push_mod.push,
-        smoke_fn: SmokeFn = smoke_test.run,
+        push_fn: Callable[..., push_mod.DeploymentRecord] = push_mod.push,
+        measure_fn: Callable[..., loadtest.Measurement] = loadtest.measure,
         sleep: Callable[[float], None] = time.sleep,
-        log: Callable[[str], None] = logger.info,
+        log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
     ) -> None:
-        self.opts = options
-        self.client = client
-        self.push_fn = push_fn
-        self.smoke_fn = smoke_fn
-        self.sleep = sleep
-        self.log = log
-        self.report = DeployReport(truss_dir=options.truss_dir.name, kind=options.kind)
+        self.opts, self.client, self.push_fn, self.measure_fn = options, client, push_fn, measure_fn
+        self.sleep, self.log = sleep, log
+        self.protocol = options.protocol
+        self.report = DeployReport(options.truss_dir.name, options.config, self.protocol)
         self.record: push_mod.DeploymentRecord | None = None
-        self.promoted = False
 
-    def _step(self, name: str, fn: Callable[[], str]) -> None:
-        self.log(f"== {name}")
-        start = time.monotonic()
-        try:
-            detail = fn()
-        except StepFailed as exc:
-            self.report.steps.append(Step(name, False, exc.detail, time.monotonic() - start))
-            self.log(f"FAIL {name}: {exc.detail}")
-            raise
-        self.report.steps.append(Step(name, True, detail, time.monotonic() - start))
-        self.log(f"ok   {name}: {detail}")
-
-    # --- steps ------------------------------------------------------------------------------
+    @property
+    def rec(self) -> push_mod.DeploymentRecord:
+        assert self.record is not None, "push step did not run"
+        return self.record
 
     def preflight(self) -> str:
-        """Fail in seconds, not after a long build: the key works and the truss's secrets exist."""
-        try:
-            needed = set((push_mod.truss_config(self.opts.truss_dir).get("secrets") or {}).keys())
-        except ConfigError as exc:
-            raise StepFailed(str(exc), "pass a truss folder (with config.yaml)") from None
+        config = self.opts.truss_config()
+        needed = set(config.get("secrets") or {})
         try:
             names = self.client.list_secret_names(team=self.opts.team)
-        except ConfigError as exc:  # the team is unknown to this key
-            raise StepFailed(
-                str(exc), "production is untouched. Set BASETEN_TEAM to one of those teams."
-            ) from None
+            missing = sorted(needed - names)
+            secrets = f"secrets present: {', '.join(sorted(needed)) or 'none needed'}"
+        except ConfigError as exc:
+            raise StepFailed(str(exc), "set BASETEN_TEAM to one of those teams") from None
         except BasetenApiError as exc:
-            if exc.status_code == HTTP_UNAUTHORIZED:
-                raise StepFailed(
-                    f"the management API rejected BASETEN_API_KEY ({exc})",
-                    "production is untouched. Set BASETEN_API_KEY to a valid workspace API key.",
-                ) from None
-            # A key without permission to list secrets can still deploy: warn, do not block.
-            return f"secrets not checked ({exc})"
-        missing = sorted(needed - names)
+            if exc.status_code == 401:  # noqa: PLR2004
+                raise StepFailed(f"the API rejected BASETEN_API_KEY ({exc})") from None
+            missing, secrets = [], f"secrets not checked ({exc})"  # a narrower key may deploy
         if missing:
             raise StepFailed(
                 f"Baseten secret(s) missing: {', '.join(missing)}",
-                "production is untouched. Create them in Baseten (Settings > Secrets); "
-                "hf_access_token is a Hugging Face token that can read the gated weights. "
-                "Then re-run.",
+                "create them in Baseten (Settings > Secrets; hf_access_token: a Hugging Face "
+                "token that can read the gated weights), then re-run",
             )
-        scope = f"team {self.opts.team}" if self.opts.team else "workspace"
-        present = ", ".join(sorted(needed)) or "none needed"
-        return f"API key accepted; {scope} secrets present: {present}"
+        hub = []
+        for repo, revision in gated_repos(config):
+            if self.opts.hf_token:
+                hub.append(
+                    check_hf_access(repo, revision, self.opts.hf_token, self.opts.hf_endpoint)
+                )
+            elif self.opts.require_hf_token:
+                raise StepFailed(f"{HF_TOKEN_ENV} is not set: cannot prove read access to {repo}")
+            else:
+                hub.append(f"WARNING: {repo} access not proven (set {HF_TOKEN_ENV})")
+        name = config.get("model_name")
+        try:
+            self.report.first_deployment = not any(
+                m.get("name") == name for m in self.client.list_models()
+            )
+        except BasetenApiError as exc:
+            hub.append(f"models not listed ({exc})")
+        first = "; first deployment of this model" if self.report.first_deployment else ""
+        return "; ".join([f"API key accepted; {secrets}", *hub]) + first
 
     def push(self) -> str:
         if self.opts.skip_push:
             try:
-                record = push_mod.DeploymentRecord.read(self.opts.record_path)
+                self.record = push_mod.DeploymentRecord.read(self.opts.record_path)
             except (OSError, ValueError, TypeError) as exc:
-                raise StepFailed(
-                    f"cannot read {self.opts.record_path}: {exc}",
-                    "run without --skip-push to push a new deployment",
-                ) from None
+                raise StepFailed(f"cannot read {self.opts.record_path}: {exc}") from None
         else:
             try:
-                record = self.push_fn(self.opts.truss_dir, api_key=self.opts.api_key)
+                self.record = self.push_fn(
+                    self.opts.truss_dir, api_key=self.opts.api_key, config=self.opts.config
+                )
             except (push_mod.PushError, ConfigError, OSError) as exc:
-                raise StepFailed(
-                    str(exc),
-                    "production is untouched. Fix the build (truss output above; check that "
-                    "BASETEN_API_KEY is valid and that required secrets exist in Baseten), then "
-                    "re-run.",
-                ) from None
-            record.write(self.opts.record_path)
-        self.record = record
-        self.report.model_id = record.model_id
-        self.report.deployment_id = record.deployment_id
-        self.report.deployment_name = record.deployment_name
-        return f"deployment {record.deployment_id} ({record.deployment_name}) of model {record.model_id}"
+                raise StepFailed(str(exc), "fix the push (truss output above), re-run") from None
+            self.record.write(self.opts.record_path)
+        r = self.report
+        r.model_id, r.deployment_id, r.deployment_name = (
+            self.rec.model_id,
+            self.rec.deployment_id,
+            self.rec.deployment_name,
+        )
+        return f"deployment {r.deployment_id} ({r.deployment_name}) of model {r.model_id}"
 
     def wait_active(self) -> str:
-        record = self._record()
+        timeout = self.opts.active_timeout_s()
+        seen: list[str] = []
         try:
-            deployment = self.client.wait_for_deployment(
-                record.model_id,
-                record.deployment_id,
-                timeout_s=self.opts.active_timeout_s,
+            self.client.wait_for_deployment(
+                self.rec.model_id,
+                self.rec.deployment_id,
+                timeout_s=timeout,
                 poll_interval_s=self.opts.poll_interval_s,
-                on_status=lambda s: self.log(f"   deployment status {s}"),
+                on_status=lambda s: (seen.append(s), self.log(f"   status {s}")),
             )
-        except (DeploymentFailedError, WaitTimeoutError, BasetenApiError) as exc:
+        except WaitTimeoutError as exc:
             raise StepFailed(
                 str(exc),
-                f"production is untouched. Read the deployment's logs ({record.logs_url}), fix, "
-                "and re-run; deactivate the failed deployment in the Baseten UI if it lingers.",
+                f"deployment {self.rec.deployment_id} is STILL {seen[-1] if seen else 'pending'} "
+                f"at Baseten (not stopped; logs: {self.rec.logs_url}). Resume with --skip-push "
+                "--record <record>, or deactivate it in the Baseten UI.",
             ) from None
-        env = promote_mod.get_production(self.client, record.model_id)
-        current = (env or {}).get("current_deployment") or {}
-        self.report.previous_production_id = current.get("id")
-        self.report.production_deployment_id = current.get("id")
-        return f"status {deployment.get('status')}; production is {current.get('id')}"
+        except (DeploymentFailedError, BasetenApiError) as exc:
+            raise StepFailed(
+                str(exc), f"read the logs ({self.rec.logs_url}), fix, re-run"
+            ) from None
+        env = promote_mod.get_production(self.client, self.rec.model_id)
+        current = promote_mod._current(env)
+        self.report.previous_production_id = self.report.production_deployment_id = current
+        if current == self.rec.deployment_id:
+            self.report.first_deployment = True  # Baseten made it production on its own
+        unhealthy = " (waited out UNHEALTHY)" if "UNHEALTHY" in seen else ""
+        return f"ACTIVE after {' -> '.join(seen)}{unhealthy}; production is {current}"
 
-    def _smoke(self, label: str, url: str, next_steps: str) -> str:
-        options = smoke_test.SmokeOptions(
-            kind=self.opts.kind,
-            url=url,
-            api_key=self.opts.api_key,
-            timeout_s=self.opts.smoke_timeout_s,
-            connect_budget_s=self.opts.smoke_connect_budget_s,
-            fast=self.opts.smoke_fast,
-        )
-        result = self.smoke_fn(options)
-        self.report.smoke[label] = asdict(result)
-        if not result.ok:
-            raise StepFailed(result.verdict, next_steps)
-        return result.verdict
+    def _url(self, production: bool) -> str:
+        if self.protocol == "http":
+            return self.rec.production_predict_url if production else self.rec.predict_url
+        return self.rec.production_ws_url if production else self.rec.deployment_ws_url
+
+    def _measure(self, label: str, spec: dict[str, Any], production: bool = False) -> str:
+        m = self.measure_fn(self.protocol, self._url(production), self.opts.api_key, spec)
+        self.report.measurements[label] = m.as_dict()
+        if not m.ok:
+            raise StepFailed(f"{m.verdict}", f"read the deployment's logs ({self.rec.logs_url})")
+        return m.verdict
 
     def smoke_deployment(self) -> str:
-        record = self._record()
-        if self.report.previous_production_id == record.deployment_id:
-            untouched = (
-                "Baseten made this deployment production on its own (the first deployment of a "
-                "new model): production is broken. Fix and re-run, or deactivate it."
-            )
-        else:
-            untouched = "production is untouched."
-        return self._smoke(
-            "deployment",
-            record.deployment_ws_url,
-            f"{untouched} Deployment {record.deployment_id} failed its smoke test: read its "
-            f"logs ({record.logs_url}), fix, re-run.",
-        )
+        return self._measure("smoke deployment", smoke_test.SMOKE[self.protocol])
+
+    def load_test(self) -> str:
+        slo = self.opts.slo if self.opts.slo is not None else loadtest.load_slo(self.opts.truss_dir)
+        if self.protocol not in slo:
+            raise StepFailed(f"{self.opts.truss_dir}/slo.yaml has no {self.protocol} section")
+        return self._measure("load test deployment", slo[self.protocol])
 
     def promote(self) -> str:
-        record = self._record()
-        previous = self.report.previous_production_id
         try:
             result = promote_mod.promote(
                 self.client,
-                record.model_id,
-                record.deployment_id,
+                self.rec.model_id,
+                self.rec.deployment_id,
                 autoscaling=self.opts.autoscaling,
-                # The previous deployment stays warm until the new one passed its production
-                # smoke test: a rollback must not wait for a GPU cold start (Orpheus: up to 30 min).
-                scale_down_previous=False,
+                scale_down_previous=False,  # kept warm until production passed its smoke test
                 timeout_s=self.opts.promotion_timeout_s,
                 poll_interval_s=self.opts.poll_interval_s,
                 sleep=self.sleep,
@@ -334,186 +344,162 @@ class Deployer:
         except PROMOTION_ERRORS as exc:
             raise StepFailed(
                 str(exc),
-                f"check the model's production environment in the Baseten UI; it should still "
-                f"serve {previous}. To retry: python scripts/deploy/promote.py --model-id "
-                f"{record.model_id} --deployment-id {record.deployment_id}",
+                f"production should still serve {self.report.previous_production_id}; retry: "
+                f"{self._promote_cmd(self.rec.deployment_id)}",
             ) from None
-        self.promoted = result.promoted
         self.report.production_deployment_id = result.production_deployment_id
-        settings = f"; autoscaling {result.autoscaling_status}" if result.autoscaling else ""
-        return f"production serves {result.production_deployment_id} (was {previous}){settings}"
+        how = "promoted" if result.promoted else "already production (first deployment)"
+        return f"{how}: production serves {result.production_deployment_id}, own instance type"
 
     def smoke_production(self) -> str:
-        record = self._record()
-        return self._smoke("production", record.production_ws_url, "")
+        return self._measure("smoke production", smoke_test.SMOKE[self.protocol], production=True)
 
     def _previous(self) -> str | None:
-        """The production deployment before this deploy, if it is another one."""
         previous = self.report.previous_production_id
-        return previous if previous and previous != self._record().deployment_id else None
+        return previous if previous != self.rec.deployment_id else None
+
+    def _promote_cmd(self, deployment_id: str | None) -> str:
+        return (
+            f"python scripts/deploy/promote.py --model-id {self.rec.model_id} "
+            f"--deployment-id {deployment_id}"
+        )
 
     def release_previous(self) -> str:
-        """Production passed its smoke test: let the previous deployment scale down (it was kept
-        warm for a rollback). It keeps its weights and image: promote.py can bring it back."""
-        record = self._record()
         previous = self._previous()
         if previous is None:
             return "no previous production deployment"
         try:
             self.client.update_deployment_autoscaling(
-                record.model_id, previous, {"min_replica": RELEASED_MIN_REPLICA}
+                self.rec.model_id, previous, {"min_replica": 0}
             )
         except BasetenApiError as exc:
-            # Production is proven; only the old deployment's cost is at stake: say so, pass.
-            return (
-                f"WARNING: could not let {previous} scale down ({exc}); set its min replicas "
-                "to 0 in the Baseten UI (it stays warm and costs GPU time until then)"
-            )
-        return f"{previous} may scale down now (min_replica {RELEASED_MIN_REPLICA})"
+            return f"WARNING: could not let {previous} scale down ({exc}): set min replicas to 0"
+        return f"{previous} may scale down now (min_replica 0)"
 
     def rollback(self) -> str:
-        """Promote the previous production deployment back; return what happened."""
-        record = self._record()
-        previous = self.report.previous_production_id
-        manual = f"python scripts/deploy/promote.py --model-id {record.model_id} --deployment-id {previous}"
-        if not previous or previous == record.deployment_id:
-            return "no previous production deployment to roll back to: fix and re-deploy."
+        previous = self._previous()
+        if previous is None:
+            return "no previous production deployment to roll back to: fix and re-deploy"
         if not self.opts.rollback:
-            return f"production serves the failing deployment; roll back with: {manual}"
-        self.log(f"== rollback to {previous}")
+            return f"production serves the failing deployment; roll back: {self._promote_cmd(previous)}"
         try:
             promote_mod.promote(
                 self.client,
-                record.model_id,
+                self.rec.model_id,
                 previous,
-                scale_down_previous=True,  # the failing deployment: no reason to keep it warm
                 timeout_s=self.opts.promotion_timeout_s,
                 poll_interval_s=self.opts.poll_interval_s,
                 sleep=self.sleep,
                 log=lambda line: self.log(f"   {line}"),
             )
         except PROMOTION_ERRORS as exc:
-            return f"automatic rollback failed ({exc}); roll back by hand: {manual}"
-        self.report.rolled_back = True
-        self.report.production_deployment_id = previous
-        return (
-            f"production was rolled back to {previous}. Investigate deployment "
-            f"{record.deployment_id} (logs: {record.logs_url})."
-        )
+            return f"automatic rollback failed ({exc}); by hand: {self._promote_cmd(previous)}"
+        self.report.rolled_back, self.report.production_deployment_id = True, previous
+        return f"production was rolled back to {previous} (it was kept warm)"
 
-    def _record(self) -> push_mod.DeploymentRecord:
-        assert self.record is not None, "push step did not run"
-        return self.record
-
-    # --- the run ----------------------------------------------------------------------------
+    def retire_first(self) -> str:
+        """A failed first deployment is the model's production: deactivate it."""
+        try:
+            self.client.deactivate(self.rec.model_id, self.rec.deployment_id)
+        except BasetenApiError as exc:
+            return f"WARNING: could not deactivate it ({exc}): do so in the Baseten UI"
+        return "it was deactivated, so the new model's production serves nothing untested"
 
     def run(self) -> DeployReport:
-        steps: list[tuple[str, Callable[[], str]]] = [
+        steps = [
             ("preflight", self.preflight),
             ("push", self.push),
             ("wait ACTIVE", self.wait_active),
             ("smoke deployment", self.smoke_deployment),
+            ("load test deployment", self.load_test),
             ("promote", self.promote),
             ("smoke production", self.smoke_production),
             ("release previous", self.release_previous),
         ]
         for name, fn in steps:
+            self.log(f"== {name}")
+            start = time.monotonic()
             try:
-                self._step(name, fn)
+                detail = fn()
             except StepFailed as exc:
-                self.report.next_steps = exc.next_steps
+                self.report.steps.append(Step(name, False, exc.detail, time.monotonic() - start))
+                self.log(f"FAIL {name}: {exc.detail}")
+                after = [exc.next_steps] if exc.next_steps else []
                 if name == "smoke production":
-                    self.report.next_steps = self.rollback()
+                    after.append(self.rollback())
+                elif self.record and self.report.first_deployment and name != "push":
+                    after.append(
+                        f"first deployment {self.rec.deployment_id}: {self.retire_first()}"
+                    )
+                elif self.record and name != "push":
+                    after.append(f"production still serves {self.report.previous_production_id}")
+                self.report.next_steps = ". ".join(after)
                 return self.report
+            self.report.steps.append(Step(name, True, detail, time.monotonic() - start))
+            self.log(f"ok   {name}: {detail}")
         self.report.ok = True
-        record = self._record()
-        self.report.next_steps = (
-            f"to roll back: python scripts/deploy/promote.py --model-id {record.model_id} "
-            f"--deployment-id {self.report.previous_production_id}"
-            if self.report.previous_production_id
-            and self.report.previous_production_id != record.deployment_id
-            else ""
-        )
+        if previous := self._previous():
+            self.report.next_steps = f"to roll back: {self._promote_cmd(previous)}"
         return self.report
 
 
-def write_summaries(report: DeployReport, summary_json: Path | None) -> None:
-    if summary_json:
-        summary_json.parent.mkdir(parents=True, exist_ok=True)
-        summary_json.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    if path := os.environ.get(SUMMARY_ENV):
+def write_summaries(report: DeployReport, summary_json: Path) -> None:
+    summary_json.parent.mkdir(parents=True, exist_ok=True)
+    summary_json.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    if path := os.environ.get("GITHUB_STEP_SUMMARY"):
         with open(path, "a", encoding="utf-8") as fh:
-            fh.write(report.markdown())
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("truss_dir", type=Path)
-    parser.add_argument("--kind", choices=["stt", "tts"], help="default: from the truss name")
-    parser.add_argument(
-        "--autoscaling", type=Path, help="default: TRUSS_DIR/autoscaling.yaml (if present)"
-    )
-    parser.add_argument("--record", type=Path, help="deployment record (deployment-<truss>.json)")
-    parser.add_argument("--skip-push", action="store_true", help="reuse the deployment in --record")
-    parser.add_argument("--no-rollback", action="store_true", help="never promote back")
-    parser.add_argument("--summary-json", type=Path, help="write the report as JSON here")
-    parser.add_argument("--active-timeout", type=float, default=DEFAULT_ACTIVE_TIMEOUT_S)
-    parser.add_argument("--poll-interval", type=float, default=DEFAULT_ACTIVE_POLL_S)
-    parser.add_argument(
-        "--smoke-connect-budget", type=float, default=smoke_test.DEFAULT_CONNECT_BUDGET_S
-    )
-    parser.add_argument("--smoke-timeout", type=float)
-    parser.add_argument(
-        "--fast-smoke", action="store_true", help="STT smoke audio as fast as possible"
-    )
-    parser.add_argument("--team", help=f"Baseten team (default: ${push_mod.TEAM_ENV})")
-    return parser
-
-
-def options_from_args(args: argparse.Namespace) -> DeployOptions:
-    truss_dir: Path = args.truss_dir
-    if not (truss_dir / "config.yaml").exists():
-        raise ConfigError(f"{truss_dir} is not a truss (no config.yaml)")
-    autoscaling_path = args.autoscaling or truss_dir / "autoscaling.yaml"
-    autoscaling = (
-        promote_mod.AutoscalingSettings.from_yaml(autoscaling_path)
-        if args.autoscaling or autoscaling_path.exists()
-        else None
-    )
-    return DeployOptions(
-        truss_dir=truss_dir,
-        kind=args.kind or infer_kind(truss_dir),
-        autoscaling=autoscaling,
-        record_path=args.record or push_mod.default_record_path(truss_dir),
-        api_key=api_key_from_env(),
-        skip_push=args.skip_push,
-        rollback=not args.no_rollback,
-        active_timeout_s=args.active_timeout,
-        poll_interval_s=args.poll_interval,
-        smoke_connect_budget_s=args.smoke_connect_budget,
-        smoke_timeout_s=args.smoke_timeout,
-        smoke_fast=args.fast_smoke,
-        team=args.team or os.environ.get(push_mod.TEAM_ENV) or None,
-    )
+            fh.write(report.markdown() + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    args = build_parser().parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("truss_dir", type=Path)
+    parser.add_argument("--config", default=push_mod.DEFAULT_CONFIG, help="e.g. config_http.yaml")
+    parser.add_argument("--kind", choices=["stt", "tts"], help="default: from the truss name")
+    parser.add_argument("--autoscaling", type=Path, help="default: TRUSS_DIR/autoscaling.yaml")
+    parser.add_argument("--record", type=Path, help="deployment record (deployment-<truss>.json)")
+    parser.add_argument("--skip-push", action="store_true", help="reuse the deployment in --record")
+    parser.add_argument("--no-rollback", action="store_true", help="never promote back")
+    parser.add_argument("--summary-json", type=Path, help="default: deploy-report-<truss>.json")
+    parser.add_argument("--build-timeout", type=float, default=DEFAULT_BUILD_TIMEOUT_S)
+    parser.add_argument("--poll-interval", type=float, default=10.0)
+    parser.add_argument("--team", help=f"Baseten team (default: ${push_mod.TEAM_ENV})")
+    parser.add_argument(
+        "--require-hf-token", action="store_true", help=f"fail without ${HF_TOKEN_ENV}"
+    )
+    args = parser.parse_args(argv)
     try:
-        options = options_from_args(args)
+        truss_dir: Path = args.truss_dir
+        push_mod.truss_config(truss_dir, args.config)
+        auto = args.autoscaling or truss_dir / "autoscaling.yaml"
+        options = DeployOptions(
+            truss_dir=truss_dir,
+            kind=args.kind or infer_kind(truss_dir),
+            autoscaling=promote_mod.AutoscalingSettings.from_yaml(auto) if auto.exists() else None,
+            record_path=args.record or push_mod.default_record_path(truss_dir, args.config),
+            api_key=api_key_from_env(),
+            config=args.config,
+            skip_push=args.skip_push,
+            rollback=not args.no_rollback,
+            build_timeout_s=args.build_timeout,
+            poll_interval_s=args.poll_interval,
+            team=args.team or os.environ.get(push_mod.TEAM_ENV) or None,
+            require_hf_token=args.require_hf_token,
+            hf_token=os.environ.get(HF_TOKEN_ENV) or None,
+            hf_endpoint=os.environ.get(HF_ENDPOINT_ENV) or "https://huggingface.co",
+        )
     except ConfigError as exc:
         print(f"deploy: {exc}", file=sys.stderr)
         return 2
     with ManagementClient(options.api_key, api_base_url()) as client:
         report = Deployer(options, client).run()
-    write_summaries(report, args.summary_json)
+    name = push_mod.default_record_path(options.truss_dir, options.config).name[11:]
+    write_summaries(report, args.summary_json or Path.cwd() / f"deploy-report-{name}")
     for step in report.steps:
         print(f"{'PASS' if step.ok else 'FAIL'} {step.name}: {step.detail}")
     verdict = "DEPLOYED" if report.ok else "NOT DEPLOYED"
     print(f"{verdict} {report.truss_dir}: production serves {report.production_deployment_id}")
-    if report.next_steps:
-        print(f"next: {report.next_steps}")
+    print(f"next: {report.next_steps}" * bool(report.next_steps))
     return 0 if report.ok else 1
 
 

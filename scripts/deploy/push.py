@@ -1,30 +1,27 @@
 #!/usr/bin/env python3
 """Push a truss to Baseten as a published deployment named after the git commit, and record it.
 
-    python scripts/deploy/push.py TRUSS_DIR [--record FILE] [--deployment-name NAME] [--json]
+    python scripts/deploy/push.py TRUSS_DIR [--config config_http.yaml] [--record FILE] [--json]
 
-Runs ``truss push TRUSS_DIR --output json --non-interactive --deployment-name <sha[-dirty-…]>
---wait``, authenticated through truss's environment remote (``BASETEN_TRUSS_AUTH_REMOTE_URL`` =
-``BASETEN_REMOTE_URL`` or https://app.baseten.co, ``BASETEN_TRUSS_AUTH_API_KEY`` = ``BASETEN_API_KEY``).
-Writes a deployment record (model id, deployment id, WebSocket URLs of the deployment and of
-production) to ``deployment-<truss>.json``. The API key is never printed or logged.
+Runs ``truss push TRUSS_DIR --output json --non-interactive --deployment-name <sha[-dirty-…]>``
+WITHOUT ``--wait`` (truss's wait gives up at the first UNHEALTHY poll; deploy.py waits out the
+model's start-up itself), authenticated through truss's env remote (``BASETEN_TRUSS_AUTH_*`` from
+``BASETEN_REMOTE_URL`` and ``BASETEN_API_KEY``). Writes the deployment record (ids, URLs) to
+``deployment-<truss>[-<config>].json``. The API key is never printed or logged.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import subprocess
 import sys
-import threading
-from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 
@@ -37,22 +34,13 @@ from scripts.deploy.baseten_api import (
     websocket_base,
 )
 
-logger = logging.getLogger("push")
-
-REMOTE_URL_ENV = "BASETEN_REMOTE_URL"
-DEFAULT_REMOTE_URL = "https://app.baseten.co"
-TRUSS_BIN_ENV = "TRUSS_BIN"
-# Accounts with several teams must name one: non-interactive truss cannot ask.
-TEAM_ENV = "BASETEN_TEAM"
-# truss >= 0.18.26 builds a remote from these two variables, bypassing ~/.trussrc and the keyring.
-TRUSS_AUTH_REMOTE_URL_ENV = "BASETEN_TRUSS_AUTH_REMOTE_URL"
-TRUSS_AUTH_API_KEY_ENV = "BASETEN_TRUSS_AUTH_API_KEY"
-DEFAULT_WAIT_TIMEOUT_S = 60 * 60  # a cold GPU image build plus weight download can take long
-SHORT_SHA_LEN = 10
+TEAM_ENV = "BASETEN_TEAM"  # accounts with several teams must name one
+DEFAULT_CONFIG = "config.yaml"
+UPLOAD_TIMEOUT_S = 30 * 60  # truss push without --wait: upload and hand-over only
 
 
 class PushError(RuntimeError):
-    """truss push failed; the message says why and what to look at."""
+    """truss push failed; the message says why."""
 
 
 @dataclass
@@ -62,15 +50,17 @@ class DeploymentRecord:
     model_id: str
     deployment_id: str
     deployment_name: str
-    git_sha: str | None
-    dirty: bool
-    status: str | None
-    is_production: bool | None
     predict_url: str
     logs_url: str | None
     deployment_ws_url: str
     production_ws_url: str
-    pushed_at: str
+    config: str = DEFAULT_CONFIG
+    pushed_at: str = ""
+
+    @property
+    def production_predict_url(self) -> str:
+        host = self.predict_url.split("/deployment/", 1)[0]
+        return f"{host}/environments/production/predict"
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,23 +71,8 @@ class DeploymentRecord:
         return cls(**json.loads(path.read_text()))
 
 
-@dataclass(frozen=True)
-class GitState:
-    sha: str
-    dirty: bool
-
-
-def _git(args: Sequence[str], cwd: Path) -> str:
-    proc = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=30
-    )
-    if proc.returncode != 0:
-        raise ConfigError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout
-
-
-def truss_config(truss_dir: Path) -> dict[str, Any]:
-    path = truss_dir / "config.yaml"
+def truss_config(truss_dir: Path, config: str = DEFAULT_CONFIG) -> dict[str, Any]:
+    path = truss_dir / config
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -107,239 +82,131 @@ def truss_config(truss_dir: Path) -> dict[str, Any]:
     return data
 
 
-def pushed_paths(truss_dir: Path, config: Mapping[str, Any]) -> list[Path]:
-    """What a push uploads: the truss and its external package dirs."""
-    extra = config.get("external_package_dirs") or []
-    return [truss_dir, *((truss_dir / p).resolve() for p in extra)]
+def _git(args: list[str], cwd: Path) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise ConfigError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
 
 
-def git_state(truss_dir: Path, config: Mapping[str, Any]) -> GitState:
-    """HEAD's short sha, and whether anything that would be pushed differs from it."""
-    sha = _git(["rev-parse", f"--short={SHORT_SHA_LEN}", "HEAD"], truss_dir).strip()
-    paths = [str(p) for p in pushed_paths(truss_dir.resolve(), config)]
-    changes = _git(["status", "--porcelain", "--", *paths], truss_dir)
-    return GitState(sha=sha, dirty=bool(changes.strip()))
-
-
-def deployment_name(state: GitState, now: datetime | None = None) -> str:
-    """``<sha>``, or ``<sha>-dirty-<UTC time>`` for uncommitted changes (not reproducible from sha)."""
-    if not state.dirty:
-        return state.sha
-    now = now or datetime.now(UTC)
-    return f"{state.sha}-dirty-{now.strftime('%Y%m%d%H%M%S')}"
+def deployment_name(truss_dir: Path, config: dict[str, Any], now: datetime | None = None) -> str:
+    """HEAD's short sha, plus ``-dirty-<UTC time>`` when what a push uploads (the truss and its
+    external package dirs) differs from HEAD. CI reads the sha back from production's name."""
+    sha = _git(["rev-parse", "--short=10", "HEAD"], truss_dir).strip()
+    paths = [truss_dir.resolve()]
+    paths += [(truss_dir / p).resolve() for p in config.get("external_package_dirs") or []]
+    if not _git(["status", "--porcelain", "--", *map(str, paths)], truss_dir).strip():
+        return sha
+    return f"{sha}-dirty-{(now or datetime.now(UTC)).strftime('%Y%m%d%H%M%S')}"
 
 
 def find_truss_bin(explicit: str | None = None) -> str:
     """``--truss-bin``, ``$TRUSS_BIN``, the venv's truss next to this Python, or PATH's."""
-    candidates = [explicit, os.environ.get(TRUSS_BIN_ENV)]
-    for candidate in candidates:
-        if candidate:
-            return candidate
     beside = Path(sys.executable).parent / "truss"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("truss")
+    found = explicit or os.environ.get("TRUSS_BIN") or (beside.exists() and str(beside))
+    found = found or shutil.which("truss")
     if not found:
         raise ConfigError("no truss executable: run `make venv` or set TRUSS_BIN")
     return found
 
 
-def push_command(
-    truss_bin: str,
-    truss_dir: Path,
-    name: str,
-    timeout_s: int,
-    config_file: str | None = None,
-    team: str | None = None,
-) -> list[str]:
-    """The truss CLI call (flags as in truss 0.18.35's `truss push --help`)."""
-    cmd = [
-        truss_bin,
-        "push",
-        str(truss_dir),
-        "--output",
-        "json",
-        "--non-interactive",
-        "--deployment-name",
-        name,
-        "--wait",
-        "--timeout-seconds",
-        str(timeout_s),
-    ]
-    if config_file:
-        cmd += ["--config", config_file]
-    if team:
-        cmd += ["--team", team]
-    return cmd
-
-
-def truss_env(api_key: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The child's environment: ours plus truss's env-remote variables."""
-    env = dict(os.environ if base is None else base)
-    env[TRUSS_AUTH_REMOTE_URL_ENV] = (env.get(REMOTE_URL_ENV) or DEFAULT_REMOTE_URL).rstrip("/")
-    env[TRUSS_AUTH_API_KEY_ENV] = api_key
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
+def push_command(truss_bin: str, truss_dir: Path, name: str, config: str, team: str | None):
+    cmd = [truss_bin, "push", str(truss_dir), "--output", "json", "--non-interactive"]
+    cmd += ["--deployment-name", name]
+    if config != DEFAULT_CONFIG:
+        cmd += ["--config", str((truss_dir / config).resolve())]  # absolute: no base to guess
+    return cmd + (["--team", team] if team else [])
 
 
 def parse_push_output(stdout: str) -> dict[str, Any]:
-    """The last JSON object truss printed on stdout (it pretty-prints it over several lines)."""
-    decoder = json.JSONDecoder()
-    found: dict[str, Any] | None = None
-    index = stdout.find("{")
+    """The last JSON object truss printed on stdout (pretty-printed over several lines)."""
+    decoder, found, index = json.JSONDecoder(), None, stdout.find("{")
     while index != -1:
         try:
             value, end = decoder.raw_decode(stdout, index)
         except ValueError:
             index = stdout.find("{", index + 1)
             continue
-        if isinstance(value, dict):
-            found = value
+        found = value if isinstance(value, dict) else found
         index = stdout.find("{", end)
     if found is None:
-        raise PushError("truss push printed no JSON result on stdout")
+        raise PushError("truss push printed no JSON result on stdout; see its output above")
     return found
-
-
-def _forward(stream: IO[str], sink: IO[str], secret: str) -> None:
-    for line in stream:
-        sink.write(redact(line, secret))
-        sink.flush()
-
-
-def run_truss(cmd: Sequence[str], env: Mapping[str, str], secret: str) -> tuple[int, str]:
-    """Run truss, streaming its progress (stderr) through, returning (exit code, stdout)."""
-    proc = subprocess.Popen(
-        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env), text=True
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    forwarder = threading.Thread(
-        target=_forward, args=(proc.stderr, sys.stderr, secret), daemon=True
-    )
-    forwarder.start()
-    stdout = proc.stdout.read()
-    code = proc.wait()
-    forwarder.join(timeout=5)
-    return code, redact(stdout, secret)
-
-
-def _error_message(error: Any) -> str:
-    if not isinstance(error, dict):
-        return str(error)
-    message = str(error.get("message") or "unknown error")
-    deployment = error.get("deployment")
-    if isinstance(deployment, dict) and deployment.get("status"):
-        message += f" (deployment {deployment.get('id')} is {deployment['status']})"
-    if error.get("status_code"):
-        message += f" (HTTP {error['status_code']})"
-    return message
-
-
-def build_record(
-    result: Mapping[str, Any],
-    truss_dir: Path,
-    config: Mapping[str, Any],
-    name: str,
-    git: GitState | None,
-) -> DeploymentRecord:
-    try:
-        model_id = str(result["model_id"])
-        deployment_id = str(result["model_version_id"])
-        predict_url = str(result["predict_url"])
-    except KeyError as exc:
-        raise PushError(f"truss push result lacks {exc.args[0]}: {dict(result)}") from None
-    if result.get("is_draft"):
-        raise PushError("truss made a development deployment; a published one was expected")
-    deployment = result.get("deployment") or {}
-    base = websocket_base(predict_url)
-    return DeploymentRecord(
-        truss_dir=truss_dir.name,
-        model_name=config.get("model_name"),
-        model_id=model_id,
-        deployment_id=deployment_id,
-        deployment_name=name,
-        git_sha=git.sha if git else None,
-        dirty=git.dirty if git else False,
-        status=deployment.get("status"),
-        is_production=deployment.get("is_production"),
-        predict_url=predict_url,
-        logs_url=result.get("logs_url"),
-        deployment_ws_url=deployment_ws_url(base, deployment_id),
-        production_ws_url=environment_ws_url(base),
-        pushed_at=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-
-
-def default_record_path(truss_dir: Path) -> Path:
-    return Path.cwd() / f"deployment-{truss_dir.resolve().name}.json"
 
 
 def push(
     truss_dir: Path,
     *,
     api_key: str,
+    config: str = DEFAULT_CONFIG,
     name: str | None = None,
     truss_bin: str | None = None,
-    timeout_s: int = DEFAULT_WAIT_TIMEOUT_S,
-    config_file: str | None = None,
     team: str | None = None,
-    env: Mapping[str, str] | None = None,
+    timeout_s: float = UPLOAD_TIMEOUT_S,
 ) -> DeploymentRecord:
-    """Push and wait for the build; return the deployment record (not yet written)."""
-    config = truss_config(truss_dir)
-    git: GitState | None = None
-    if name is None:
-        git = git_state(truss_dir, config)
-        name = deployment_name(git)
-    else:
-        try:
-            git = git_state(truss_dir, config)
-        except ConfigError:
-            git = None  # an explicit name does not need a git checkout
-    team = team or (os.environ if env is None else env).get(TEAM_ENV) or None
-    cmd = push_command(find_truss_bin(truss_bin), truss_dir, name, timeout_s, config_file, team)
-    logger.info("truss push %s as deployment %s", truss_dir, name)
-    code, stdout = run_truss(cmd, truss_env(api_key, env), api_key)
+    """Upload and start the build; return the record (the build goes on at Baseten)."""
+    cfg = truss_config(truss_dir, config)
+    name = name or deployment_name(truss_dir, cfg)
+    team = team or os.environ.get(TEAM_ENV) or None
+    cmd = push_command(find_truss_bin(truss_bin), truss_dir, name, config, team)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", BASETEN_TRUSS_AUTH_API_KEY=api_key)
+    remote = env.get("BASETEN_REMOTE_URL") or "https://app.baseten.co"
+    env["BASETEN_TRUSS_AUTH_REMOTE_URL"] = remote.rstrip("/")
+    print(f"push: truss push {truss_dir} ({config}) as deployment {name}", file=sys.stderr)
     try:
-        result = parse_push_output(stdout)
-    except PushError:
-        raise PushError(
-            f"truss push exited {code} without a JSON result; see its output above"
-        ) from None
-    if "error" in result:
-        raise PushError(f"truss push failed: {_error_message(result['error'])}")
-    if code != 0:
-        raise PushError(f"truss push exited {code}")
-    return build_record(result, truss_dir, config, name, git)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("truss_dir", type=Path)
-    parser.add_argument(
-        "--record", type=Path, help="deployment record path (deployment-<truss>.json)"
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise PushError(f"truss push did not return within {timeout_s:.0f} s") from None
+    sys.stderr.write(redact(proc.stderr, api_key))
+    result = parse_push_output(redact(proc.stdout, api_key))
+    if "error" in result or proc.returncode != 0:
+        error = result.get("error") or {}
+        message = error.get("message") if isinstance(error, dict) else error
+        raise PushError(f"truss push failed (exit {proc.returncode}): {message or result}")
+    if result.get("is_draft"):
+        raise PushError("truss made a development deployment; a published one was expected")
+    try:
+        model_id, dep_id = str(result["model_id"]), str(result["model_version_id"])
+        base = websocket_base(str(result["predict_url"]))
+    except (KeyError, ValueError) as exc:
+        raise PushError(f"truss push result lacks {exc}: {result}") from None
+    return DeploymentRecord(
+        truss_dir=truss_dir.resolve().name,
+        model_name=cfg.get("model_name"),
+        model_id=model_id,
+        deployment_id=dep_id,
+        deployment_name=name,
+        predict_url=str(result["predict_url"]),
+        logs_url=result.get("logs_url"),
+        deployment_ws_url=deployment_ws_url(base, dep_id),
+        production_ws_url=environment_ws_url(base),
+        config=config,
+        pushed_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    parser.add_argument("--deployment-name", help="default: short git sha (+ -dirty-<time>)")
-    parser.add_argument("--config", help="another config file inside the truss (truss --config)")
-    parser.add_argument("--truss-bin", help="truss executable (default: the venv's)")
-    parser.add_argument("--team", help=f"Baseten team (default: ${TEAM_ENV})")
-    parser.add_argument("--timeout", type=int, default=DEFAULT_WAIT_TIMEOUT_S, help="build wait, s")
-    parser.add_argument("--json", action="store_true", help="print the record as JSON")
-    return parser
+
+
+def default_record_path(truss_dir: Path, config: str = DEFAULT_CONFIG) -> Path:
+    flavour = "" if config == DEFAULT_CONFIG else "-" + Path(config).stem
+    return Path.cwd() / f"deployment-{truss_dir.resolve().name}{flavour}.json"
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    args = build_parser().parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("truss_dir", type=Path)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="config file inside the truss")
+    parser.add_argument("--record", type=Path, help="default: deployment-<truss>.json")
+    parser.add_argument("--deployment-name", help="default: short git sha (+ -dirty-<time>)")
+    parser.add_argument("--truss-bin", help="truss executable (default: the venv's)")
+    parser.add_argument("--team", help=f"Baseten team (default: ${TEAM_ENV})")
+    parser.add_argument("--json", action="store_true", help="print the record as JSON")
+    args = parser.parse_args(argv)
     try:
-        key = api_key_from_env()
         record = push(
             args.truss_dir,
-            api_key=key,
+            api_key=api_key_from_env(),
+            config=args.config,
             name=args.deployment_name,
             truss_bin=args.truss_bin,
-            timeout_s=args.timeout,
-            config_file=args.config,
             team=args.team,
         )
     except ConfigError as exc:
@@ -348,15 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PushError, OSError) as exc:
         print(f"FAIL push {args.truss_dir}: {exc}", file=sys.stderr)
         return 1
-    path = args.record or default_record_path(args.truss_dir)
+    path = args.record or default_record_path(args.truss_dir, args.config)
     record.write(path)
-    if args.json:
-        print(json.dumps(asdict(record)))
-    else:
-        print(
-            f"OK pushed {record.model_name or record.truss_dir} as deployment "
-            f"{record.deployment_id} ({record.deployment_name}, {record.status}); record: {path}"
-        )
+    print(json.dumps(asdict(record)) if args.json else f"OK {record.deployment_id}; {path}")
     return 0
 
 
