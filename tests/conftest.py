@@ -10,7 +10,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from scripts.local.spawn import ADMISSION_OFF, DEFAULT_START_TIMEOUT_S, ServedTruss, serve_truss
+from scripts.local.spawn import (
+    ADMISSION_OFF,
+    DEFAULT_START_TIMEOUT_S,
+    TTS_ADMISSION_OFF,
+    ServedTruss,
+    serve_truss,
+)
 
 ECHO_TRUSS_DIR = "tests/fixtures/echo_truss"
 FAILING_TRUSS_DIR = "tests/fixtures/failing_truss"
@@ -49,7 +55,7 @@ def orpheus_server() -> Iterator[ServedTruss]:
         ORPHEUS_TRUSS_DIR,
         dummy_weights=True,
         start_timeout_s=START_TIMEOUT_S,
-        env=ADMISSION_OFF,
+        env=TTS_ADMISSION_OFF,
     ) as served:
         yield served
 
@@ -61,7 +67,7 @@ def orpheus_http_server() -> Iterator[ServedTruss]:
         ORPHEUS_TRUSS_DIR,
         dummy_weights=True,
         start_timeout_s=START_TIMEOUT_S,
-        env=ADMISSION_OFF,
+        env=TTS_ADMISSION_OFF,
         config="config_http.yaml",
     ) as served:
         yield served

@@ -20,3 +20,24 @@ def test_a_lagging_queue_refuses() -> None:
     assert a.check(active=0, queue_wait_s=0.4) is None
     refusal = a.check(active=0, queue_wait_s=0.8)
     assert refusal is not None and "0.8 s behind" in refusal.message
+
+
+def test_a_generation_waiting_for_first_audio_refuses() -> None:
+    a = Admission(AdmissionPolicy(capacity_sessions=100, max_first_audio_s=1.0))
+    assert a.check(active=3, queue_wait_s=0.0, first_audio_wait_s=0.9) is None
+    refusal = a.check(active=3, queue_wait_s=0.0, first_audio_wait_s=1.5)
+    assert refusal is not None and refusal.close_code == 1013
+    assert "waited 1.5 s for its first audio" in refusal.message
+
+
+def test_generation_slower_than_real_time_refuses_unless_unknown() -> None:
+    a = Admission(AdmissionPolicy(capacity_sessions=100, min_speed_x=1.0))
+    assert a.check(active=3, queue_wait_s=0.0, speed_x=1.4) is None
+    assert a.check(active=3, queue_wait_s=0.0, speed_x=None) is None  # nothing to tell yet
+    refusal = a.check(active=3, queue_wait_s=0.0, speed_x=0.8)
+    assert refusal is not None and "0.80x real time" in refusal.message
+
+
+def test_pace_signals_are_off_unless_set() -> None:
+    a = Admission(AdmissionPolicy(capacity_sessions=100))
+    assert a.check(active=3, queue_wait_s=0.0, first_audio_wait_s=60.0, speed_x=0.01) is None

@@ -162,6 +162,19 @@ async def test_closing_the_stream_aborts_engine_and_drops_queued_windows(runtime
     assert runtime.decoder.cancel_stream("cancel-me") == 0  # nothing of it left queued
 
 
+async def test_the_pace_tracks_each_generation_while_it_runs_and_forgets_it(runtime):
+    engine = ScriptedEngine(_frames(12), hang=True)
+    synth = Synthesizer(engine, runtime.tokenizer, runtime.decoder)
+    stream = synth.stream("x", "tara", SamplingParams(), "paced")
+    assert len(synth.pace) == 0  # nothing starts before the first read
+    await stream.__anext__()
+    assert len(synth.pace) == 1
+    # First audio came: no generation waits for it any more.
+    assert synth.pace.first_audio_wait_s(asyncio.get_running_loop().time() + 1e6) == 0.0
+    await stream.aclose()
+    assert len(synth.pace) == 0  # an aborted generation leaves no trace
+
+
 async def test_cancelled_consumer_aborts_engine(runtime):
     engine = ScriptedEngine(_frames(3), hang=True)
     synth = Synthesizer(engine, runtime.tokenizer, runtime.decoder)

@@ -12,7 +12,7 @@ from pydantic_core import PydanticUndefined
 
 from orpheus_tts.settings import OrpheusSettings, SessionLimits
 from scripts.local.serve import CPU_DEFAULTS, DUMMY_WEIGHTS_OVERRIDES
-from scripts.local.spawn import ADMISSION_OFF
+from scripts.local.spawn import ADMISSION_OFF, TTS_ADMISSION_OFF
 from speech_common.settings import TRUSS_KEYS
 from whisper_streaming.settings import WhisperSettings
 
@@ -71,7 +71,8 @@ def test_renamed_keys_point_at_settings() -> None:
     ("truss", "overrides"),
     [*((t, o) for t, o in CPU_DEFAULTS.items()),
      *((t, o) for t, o in DUMMY_WEIGHTS_OVERRIDES.items()),
-     *((t, ADMISSION_OFF) for t in SETTINGS)],
+     *((t, ADMISSION_OFF) for t in SETTINGS),
+     ("orpheus_tts_truss", TTS_ADMISSION_OFF)],
 )  # fmt: skip
 def test_tooling_overrides_are_current_settings_with_valid_values(truss, overrides) -> None:
     cls = SETTINGS[truss]

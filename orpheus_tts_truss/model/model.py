@@ -35,6 +35,8 @@ class _Orpheus:
             AdmissionPolicy(
                 capacity_sessions=settings.admission_capacity_sessions,
                 max_queue_wait_s=settings.admission_max_queue_wait_s,
+                max_first_audio_s=settings.admission_max_first_audio_s,
+                min_speed_x=settings.admission_min_speed_x,
             )
         )
         self._default_params = SamplingParams()
@@ -67,8 +69,17 @@ class _Orpheus:
         await session.run()
 
     def _admit(self, active: int) -> Any:
-        """None to admit one more session, else the 1013 error (SNAC is the shared bottleneck)."""
-        return self._admission.check(active, self._runtime.decoder.oldest_wait_s())
+        """None to admit one more session, else the 1013 error: the SNAC queue, the engine's
+        first audio and generation speed (orpheus_tts.pace), the capacity."""
+        import time
+
+        pace, now = self._runtime.synthesizer.pace, time.monotonic()
+        return self._admission.check(
+            active,
+            self._runtime.decoder.oldest_wait_s(),
+            pace.first_audio_wait_s(now),
+            pace.speed_x(now),
+        )
 
 
 class Model(_Orpheus):

@@ -255,7 +255,7 @@ def print_turns(turns: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def local_server(dummy_weights: bool) -> Iterator[Any]:
     """scripts/local/serve.py on a free port (the same runner the e2e tests use)."""
-    from scripts.local.spawn import ADMISSION_OFF, serve_truss
+    from scripts.local.spawn import TTS_ADMISSION_OFF, serve_truss
 
     timeout_s = float(os.environ.get("SERVE_START_TIMEOUT_S", 300))
     # Admission control off: the benchmark measures what happens past the knee.
@@ -263,7 +263,7 @@ def local_server(dummy_weights: bool) -> Iterator[Any]:
         "orpheus_tts_truss",
         dummy_weights=dummy_weights,
         start_timeout_s=timeout_s,
-        env=ADMISSION_OFF,
+        env=TTS_ADMISSION_OFF,
     ) as served:
         yield served
 

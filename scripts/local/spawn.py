@@ -40,6 +40,12 @@ ADMISSION_OFF = {
     "ADMISSION_CAPACITY_SESSIONS": "64",
     "ADMISSION_MAX_QUEUE_WAIT_S": "1000",
 }
+# The TTS truss's pace signals (orpheus_tts.pace) off as well.
+TTS_ADMISSION_OFF = {
+    **ADMISSION_OFF,
+    "ADMISSION_MAX_FIRST_AUDIO_S": "1000",
+    "ADMISSION_MIN_SPEED_X": "0",
+}
 
 
 def _die_with_parent() -> None:

@@ -67,9 +67,12 @@ class SessionLimits(Settings):
     # H100 sustains ~24 real-time streams, and most open sessions are idle between sentences.
     max_sessions: int = Field(64, ge=1)
     # Admission control (speech_common.admission): sessions one replica serves in time
-    # (benchmarked), and the SNAC queue wait beyond which new ones are refused.
+    # (benchmarked), the SNAC queue wait, the wait for a generation's first audio and the
+    # generations' speed (x real time, orpheus_tts.pace) beyond which new ones are refused.
     admission_capacity_sessions: int = Field(64, ge=1)
     admission_max_queue_wait_s: float = Field(0.5, gt=0)
+    admission_max_first_audio_s: float = Field(1.0, gt=0)
+    admission_min_speed_x: float = Field(1.0, ge=0)
     # "together" or "fish" for a gateway that drops query strings.
     dialect: Dialect = "auto"
 

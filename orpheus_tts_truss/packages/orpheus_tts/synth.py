@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 from orpheus_tts.engine import SamplingParams, TokenEngine
+from orpheus_tts.pace import GenerationPace
 from orpheus_tts.prompt import build_prompt_ids
 from orpheus_tts.snac_decoder import SnacDecodeService
 from orpheus_tts.snac_stream import WindowPlanner, WindowPolicy
@@ -75,6 +77,7 @@ class Synthesizer:
         self.tokenizer = tokenizer
         self.decoder = decoder
         self.policy = policy or WindowPolicy()
+        self.pace = GenerationPace()  # how the generations in flight keep up (admission)
 
     @staticmethod
     def max_tokens_for_text(text: str, client_max_tokens: int) -> int:
@@ -96,6 +99,7 @@ class Synthesizer:
         self, prompt_ids: list[int], params: SamplingParams, request_id: str, stats: GenerationStats
     ) -> AsyncIterator[bytes]:
         pending: asyncio.Queue = asyncio.Queue()
+        self.pace.started(request_id, time.monotonic())
         producer = asyncio.create_task(
             self._produce(prompt_ids, params, request_id, pending, stats),
             name=f"orpheus-gen-{request_id}",
@@ -109,6 +113,8 @@ class Synthesizer:
                 if isinstance(item, BaseException):
                     raise item
                 pcm = await item
+                if not stats.pcm_bytes and pcm:
+                    self.pace.first_audio(request_id, time.monotonic())
                 stats.pcm_bytes += len(pcm)
                 yield pcm
             await producer  # re-raises a producer failure
@@ -117,6 +123,7 @@ class Synthesizer:
             aborted = False  # failed, not cancelled: the engine ended the request itself
             raise
         finally:
+            self.pace.ended(request_id)
             still_generating = not producer.done()
             if still_generating:
                 producer.cancel()  # closes the engine stream → abort
@@ -157,6 +164,7 @@ class Synthesizer:
                     continue
                 stats.frames += 1
                 _FRAMES.inc()
+                self.pace.frame(request_id, time.monotonic())
                 for window in planner.push(frame):
                     stats.windows += 1
                     pending.put_nowait(self.decoder.submit(window, stream_id=request_id))
@@ -167,6 +175,7 @@ class Synthesizer:
             pending.put_nowait(exc)
             raise
         finally:
+            self.pace.produced(request_id, time.monotonic())
             await _aclose(tokens)
             stats.dropped_tokens = parser.stats.dropped_tokens + parser.stats.non_audio_tokens
             _BAD_TOKENS.inc(stats.dropped_tokens)
