@@ -5,7 +5,7 @@ CLIENTS_VENV := .venv-clients
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv venv-clients demo test test-fast lint image-check gpu-wheels gpu-check soak-whisper soak-orpheus serve-whisper serve-orpheus bench-stt bench-tts deploy-whisper deploy-orpheus clean
+.PHONY: venv venv-clients demo test test-fast lint image-check gpu-wheels gpu-check soak-whisper soak-orpheus serve-whisper serve-orpheus bench-stt bench-tts bench-capacity-whisper bench-capacity-orpheus deploy-whisper deploy-orpheus clean
 
 $(STAMP): requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,14 @@ bench-stt: venv
 
 bench-tts: venv
 	$(BIN)/python scripts/bench/tts.py --dummy-weights
+
+## The knee on this machine (most real-time sessions within <truss>/slo.yaml), written down:
+## scripts/local/cpu_standin.yaml without a GPU, config.yaml + autoscaling.yaml with one.
+bench-capacity-whisper: venv
+	$(BIN)/python scripts/bench/capacity.py whisper_streaming_truss --write
+
+bench-capacity-orpheus: venv
+	$(BIN)/python scripts/bench/capacity.py orpheus_tts_truss --dummy-weights --write
 
 deploy-whisper: venv
 	$(BIN)/python scripts/deploy/deploy.py whisper_streaming_truss

@@ -55,36 +55,21 @@ def embedded_whisper_dir() -> str:
 # --- Local overrides of model_metadata (env var = metadata key upper-cased, see
 # shared/speech_common/settings.py). Keyed by the truss directory's name. A variable the user
 # already set in the environment always wins.
-CPU_DEFAULTS: dict[str, dict[str, str]] = {
-    "whisper_streaming_truss": {
-        "WHISPER_MODEL": EMBEDDED_WHISPER,
-        "WHISPER_DEVICE": "cpu",
-        "WHISPER_COMPUTE_TYPE": "int8",
-        # A 10 s encoder window instead of 30 s: ~3x faster finals on a 2-core CPU with the same
-        # text on the bundled samples (see whisper_streaming/engine.py). One CTranslate2 thread:
-        # with two, OpenMP's spinning team fought the event loop and VAD for the 2 cores and
-        # single finals took 1.2-5 s instead of ~0.2 s under load (measured with serve.py).
-        "WHISPER_ENCODER_CONTEXT_S": "10",
-        "WHISPER_CPU_THREADS": "1",
-        # Real-time sessions of real speech whose finals stay on time on 2 cores
-        # (docs/benchmarks.md, "Admission"): the knee of scripts/bench/stt.py --corpus samples/real.
-        "ADMISSION_CAPACITY_SESSIONS": "4",
-    },
-    "orpheus_tts_truss": {
-        "ORPHEUS_ENGINE": "transformers",
-        "ORPHEUS_DEVICE": "cpu",
-        # Word timestamps on by default, as in production: the embedded tiny.en aligns here.
-        "ALIGNER_MODEL": EMBEDDED_WHISPER,
-        # SNAC on a 2-core CPU (bench_tts.py --dummy-weights, 1 and 4 sessions, RTF p50):
-        # hop 1 + batches 1.20 / 7.92; one window at a time 1.26 / 4.41; hop 2 0.90 / 4.44;
-        # hop 2 + one at a time 0.84 / 3.07. Batched convolutions lose on CPU, and hop 2 halves
-        # the redundant context decoded per output frame (first audio after 28 tokens, not 21).
-        "SNAC_MAX_BATCH": "1",
-        "SNAC_HOP_FRAMES": "2",
-        # Sessions with first audio p95 under 2 s on 2 cores with dummy weights (scripts/bench/soak.py).
-        "ADMISSION_CAPACITY_SESSIONS": "2",
-    },
-}
+CPU_STANDIN_FILE = Path(__file__).with_name("cpu_standin.yaml")
+
+
+def load_cpu_defaults(path: Path = CPU_STANDIN_FILE) -> dict[str, dict[str, str]]:
+    """The CPU stand-in's overrides (a data file), as environment variables per truss."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    return {
+        truss: {key.upper(): str(value) for key, value in (keys or {}).items()}
+        for truss, keys in data.items()
+    }
+
+
+CPU_DEFAULTS = load_cpu_defaults()
 DUMMY_WEIGHTS_OVERRIDES: dict[str, dict[str, str]] = {
     "orpheus_tts_truss": {"ORPHEUS_DUMMY_WEIGHTS": "1"},
 }
