@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soxr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from speech_common.audio import (
+    BYTES_PER_SAMPLE,
     AudioInput,
     Encoding,
     PcmDecoder,
@@ -101,6 +104,61 @@ def test_mulaw_decoder_any_frame_size() -> None:
 def test_unknown_encoding_rejected() -> None:
     with pytest.raises(ValueError):
         PcmDecoder("opus")  # type: ignore[arg-type]
+
+
+def test_every_encoding_has_a_sample_size() -> None:
+    assert set(BYTES_PER_SAMPLE) == set(Encoding)
+
+
+# -- pcm_f32le (Web Audio's Float32Array, WhisperLive's clients) ------------------------------
+def _random_f32(n: int) -> np.ndarray:
+    return np.random.default_rng(RNG_SEED).uniform(-1.0, 1.0, n).astype(np.float32)
+
+
+def test_f32le_in_range_is_exact_at_any_frame_boundary() -> None:
+    samples = _random_f32(300)
+    samples[:4] = [-1.0, 1.0, 0.0, -0.0]
+    data = samples.astype("<f4").tobytes()
+    np.testing.assert_array_equal(PcmDecoder(Encoding.PCM_F32LE).decode(data), samples)
+    for cuts in ([1, 2, 3, 5, 9, 10, 11], list(range(3, len(data), 7))):
+        decoder = PcmDecoder(Encoding.PCM_F32LE)
+        got = _decode_in_frames(decoder, data, cuts)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, samples)
+        assert decoder.pending_bytes == 0
+
+
+def test_f32le_split_sample_is_held_back() -> None:
+    decoder = PcmDecoder(Encoding.PCM_F32LE)
+    data = np.array([0.25, -0.5], "<f4").tobytes()
+    assert len(decoder.decode(data[:3])) == 0 and decoder.pending_bytes == 3
+    np.testing.assert_array_equal(decoder.decode(data[3:6]), [0.25])
+    assert decoder.pending_bytes == 2
+    np.testing.assert_array_equal(decoder.decode(data[6:]), [-0.5])
+
+
+def test_f32le_is_little_endian() -> None:
+    data = np.array([0.5], ">f4").tobytes()  # big-endian 0.5 read as little-endian: ~9e-44
+    assert abs(PcmDecoder(Encoding.PCM_F32LE).decode(data)[0]) < 1e-30
+
+
+def test_f32le_clips_out_of_range_and_neutralises_nan_and_inf() -> None:
+    values = [1.5, -2.0, 1e30, -1e30, np.inf, -np.inf, np.nan, -np.nan, 0.75, 1.0000001]
+    data = np.array(values, "<f4").tobytes()
+    got = PcmDecoder(Encoding.PCM_F32LE).decode(data)
+    np.testing.assert_array_equal(got, [1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 0.0, 0.0, 0.75, 1.0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=256), cuts=st.lists(st.integers(0, 256), max_size=8))
+def test_f32le_any_bytes_decode_to_bounded_finite_samples(data: bytes, cuts: list[int]) -> None:
+    """Whatever a client sends (NaN payloads, denormals, garbage), cut anywhere: no exception,
+    one sample per 4 bytes, every sample finite and within [-1, 1]."""
+    decoder = PcmDecoder(Encoding.PCM_F32LE)
+    got = _decode_in_frames(decoder, data, sorted(c for c in cuts if c <= len(data)))
+    assert len(got) == len(data) // 4 and decoder.pending_bytes == len(data) % 4
+    assert got.dtype == np.float32
+    assert np.all(np.isfinite(got)) and np.all(np.abs(got) <= 1.0)
 
 
 # -- G.711 mu-law -----------------------------------------------------------------------------
@@ -252,6 +310,25 @@ def test_audio_input_mulaw_8k() -> None:
     assert abs(len(got) - 8000) <= 2
     n = min(len(got), len(expected))
     assert np.max(np.abs(got[:n] - expected[:n])) < RESAMPLE_MATCH_TOL
+
+
+def test_audio_input_f32le_48k_matches_one_shot_and_survives_nan() -> None:
+    signal = _sine(48000, 1.0, amp=0.9)
+    audio_in = AudioInput(Encoding.PCM_F32LE, 48000, 16000)
+    data = signal.astype("<f4").tobytes()
+    got = np.concatenate(
+        [audio_in.feed(data[i : i + 1023]) for i in range(0, len(data), 1023)] + [audio_in.flush()]
+    )
+    expected = soxr.resample(signal, 48000, 16000)
+    assert abs(len(got) - 16000) <= 2
+    n = min(len(got), len(expected))
+    assert np.max(np.abs(got[:n] - expected[:n])) < RESAMPLE_MATCH_TOL
+    # NaN and inf in the stream: the resampler sees silence / full scale, never a NaN.
+    bad = np.full(4800, np.nan, np.float32)
+    bad[::2] = np.inf
+    audio_in = AudioInput(Encoding.PCM_F32LE, 48000, 16000)
+    out = np.concatenate([audio_in.feed(bad.astype("<f4").tobytes()), audio_in.flush()])
+    assert len(out) > 0 and np.all(np.isfinite(out))
 
 
 def test_audio_input_16k_is_exact() -> None:

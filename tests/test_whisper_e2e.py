@@ -160,6 +160,20 @@ def test_mulaw_8k_and_s16le_44k(whisper_server):
     assert result.finished and wer(ref["text"], result.transcript) <= 0.15, result.transcript
 
 
+def test_f32le_48k_from_a_browser_with_nan_and_clipping(whisper_server):
+    """Web Audio's Float32Array at 48 kHz, sent as is: a few NaN/inf/out-of-range samples (a
+    glitching capture) cost neither the session nor the words."""
+    audio48, ref = sample("order_en", rate=48000)
+    floats = audio48.astype(np.float32) / 32768.0
+    floats[:6] = [np.nan, np.inf, -np.inf, 3.0, -3.0, np.nan]
+    data = floats.astype("<f4").tobytes()
+    frames = [data[i : i + 4099] for i in range(0, len(data), 4099)]  # samples split across frames
+    meta = v1_metadata(sample_rate=48000, partials=False, encoding="pcm_f32le")
+    result = run(stream(whisper_server.ws_url, frames, meta, frame_s=0.0, realtime=False))
+    assert result.finished and not result.errors and result.close_code == 1000
+    assert wer(ref["text"], result.transcript) <= 0.15, result.transcript
+
+
 def test_silence_and_noise_produce_no_words(whisper_server):
     rng = np.random.default_rng(1)
     silence = np.zeros(16000 * 4, np.int16)

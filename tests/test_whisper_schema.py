@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 
+from speech_common.audio import Encoding
+from speech_common.driver import Close, Submit
+from speech_common.ws import CloseCode
+from whisper_streaming.protocol import CoreLimits, SttCore
 from whisper_streaming.schema import (
     ControlMessage,
     SegmentOut,
@@ -117,6 +122,51 @@ def test_partial_sections_default_the_rest() -> None:
 def test_json_round_trip_input() -> None:
     raw = json.loads(json.dumps({"streaming_vad_config": VAD, "streaming_params": STREAMING}))
     assert parse_metadata(raw).streaming.final_transcript_max_duration_s == 20.0
+
+
+# -- encodings ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", ["v1", "v2", "v3"])
+def test_f32le_parses_in_every_shape(shape: str) -> None:
+    streaming = {"encoding": "pcm_f32le", "sample_rate": 48000}
+    vad_key = "streaming_vad_config" if shape == "v3" else "vad_params"
+    section = "streaming_whisper_params" if shape == "v1" else "streaming_params"
+    cfg = parse_metadata({vad_key: VAD, section: streaming})
+    assert cfg.shape == shape
+    assert (cfg.streaming.encoding, cfg.streaming.sample_rate) == ("pcm_f32le", 48000)
+
+
+def _open_session(encoding: str) -> tuple[SttCore, list[Any]]:
+    core = SttCore(CoreLimits(), ["en"])
+    core.start(0.0)
+    return core, core.on_text(json.dumps({"streaming_params": {"encoding": encoding}}), 0.0)
+
+
+def test_the_encodings_a_session_accepts() -> None:
+    assert {e.value for e in Encoding} == {"pcm_s16le", "pcm_mulaw", "pcm_f32le"}
+    for encoding in Encoding:
+        core, commands = _open_session(encoding.value)
+        assert commands == [] and not core.done, encoding
+
+
+@pytest.mark.parametrize("encoding", ["opus", "PCM_F32LE", "pcm_f32be", "float32", ""])
+def test_other_encodings_are_refused_with_1003(encoding: str) -> None:
+    core, commands = _open_session(encoding)
+    (close,) = [c for c in commands if isinstance(c, Close)]
+    assert close.code == CloseCode.UNSUPPORTED_DATA and core.done
+    assert close.error.error_type == "unsupported_encoding"
+    assert "pcm_f32le" in str(close.error)  # the message lists what is accepted
+
+
+def test_f32le_nan_inf_and_out_of_range_frames_keep_the_session_open() -> None:
+    core, _ = _open_session("pcm_f32le")  # 16 kHz: one frame of 512 samples is one VAD window
+    frame = np.full(512, np.nan, "<f4")
+    frame[::3], frame[1::3] = np.inf, -5.0
+    commands = core.on_bytes(frame.tobytes(), 0.1)
+    assert not core.done and not [c for c in commands if isinstance(c, Close)]
+    (vad_job,) = [c for c in commands if isinstance(c, Submit)]
+    windows = vad_job.payload[1]
+    assert windows.shape == (1, 512)
+    assert np.all(np.isfinite(windows)) and np.all(np.abs(windows) <= 1.0)
 
 
 # -- rejections ---------------------------------------------------------------------------------

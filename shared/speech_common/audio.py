@@ -18,6 +18,12 @@ MULAW_CLIP = 32635
 class Encoding(StrEnum):
     PCM_S16LE = "pcm_s16le"
     PCM_MULAW = "pcm_mulaw"
+    # Little-endian float32 in [-1, 1]: what a browser's Web Audio (Float32Array) and
+    # WhisperLive's clients produce. Not in Baseten's published protocol; named like the TTS's.
+    PCM_F32LE = "pcm_f32le"
+
+
+BYTES_PER_SAMPLE = {Encoding.PCM_S16LE: 2, Encoding.PCM_MULAW: 1, Encoding.PCM_F32LE: 4}
 
 
 def _mulaw_decode_table() -> np.ndarray:
@@ -59,12 +65,21 @@ def float_to_s16le(samples: np.ndarray) -> bytes:
     return np.rint(clipped * S16_MAX).astype("<i2").tobytes()
 
 
+def f32le_to_float(data: bytes) -> np.ndarray:
+    """Little-endian float32 bytes -> float32 in [-1, 1]. A client's samples are not trusted:
+    beyond full scale they are clipped (as ``float_to_s16le`` clips), +/-inf become +/-1 and
+    NaN becomes 0 (silence): no value reaches the resampler, the VAD or Whisper unbounded."""
+    samples = np.frombuffer(data, dtype="<f4").astype(np.float32)  # native order, writable
+    np.nan_to_num(samples, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(samples, -1.0, 1.0, out=samples)
+
+
 class PcmDecoder:
     """Bytes in any frame size -> float32 samples; carries a split sample over to the next frame."""
 
     def __init__(self, encoding: Encoding) -> None:
         self.encoding = Encoding(encoding)
-        self._bytes_per_sample = 2 if self.encoding is Encoding.PCM_S16LE else 1
+        self._bytes_per_sample = BYTES_PER_SAMPLE[self.encoding]
         self._remainder = b""
 
     def decode(self, data: bytes) -> np.ndarray:
@@ -73,11 +88,11 @@ class PcmDecoder:
         usable = len(data) - len(data) % self._bytes_per_sample
         self._remainder = data[usable:]
         payload = data[:usable]
+        if self.encoding is Encoding.PCM_F32LE:
+            return f32le_to_float(payload)
         if self.encoding is Encoding.PCM_S16LE:
-            samples = np.frombuffer(payload, dtype="<i2")
-        else:
-            samples = mulaw_decode(payload)
-        return int16_to_float(samples)
+            return int16_to_float(np.frombuffer(payload, dtype="<i2"))
+        return int16_to_float(mulaw_decode(payload))
 
     @property
     def pending_bytes(self) -> int:

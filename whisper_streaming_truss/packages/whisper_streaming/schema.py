@@ -27,6 +27,8 @@ class VadParams(_Strict):
 
 
 class StreamingParams(_Strict):
+    # Any string parses; the session refuses a name that is not an ``Encoding`` (pcm_s16le and
+    # pcm_mulaw, Baseten's; pcm_f32le, ours) with unsupported_encoding, 1003 (protocol.py).
     encoding: str = Encoding.PCM_S16LE.value
     sample_rate: int = Field(DEFAULT_SAMPLE_RATE_HZ, ge=MIN_SAMPLE_RATE_HZ, le=MAX_SAMPLE_RATE_HZ)
     enable_partial_transcripts: bool = False
