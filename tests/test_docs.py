@@ -21,8 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # Pages whose paths and commands are not checked yet: docs/benchmarks.md names scripts that no
 # longer exist (bench_tts.py, bench_stt.py). Its owner fixes it; then it joins the others.
-UNCHECKED_PATH_PAGES = {"benchmarks.md"}
-PATH_PAGES = [p for p in PAGES if p.name not in UNCHECKED_PATH_PAGES]
 README_MAX_BYTES = 8 * 1024
 CODE_DIRS = [REPO / "shared", REPO / "whisper_streaming_truss", REPO / "orpheus_tts_truss"]
 
@@ -143,7 +141,7 @@ def test_links_exist(page: Path) -> None:
             assert (page.parent / target).exists(), f"{page.name}: dead link {target}"
 
 
-@pytest.mark.parametrize("page", PATH_PAGES, ids=lambda p: p.name)
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_paths_exist(page: Path) -> None:
     """Every repository path a page writes in backticks or code (`scripts/bench/stt.py`,
     `whisper_streaming/schema.py`, `config_http.yaml`, `tests/x.py::test_y`) exists."""
