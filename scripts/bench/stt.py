@@ -24,7 +24,7 @@ import os
 import platform
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,22 @@ class SessionStats:
     errors: int
     finals: list[str]  # each final's text
     refused: bool = False  # answered 1013 (admission control) at the handshake
+    # What went wrong, traceably: each error frame's body (error_type, message, ...) and how
+    # the server closed the socket.
+    error_frames: list[dict] = field(default_factory=list)
+    close_code: int | None = None
+    close_reason: str = ""
+
+    def outcome(self) -> dict:
+        """This session's ending, for the JSON report."""
+        return {
+            "file": self.file,
+            "refused": self.refused,
+            "finished": self.finished,
+            "close_code": self.close_code,
+            "close_reason": self.close_reason,
+            "errors": [frame.get("body", frame) for frame in self.error_frames],
+        }
 
 
 def speech_regions(samples: np.ndarray) -> list[tuple[float, float]]:
@@ -97,9 +113,21 @@ async def one_session(url: str, name: str, api_key: str | None, delay_s: float) 
     try:
         return await _one_session(url, name, api_key, delay_s)
     except websockets.ConnectionClosed as exc:
+        # The refusal closed the socket before the metadata frame went out.
         if exc.rcvd is None or exc.rcvd.code != TRY_AGAIN_LATER:
             raise
-        return SessionStats(name, [], None, "", False, 0, [], refused=True)
+        return SessionStats(
+            name,
+            [],
+            None,
+            "",
+            False,
+            0,
+            [],
+            refused=True,
+            close_code=exc.rcvd.code,
+            close_reason=exc.rcvd.reason,
+        )
 
 
 async def _one_session(url: str, name: str, api_key: str | None, delay_s: float) -> SessionStats:
@@ -117,6 +145,20 @@ async def _one_session(url: str, name: str, api_key: str | None, delay_s: float)
     finals = [
         (t, m) for t, m in result.arrivals if m.get("type") == "transcription" and m["is_final"]
     ]
+    if result.refused:  # the metadata went out before the refusal came in
+        return SessionStats(
+            name,
+            [],
+            None,
+            "",
+            False,
+            0,
+            [],
+            refused=True,
+            error_frames=result.errors,
+            close_code=result.close_code,
+            close_reason=result.close_reason,
+        )
     first_partial = None
     if result.first_partial_s is not None and regions:
         first_partial = result.first_partial_s - regions[0][0]
@@ -128,6 +170,9 @@ async def _one_session(url: str, name: str, api_key: str | None, delay_s: float)
         result.finished,
         len(result.errors),
         [m["transcript"] for _, m in finals],
+        error_frames=result.errors,
+        close_code=result.close_code,
+        close_reason=result.close_reason,
     )
 
 
@@ -177,6 +222,7 @@ async def run_level(
 def summarise(
     n: int, stats: list[SessionStats], refs: dict[str, str], offline: dict[str, str] | None
 ) -> dict:
+    all_stats = stats
     refused = sum(s.refused for s in stats)
     stats = [s for s in stats if not s.refused]  # what admitted sessions got
     lat = [x for s in stats for x in s.final_latencies_s]
@@ -188,22 +234,40 @@ def summarise(
         "final_latency_p50_s": pct(lat, 50),
         "final_latency_p95_s": pct(lat, 95),
         "first_partial_p50_s": pct(first, 50),
-        "wer_vs_reference": wer([refs[s.file] for s in stats], [s.transcript for s in stats]),
+        # None when every session was refused (nothing to score).
+        "wer_vs_reference": _wer([refs[s.file] for s in stats], [s.transcript for s in stats]),
         "unfinished_sessions": sum(not s.finished for s in stats),
         "transcripts": {s.file: s.transcript for s in stats},
         "errors": sum(s.errors for s in stats),
+        # Each admitted session's error frames and close, so a failure can be traced.
+        "error_types": _count(
+            str(e.get("error_type")) for s in stats for e in s.outcome()["errors"]
+        ),
+        "close_codes": _count(str(s.close_code) for s in stats),
+        "sessions_detail": [s.outcome() for s in all_stats],
         # Finals that hold a phrase of >= 3 words twice where the reference does not.
         "finals_repeating_a_phrase": sum(
             bool(repeated_phrases(text, refs[s.file])) for s in stats for text in s.finals
         ),
     }
-    if offline is not None:
+    if offline is not None and stats:
         # The offline baseline on exactly the files these sessions streamed (same weights).
         row["offline_wer_vs_reference"] = wer(
             [refs[s.file] for s in stats], [offline[s.file] for s in stats]
         )
         row["wer_vs_offline"] = wer([offline[s.file] for s in stats], [s.transcript for s in stats])
     return row
+
+
+def _wer(references: list[str], hypotheses: list[str]) -> float | None:
+    return wer(references, hypotheses) if references else None
+
+
+def _count(values) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
 
 
 def on_time(row: dict) -> bool:
@@ -219,7 +283,9 @@ def on_time(row: dict) -> bool:
 
 def table(rows: list[dict], offline_wer: float | None) -> str:
     def f(v, scale=1000.0, unit="ms"):
-        return "–" if v is None else f"{v * scale:.0f} {unit}"
+        if v is None:
+            return "–"
+        return f"{v * scale:.1f} {unit}" if unit == "%" else f"{v * scale:.0f} {unit}"
 
     lines = [
         "| sessions | refused (1013) | final p50 | final p95 | first partial p50 | streaming WER | offline WER (same files) | streamed vs offline text | finals repeating a phrase |",
@@ -239,7 +305,7 @@ def table(rows: list[dict], offline_wer: float | None) -> str:
         lines.append(
             f"| {r['sessions']} | {r['refused']} | {f(r['final_latency_p50_s'])} | "
             f"{f(r['final_latency_p95_s'])} | "
-            f"{f(r['first_partial_p50_s'])} | {r['wer_vs_reference'] * 100:.1f} % | "
+            f"{f(r['first_partial_p50_s'])} | {f(r['wer_vs_reference'], 100, '%')} | "
             f"{vs_offline} | {r['finals_repeating_a_phrase']} |"
         )
     if offline_wer is not None:
@@ -247,6 +313,21 @@ def table(rows: list[dict], offline_wer: float | None) -> str:
             f"\nOffline faster-whisper (same model, whole files) WER vs reference: {offline_wer * 100:.1f} %"
         )
     return "\n".join(lines)
+
+
+def failed_sessions(rows: list[dict]) -> list[str]:
+    """One line per admitted session that got an error frame or did not close normally."""
+    lines = []
+    for r in rows:
+        for d in r["sessions_detail"]:
+            if d["refused"] or (not d["errors"] and d["close_code"] == CloseCode.NORMAL):
+                continue
+            errors = "; ".join(f"{e.get('error_type')}: {e.get('message')}" for e in d["errors"])
+            lines.append(
+                f"  N={r['sessions']} {d['file']}: close {d['close_code']} "
+                f"{d['close_reason']!r}, finished={d['finished']}, errors [{errors}]"
+            )
+    return lines
 
 
 def main() -> None:
@@ -342,6 +423,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print("\n" + table(rows, offline_wer))
+    failures = failed_sessions(rows)
+    if failures:
+        print("\nadmitted sessions that got an error frame or an abnormal close:")
+        print("\n".join(failures))
     print(
         f"\nlargest N with p95 final latency < {CAPACITY_P95_S:.0f} s: {report['max_sessions_p95_under_1s']}"
     )

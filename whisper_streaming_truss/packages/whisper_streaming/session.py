@@ -73,6 +73,9 @@ class StreamingSession:
             None if self.gate.try_enter() else self.gate.full_error()
         )
         if refusal is not None:
+            # Refused after the socket was accepted (Truss accepts before the model sees it): a
+            # client may have sent its metadata already and reads this error frame and 1013.
+            logger.info("session %s refused: %s", self.id, refusal.message)
             metrics.SESSION_ERRORS.labels(refusal.error_type).inc()
             metrics.SESSIONS_REFUSED.inc()
             await send_error_and_close(self.ws, refusal)
