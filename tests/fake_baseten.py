@@ -1,9 +1,10 @@
 """A local fake of Baseten's management REST API: a real HTTP server on 127.0.0.1.
 
-It implements the endpoints scripts/deploy/baseten_api.py calls (paths and body fields as in the published
+It implements the endpoints scripts/deploy/ calls (paths and body fields as in the published
 OpenAPI, see tests/fixtures/baseten_management_api_subset.json), deployment status transitions,
-promotions that ramp over several polls and may fail, asynchronous autoscaling updates, auth, and
-injected failures (429 with a Retry-After hint, 5xx).
+promotions that ramp over several polls and may fail (refused for a deployment that does not
+serve, or while another runs), asynchronous autoscaling updates, auth, and injected failures (429
+with a Retry-After hint, 5xx).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ DEFAULT_AUTOSCALING = {
 # (method, OpenAPI path template) for every route served; tests check them against the spec.
 ROUTES: list[tuple[str, str]] = [
     ("GET", "/v1/models/{model_id}/deployments/{deployment_id}"),
-    ("POST", "/v1/models/{model_id}/deployments/{deployment_id}/promote"),
+    ("POST", "/v1/models/{model_id}/environments/{env_name}/promote"),
     ("GET", "/v1/models/{model_id}/environments/{env_name}"),
     ("PATCH", "/v1/models/{model_id}/environments/{env_name}"),
     ("GET", "/v1/secrets"),
@@ -287,17 +288,27 @@ class FakeBaseten:
         dep.advance()
         return 200, {}, payload
 
-    def _promote(self, body: Any, model_id: str, deployment_id: str):
-        if not isinstance(body, dict) or set(body) - set(SCHEMAS["PromoteRequestV1"]):
+    def _promote(self, body: Any, model_id: str, env_name: str):
+        schema = SCHEMAS["PromoteToEnvironmentRequestV1"]
+        if not isinstance(body, dict) or set(body) - set(schema) or "deployment_id" not in body:
             return 400, {}, {"error": f"invalid promote body {body!r}"}
+        deployment_id = body["deployment_id"]
         dep = self.deployments.get((model_id, deployment_id))
         if dep is None:
             return 404, {}, {"error": "deployment not found"}
         if dep.status not in ("ACTIVE", "SCALED_TO_ZERO"):
             return 400, {}, {"error": f"cannot promote a deployment that is {dep.status}"}
         env = self.environments.setdefault(
-            (model_id, "production"), FakeEnvironment(model_id, "production")
+            (model_id, env_name), FakeEnvironment(model_id, env_name)
         )
+        running = (env.promotion or {}).get("status") not in (
+            None,
+            "SUCCEEDED",
+            "FAILED",
+            "CANCELED",
+        )
+        if running:
+            return 409, {}, {"error": "a promotion is already in progress"}
         target = deployment_id
         if self.redeploy_on_promotion:
             target = f"{deployment_id}-copy"
@@ -306,7 +317,7 @@ class FakeBaseten:
         env.promotion = {"status": "RELEASING", "percent_traffic_to_new_version": 0}
         env.polls_left = self.promotion_polls
         env.outcome = self.promotion_outcome
-        env.scale_down_previous = bool(body.get("scale_down_previous_production", True))
+        env.scale_down_previous = bool(body.get("scale_down_previous_deployment", True))
         return 200, {}, self._deployment_json(self.deployments[(model_id, target)])
 
     def _get_environment(self, body: Any, model_id: str, env_name: str):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from scripts.deploy import baseten_api as api
+from scripts.deploy import promote as pr
 from tests.fake_baseten import ROUTES, SUBSET, FakeBaseten
 
 MODEL = "m1"
+PROMOTE = f"/v1/models/{MODEL}/environments/production/promote"
 
 
 class SleepRecorder:
@@ -25,7 +27,9 @@ def fake():
 
 
 def client_for(fake: FakeBaseten, sleep=None, key: str | None = None) -> api.ManagementClient:
-    return api.ManagementClient(key or fake.api_key, fake.url, sleep=sleep or SleepRecorder())
+    client = api.ManagementClient(key or fake.api_key, fake.url)
+    client.sleep = sleep or SleepRecorder()
+    return client
 
 
 def test_fake_routes_exist_in_published_spec():
@@ -37,51 +41,46 @@ def test_fake_routes_exist_in_published_spec():
     assert {(m.upper(), p) for p, ms in spec_paths.items() for m in ms} == served
 
 
-def test_status_sets_partition_the_published_enum():
+def test_status_sets_are_published_and_unhealthy_is_waited_out():
     published = set(SUBSET["schemas"]["DeploymentStatusV1"])
-    groups = [
-        api.PENDING_STATUSES,
-        api.FAILED_STATUSES,
-        api.RECOVERABLE_STATUSES,
-        {api.ACTIVE_STATUS, api.SCALED_TO_ZERO_STATUS},
-    ]
-    assert set().union(*groups) == published
-    assert sum(len(g) for g in groups) == len(published)  # disjoint
+    assert api.READY_STATUSES | api.FAILED_STATUSES <= published
+    assert not api.READY_STATUSES & api.FAILED_STATUSES
+    # Neither ready nor failed: waited out (truss push --wait gives up at the first UNHEALTHY).
+    assert {"UNHEALTHY", "BUILDING", "LOADING_MODEL"} <= published - api.FAILED_STATUSES
 
 
 def test_promotion_statuses_and_fields_are_published():
     promotion = set(SUBSET["schemas"]["InProgressPromotionV1"])
     assert {"status", "percent_traffic_to_new_version", "error_message"} <= promotion
     statuses = set(SUBSET["schemas"]["InProgressPromotionStatusV1"])
-    assert api.PROMOTION_FAILED_STATUSES | {api.PROMOTION_SUCCEEDED_STATUS} <= statuses
-    assert set(api.AUTOSCALING_FIELDS) <= set(SUBSET["schemas"]["UpdateAutoscalingSettingsV1"])
+    assert api.PROMOTION_FAILED_STATUSES | {"SUCCEEDED"} <= statuses
+    fields = {*pr.AUTOSCALING_REQUIRED, *pr.AUTOSCALING_OPTIONAL}
+    assert fields <= set(SUBSET["schemas"]["UpdateAutoscalingSettingsV1"])
 
 
-def test_get_deployment_sends_api_key_header_and_follows_statuses(fake):
-    fake.add_deployment(MODEL, "d1", ["BUILDING", "LOADING_MODEL", "ACTIVE"])
-    seen: list[str] = []
-    with client_for(fake) as client:
-        dep = client.wait_for_deployment(
-            MODEL, "d1", timeout_s=60, poll_interval_s=0, on_status=seen.append
-        )
-    assert dep["status"] == "ACTIVE"
-    assert seen == ["BUILDING", "LOADING_MODEL", "ACTIVE"]
-    assert set(SUBSET["schemas"]["DeploymentV1_required"]) <= set(dep)
-
-
-def test_wait_for_deployment_raises_on_failed_status(fake):
-    fake.add_deployment(MODEL, "d1", ["BUILDING", "BUILD_FAILED"])
-    with client_for(fake) as client, pytest.raises(api.DeploymentFailedError, match="BUILD_FAILED"):
-        client.wait_for_deployment(MODEL, "d1", timeout_s=60, poll_interval_s=0)
-
-
-def test_wait_for_deployment_times_out(fake):
+def test_get_deployment_sends_api_key_header(fake):
     fake.add_deployment(MODEL, "d1", ["BUILDING"])
-    ticks = iter(range(100))
-    with client_for(fake) as client, pytest.raises(api.WaitTimeoutError, match="BUILDING"):
-        client.wait_for_deployment(
-            MODEL, "d1", timeout_s=3, poll_interval_s=0, clock=lambda: float(next(ticks))
-        )
+    with client_for(fake) as client:
+        dep = client.deployment(MODEL, "d1")
+    assert dep["status"] == "BUILDING"
+    assert set(SUBSET["schemas"]["DeploymentV1_required"]) <= set(dep)
+    with (
+        client_for(fake, key="wrong-secret-key") as client,
+        pytest.raises(api.BasetenApiError) as e,
+    ):
+        client.deployment(MODEL, "d1")
+    assert e.value.status_code == 401 and "wrong-secret-key" not in str(e.value)
+
+
+def test_production_is_none_before_the_first_deployment(fake):
+    with client_for(fake) as client:
+        assert client.production(MODEL) is None
+    fake.add_deployment(MODEL, "d1")
+    fake.set_production(MODEL, "d1")
+    with client_for(fake) as client:
+        environment = client.production(MODEL)
+    assert set(SUBSET["schemas"]["EnvironmentV1_required"]) <= set(environment)
+    assert pr.current_id(environment) == "d1"
 
 
 def test_429_honours_retry_after_seconds(fake):
@@ -89,7 +88,7 @@ def test_429_honours_retry_after_seconds(fake):
     fake.inject(429, times=2, retry_after="7")
     sleep = SleepRecorder()
     with client_for(fake, sleep) as client:
-        assert client.get_deployment(MODEL, "d1")["id"] == "d1"
+        assert client.deployment(MODEL, "d1")["id"] == "d1"
     assert sleep.calls == [7.0, 7.0]
 
 
@@ -98,19 +97,20 @@ def test_429_without_hint_backs_off_exponentially(fake):
     fake.inject(429, times=3)
     sleep = SleepRecorder()
     with client_for(fake, sleep) as client:
-        client.get_deployment(MODEL, "d1")
+        client.deployment(MODEL, "d1")
     assert sleep.calls == [1.0, 2.0, 4.0]
 
 
 def test_429_is_retried_for_post_but_5xx_is_not(fake):
     fake.add_deployment(MODEL, "d1")
     fake.set_production(MODEL, None)
+    body = {"deployment_id": "d1"}
     fake.inject(429, retry_after="0", method="POST")
     with client_for(fake) as client:
-        assert client.promote(MODEL, "d1")["id"] == "d1"
+        assert client.call("POST", PROMOTE, body)["id"] == "d1"
     fake.inject(503, method="POST")
     with client_for(fake) as client, pytest.raises(api.BasetenApiError) as info:
-        client.promote(MODEL, "d1")
+        client.call("POST", PROMOTE, body)
     assert info.value.status_code == 503
     assert len(fake.calls("POST")) == 3  # 429 + retry, then the single 503
 
@@ -118,45 +118,23 @@ def test_429_is_retried_for_post_but_5xx_is_not(fake):
 def test_retries_give_up_after_max_attempts(fake):
     fake.add_deployment(MODEL, "d1")
     fake.inject(429, times=20, retry_after="0")
-    client = api.ManagementClient(fake.api_key, fake.url, sleep=SleepRecorder(), max_attempts=3)
-    with client, pytest.raises(api.BasetenApiError, match="HTTP 429"):
-        client.get_deployment(MODEL, "d1")
-    assert len(fake.calls("GET")) == 3
+    with client_for(fake) as client, pytest.raises(api.BasetenApiError, match="HTTP 429"):
+        client.deployment(MODEL, "d1")
+    assert len(fake.calls("GET")) == api.MAX_ATTEMPTS
 
 
-def test_wrong_key_is_a_clear_401_without_echoing_the_key(fake):
-    fake.add_deployment(MODEL, "d1")
-    with (
-        client_for(fake, key="wrong-secret-key") as client,
-        pytest.raises(api.BasetenApiError) as info,
-    ):
-        client.get_deployment(MODEL, "d1")
-    assert info.value.status_code == 401
-    assert "wrong-secret-key" not in str(info.value)
-
-
-def test_env_settings():
-    assert api.api_base_url({}) == "https://api.baseten.co"
-    assert api.api_base_url({"BASETEN_API_URL": "http://127.0.0.1:9/"}) == "http://127.0.0.1:9"
+def test_env_settings(monkeypatch):
+    monkeypatch.delenv("BASETEN_API_URL", raising=False)
+    with api.ManagementClient("k") as client:
+        assert str(client.base_url) == "https://api.baseten.co"
+    monkeypatch.setenv("BASETEN_API_URL", "http://127.0.0.1:9/")
+    with api.ManagementClient("k") as client:
+        assert str(client.base_url) == "http://127.0.0.1:9"
+    monkeypatch.delenv("BASETEN_API_KEY", raising=False)
     with pytest.raises(api.ConfigError, match="BASETEN_API_KEY"):
-        api.api_key_from_env({})
-    assert api.api_key_from_env({"BASETEN_API_KEY": " k "}) == "k"
-
-
-def test_websocket_urls_from_predict_url():
-    base = api.websocket_base("https://model-abc.api.baseten.co/deployment/q1/predict")
-    assert base == "wss://model-abc.api.baseten.co"
-    assert (
-        api.deployment_ws_url(base, "q1")
-        == "wss://model-abc.api.baseten.co/deployment/q1/websocket"
-    )
-    assert (
-        api.environment_ws_url(base)
-        == "wss://model-abc.api.baseten.co/environments/production/websocket"
-    )
-    assert api.websocket_base("http://127.0.0.1:8080/x") == "ws://127.0.0.1:8080"
-    with pytest.raises(ValueError):
-        api.websocket_base("ftp://x")
+        api.api_key_from_env()
+    monkeypatch.setenv("BASETEN_API_KEY", " k ")
+    assert api.api_key_from_env() == "k"
 
 
 def test_redact():
@@ -164,10 +142,12 @@ def test_redact():
     assert api.redact("nothing", "") == "nothing"
 
 
-def test_list_secret_names(fake):
+def test_secret_names_and_models(fake):
     fake.secrets = {"hf_access_token", "other"}
+    fake.models = {MODEL: "whisper-streaming"}
     with client_for(fake) as client:
-        assert client.list_secret_names() == {"hf_access_token", "other"}
+        assert client.secret_names() == {"hf_access_token", "other"}
+        assert client.model_ids() == {"whisper-streaming": MODEL}
     assert set(SUBSET["schemas"]["SecretV1"]) >= {"name"}
 
 
@@ -176,55 +156,21 @@ def test_team_secrets_come_from_the_team_scoped_endpoint(fake):
     fake.teams = {"t-1": "Default Team", "t-2": "Speech"}
     fake.team_secrets = {"t-2": {"hf_access_token"}}
     with client_for(fake) as client:
-        assert client.list_secret_names(team="Speech") == {"hf_access_token"}
-        assert client.list_secret_names(team="t-2") == {"hf_access_token"}  # an id works too
+        assert client.secret_names(team="Speech") == {"hf_access_token"}
+        assert client.secret_names(team="t-2") == {"hf_access_token"}  # an id works too
         with pytest.raises(api.ConfigError, match="no team 'Nope'.*Default Team, Speech"):
-            client.list_secret_names(team="Nope")
+            client.secret_names(team="Nope")
     paths = [path for _, path, _ in fake.calls("GET")]
     assert "/v1/teams/t-2/secrets" in paths and "/v1/secrets" not in paths
     assert set(SUBSET["schemas"]["TeamV1_required"]) >= {"id", "name"}
 
 
-def test_unhealthy_is_waited_out_until_active(fake):
-    fake.add_deployment(MODEL, "d1", ["LOADING_MODEL", "UNHEALTHY", "UNHEALTHY", "ACTIVE"])
-    seen: list[str] = []
-    with client_for(fake) as client:
-        dep = client.wait_for_deployment(
-            MODEL, "d1", timeout_s=60, poll_interval_s=0, on_status=seen.append
-        )
-    assert dep["status"] == "ACTIVE" and seen == ["LOADING_MODEL", "UNHEALTHY", "ACTIVE"]
-
-
-def test_deployment_autoscaling_update(fake):
-    fake.add_deployment(MODEL, "d1")
-    with client_for(fake) as client:
-        answer = client.update_deployment_autoscaling(MODEL, "d1", {"min_replica": 0})
-    assert answer["status"] == "ACCEPTED"
-    assert fake.deployments[(MODEL, "d1")].autoscaling["min_replica"] == 0
-
-
-def test_list_models_and_deactivate(fake):
-    fake.models = {MODEL: "whisper-streaming"}
-    fake.add_deployment(MODEL, "d1")
-    with client_for(fake) as client:
-        assert [m["name"] for m in client.list_models()] == ["whisper-streaming"]
-        client.deactivate(MODEL, "d1")
-    assert fake.deployments[(MODEL, "d1")].status == "INACTIVE"
-
-
-def test_poll_until_returns_the_answer_or_times_out():
+def test_poll_returns_the_answer_or_times_out(fake):
     answers = iter([None, None, "done"])
-    assert (
-        api.poll_until(
-            lambda: next(answers),
-            timeout_s=9,
-            interval_s=0,
-            timeout_message=lambda: "x",
-            sleep=lambda s: None,
-        )
-        == "done"
-    )
-    ticks = iter(range(10))
-    with pytest.raises(api.WaitTimeoutError, match="late"):
-        api.poll_until(lambda: None, timeout_s=2, interval_s=1, timeout_message=lambda: "late",
-                       sleep=lambda s: None, clock=lambda: float(next(ticks)))  # fmt: skip
+    sleep = SleepRecorder()
+    with client_for(fake, sleep) as client:
+        client.poll_interval_s = 3
+        assert client.poll(lambda: next(answers), 60, "x") == "done"
+        assert sleep.calls == [3, 3]
+        with pytest.raises(api.WaitTimeoutError, match="late"):
+            client.poll(lambda: None, 0, "late")

@@ -12,19 +12,17 @@ import pytest
 import yaml
 
 from scripts.deploy import promote as pr
-from scripts.deploy.baseten_api import (
-    ConfigError,
-    DeploymentFailedError,
-    ManagementClient,
-    WaitTimeoutError,
-)
+from scripts.deploy.baseten_api import ConfigError, DeployError, ManagementClient, WaitTimeoutError
 from tests.fake_baseten import DEFAULT_AUTOSCALING, FakeBaseten
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "m1"
-SETTINGS = pr.AutoscalingSettings(
-    min_replica=1, max_replica=3, concurrency_target=12, target_utilization_percentage=75
-)
+SETTINGS = {
+    "min_replica": 1,
+    "max_replica": 3,
+    "concurrency_target": 12,
+    "target_utilization_percentage": 75,
+}
 
 
 @pytest.fixture
@@ -35,13 +33,11 @@ def fake():
 
 @pytest.fixture
 def client(fake):
-    with ManagementClient(fake.api_key, fake.url, sleep=lambda s: None) as c:
+    with ManagementClient(fake.api_key, fake.url, poll_interval_s=0) as c:
         yield c
 
 
 def run_promote(client, deployment_id="new", **kwargs):
-    kwargs.setdefault("poll_interval_s", 0)
-    kwargs.setdefault("sleep", lambda s: None)
     return pr.promote(client, MODEL, deployment_id, **kwargs)
 
 
@@ -55,75 +51,84 @@ def two(fake):
 
 def test_promotes_with_its_own_instance_type_waits_and_applies_autoscaling(two, client):
     result = run_promote(client, autoscaling=SETTINGS)
-    assert result.promoted and result.production_deployment_id == "new"
-    assert result.previous_deployment_id == "old"
+    assert result["promoted"] and result["production_deployment_id"] == "new"
+    assert result["previous_deployment_id"] == "old"
     assert two.production(MODEL).current == "new"
-    ((_, _, body),) = two.calls("POST", "/promote")
+    ((_, path, body),) = two.calls("POST", "/promote")
+    assert path == f"/v1/models/{MODEL}/environments/production/promote"  # environment promotion
     # The instance type follows the deployment's config `resources`, not the old production's.
-    assert body == {"scale_down_previous_production": True, "preserve_env_instance_type": False}
+    assert body == {
+        "deployment_id": "new",
+        "scale_down_previous_deployment": True,
+        "preserve_env_instance_type": False,
+    }
+    assert two.deployments[(MODEL, "old")].status == "SCALED_TO_ZERO"
     assert two.production(MODEL).autoscaling["concurrency_target"] == 12
     assert len(two.calls("GET", "/environments/production")) >= 3  # the ramp was followed
 
 
-def test_keep_previous_and_preserve_instance_type_reach_the_body(two, client):
-    run_promote(client, scale_down_previous=False, preserve_env_instance_type=True)
+def test_keep_previous_reaches_the_body(two, client):
+    run_promote(client, keep_previous=True)
     ((_, _, body),) = two.calls("POST", "/promote")
-    assert body == {"scale_down_previous_production": False, "preserve_env_instance_type": True}
+    assert body["scale_down_previous_deployment"] is False
+    assert two.deployments[(MODEL, "old")].status == "ACTIVE"
 
 
 def test_already_production_skips_the_promote_call(two, client):
     result = run_promote(client, "old", autoscaling=SETTINGS)
-    assert not result.promoted and two.calls("POST") == []
+    assert not result["promoted"] and two.calls("POST") == []
     assert two.production(MODEL).autoscaling["concurrency_target"] == 12
 
 
 def test_redeploy_on_promotion_confirms_the_copy(two, client):
     two.redeploy_on_promotion = True
-    assert run_promote(client).production_deployment_id == "new-copy"
+    assert run_promote(client)["production_deployment_id"] == "new-copy"
 
 
 def test_failed_promotion_leaves_production_and_explains(two, client):
     two.promotion_outcome = "FAILED"
-    with pytest.raises(pr.PromotionError, match="replicas failed health checks"):
+    with pytest.raises(DeployError, match="replicas failed health checks"):
         run_promote(client)
     assert two.production(MODEL).current == "old"
 
 
 @pytest.mark.parametrize("status", ["BUILD_FAILED", "BUILDING", "UNHEALTHY"])
-def test_refuses_deployments_that_are_not_serving(two, client, status):
+def test_baseten_refuses_deployments_that_are_not_serving(two, client, status):
     two.add_deployment(MODEL, "new", [status])
-    with pytest.raises(pr.PromotionError, match=status):
+    with pytest.raises(DeployError, match=status):
         run_promote(client)
-    assert two.calls("POST") == []
+    assert two.production(MODEL).current == "old"
 
 
-def test_refuses_while_another_promotion_runs(two, client):
+def test_baseten_refuses_while_another_promotion_runs(two, client):
     two.production(MODEL).promotion = {"status": "RAMPING_UP", "percent_traffic_to_new_version": 5}
-    with pytest.raises(pr.PromotionError, match="in progress"):
+    two.production(MODEL).polls_left = 100
+    with pytest.raises(DeployError, match="in progress"):
         run_promote(client)
 
 
 def test_deployment_failing_during_promotion_stops_the_wait(two, client):
     two.promotion_polls = 50
-    two.add_deployment(MODEL, "new", ["ACTIVE", "ACTIVE", "DEPLOY_FAILED"])
-    with pytest.raises(DeploymentFailedError, match="DEPLOY_FAILED"):
+    two.add_deployment(MODEL, "new", ["ACTIVE", "DEPLOY_FAILED"])
+    with pytest.raises(DeployError, match="DEPLOY_FAILED"):
         run_promote(client)
 
 
-def test_promotion_timeout(two, client):
+def test_promotion_timeout(two, client, monkeypatch):
     two.promotion_polls = 10_000
+    monkeypatch.setattr(pr, "PROMOTION_TIMEOUT_S", 0)
     with pytest.raises(WaitTimeoutError, match="does not serve new"):
-        run_promote(client, timeout_s=0)
+        run_promote(client)
 
 
 def test_autoscaling_yaml_validation(tmp_path):
-    def load(text: str) -> pr.AutoscalingSettings:
+    def load(text: str) -> dict[str, int]:
         path = tmp_path / "a.yaml"
         path.write_text(text)
-        return pr.AutoscalingSettings.from_yaml(path)
+        return pr.load_autoscaling(path)
 
     ok = load("min_replica: 1\nmax_replica: 2\nconcurrency_target: 8\n")
-    assert ok.as_request() == {"min_replica": 1, "max_replica": 2, "concurrency_target": 8}
+    assert ok == {"min_replica": 1, "max_replica": 2, "concurrency_target": 8}
     for bad, message in [
         ("min_replica: 1\nmax_replica: 2\nconcurrency_target: 8\nreplicas: 3\n", "unknown"),
         ("min_replica: 3\nmax_replica: 2\nconcurrency_target: 8\n", "max_replica"),
@@ -132,7 +137,8 @@ def test_autoscaling_yaml_validation(tmp_path):
         ("min_replica: 1\nmax_replica: 2\n", "concurrency_target"),
         ("min_replica: 1\nmax_replica: 2\nconcurrency_target: 4\n"
          "target_utilization_percentage: 120\n", "1..100"),
-        ("- 1\n", "cannot read"),
+        ("- 1\n", "not a mapping"),
+        ("a: [\n", "cannot read"),
     ]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             load(bad)
@@ -143,13 +149,13 @@ def test_autoscaling_yaml_validation(tmp_path):
     [("whisper_streaming_truss", "max_sessions"), ("orpheus_tts_truss", "max_sessions")],
 )
 def test_checked_in_autoscaling_files_are_valid_and_not_the_default(truss, session_cap_key):
-    settings = pr.AutoscalingSettings.from_yaml(ROOT / truss / "autoscaling.yaml")
-    assert settings.concurrency_target > DEFAULT_AUTOSCALING["concurrency_target"]
-    assert settings.min_replica >= 1  # no cold start in front of real-time callers
+    settings = pr.load_autoscaling(ROOT / truss / "autoscaling.yaml")
+    assert settings["concurrency_target"] > DEFAULT_AUTOSCALING["concurrency_target"]
+    assert settings["min_replica"] >= 1  # no cold start in front of real-time callers
     # A replica refuses sessions beyond its own cap (close 1013): the autoscaler must add
     # replicas well before that, or callers are turned away while capacity could grow.
     metadata = yaml.safe_load((ROOT / truss / "config.yaml").read_text())["model_metadata"]
-    assert settings.concurrency_target < metadata[session_cap_key]
+    assert settings["concurrency_target"] < metadata[session_cap_key]
 
 
 def cli(fake: FakeBaseten, *args: str, key: str | None = None) -> subprocess.CompletedProcess:
@@ -171,7 +177,7 @@ def test_cli_success_json_and_no_key_in_output(two):
     out = json.loads(proc.stdout)
     assert out["ok"] and out["production_deployment_id"] == "new"
     assert out["previous_deployment_id"] == "old"
-    wanted = pr.AutoscalingSettings.from_yaml(autoscaling).concurrency_target
+    wanted = pr.load_autoscaling(autoscaling)["concurrency_target"]
     assert out["autoscaling"]["concurrency_target"] == wanted
     assert two.api_key not in proc.stdout + proc.stderr
 
@@ -179,7 +185,7 @@ def test_cli_success_json_and_no_key_in_output(two):
 def test_cli_failure_exit_codes(fake):
     fake.add_deployment(MODEL, "new", ["BUILD_FAILED"])
     proc = cli(fake, "--model-id", MODEL, "--deployment-id", "new", key=fake.api_key)
-    assert proc.returncode == 1 and "deployment new is BUILD_FAILED" in proc.stdout
+    assert proc.returncode == 1 and "a deployment that is BUILD_FAILED" in proc.stdout
     proc = cli(fake, "--model-id", MODEL, "--deployment-id", "new")
     assert proc.returncode == 2 and "BASETEN_API_KEY is not set" in proc.stderr
     proc = cli(fake, "--model-id", MODEL, "--deployment-id", "new", key="not-the-key")

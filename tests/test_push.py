@@ -46,17 +46,10 @@ def run_push(repo: Path, *args: str, key: str | None = KEY, **fake_env: str):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BASETEN_", "FAKE_TRUSS"))}
     if key is not None:
         env["BASETEN_API_KEY"] = key
-    env["FAKE_TRUSS_LOG"] = str(repo / "truss_calls.jsonl")
+    env.update(FAKE_TRUSS_LOG=str(repo / "truss_calls.jsonl"), TRUSS_BIN=str(FAKE_TRUSS))
     env.update(fake_env)
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "deploy" / "push.py"),
-            "demo_truss",
-            "--truss-bin",
-            str(FAKE_TRUSS),
-            *args,
-        ],
+        [sys.executable, str(ROOT / "scripts" / "deploy" / "push.py"), "demo_truss", *args],
         cwd=repo,
         env=env,
         capture_output=True,
@@ -82,11 +75,22 @@ def test_push_without_wait_records_the_deployment_named_after_the_commit(repo):
     assert "--wait" not in call["argv"]  # truss's wait gives up at the first UNHEALTHY
     assert call["argv"][call["argv"].index("--deployment-name") + 1] == sha
     assert call["remote_url"] == "https://app.baseten.co" and call["api_key"] == KEY
-    record = json.loads((repo / "deployment-demo_truss.json").read_text())
-    assert record["model_id"] == "m1" and record["deployment_id"] == "d1"
-    assert record["deployment_ws_url"].endswith("/deployment/d1/websocket")
-    assert record["production_ws_url"].endswith("/environments/production/websocket")
+    record = ps.DeploymentRecord.read(repo / "deployment-demo_truss.json")
+    assert record.model_id == "m1" and record.deployment_id == "d1"
+    assert record.deployment_name == sha and record.model_name == "demo-speech"
     assert KEY not in proc.stdout + proc.stderr
+
+
+def test_candidate_and_production_urls_from_the_predict_url():
+    url = "https://model-abc.api.baseten.co/deployment/q1/predict"
+    record = ps.DeploymentRecord("m", "abc", "q1", "sha", predict_url=url)
+    host = "model-abc.api.baseten.co"
+    assert record.url("stt") == f"wss://{host}/deployment/q1/websocket"  # before any promotion
+    assert record.url("tts", production=True) == f"wss://{host}/environments/production/websocket"
+    assert record.url("http") == f"https://{host}/deployment/q1/predict"
+    assert record.url("http", production=True) == f"https://{host}/environments/production/predict"
+    record.predict_url = "http://127.0.0.1:8080/deployment/q1/predict"
+    assert record.url("tts") == "ws://127.0.0.1:8080/deployment/q1/websocket"
 
 
 def test_config_flag_reaches_truss_and_names_the_record(repo):
@@ -95,11 +99,9 @@ def test_config_flag_reaches_truss_and_names_the_record(repo):
     assert proc.returncode == 0, proc.stderr
     argv = calls[0]["argv"]
     assert argv[argv.index("--config") + 1] == str(repo / "demo_truss" / "config_http.yaml")
-    record = json.loads(proc.stdout)
-    assert record["model_name"] == "demo-http" and record["config"] == "config_http.yaml"
-    assert (repo / "deployment-demo_truss-config_http.json").exists()
+    assert json.loads(proc.stdout)["model_name"] == "demo-http"  # the flavour's config was read
     rec = ps.DeploymentRecord.read(repo / "deployment-demo_truss-config_http.json")
-    assert rec.production_predict_url.endswith("/environments/production/predict")
+    assert rec.model_name == "demo-http" and rec.url("http").endswith("/predict")
 
 
 def test_key_echoed_by_truss_is_redacted(repo):
@@ -135,11 +137,10 @@ def test_dirty_marker_tracks_what_would_be_pushed(repo):
     assert ps.deployment_name(truss_dir, config, when) == f"{sha}-dirty-20250304050607"
 
 
-def test_parse_push_output_takes_the_last_object():
-    text = 'warning {x}\n{\n  "a": 1\n}\nmore\n{"model_id": "m", "nested": {"k": 1}}\n'
-    assert ps.parse_push_output(text) == {"model_id": "m", "nested": {"k": 1}}
-    with pytest.raises(ps.PushError):
-        ps.parse_push_output("no json here")
+def test_other_output_on_stdout_before_truss_answer_is_skipped(repo):
+    proc, _ = run_push(repo, "--json", FAKE_TRUSS_MODE="noise", FAKE_TRUSS_DEPLOYMENT_ID="d9")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["deployment_id"] == "d9"
 
 
 def test_flags_exist_in_the_installed_truss_cli():

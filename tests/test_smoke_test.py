@@ -131,7 +131,8 @@ def test_cli_requires_a_key_for_remote_urls_only():
 def test_e2e_stt_smoke_against_whisper_truss(whisper_server):
     result = st.run("stt", whisper_server.ws_url, None)
     assert result.ok, result.verdict
-    assert result.metrics["wer"] <= st.DEFAULT_MAX_WER and result.metrics["final_latency_s_values"]
+    assert result.metrics["wer"] <= st.SMOKE["stt"]["budgets"]["wer_max"]
+    assert result.metrics["final_latency_s_values"]
 
 
 @pytest.mark.e2e

@@ -1,63 +1,58 @@
 #!/usr/bin/env python3
 """Deploy a truss to Baseten as a measurement: production only gets a candidate within its SLO.
 
-    python scripts/deploy/deploy.py TRUSS_DIR [--config config_http.yaml] [--summary-json FILE]
+    python scripts/deploy/deploy.py TRUSS_DIR [--config config_http.yaml] [--require-hf-token]
 
-preflight (API key, Baseten secrets, Hugging Face read access to gated weights with $HF_TOKEN,
-first deployment?) -> push (push.py: truss push without --wait) -> wait ACTIVE (UNHEALTHY waited
-out until build budget + the config's startup_threshold_seconds) -> smoke test and load test
-(loadtest.py, budgets in TRUSS_DIR/slo.yaml) on the deployment's own URL -> promote with the
-deployment's own instance type and TRUSS_DIR/autoscaling.yaml, the previous production kept warm
--> smoke test production (failure: promote the previous one back) -> let the previous scale down.
-A model's first deployment is made production by Baseten on push: it is tested on its own URL
-like any other, and deactivated when it fails. A JSON report is always written (``--summary-json``,
-default deploy-report-<truss>[-<config>].json) and appended to $GITHUB_STEP_SUMMARY when set.
-Needs BASETEN_API_KEY; BASETEN_API_URL points the REST calls elsewhere (tests use a local fake).
+The steps are Deployer.run's. The candidate is pushed without truss's --wait (it gives up at the
+first UNHEALTHY, while Baseten restarts replicas still starting: the wait here lasts a cold build
+plus the config's startup_threshold_seconds), then smoke- and load-tested (TRUSS_DIR/slo.yaml) on
+its own URL before any promotion; production keeps the previous deployment warm until production
+passed its own smoke test, else it is promoted back. A model's first deployment is made production
+by Baseten on push: it is tested on its own URL like any other, and deactivated when it fails.
+A JSON report is always written (deploy-report-<truss>[-<config>].json) and appended to
+$GITHUB_STEP_SUMMARY when set. Needs BASETEN_API_KEY; BASETEN_API_URL points the REST calls
+elsewhere (tests use a local fake).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from scripts.deploy import baseten_api as api
 from scripts.deploy import loadtest, smoke_test
 from scripts.deploy import promote as promote_mod
 from scripts.deploy import push as push_mod
-from scripts.deploy.baseten_api import (
-    BasetenApiError,
-    ConfigError,
-    DeploymentFailedError,
-    ManagementClient,
-    WaitTimeoutError,
-    api_base_url,
-    api_key_from_env,
-)
 
-KIND_BY_TRUSS = {"whisper_streaming_truss": "stt", "orpheus_tts_truss": "tts"}
+KIND_BY_TRUSS = {"whisper_streaming_truss": "stt", "orpheus_tts_truss": "tts"}  # over WebSocket
 # A cold build of a ~200-package CUDA image (uv install, layer push) plus getting a GPU node;
 # the model's own start-up (weights, load, warm-up) is bounded by its startup_threshold_seconds.
-DEFAULT_BUILD_TIMEOUT_S = 75 * 60.0
-DEFAULT_STARTUP_THRESHOLD_S = 1800.0  # truss's default health_checks.startup_threshold_seconds
+BUILD_TIMEOUT_S = 75 * 60.0
+STARTUP_THRESHOLD_S = 1800.0  # truss's default health_checks.startup_threshold_seconds
 LOADTEST_TIMEOUT_S = 20 * 60.0  # the CI budget for one load test (slo.yaml keeps it shorter)
-HF_TOKEN_ENV, HF_ENDPOINT_ENV = "HF_TOKEN", "HF_ENDPOINT"
-PROMOTION_ERRORS = (promote_mod.PromotionError, *promote_mod.ERRORS)
+PROMOTE_CMD = "python scripts/deploy/promote.py --model-id {} --deployment-id {}"
+log = functools.partial(print, file=sys.stderr)
 
 
-@dataclass
-class Step:
-    name: str
-    ok: bool
-    detail: str
-    seconds: float
+def active_timeout_s(config: dict[str, Any]) -> float:
+    checks = (config.get("runtime") or {}).get("health_checks") or {}
+    return BUILD_TIMEOUT_S + float(checks.get("startup_threshold_seconds", STARTUP_THRESHOLD_S))
+
+
+def worst_case_s(config: dict[str, Any]) -> float:
+    """Every step at its deadline, rollback included: the CI job's timeout must exceed it."""
+    tests = 2 * smoke_test.WORST_CASE_S + LOADTEST_TIMEOUT_S
+    promotions = 2 * promote_mod.PROMOTION_TIMEOUT_S + promote_mod.SETTINGS_TIMEOUT_S  # + rollback
+    return push_mod.UPLOAD_TIMEOUT_S + active_timeout_s(config) + tests + promotions
 
 
 @dataclass
@@ -67,436 +62,267 @@ class DeployReport:
     protocol: str
     ok: bool = False
     first_deployment: bool = False
-    model_id: str | None = None
-    deployment_id: str | None = None
-    deployment_name: str | None = None
+    deployment: push_mod.DeploymentRecord | None = None
     previous_production_id: str | None = None
     production_deployment_id: str | None = None
     rolled_back: bool = False
-    steps: list[Step] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)  # name, ok, detail, seconds
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)
     next_steps: str = ""
 
     def markdown(self) -> str:
-        lines = [
-            f"### {'✅' if self.ok else '❌'} Deploy `{self.truss_dir}` `{self.config}` "
-            f"({self.protocol})",
-            "",
-            f"- deployment: `{self.deployment_id}` (`{self.deployment_name}`) of `{self.model_id}`"
-            + (" — the model's first deployment" if self.first_deployment else ""),
-            f"- production: `{self.production_deployment_id}` (was "
-            f"`{self.previous_production_id}`){' — rolled back' if self.rolled_back else ''}",
-            "",
-            "| step | result | seconds | detail |",
-            "| --- | --- | --- | --- |",
-        ]
+        mark = "✅" if self.ok else "❌"
+        lines = [f"### {mark} Deploy `{self.truss_dir}` `{self.config}` ({self.protocol})", ""]
+        if d := self.deployment:
+            first = " — the model's first deployment" * self.first_deployment
+            ids = f"`{d.deployment_id}` (`{d.deployment_name}`) of `{d.model_id}`"
+            lines.append(f"- deployment: {ids}{first}")
+        was = f"`{self.production_deployment_id}` (was `{self.previous_production_id}`)"
+        lines.append(f"- production: {was}" + " — rolled back" * self.rolled_back)
+        lines += ["", "| step | result | seconds | detail |", "| --- | --- | --- | --- |"]
         for s in self.steps:
-            detail = s.detail.replace("|", "\\|").replace("\n", " ")
-            lines.append(
-                f"| {s.name} | {'pass' if s.ok else 'FAIL'} | {s.seconds:.1f} | {detail} |"
-            )
+            result = "pass" if s["ok"] else "FAIL"
+            detail = s["detail"].replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {s['name']} | {result} | {s['seconds']} | {detail} |")
         for where, m in self.measurements.items():
             lines += ["", f"**{where}** ({m['sessions']} sessions): {m['verdict']}", ""]
             lines += ["| metric | value | budget |", "| --- | --- | --- |"]
-            budgets = {k.rpartition("_")[0]: k for k in m["budgets"]}
+            split = (key.rpartition("_") + (limit,) for key, limit in m["budgets"].items())
+            budgets = {name: f"{bound} {limit}" for name, _, bound, limit in split}
             for name, value in m["metrics"].items():
-                if not isinstance(value, dict | list):
-                    limit = budgets.get(name)
-                    shown = f"{limit.rpartition('_')[2]} {m['budgets'][limit]}" if limit else ""
-                    lines.append(f"| {name} | {loadtest._fmt(value)} | {shown} |")
+                if not isinstance(value, dict | list):  # the per-session values: in the JSON
+                    lines.append(f"| {name} | {loadtest._fmt(value)} | {budgets.get(name, '')} |")
         return "\n".join(lines + (["", f"**Next:** {self.next_steps}"] * bool(self.next_steps)))
 
 
-class StepFailed(RuntimeError):
-    def __init__(self, detail: str, next_steps: str = "") -> None:
-        super().__init__(detail)
-        self.detail, self.next_steps = detail, next_steps
-
-
-@dataclass(frozen=True)
-class DeployOptions:
-    truss_dir: Path
-    kind: str  # stt / tts; the protocol is "http" for a config without a websocket transport
-    autoscaling: promote_mod.AutoscalingSettings | None
-    record_path: Path
-    api_key: str
-    config: str = push_mod.DEFAULT_CONFIG
-    skip_push: bool = False
-    rollback: bool = True
-    build_timeout_s: float = DEFAULT_BUILD_TIMEOUT_S
-    poll_interval_s: float = 10.0
-    promotion_timeout_s: float = promote_mod.DEFAULT_PROMOTION_TIMEOUT_S
-    team: str | None = None
-    require_hf_token: bool = False
-    hf_token: str | None = None
-    hf_endpoint: str = "https://huggingface.co"
-    slo: dict[str, Any] | None = None  # default: TRUSS_DIR/slo.yaml
-
-    def truss_config(self) -> dict[str, Any]:
-        return push_mod.truss_config(self.truss_dir, self.config)
-
-    @property
-    def protocol(self) -> str:
-        transport = ((self.truss_config().get("runtime") or {}).get("transport") or {}).get("kind")
-        return self.kind if transport == "websocket" else "http"
-
-    def active_timeout_s(self) -> float:
-        checks = (self.truss_config().get("runtime") or {}).get("health_checks") or {}
-        startup = checks.get("startup_threshold_seconds", DEFAULT_STARTUP_THRESHOLD_S)
-        return self.build_timeout_s + float(startup)
-
-    def worst_case_s(self) -> float:
-        """Every step at its deadline, rollback included: the CI job's timeout must exceed it."""
-        return (
-            push_mod.UPLOAD_TIMEOUT_S
-            + self.active_timeout_s()
-            + 2 * smoke_test.WORST_CASE_S
-            + LOADTEST_TIMEOUT_S
-            + 2 * self.promotion_timeout_s  # the promotion, then the rollback's
-            + promote_mod.DEFAULT_SETTINGS_TIMEOUT_S
-        )
-
-
-def infer_kind(truss_dir: Path) -> str:
-    name = truss_dir.resolve().name
-    for key, kind in [*KIND_BY_TRUSS.items(), ("whisper", "stt"), ("stt", "stt"), ("tts", "tts")]:
-        if key in name:
-            return kind
-    raise ConfigError(f"cannot tell whether {name} is stt or tts: pass --kind")
-
-
-def gated_repos(config: dict[str, Any]) -> list[tuple[str, str]]:
-    """(repo, revision) of every Hugging Face weight source that needs a token."""
-    out = []
-    for weight in config.get("weights") or []:
-        source = str(weight.get("source", ""))
-        if weight.get("auth_secret_name") and source.startswith("hf://"):
-            repo, _, revision = source.removeprefix("hf://").partition("@")
-            out.append((repo, revision or "main"))
-    return out
-
-
-def check_hf_access(repo: str, revision: str, token: str, endpoint: str) -> str:
-    """Prove the token reads the gated repo: the Hub's model API, then one gated file."""
-    headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=endpoint.rstrip("/"), headers=headers, timeout=30) as hub:
-        info = hub.get(f"/api/models/{repo}/revision/{revision}")
-        if info.status_code == 401:  # noqa: PLR2004
-            raise StepFailed(f"the Hugging Face token was rejected (HTTP 401) for {repo}")
-        if info.status_code != 200:  # noqa: PLR2004
-            raise StepFailed(f"{repo}@{revision}: Hub model API answered HTTP {info.status_code}")
-        config = hub.head(f"/{repo}/resolve/{revision}/config.json")
-        if config.status_code >= 400:  # noqa: PLR2004
-            raise StepFailed(
-                f"the token cannot read gated {repo} (HTTP {config.status_code}): accept its "
+def check_hf_access(config: dict[str, Any], require_token: bool) -> list[str]:
+    """Prove $HF_TOKEN reads every gated Hugging Face weight repo of the config: one gated file,
+    as Baseten will download the weights with its hf_access_token secret."""
+    token, notes = os.environ.get("HF_TOKEN"), []
+    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    gated = [str(w.get("source")) for w in config.get("weights") or [] if w.get("auth_secret_name")]
+    for source in (s.removeprefix("hf://") for s in gated if s.startswith("hf://")):
+        repo, _, revision = source.partition("@")
+        if not token and require_token:
+            raise api.DeployError(f"HF_TOKEN is not set: cannot prove read access to {repo}")
+        if not token:
+            notes.append(f"WARNING: {repo} access not proven (set HF_TOKEN)")
+            continue
+        url = f"{endpoint}/{repo}/resolve/{revision or 'main'}/config.json"
+        status = httpx.head(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        if status.status_code == 401:  # noqa: PLR2004
+            raise api.DeployError(f"the Hugging Face token was rejected (HTTP 401) for {repo}")
+        if status.status_code >= 400:  # noqa: PLR2004
+            raise api.DeployError(
+                f"the token cannot read gated {repo} (HTTP {status.status_code}): accept its "
                 f"licence at https://huggingface.co/{repo} with the token's account"
             )
-    return f"{repo}@{revision[:10]} readable ({info.json().get('gated') or 'not'} gated)"
+        notes.append(f"{repo}@{revision[:10]} readable")
+    return notes
 
 
 class Deployer:
-    def __init__(
-        self,
-        options: DeployOptions,
-        client: ManagementClient,
-        *,
-        push_fn: Callable[..., push_mod.DeploymentRecord] = push_mod.push,
-        measure_fn: Callable[..., loadtest.Measurement] = loadtest.measure,
-        sleep: Callable[[float], None] = time.sleep,
-        log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
-    ) -> None:
-        self.opts, self.client, self.push_fn, self.measure_fn = options, client, push_fn, measure_fn
-        self.sleep, self.log = sleep, log
-        self.protocol = options.protocol
-        self.report = DeployReport(options.truss_dir.name, options.config, self.protocol)
+    """The steps, in order; a failing step stops the run, says what to do next, and rolls back or
+    retires what it must."""
+
+    def __init__(self, args: argparse.Namespace, client: api.ManagementClient, key: str) -> None:
+        self.args, self.client, self.api_key = args, client, key
+        self.config = push_mod.truss_config(args.truss_dir, args.config)
+        name = args.truss_dir.resolve().name
+        transport = ((self.config.get("runtime") or {}).get("transport") or {}).get("kind")
+        self.protocol = KIND_BY_TRUSS.get(name, "?") if transport == "websocket" else "http"
+        self.slo = loadtest.load_slo(args.truss_dir).get(self.protocol)
+        if self.slo is None:  # or a WebSocket truss KIND_BY_TRUSS does not know
+            raise api.ConfigError(f"{args.truss_dir}/slo.yaml has no {self.protocol} section")
+        auto = args.truss_dir / "autoscaling.yaml"  # checked now, before anything is built
+        self.autoscaling = promote_mod.load_autoscaling(auto) if auto.exists() else None
+        self.report = DeployReport(name, args.config, self.protocol)
         self.record: push_mod.DeploymentRecord | None = None
 
-    @property
-    def rec(self) -> push_mod.DeploymentRecord:
-        assert self.record is not None, "push step did not run"
-        return self.record
-
     def preflight(self) -> str:
-        config = self.opts.truss_config()
-        needed = set(config.get("secrets") or {})
+        needed = set(self.config.get("secrets") or {})
         try:
-            names = self.client.list_secret_names(team=self.opts.team)
-            missing = sorted(needed - names)
+            missing = sorted(needed - self.client.secret_names(os.environ.get("BASETEN_TEAM")))
             secrets = f"secrets present: {', '.join(sorted(needed)) or 'none needed'}"
-        except ConfigError as exc:
-            raise StepFailed(str(exc), "set BASETEN_TEAM to one of those teams") from None
-        except BasetenApiError as exc:
+        except api.BasetenApiError as exc:
             if exc.status_code == 401:  # noqa: PLR2004
-                raise StepFailed(f"the API rejected BASETEN_API_KEY ({exc})") from None
+                raise api.DeployError(f"the API rejected BASETEN_API_KEY ({exc})") from None
             missing, secrets = [], f"secrets not checked ({exc})"  # a narrower key may deploy
         if missing:
-            raise StepFailed(
+            raise api.DeployError(
                 f"Baseten secret(s) missing: {', '.join(missing)}",
                 "create them in Baseten (Settings > Secrets; hf_access_token: a Hugging Face "
                 "token that can read the gated weights), then re-run",
             )
-        hub = []
-        for repo, revision in gated_repos(config):
-            if self.opts.hf_token:
-                hub.append(
-                    check_hf_access(repo, revision, self.opts.hf_token, self.opts.hf_endpoint)
-                )
-            elif self.opts.require_hf_token:
-                raise StepFailed(f"{HF_TOKEN_ENV} is not set: cannot prove read access to {repo}")
-            else:
-                hub.append(f"WARNING: {repo} access not proven (set {HF_TOKEN_ENV})")
-        name = config.get("model_name")
-        try:
-            self.report.first_deployment = not any(
-                m.get("name") == name for m in self.client.list_models()
-            )
-        except BasetenApiError as exc:
-            hub.append(f"models not listed ({exc})")
-        first = "; first deployment of this model" if self.report.first_deployment else ""
-        return "; ".join([f"API key accepted; {secrets}", *hub]) + first
+        notes = [f"API key accepted; {secrets}"]
+        notes += check_hf_access(self.config, self.args.require_hf_token)
+        r = self.report
+        model_id = self.client.model_ids().get(self.config.get("model_name"))
+        production = promote_mod.current_id(self.client.production(model_id) if model_id else None)
+        r.first_deployment, r.previous_production_id = model_id is None, production
+        r.production_deployment_id = production
+        first = "; first deployment of this model" if r.first_deployment else ""
+        return "; ".join(notes) + (first or f"; production is {production}")
 
     def push(self) -> str:
-        if self.opts.skip_push:
-            try:
-                self.record = push_mod.DeploymentRecord.read(self.opts.record_path)
-            except (OSError, ValueError, TypeError) as exc:
-                raise StepFailed(f"cannot read {self.opts.record_path}: {exc}") from None
+        if self.args.skip_push:  # resume: the deployment of the last push
+            path = push_mod.record_path(self.args.truss_dir, self.args.config)
+            self.record = push_mod.DeploymentRecord.read(path)
         else:
-            try:
-                self.record = self.push_fn(
-                    self.opts.truss_dir, api_key=self.opts.api_key, config=self.opts.config
-                )
-            except (push_mod.PushError, ConfigError, OSError) as exc:
-                raise StepFailed(str(exc), "fix the push (truss output above), re-run") from None
-            self.record.write(self.opts.record_path)
-        r = self.report
-        r.model_id, r.deployment_id, r.deployment_name = (
-            self.rec.model_id,
-            self.rec.deployment_id,
-            self.rec.deployment_name,
-        )
-        return f"deployment {r.deployment_id} ({r.deployment_name}) of model {r.model_id}"
+            self.record = push_mod.push(self.args.truss_dir, self.api_key, self.args.config)
+        rec = self.report.deployment = self.record
+        return f"deployment {rec.deployment_id} ({rec.deployment_name}) of model {rec.model_id}"
 
     def wait_active(self) -> str:
-        timeout = self.opts.active_timeout_s()
-        seen: list[str] = []
+        rec, seen = self.record, []
+
+        def ready() -> str | None:
+            status = str(self.client.deployment(rec.model_id, rec.deployment_id).get("status"))
+            if status not in seen[-1:]:
+                seen.append(status)
+                log(f"   status {status}")
+            if status in api.FAILED_STATUSES:
+                message = f"deployment {rec.deployment_id} of model {rec.model_id} is {status}"
+                raise api.DeployError(message, f"read the logs ({rec.logs_url}), fix, re-run")
+            return status if status in api.READY_STATUSES else None
+
+        timeout_s = active_timeout_s(self.config)
         try:
-            self.client.wait_for_deployment(
-                self.rec.model_id,
-                self.rec.deployment_id,
-                timeout_s=timeout,
-                poll_interval_s=self.opts.poll_interval_s,
-                on_status=lambda s: (seen.append(s), self.log(f"   status {s}")),
-            )
-        except WaitTimeoutError as exc:
-            raise StepFailed(
+            status = self.client.poll(ready, timeout_s, f"not ready in {timeout_s:.0f} s")
+        except api.WaitTimeoutError as exc:
+            raise api.DeployError(
                 str(exc),
-                f"deployment {self.rec.deployment_id} is STILL {seen[-1] if seen else 'pending'} "
-                f"at Baseten (not stopped; logs: {self.rec.logs_url}). Resume with --skip-push "
-                "--record <record>, or deactivate it in the Baseten UI.",
+                f"deployment {rec.deployment_id} is STILL {seen[-1] if seen else 'pending'} at "
+                f"Baseten (not stopped; logs: {rec.logs_url}). Resume with --skip-push, or "
+                "deactivate it in the Baseten UI.",
             ) from None
-        except (DeploymentFailedError, BasetenApiError) as exc:
-            raise StepFailed(
-                str(exc), f"read the logs ({self.rec.logs_url}), fix, re-run"
-            ) from None
-        env = promote_mod.get_production(self.client, self.rec.model_id)
-        current = promote_mod._current(env)
-        self.report.previous_production_id = self.report.production_deployment_id = current
-        if current == self.rec.deployment_id:
-            self.report.first_deployment = True  # Baseten made it production on its own
         unhealthy = " (waited out UNHEALTHY)" if "UNHEALTHY" in seen else ""
-        return f"ACTIVE after {' -> '.join(seen)}{unhealthy}; production is {current}"
+        return f"{status} after {' -> '.join(seen)}{unhealthy}"
 
-    def _url(self, production: bool) -> str:
-        if self.protocol == "http":
-            return self.rec.production_predict_url if production else self.rec.predict_url
-        return self.rec.production_ws_url if production else self.rec.deployment_ws_url
-
-    def _measure(self, label: str, spec: dict[str, Any], production: bool = False) -> str:
-        m = self.measure_fn(self.protocol, self._url(production), self.opts.api_key, spec)
+    def measure(self, label: str, spec: dict[str, Any], production: bool = False) -> str:
+        url = self.record.url(self.protocol, production)
+        m = loadtest.measure(self.protocol, url, self.api_key, spec)
         self.report.measurements[label] = m.as_dict()
         if not m.ok:
-            raise StepFailed(f"{m.verdict}", f"read the deployment's logs ({self.rec.logs_url})")
+            raise api.DeployError(m.verdict, f"read the deployment's logs ({self.record.logs_url})")
         return m.verdict
-
-    def smoke_deployment(self) -> str:
-        return self._measure("smoke deployment", smoke_test.SMOKE[self.protocol])
-
-    def load_test(self) -> str:
-        slo = self.opts.slo if self.opts.slo is not None else loadtest.load_slo(self.opts.truss_dir)
-        if self.protocol not in slo:
-            raise StepFailed(f"{self.opts.truss_dir}/slo.yaml has no {self.protocol} section")
-        return self._measure("load test deployment", slo[self.protocol])
 
     def promote(self) -> str:
         try:
             result = promote_mod.promote(
                 self.client,
-                self.rec.model_id,
-                self.rec.deployment_id,
-                autoscaling=self.opts.autoscaling,
-                scale_down_previous=False,  # kept warm until production passed its smoke test
-                timeout_s=self.opts.promotion_timeout_s,
-                poll_interval_s=self.opts.poll_interval_s,
-                sleep=self.sleep,
-                log=lambda line: self.log(f"   {line}"),
+                self.record.model_id,
+                self.record.deployment_id,
+                autoscaling=self.autoscaling,
+                keep_previous=True,  # warm until production passed its smoke test
             )
-        except PROMOTION_ERRORS as exc:
-            raise StepFailed(
+        except api.DeployError as exc:
+            raise api.DeployError(
                 str(exc),
                 f"production should still serve {self.report.previous_production_id}; retry: "
-                f"{self._promote_cmd(self.rec.deployment_id)}",
+                f"{self.promote_cmd(self.record.deployment_id)}",
             ) from None
-        self.report.production_deployment_id = result.production_deployment_id
-        how = "promoted" if result.promoted else "already production (first deployment)"
-        return f"{how}: production serves {result.production_deployment_id}, own instance type"
+        production = self.report.production_deployment_id = result["production_deployment_id"]
+        how = "promoted" if result["promoted"] else "already production (first deployment)"
+        return f"{how}: production serves {production}, own instance type"
 
-    def smoke_production(self) -> str:
-        return self._measure("smoke production", smoke_test.SMOKE[self.protocol], production=True)
-
-    def _previous(self) -> str | None:
+    def previous(self) -> str | None:
         previous = self.report.previous_production_id
-        return previous if previous != self.rec.deployment_id else None
+        return previous if previous != self.record.deployment_id else None
 
-    def _promote_cmd(self, deployment_id: str | None) -> str:
-        return (
-            f"python scripts/deploy/promote.py --model-id {self.rec.model_id} "
-            f"--deployment-id {deployment_id}"
-        )
+    def promote_cmd(self, deployment_id: str | None) -> str:
+        return PROMOTE_CMD.format(self.record.model_id, deployment_id)
 
     def release_previous(self) -> str:
-        previous = self._previous()
-        if previous is None:
+        if (previous := self.previous()) is None:
             return "no previous production deployment"
+        path = f"/v1/models/{self.record.model_id}/deployments/{previous}/autoscaling_settings"
         try:
-            self.client.update_deployment_autoscaling(
-                self.rec.model_id, previous, {"min_replica": 0}
-            )
-        except BasetenApiError as exc:
+            self.client.call("PATCH", path, {"min_replica": 0})
+        except api.BasetenApiError as exc:
             return f"WARNING: could not let {previous} scale down ({exc}): set min replicas to 0"
         return f"{previous} may scale down now (min_replica 0)"
 
-    def rollback(self) -> str:
-        previous = self._previous()
-        if previous is None:
-            return "no previous production deployment to roll back to: fix and re-deploy"
-        if not self.opts.rollback:
-            return f"production serves the failing deployment; roll back: {self._promote_cmd(previous)}"
+    def after_failure(self, step: str) -> str:
+        """Roll production back, retire a failed first deployment, or say what production runs."""
+        if self.record is None:
+            return ""
+        if step == "smoke production":
+            if (previous := self.previous()) is None:
+                return "no previous production deployment to roll back to: fix and re-deploy"
+            try:
+                promote_mod.promote(self.client, self.record.model_id, previous)
+            except api.DeployError as exc:
+                return f"automatic rollback failed ({exc}); by hand: {self.promote_cmd(previous)}"
+            self.report.rolled_back, self.report.production_deployment_id = True, previous
+            return f"production was rolled back to {previous} (it was kept warm)"
+        if not self.report.first_deployment:
+            return f"production still serves {self.report.previous_production_id}"
+        # A failed first deployment is the new model's production: it must serve nothing.
+        dep = f"first deployment {self.record.deployment_id}"
+        path = f"/v1/models/{self.record.model_id}/deployments/{self.record.deployment_id}"
         try:
-            promote_mod.promote(
-                self.client,
-                self.rec.model_id,
-                previous,
-                timeout_s=self.opts.promotion_timeout_s,
-                poll_interval_s=self.opts.poll_interval_s,
-                sleep=self.sleep,
-                log=lambda line: self.log(f"   {line}"),
-            )
-        except PROMOTION_ERRORS as exc:
-            return f"automatic rollback failed ({exc}); by hand: {self._promote_cmd(previous)}"
-        self.report.rolled_back, self.report.production_deployment_id = True, previous
-        return f"production was rolled back to {previous} (it was kept warm)"
-
-    def retire_first(self) -> str:
-        """A failed first deployment is the model's production: deactivate it."""
-        try:
-            self.client.deactivate(self.rec.model_id, self.rec.deployment_id)
-        except BasetenApiError as exc:
-            return f"WARNING: could not deactivate it ({exc}): do so in the Baseten UI"
-        return "it was deactivated, so the new model's production serves nothing untested"
+            self.client.call("POST", f"{path}/deactivate")
+        except api.BasetenApiError as exc:
+            return f"{dep}: WARNING: could not deactivate it ({exc}): do so in the Baseten UI"
+        return f"{dep} was deactivated, so the new model's production serves nothing untested"
 
     def run(self) -> DeployReport:
+        smoke = smoke_test.SMOKE[self.protocol]
         steps = [
             ("preflight", self.preflight),
             ("push", self.push),
             ("wait ACTIVE", self.wait_active),
-            ("smoke deployment", self.smoke_deployment),
-            ("load test deployment", self.load_test),
+            ("smoke deployment", lambda: self.measure("smoke deployment", smoke)),
+            ("load test deployment", lambda: self.measure("load test deployment", self.slo)),
             ("promote", self.promote),
-            ("smoke production", self.smoke_production),
+            ("smoke production", lambda: self.measure("smoke production", smoke, True)),
             ("release previous", self.release_previous),
         ]
-        for name, fn in steps:
-            self.log(f"== {name}")
-            start = time.monotonic()
+        for name, step in steps:
+            log(f"== {name}")
+            start, failure = time.monotonic(), None
             try:
-                detail = fn()
-            except StepFailed as exc:
-                self.report.steps.append(Step(name, False, exc.detail, time.monotonic() - start))
-                self.log(f"FAIL {name}: {exc.detail}")
-                after = [exc.next_steps] if exc.next_steps else []
-                if name == "smoke production":
-                    after.append(self.rollback())
-                elif self.record and self.report.first_deployment and name != "push":
-                    after.append(
-                        f"first deployment {self.rec.deployment_id}: {self.retire_first()}"
-                    )
-                elif self.record and name != "push":
-                    after.append(f"production still serves {self.report.previous_production_id}")
-                self.report.next_steps = ". ".join(after)
+                detail = step()
+            except (api.DeployError, api.ConfigError, OSError) as exc:
+                detail, failure = str(exc), exc
+            ok, seconds = not failure, round(time.monotonic() - start, 1)
+            self.report.steps.append({"name": name, "ok": ok, "detail": detail, "seconds": seconds})
+            log(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
+            if not ok:
+                after = [getattr(failure, "next_steps", ""), self.after_failure(name)]
+                self.report.next_steps = ". ".join(filter(None, after))
                 return self.report
-            self.report.steps.append(Step(name, True, detail, time.monotonic() - start))
-            self.log(f"ok   {name}: {detail}")
         self.report.ok = True
-        if previous := self._previous():
-            self.report.next_steps = f"to roll back: {self._promote_cmd(previous)}"
+        if previous := self.previous():
+            self.report.next_steps = f"to roll back: {self.promote_cmd(previous)}"
         return self.report
 
 
-def write_summaries(report: DeployReport, summary_json: Path) -> None:
-    summary_json.parent.mkdir(parents=True, exist_ok=True)
-    summary_json.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    if path := os.environ.get("GITHUB_STEP_SUMMARY"):
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(report.markdown() + "\n")
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("truss_dir", type=Path)
     parser.add_argument("--config", default=push_mod.DEFAULT_CONFIG, help="e.g. config_http.yaml")
-    parser.add_argument("--kind", choices=["stt", "tts"], help="default: from the truss name")
-    parser.add_argument("--autoscaling", type=Path, help="default: TRUSS_DIR/autoscaling.yaml")
-    parser.add_argument("--record", type=Path, help="deployment record (deployment-<truss>.json)")
-    parser.add_argument("--skip-push", action="store_true", help="reuse the deployment in --record")
-    parser.add_argument("--no-rollback", action="store_true", help="never promote back")
-    parser.add_argument("--summary-json", type=Path, help="default: deploy-report-<truss>.json")
-    parser.add_argument("--build-timeout", type=float, default=DEFAULT_BUILD_TIMEOUT_S)
+    parser.add_argument("--skip-push", action="store_true", help="resume: wait for the last push")
     parser.add_argument("--poll-interval", type=float, default=10.0)
-    parser.add_argument("--team", help=f"Baseten team (default: ${push_mod.TEAM_ENV})")
-    parser.add_argument(
-        "--require-hf-token", action="store_true", help=f"fail without ${HF_TOKEN_ENV}"
-    )
-    args = parser.parse_args(argv)
+    parser.add_argument("--require-hf-token", action="store_true", help="fail without $HF_TOKEN")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
-        truss_dir: Path = args.truss_dir
-        push_mod.truss_config(truss_dir, args.config)
-        auto = args.autoscaling or truss_dir / "autoscaling.yaml"
-        options = DeployOptions(
-            truss_dir=truss_dir,
-            kind=args.kind or infer_kind(truss_dir),
-            autoscaling=promote_mod.AutoscalingSettings.from_yaml(auto) if auto.exists() else None,
-            record_path=args.record or push_mod.default_record_path(truss_dir, args.config),
-            api_key=api_key_from_env(),
-            config=args.config,
-            skip_push=args.skip_push,
-            rollback=not args.no_rollback,
-            build_timeout_s=args.build_timeout,
-            poll_interval_s=args.poll_interval,
-            team=args.team or os.environ.get(push_mod.TEAM_ENV) or None,
-            require_hf_token=args.require_hf_token,
-            hf_token=os.environ.get(HF_TOKEN_ENV) or None,
-            hf_endpoint=os.environ.get(HF_ENDPOINT_ENV) or "https://huggingface.co",
-        )
-    except ConfigError as exc:
+        key = api.api_key_from_env()
+        with api.ManagementClient(key, poll_interval_s=args.poll_interval) as client:
+            report = Deployer(args, client, key).run()
+    except api.ConfigError as exc:
         print(f"deploy: {exc}", file=sys.stderr)
         return 2
-    with ManagementClient(options.api_key, api_base_url()) as client:
-        report = Deployer(options, client).run()
-    name = push_mod.default_record_path(options.truss_dir, options.config).name[11:]
-    write_summaries(report, args.summary_json or Path.cwd() / f"deploy-report-{name}")
-    for step in report.steps:
-        print(f"{'PASS' if step.ok else 'FAIL'} {step.name}: {step.detail}")
+    report_path = push_mod.record_path(args.truss_dir, args.config, "deploy-report")
+    report_path.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    if step_summary := os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(step_summary, "a", encoding="utf-8") as fh:
+            fh.write(report.markdown() + "\n")
     verdict = "DEPLOYED" if report.ok else "NOT DEPLOYED"
     print(f"{verdict} {report.truss_dir}: production serves {report.production_deployment_id}")
     print(f"next: {report.next_steps}" * bool(report.next_steps))

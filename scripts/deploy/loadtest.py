@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measure a speech endpoint against SLO budgets: N concurrent sessions at real-time pace.
 
-    python scripts/deploy/loadtest.py TRUSS_DIR URL [--config config_http.yaml] [--json]
+    python scripts/deploy/loadtest.py TRUSS_DIR URL --protocol stt|tts|http [--json]
 
 The truss's ``slo.yaml`` holds one section per protocol (``stt``, ``tts``, ``http``): ``sessions``
 (at once), the workload, and ``budgets`` (``<metric>_max`` / ``<metric>_min``). STT streams real
@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import random
 import sys
 import time
@@ -32,9 +33,8 @@ from orpheus_tts.settings import ORPHEUS_HF_REPO
 from scripts import SAMPLES_DIR
 from scripts.bench.stats import percentile
 from scripts.clients.auth import API_KEY_ENV, api_key_headers
-from scripts.deploy.baseten_api import redact
+from scripts.deploy.baseten_api import ConfigError, redact
 
-SLO_FILE = "slo.yaml"
 PROTOCOLS = ("stt", "tts", "http")
 
 
@@ -91,11 +91,11 @@ def violations(metrics: dict[str, Any], budgets: dict[str, float]) -> list[str]:
 
 
 def load_slo(truss_dir: Path) -> dict[str, dict[str, Any]]:
-    path = truss_dir / SLO_FILE
+    path = truss_dir / "slo.yaml"
     data = yaml.safe_load(path.read_text()) if path.exists() else {}
     unknown = set(data or {}) - set(PROTOCOLS)
     if not isinstance(data, dict) or unknown:
-        raise ValueError(f"{path}: expected sections {PROTOCOLS}, got {sorted(data or {})}")
+        raise ConfigError(f"{path}: expected sections {PROTOCOLS}, got {sorted(data or {})}")
     return data
 
 
@@ -128,17 +128,11 @@ async def _stt(url: str, key: str | None, spec: dict[str, Any], m: Measurement) 
 async def _tts(url: str, key: str | None, spec: dict[str, Any], m: Measurement) -> None:
     from scripts.clients.tts import TTSResult, stream_tts
 
-    text, interval = str(spec.get("text") or DEFAULT_TEXT), float(spec.get("word_interval_s", 0.1))
-    config = dict(spec.get("config") or {})
-    results = await asyncio.gather(
-        *(
-            stream_tts(
-                url, text, config=config, api_key=key, word_interval_s=interval, timeout_s=300
-            )
-            for _ in range(m.sessions)
-        ),
-        return_exceptions=True,
-    )
+    text = str(spec.get("text") or DEFAULT_TEXT)
+    options = {"config": dict(spec.get("config") or {}), "api_key": key, "timeout_s": 300}
+    options["word_interval_s"] = float(spec.get("word_interval_s", 0.1))
+    sessions = [stream_tts(url, text, **options) for _ in range(m.sessions)]
+    results = await asyncio.gather(*sessions, return_exceptions=True)
     ok = []
     for r in results:
         if not isinstance(r, TTSResult):
@@ -175,9 +169,8 @@ async def _http(url: str, key: str | None, spec: dict[str, Any], m: Measurement)
 
     timeout = aiohttp.ClientTimeout(total=float(spec.get("timeout_s", 300)))
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        results = await asyncio.gather(
-            *(one(http) for _ in range(m.sessions)), return_exceptions=True
-        )
+        sessions = [one(http) for _ in range(m.sessions)]
+        results = await asyncio.gather(*sessions, return_exceptions=True)
     ok = [r for r in results if isinstance(r, tuple)]
     m.failures += [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
     m.metrics.update(
@@ -206,8 +199,6 @@ def measure(protocol: str, url: str, api_key: str | None, spec: dict[str, Any]) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("truss_dir", type=Path)
     parser.add_argument("url", help="ws(s):// WebSocket or http(s):// predict URL")
