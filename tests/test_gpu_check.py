@@ -25,8 +25,9 @@ def test_tiny_cpu_run_writes_every_section(tmp_path: Path, capsys) -> None:
     levels = report["pipeline"]["levels"]
     assert [level["streams"] for level in levels] == [1, 2]
     for level in levels:
-        # 24 frames x 2048 samples at 24 kHz per stream, all of it streamed
-        assert level["audio_s_per_stream"] == pytest.approx(24 * 2048 / 24000, abs=1e-3)
+        # every frame x 2048 samples at 24 kHz per stream, all of it streamed
+        frames = gpu_check.TINY.pipeline_frames
+        assert level["audio_s_per_stream"] == pytest.approx(frames * 2048 / 24000, abs=1e-3)
         assert 0 < level["ttfa_p50_ms"] <= level["ttfa_p95_ms"]
         assert level["rtf_p50"] > 0
 

@@ -29,6 +29,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,22 @@ from scripts.bench.stats import percentile
 
 DEFAULT_OUT = REPO_ROOT / "bench_results" / "gpu_check.json"
 DEFAULT_BUDGET_S = 450.0  # the check must finish within 8 minutes, start-up included
-SNAC_STREAMS = (1, 8, 32, 64)
-PIPELINE_STREAMS = (1, 8, 32)
-SNAC_WINDOWS_PER_STREAM = 20
-PARITY_BATCH, PARITY_FRAMES = 4, 32  # codes decoded on both devices
-PIPELINE_FRAMES = 24  # audio frames per generation (24 x 2048 samples = 2.05 s at 24 kHz)
+
+
+@dataclass(frozen=True)
+class Workload:
+    parity_batch: int  # windows of codes decoded on both devices
+    parity_frames: int
+    snac_streams: tuple[int, ...]
+    snac_windows_per_stream: int
+    pipeline_streams: tuple[int, ...]
+    pipeline_frames: int  # audio frames per generation (24 x 2048 samples = 2.05 s at 24 kHz)
+
+
+FULL = Workload(4, 32, (1, 8, 32, 64), 20, (1, 8, 32), 24)
+# The same code, small: a CPU run in the test suite (every section in ~30 s on 2 cores; the full
+# sizes took ~2.5 min there).
+TINY = Workload(1, 8, (1, 2), 3, (1, 2), 8)
 PIPELINE_TEXT = "Hello there, this is a check of the streaming speech pipeline on a GPU."
 MAX_MODEL_LEN = 1024
 
@@ -70,13 +82,15 @@ def environment(device: str) -> dict[str, Any]:
     return info
 
 
-def snac_parity(device: str) -> dict[str, Any]:
+def snac_parity(device: str, work: Workload) -> dict[str, Any]:
     """(a) The same codes through the same random SNAC on the device and on the CPU."""
     import numpy as np
 
     from orpheus_tts.snac_decoder import INT16_FULL_SCALE, SnacCodec, build_snac
 
-    codes = np.random.default_rng(0).integers(0, 4096, size=(PARITY_BATCH, PARITY_FRAMES, 7))
+    codes = np.random.default_rng(0).integers(
+        0, 4096, size=(work.parity_batch, work.parity_frames, 7)
+    )
     ref = SnacCodec(build_snac(None, device="cpu", noise=False, seed=0), device="cpu")
     dev = SnacCodec(build_snac(None, device=device, noise=False, seed=0), device=device)
     expected = ref.decode_frames_batch(codes)
@@ -87,8 +101,8 @@ def snac_parity(device: str) -> dict[str, Any]:
         - np.round(np.clip(expected, -1, 1) * INT16_FULL_SCALE)
     )
     return {
-        "windows": PARITY_BATCH,
-        "frames": PARITY_FRAMES,
+        "windows": work.parity_batch,
+        "frames": work.parity_frames,
         "max_abs": float(diff.max()),
         "mean_abs": float(diff.mean()),
         "max_int16_lsb": float(lsb.max()),
@@ -97,7 +111,11 @@ def snac_parity(device: str) -> dict[str, Any]:
 
 
 def snac_throughput(
-    device: str, streams: tuple[int, ...], budget: Budget, compile_modes: tuple[bool, ...]
+    device: str,
+    streams: tuple[int, ...],
+    windows_per_stream: int,
+    budget: Budget,
+    compile_modes: tuple[bool, ...],
 ) -> list[dict]:
     """(b) Steady windows of every stream decoded as one batch, eager and compiled."""
     from orpheus_tts.snac_decoder import SnacCodec, build_snac, decode_throughput
@@ -117,7 +135,7 @@ def snac_throughput(
                 codec,
                 streams=n,
                 window_frames=policy.window_frames,
-                windows_per_stream=SNAC_WINDOWS_PER_STREAM,
+                windows_per_stream=windows_per_stream,
                 batched=True,
                 hop_frames=policy.hop_frames,
             )
@@ -145,13 +163,13 @@ def build_llama(device: str, tiny: bool) -> Any:
     return build_random_llama(ORPHEUS_3B_SHAPE, MAX_MODEL_LEN, device=device, dtype=torch.bfloat16)
 
 
-async def _one_stream(synth: Any, index: int, started: float) -> dict[str, float]:
+async def _one_stream(synth: Any, index: int, frames: int, started: float) -> dict[str, float]:
     from orpheus_tts.engine import SamplingParams
     from orpheus_tts.synth import GenerationStats
     from orpheus_tts.tokens import SAMPLE_RATE_HZ, SLOTS_PER_FRAME
 
     stats = GenerationStats()
-    params = SamplingParams(max_tokens=(PIPELINE_FRAMES + 1) * SLOTS_PER_FRAME, seed=index)
+    params = SamplingParams(max_tokens=(frames + 1) * SLOTS_PER_FRAME, seed=index)
     first = None
     async for _chunk in synth.stream(PIPELINE_TEXT, "tara", params, f"gpu-check-{index}", stats):
         if first is None:
@@ -161,9 +179,9 @@ async def _one_stream(synth: Any, index: int, started: float) -> dict[str, float
     return {"ttfa_s": first or wall, "wall_s": wall, "audio_s": audio_s}
 
 
-async def _pipeline_level(synth: Any, n: int) -> dict[str, Any]:
+async def _pipeline_level(synth: Any, n: int, frames: int) -> dict[str, Any]:
     started = time.perf_counter()
-    results = await asyncio.gather(*(_one_stream(synth, i, started) for i in range(n)))
+    results = await asyncio.gather(*(_one_stream(synth, i, frames, started) for i in range(n)))
     ttfa = [r["ttfa_s"] for r in results]
     rtf = [r["wall_s"] / r["audio_s"] for r in results if r["audio_s"] > 0]
     return {
@@ -177,7 +195,9 @@ async def _pipeline_level(synth: Any, n: int) -> dict[str, Any]:
     }
 
 
-def pipeline(device: str, streams: tuple[int, ...], tiny: bool, budget: Budget) -> dict:
+def pipeline(
+    device: str, streams: tuple[int, ...], frames: int, tiny: bool, budget: Budget
+) -> dict:
     """(c) Synthesizer over the transformers engine and the SNAC decode service."""
     from orpheus_tts.dummy import build_dummy_tokenizer
     from orpheus_tts.snac_decoder import SnacCodec, SnacDecodeService, build_snac
@@ -195,7 +215,7 @@ def pipeline(device: str, streams: tuple[int, ...], tiny: bool, budget: Budget) 
         device=device,
         max_model_len=MAX_MODEL_LEN,
         max_concurrency=max(streams),
-        constraint=AudioConstraint(max_frames=PIPELINE_FRAMES),
+        constraint=AudioConstraint(max_frames=frames),
     )
     policy = WindowPolicy()
     codec = SnacCodec(build_snac(None, device=device, noise=True), device=device)
@@ -206,7 +226,7 @@ def pipeline(device: str, streams: tuple[int, ...], tiny: bool, budget: Budget) 
         "engine": "transformers",
         "llama_params": params,
         "dtype": str(next(model.parameters()).dtype),
-        "frames_per_generation": PIPELINE_FRAMES,
+        "frames_per_generation": frames,
         "load_s": round(time.perf_counter() - started, 2),
         "levels": [],
     }
@@ -216,7 +236,7 @@ def pipeline(device: str, streams: tuple[int, ...], tiny: bool, budget: Budget) 
             if budget.left() < 0:
                 report["levels"].append({"streams": n, "skipped": "time budget"})
                 continue
-            report["levels"].append(asyncio.run(_pipeline_level(synth, n)))
+            report["levels"].append(asyncio.run(_pipeline_level(synth, n, frames)))
             print(f"pipeline: {report['levels'][-1]}", file=sys.stderr)
     finally:
         decoder.stop()
@@ -240,15 +260,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.perf_counter()
     budget = Budget(args.budget_s)
-    snac_streams = (1, 2) if args.tiny else SNAC_STREAMS
-    pipeline_streams = (1, 2) if args.tiny else PIPELINE_STREAMS
+    work = TINY if args.tiny else FULL
     report: dict[str, Any] = {"environment": environment(args.device)}
-    report["snac_parity"] = snac_parity(args.device)
+    report["snac_parity"] = snac_parity(args.device, work)
     print(f"snac parity: {report['snac_parity']}", file=sys.stderr)
     # torch.compile on a CPU needs minutes of C++ builds: the tiny run checks the eager path.
     compile_modes = (False,) if args.tiny else (False, True)
-    report["snac_throughput"] = snac_throughput(args.device, snac_streams, budget, compile_modes)
-    report["pipeline"] = pipeline(args.device, pipeline_streams, args.tiny, budget)
+    report["snac_throughput"] = snac_throughput(
+        args.device, work.snac_streams, work.snac_windows_per_stream, budget, compile_modes
+    )
+    report["pipeline"] = pipeline(
+        args.device, work.pipeline_streams, work.pipeline_frames, args.tiny, budget
+    )
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
