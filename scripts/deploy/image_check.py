@@ -30,10 +30,10 @@ from packaging.utils import canonicalize_name
 from uv import find_uv_bin
 
 from scripts import REPO_ROOT
+from scripts.deploy.push import DEFAULT_CONFIG  # truss push without --config
 from scripts.local.serve import build_context, with_config
 
 TRUSS_DIRS = ("whisper_streaming_truss", "orpheus_tts_truss")
-DEFAULT_CONFIG = "config.yaml"  # truss push without --config
 # Truss's GPU base image (baseten/truss-server-base, GPU flavour): CUDA 12.8 on Ubuntu 22.04,
 # whose glibc 2.35 runs wheels tagged up to manylinux_2_35; x86-64 hosts.
 BASE_IMAGE_CUDA = (12, 8)
