@@ -10,8 +10,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from orpheus_tts.dialects.fish import FishCore, FishRequest
-from orpheus_tts.dialects.together import TogetherCore
+from orpheus_tts.codec_session import CodecSession
+from orpheus_tts.dialects.fish import FishCodec, FishRequest
+from orpheus_tts.dialects.together import TogetherCodec
 from orpheus_tts.prompt import DEFAULT_VOICE, VOICES
 from orpheus_tts.protocol import TtsCore
 from orpheus_tts.settings import SessionLimits
@@ -23,12 +24,12 @@ PCM = b"\x01\x00" * 480  # one 20 ms chunk of the model's 24 kHz PCM
 
 
 class Client:
-    """A dialect core driven like the driver does; the engine makes one chunk per generation
-    when ``run`` is called, and every send is written at once."""
+    """The core behind a dialect's codec, driven like the driver does; the engine makes one
+    chunk per generation when ``run`` is called, and every send is written at once."""
 
     def __init__(self, make: Any) -> None:
         core = TtsCore(SessionLimits(), VOICES, DEFAULT_VOICE, Params(), lambda t, m: m, "s")
-        self.dialect = make(core)
+        self.dialect = CodecSession(core, make(core))
         self.out: list[Any] = []  # decoded frames, in order
         self.running: list[int] = []
         self.closed: Close | None = None
@@ -68,7 +69,7 @@ class Client:
 
 # -- Together ---------------------------------------------------------------------------------------
 def together(query: dict | None = None) -> Client:
-    return Client(lambda core: TogetherCore(core, {"model": "orpheus", **(query or {})}))
+    return Client(lambda core: TogetherCodec(core, {"model": "orpheus", **(query or {})}))
 
 
 def append(text: str) -> dict:
@@ -150,7 +151,7 @@ LIVEKIT_START = {  # livekit-plugins-fishaudio 1.8.9's start request (its _build
 
 
 def fish() -> Client:
-    return Client(FishCore)
+    return Client(FishCodec)
 
 
 def test_fish_livekit_turns_on_one_pooled_socket() -> None:

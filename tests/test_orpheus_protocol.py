@@ -1,16 +1,21 @@
-"""The TTS protocol core without sockets, engines or clocks: hypothesis over arbitrary
-interleavings of frames, generation chunks and ends (in any order, failed or not), send
-acknowledgements, timers and disconnects. Every run must end, cancel or finish every generation
-it started, respect the per-session generation bounds, and send audio in text order."""
+"""The TTS protocol core behind Baseten's codec, without sockets, engines or clocks: hypothesis
+over arbitrary interleavings of frames, generation chunks and ends (in any order, failed or not),
+send acknowledgements, timers and disconnects. Every run must end, cancel or finish every
+generation it started, respect the per-session generation bounds, and send audio in text order.
+A generation's job id and acks are its handle (opaque here); audio names its index in the
+order generations were started."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from orpheus_tts.codec_session import CodecSession
+from orpheus_tts.dialects.baseten import BasetenCodec
 from orpheus_tts.prompt import DEFAULT_VOICE, VOICES
 from orpheus_tts.protocol import TtsCore
 from orpheus_tts.settings import SessionLimits
@@ -44,18 +49,19 @@ class Harness:
     limits: SessionLimits = field(default_factory=SessionLimits)
     now: float = 0.0
     core: TtsCore = None  # type: ignore[assignment]
+    session: CodecSession = None  # type: ignore[assignment]
     started: list[StartStream] = field(default_factory=list)
-    live: dict[int, int] = field(default_factory=dict)  # job id -> chunks produced so far
-    finished: set[int] = field(default_factory=set)  # generated everything (StreamDone ok)
-    unacked: list[int] = field(default_factory=list)  # acks of sends not yet written
+    live: dict[Any, int] = field(default_factory=dict)  # job handle -> chunks produced so far
+    finished: set[Any] = field(default_factory=set)  # generated everything (StreamDone ok)
+    unacked: list[Any] = field(default_factory=list)  # acks of sends not yet written
     audio: list[bytes] = field(default_factory=list)
     frames: list[dict] = field(default_factory=list)
     closes: list[Close] = field(default_factory=list)
     log: list[tuple[str, object]] = field(default_factory=list)  # ("audio", job) / ("event", ...)
-    discarded: list[tuple[int, bytes]] = field(default_factory=list)
+    discarded: list[tuple[Any, bytes]] = field(default_factory=list)
     flushes: list[object] = field(default_factory=list)  # ids of the flushes sent
     words_available: bool = False  # an aligner on the deployment
-    aligns: dict[int, Submit] = field(default_factory=dict)  # aligner jobs outstanding
+    aligns: dict[Any, Submit] = field(default_factory=dict)  # aligner jobs outstanding
 
     def __post_init__(self) -> None:
         self._queued_audio: list[bytes] = []  # parallel to unacked
@@ -63,7 +69,16 @@ class Harness:
             self.limits, VOICES, DEFAULT_VOICE, Params(), lambda t, m: min(m, 300), "s",
             word_timestamps_available=self.words_available,
         )  # fmt: skip
-        self.apply(self.core.start(self.now))
+        self.session = CodecSession(self.core, BasetenCodec(self.core))
+        self.apply(self.session.start(self.now))
+
+    def number(self, job: Any) -> int:
+        """A generation's index in the order they were started."""
+        return next(i for i, s in enumerate(self.started) if s.job_id is job)
+
+    def running(self) -> list[Any]:
+        """Generations still producing, in the order they were started."""
+        return sorted(self.live.keys() - self.finished, key=self.number)
 
     def apply(self, commands: list[Command]) -> None:
         for command in commands:
@@ -102,7 +117,7 @@ class Harness:
         alive = [
             j
             for j, produced in self.live.items()
-            if j not in self.finished or sent.count(j) < produced or j in self.unacked
+            if j not in self.finished or sent.count(self.number(j)) < produced or j in self.unacked
         ]
         assert len(alive) <= 1 + self.limits.lookahead_generations
         if self.core.done:
@@ -113,24 +128,25 @@ class Harness:
         text = payload if isinstance(payload, str) else json.dumps(payload)
         if text.startswith('{"type": "flush"'):
             self.flushes.append(json.loads(text).get("id"))
-        self.apply(self.core.on_text(text, self.now))
+        self.apply(self.session.on_text(text, self.now))
 
-    def chunk(self, job_id: int) -> None:
+    def chunk(self, job_id: Any) -> None:
         n = self.live[job_id]
         self.live[job_id] = n + 1
-        self.apply(self.core.on_result(job_id, StreamChunk(f"[{job_id}:{n}]".encode()), self.now))
+        pcm = f"[{self.number(job_id)}:{n}]".encode()
+        self.apply(self.session.on_result(job_id, StreamChunk(pcm), self.now))
 
-    def done(self, job_id: int, error: bool = False) -> None:
+    def done(self, job_id: Any, error: bool = False) -> None:
         failure = RuntimeError("engine exploded") if error else None
         if not error:
             self.finished.add(job_id)
         else:
             self.live.pop(job_id)
-        self.apply(self.core.on_result(job_id, StreamDone(failure), self.now))
+        self.apply(self.session.on_result(job_id, StreamDone(failure), self.now))
 
     def ack(self) -> None:
         self._queued_audio.pop(0)
-        self.apply(self.core.on_sent(self.unacked.pop(0), self.now))
+        self.apply(self.session.on_sent(self.unacked.pop(0), self.now))
 
     def events(self, kind: str | None = None) -> list[dict]:
         return [f for f in self.frames if kind is None or f.get("type") == kind]
@@ -138,7 +154,7 @@ class Harness:
     def run_out(self) -> None:
         """The engine finishes every running generation; the client reads everything."""
         for _ in range(1000):
-            running = sorted(self.live.keys() - self.finished)
+            running = self.running()
             if running:
                 self.chunk(running[0])
                 self.done(running[0])
@@ -171,12 +187,11 @@ class Harness:
 
     def check_order(self) -> None:
         """Audio in generation order; each generation's chunks in order and contiguous."""
-        order = [s.job_id for s in self.started]
         seen: list[tuple[int, int]] = []
         for pcm in self.audio:
-            job, n = (int(x) for x in pcm.decode().strip("[]").split(":"))
-            seen.append((job, n))
-        assert seen == sorted(seen, key=lambda p: (order.index(p[0]), p[1]))
+            number, n = (int(x) for x in pcm.decode().strip("[]").split(":"))
+            seen.append((number, n))
+        assert seen == sorted(seen)
         assert len(self.closes) <= 1
 
 
@@ -187,7 +202,7 @@ def test_round_trip_in_order_then_1000() -> None:
         h.text(word)
     h.text("__END__")
     while h.live.keys() - h.finished or h.unacked:
-        for job in sorted(h.live.keys() - h.finished):
+        for job in h.running():
             h.chunk(job)
             h.done(job)
         while h.unacked:
@@ -277,19 +292,19 @@ def test_every_interleaving_ends_and_keeps_order(
         if step == end_at and not h.core.done:
             h.text("__END__")
         if step == disconnect_at and not h.core.done:
-            h.apply(h.core.on_disconnect(h.now))
+            h.apply(h.session.on_disconnect(h.now))
         if h.core.done:
             break
-        running = sorted(h.live.keys() - h.finished)
+        running = h.running()
         if action == "word":
             h.text(next(words))
         elif engine_step(h, action, running, data):
             pass
         elif action == "tick":
             h.now += data.draw(st.sampled_from([0.5, 11.0]))
-            h.apply(h.core.on_timer(h.now))
+            h.apply(h.session.on_timer(h.now))
         elif action == "binary" and data.draw(st.integers(0, 19)) == 0:
-            h.apply(h.core.on_bytes(b"\x00", h.now))
+            h.apply(h.session.on_bytes(b"\x00", h.now))
         h.check_order()
     # The client ends its text and listens to the end; the engine finishes every generation.
     if not h.core.done:
@@ -297,7 +312,7 @@ def test_every_interleaving_ends_and_keeps_order(
     for _ in range(10_000):
         if h.core.done:
             break
-        running = sorted(h.live.keys() - h.finished)
+        running = h.running()
         if running:
             h.chunk(running[0])
             h.done(running[0])
@@ -305,15 +320,15 @@ def test_every_interleaving_ends_and_keeps_order(
             h.ack()
         else:
             h.now += 400
-            h.apply(h.core.on_timer(h.now))
+            h.apply(h.session.on_timer(h.now))
     if not h.core.done:
-        h.apply(h.core.on_disconnect(h.now))
+        h.apply(h.session.on_disconnect(h.now))
     assert h.core.done
     h.check_order()
     event(f"outcome {h.core.outcome}; generations {min(len(h.started), 3)}+")
     # Inputs after the end change nothing.
-    h.apply(h.core.on_text("more", h.now))
-    h.apply(h.core.on_disconnect(h.now))
+    h.apply(h.session.on_text("more", h.now))
+    h.apply(h.session.on_disconnect(h.now))
 
 
 # -- the event protocol (events: true) ------------------------------------------------------------
@@ -324,7 +339,7 @@ def test_published_first_frame_gets_no_events_and_untouched_audio() -> None:
     h.text("__END__")
     h.run_out()
     assert h.frames == [] and h.closes == [Close(1000)]
-    assert h.audio == [f"[{h.started[0].job_id}:0]".encode()]  # the engine's bytes, as they were
+    assert h.audio == [b"[0:0]"]  # the engine's bytes, as they were
 
 
 def test_turns_flush_done_after_their_audio_then_session_done() -> None:
@@ -371,10 +386,10 @@ def test_clear_aborts_generations_and_drops_their_queued_audio() -> None:
     h.text(json.dumps({"type": "clear", "id": 7}))
     assert h.frames[-1] == {"type": "cleared", "id": 7, "generations_aborted": 2}
     assert first not in h.live and second not in h.live  # engine requests cancelled
-    assert h.discarded == [(first, f"[{first}:1]".encode())] and not h.unacked
+    assert h.discarded == [(first, b"[0:1]")] and not h.unacked
     assert h.core.aborted_generations == 2
     # Late chunks of the cleared generations are ignored; the next turn works.
-    h.apply(h.core.on_result(first, StreamChunk(b"late"), h.now))
+    h.apply(h.session.on_result(first, StreamChunk(b"late"), h.now))
     h.text("Next turn.")
     h.text(json.dumps({"type": "flush", "id": "next"}))
     h.run_out()
@@ -453,10 +468,10 @@ def test_every_event_interleaving_ends_and_keeps_its_promises(
     flushes = 0
     for step, action in enumerate(actions):
         if step == disconnect_at:
-            h.apply(h.core.on_disconnect(h.now))
+            h.apply(h.session.on_disconnect(h.now))
         if h.core.done:
             break
-        running = sorted(h.live.keys() - h.finished)
+        running = h.running()
         if action == "word":
             h.text(next(words))
         elif action == "flush":
@@ -472,7 +487,7 @@ def test_every_event_interleaving_ends_and_keeps_its_promises(
             pass
         elif action == "tick":
             h.now += 0.5
-            h.apply(h.core.on_timer(h.now))
+            h.apply(h.session.on_timer(h.now))
         h.check_order()
         h.check_events()
     if not h.core.done:
@@ -501,12 +516,13 @@ def test_word_timestamps_come_before_audio_done_on_the_session_timeline() -> Non
         while h.unacked:
             h.ack()
         ((align_id, submit),) = h.aligns.items()
-        assert submit.worker == ALIGN_WORKER and submit.payload.pcm == f"[{job}:0]".encode()
+        pcm = f"[{h.number(job)}:0]".encode()
+        assert submit.worker == ALIGN_WORKER and submit.payload.pcm == pcm
         assert submit.payload.text == "Hello there."
         assert h.frames[-1]["type"] == "audio_start"  # held until the words are known
         h.aligns.clear()
         words = [WordTime("Hello", 0.01, 0.2), WordTime("there.", 0.25, 0.5)]
-        h.apply(h.core.on_result(align_id, words, h.now))
+        h.apply(h.session.on_result(align_id, words, h.now))
         stamps, done, flushed = h.frames[-3:]
         offset = h.events("audio_start")[-1]["start_s"]
         assert stamps["type"] == "word_timestamps" and stamps["generation"] == turn + 1
@@ -521,7 +537,7 @@ def test_word_timestamps_come_before_audio_done_on_the_session_timeline() -> Non
     h.done(job)
     h.ack()
     (align_id,) = h.aligns
-    h.apply(h.core.on_result(align_id, RuntimeError("aligner failed"), h.now))
+    h.apply(h.session.on_result(align_id, RuntimeError("aligner failed"), h.now))
     assert h.events("word_timestamps")[-1]["words"] == []
     assert h.frames[-1] == {"type": "flush_done", "id": "x"}
 
@@ -544,5 +560,5 @@ def test_disconnect_cancels_a_pending_alignment() -> None:
     h.chunk(job)
     h.done(job)
     assert h.aligns
-    h.apply(h.core.on_disconnect(h.now))
+    h.apply(h.session.on_disconnect(h.now))
     assert not h.aligns and h.core.done  # the aligner job was cancelled

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import pytest
@@ -128,8 +128,8 @@ class FakeSynthesizer:
 
 def _session(
     ws: FakeWebSocket, synth: FakeSynthesizer, limits: SessionLimits | None = None
-) -> TTSSession:
-    return TTSSession(ws, synth, FakeParams(), VOICES, DEFAULT_VOICE, limits)
+) -> Coroutine[Any, Any, None]:
+    return TTSSession(synth, FakeParams(), VOICES, DEFAULT_VOICE, limits).websocket(ws)
 
 
 def _audio_text(ws: FakeWebSocket) -> str:
@@ -152,7 +152,7 @@ async def test_round_trip_in_order_and_closes_normally() -> None:
     ws.text(json.dumps({**CONFIG, "voice": "leo", "temperature": 0.9}))
     ws.words("Hello there, my friend. How are you today? Fine thanks")
     ws.text("__END__")
-    await asyncio.wait_for(_session(ws, synth).run(), 5)
+    await asyncio.wait_for(_session(ws, synth), 5)
 
     texts = ["Hello there, my friend.", "How are you today?", "Fine thanks"]
     assert [c.text for c in synth.calls] == texts
@@ -171,7 +171,7 @@ async def test_trailing_words_are_spoken_at_end() -> None:
     ws.text(json.dumps({**CONFIG, "buffer_size": 50}))
     ws.words("no sentence end here")
     ws.text("__END__")
-    await asyncio.wait_for(_session(ws, synth).run(), 5)
+    await asyncio.wait_for(_session(ws, synth), 5)
     assert [c.text for c in synth.calls] == ["no sentence end here"]
     assert _audio_text(ws) == "[no sentence end here#0]"
 
@@ -180,7 +180,7 @@ async def test_empty_session_closes_normally() -> None:
     ws, synth = FakeWebSocket(), FakeSynthesizer()
     ws.text(json.dumps(CONFIG))
     ws.text("__END__")
-    await asyncio.wait_for(_session(ws, synth).run(), 5)
+    await asyncio.wait_for(_session(ws, synth), 5)
     assert synth.calls == [] and ws.audio == [] and ws.close_code == CloseCode.NORMAL
 
 
@@ -188,7 +188,7 @@ async def test_generation_starts_before_end_of_input() -> None:
     ws, synth = FakeWebSocket(), FakeSynthesizer()
     ws.text(json.dumps(CONFIG))
     ws.words("First sentence here. Second")
-    task = asyncio.create_task(_session(ws, synth).run())
+    task = asyncio.create_task(_session(ws, synth))
     # Audio streams while the client is still typing: no __END__ has been sent yet.
     await asyncio.wait_for(ws.first_audio.wait(), 2)
     assert synth.calls[0].text == "First sentence here."
@@ -205,7 +205,7 @@ async def test_next_generation_starts_while_current_is_sent_with_bounded_lookahe
     ws.words("One. Two. Three. Four.")
     ws.text("__END__")
     limits = SessionLimits(lookahead_generations=1, engine_generations=1)
-    task = asyncio.create_task(_session(ws, synth, limits).run())
+    task = asyncio.create_task(_session(ws, synth, limits))
     await _wait_for(lambda: len(synth.calls) >= 2 and synth.calls[1].finished)
     await asyncio.sleep(0.05)
     # "One." is generated but not yet sent; "Two." was generated meanwhile; no third one yet.
@@ -227,7 +227,7 @@ async def test_engine_generations_per_session(engine_generations: int) -> None:
     ws.words("One. Two. Three.")
     ws.text("__END__")
     limits = SessionLimits(lookahead_generations=2, engine_generations=engine_generations)
-    task = asyncio.create_task(_session(ws, synth, limits).run())
+    task = asyncio.create_task(_session(ws, synth, limits))
     await _wait_for(lambda: len(synth.calls) >= engine_generations)
     await asyncio.sleep(0.05)
     # While "One." is still generating, only engine_generations requests are in the engine.
@@ -247,7 +247,7 @@ async def test_disconnect_mid_stream_aborts_generations_at_once() -> None:
     ws.text(json.dumps(CONFIG))
     ws.words("One. Two. Three")
     limits = SessionLimits(engine_generations=2)
-    task = asyncio.create_task(_session(ws, synth, limits).run())
+    task = asyncio.create_task(_session(ws, synth, limits))
     await _wait_for(lambda: len(synth.calls) == 2)
     assert _metric("orpheus_active_generations") == active + 2
     started = time.monotonic()
@@ -267,7 +267,7 @@ async def test_disconnect_after_end_before_any_audio_is_noticed() -> None:
     ws.text(json.dumps(CONFIG))
     ws.words("Slow one.")
     ws.text("__END__")
-    task = asyncio.create_task(_session(ws, synth).run())
+    task = asyncio.create_task(_session(ws, synth))
     await asyncio.wait_for(synth.started.wait(), 1)
     ws.disconnect()
     await asyncio.wait_for(task, 1)
@@ -280,7 +280,7 @@ async def test_failed_send_aborts_generation() -> None:
     ws.text(json.dumps(CONFIG))
     ws.words("Hello world.")
     ws.text("__END__")
-    await asyncio.wait_for(_session(ws, synth).run(), 2)
+    await asyncio.wait_for(_session(ws, synth), 2)
     assert synth.calls[0].closed and not synth.calls[0].finished
 
 
@@ -292,7 +292,7 @@ async def test_engine_failure_sends_error_and_1011_and_aborts_the_rest() -> None
     ws.text(json.dumps(CONFIG))
     ws.words("Boom now. Fine later. And more")
     ws.text("__END__")
-    await asyncio.wait_for(_session(ws, synth).run(), 5)
+    await asyncio.wait_for(_session(ws, synth), 5)
     assert ws.close_code == CloseCode.INTERNAL_ERROR
     assert ws.json_frames[-1]["body"]["error_type"] == "engine_error"
     message = ws.json_frames[-1]["body"]["message"]
@@ -322,7 +322,7 @@ async def test_bad_input_gets_typed_error_and_1008(frames: list[Any], error_type
     for frame in frames:
         ws.binary(frame) if isinstance(frame, bytes) else ws.text(frame)
     limits = SessionLimits(max_frame_chars=100, max_session_chars=200)
-    await asyncio.wait_for(_session(ws, synth, limits).run(), 5)
+    await asyncio.wait_for(_session(ws, synth, limits), 5)
     assert ws.close_code == CloseCode.POLICY_VIOLATION
     assert len(ws.json_frames) == 1
     assert ws.json_frames[0]["type"] == "error"
@@ -333,7 +333,7 @@ async def test_bad_input_gets_typed_error_and_1008(frames: list[Any], error_type
 
 async def test_config_timeout() -> None:
     ws, synth = FakeWebSocket(), FakeSynthesizer()
-    await asyncio.wait_for(_session(ws, synth, SessionLimits(first_frame_timeout_s=0.05)).run(), 2)
+    await asyncio.wait_for(_session(ws, synth, SessionLimits(first_frame_timeout_s=0.05)), 2)
     assert ws.close_code == CloseCode.POLICY_VIOLATION
     assert ws.json_frames[0]["body"]["error_type"] == "timeout"
 
@@ -344,7 +344,7 @@ async def test_time_to_first_audio_is_observed() -> None:
     ws.text(json.dumps(CONFIG))
     ws.words("A sentence. Another one.")
     ws.text("__END__")
-    await asyncio.wait_for(_session(ws, synth).run(), 5)
+    await asyncio.wait_for(_session(ws, synth), 5)
     assert _metric("orpheus_time_to_first_audio_seconds_count") == before + 1
 
 
@@ -357,9 +357,7 @@ async def test_sessions_are_independent() -> None:
     bad_ws.text(json.dumps(CONFIG))
     bad_ws.words("Boom goes the engine.")
     bad_ws.text("__END__")
-    await asyncio.wait_for(
-        asyncio.gather(_session(good_ws, synth).run(), _session(bad_ws, synth).run()), 5
-    )
+    await asyncio.wait_for(asyncio.gather(_session(good_ws, synth), _session(bad_ws, synth)), 5)
     assert bad_ws.close_code == CloseCode.INTERNAL_ERROR
     assert good_ws.close_code == CloseCode.NORMAL
     assert _audio_text(good_ws).endswith("[General Kenobi.#2]")
@@ -374,11 +372,11 @@ async def test_overloaded_replica_refuses_with_1013() -> None:
     first_ws.words("Busy now.")
     first_ws.text("__END__")
     first = asyncio.create_task(
-        TTSSession(first_ws, synth, FakeParams(), VOICES, DEFAULT_VOICE, gate=gate).run()
+        TTSSession(synth, FakeParams(), VOICES, DEFAULT_VOICE, gate=gate).websocket(first_ws)
     )
     await asyncio.wait_for(synth.started.wait(), 1)
     await asyncio.wait_for(
-        TTSSession(second_ws, synth, FakeParams(), VOICES, DEFAULT_VOICE, gate=gate).run(), 1
+        TTSSession(synth, FakeParams(), VOICES, DEFAULT_VOICE, gate=gate).websocket(second_ws), 1
     )
     assert second_ws.close_code == CloseCode.TRY_AGAIN_LATER
     assert second_ws.json_frames[0]["body"]["error_type"] == "overloaded"

@@ -49,14 +49,12 @@ class _Orpheus:
         has died: every session would fail, so the replica must be restarted."""
         return self._runtime is not None and self._runtime.is_healthy()
 
-    async def _session(self, websocket: Any) -> None:
-        """One session of the protocol core on a WebSocket (or the HTTP flavour's in-memory
-        socket)."""
+    def _session(self) -> Any:
+        """One session (a WebSocket's, or an HTTP request's) of the protocol core."""
         from orpheus_tts.prompt import DEFAULT_VOICE, VOICES
         from orpheus_tts.session import TTSSession
 
-        session = TTSSession(
-            websocket,
+        return TTSSession(
             self._runtime.synthesizer,
             self._default_params,
             VOICES,
@@ -66,7 +64,6 @@ class _Orpheus:
             self._admit,
             self._runtime.aligner,
         )
-        await session.run()
 
     def _admit(self, active: int) -> Any:
         """None to admit one more session, else the 1013 error: the SNAC queue, the engine's
@@ -86,7 +83,7 @@ class Model(_Orpheus):
     """The WebSocket flavour (``config.yaml``): Baseten's protocol, and the dialects."""
 
     async def websocket(self, websocket: Any) -> None:
-        await self._session(websocket)
+        await self._session().websocket(websocket)
 
 
 class OrpheusSpeech(_Orpheus):
@@ -99,19 +96,13 @@ class OrpheusSpeech(_Orpheus):
     async def predict(self, request: Request) -> Any:
         from starlette.responses import JSONResponse, Response, StreamingResponse
 
-        from orpheus_tts.http_speech import (
-            HttpError,
-            Vendor,
-            finish_wav,
-            parse_request,
-            speech_chunks,
-            sse_events,
-        )
+        from orpheus_tts.dialects.http import speech_chunks
+        from orpheus_tts.http_speech import HttpError, Vendor, finish_wav, parse_request, sse_events
 
         speech: Vendor | None = None
         try:
             speech = parse_request(await request.body(), request.headers.get("content-type", ""))
-            chunks = speech_chunks(speech, self._session)
+            chunks = speech_chunks(speech, self._session())
             if speech.whole_wav:
                 audio = b"".join([c async for c in chunks if isinstance(c, bytes)])
                 return Response(finish_wav(audio), media_type=speech.media_type)

@@ -3,10 +3,11 @@
 A core is pure and synchronous: frames, job results, timers and the client's disconnect go in;
 commands come out (``Send``, ``Submit``, ``StartStream``, ``Cancel``, ``Discard``, ``Close``). ``Submit`` is a
 model job with one result (a Whisper or VAD batch job); ``StartStream`` a job whose items arrive
-one by one (a TTS generation's PCM chunks, then ``StreamDone``). A ``Send`` with an ``ack`` is
-reported back (``on_sent``) once written, so a core knows what the client has actually been
-given. ``run_session`` runs any core on a Starlette WebSocket with three tasks in one
-``asyncio.TaskGroup``:
+one by one (a TTS generation's PCM chunks, then ``StreamDone``). A job's id is the core's handle
+for it (an int, or the very object that asked): its results come back with it. A ``Send`` with
+an ``ack`` is reported back (``on_sent``) once written, so a core knows what the client has
+actually been given. ``run_session`` runs any core on a Starlette WebSocket, ``run_transport`` on
+any ``Transport`` (an HTTP request's exchange), with three tasks in one ``asyncio.TaskGroup``:
 
 - the reader turns frames into events (it never waits for the model or the writer, so control
   messages are answered at once);
@@ -30,7 +31,7 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .ws import CloseCode, ProtocolError, safe_close, send_error_and_close
+from .ws import CloseCode, ProtocolError, safe_close
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +39,23 @@ logger = logging.getLogger(__name__)
 # -- commands (core -> driver) -----------------------------------------------------------------
 @dataclass(frozen=True)
 class Send:
-    message: dict[str, Any] | bytes | str  # str: a text frame sent as is (counted as audio:
-    # a dialect that carries audio as base64 JSON serialises it itself)
+    message: Any  # what the transport writes (a WebSocket: a dict as JSON, a str, bytes)
     ack: Hashable | None = None  # reported to the core (on_sent) once written to the socket
+    # What it weighs against the outbox bound (audio queued for a slow client); None: the
+    # length of a bytes message (audio), nothing for any other. Audio in another shape (base64
+    # JSON text) says so.
+    size: int | None = None
+
+    @property
+    def outbox_bytes(self) -> int:
+        if self.size is not None:
+            return self.size
+        return len(self.message) if isinstance(self.message, bytes) else 0
 
 
 @dataclass(frozen=True)
 class Submit:
-    job_id: int
+    job_id: Hashable  # the core's handle, handed back with the result
     worker: str  # which model worker: the JobRunner knows them by name
     payload: Any
     priority: int = 0
@@ -54,7 +64,7 @@ class Submit:
 
 @dataclass(frozen=True)
 class StartStream:
-    job_id: int
+    job_id: Hashable  # the core's handle, handed back with each item
     worker: str
     payload: Any
 
@@ -75,7 +85,7 @@ class StreamDone:
 
 @dataclass(frozen=True)
 class Cancel:
-    job_id: int
+    job_id: Hashable
 
 
 @dataclass(frozen=True)
@@ -119,13 +129,63 @@ class SessionCore(Protocol):
 
     def on_bytes(self, data: bytes, now: float) -> list[Command]: ...
 
-    def on_result(self, job_id: int, result: Any, now: float) -> list[Command]: ...
+    def on_result(self, job_id: Hashable, result: Any, now: float) -> list[Command]: ...
 
     def on_sent(self, ack: Hashable, now: float) -> list[Command]: ...
 
     def on_timer(self, now: float) -> list[Command]: ...
 
     def on_disconnect(self, now: float) -> list[Command]: ...
+
+
+class Transport(Protocol):
+    """What a session runs over: a WebSocket (``WebSocketTransport``), or an HTTP request."""
+
+    async def receive(self) -> str | bytes | None:
+        """The client's next frame; None once the client is gone."""
+        ...
+
+    async def send(self, message: Any) -> None: ...
+
+    async def close(self, code: int, reason: str = "", error: ProtocolError | None = None) -> None:
+        """The end: ``error`` first where there is one; best effort (the client may be gone)."""
+        ...
+
+
+class WebSocketTransport:
+    """A Starlette WebSocket as a ``Transport``: dicts go out as JSON, str as text, bytes as
+    binary; the error of a close as a typed error frame."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    async def receive(self) -> str | bytes | None:
+        while True:
+            try:
+                message = await self.ws.receive()
+            except Exception:  # the transport broke under us: the client is gone
+                return None
+            if message["type"] == "websocket.disconnect":
+                return None
+            if message["type"] == "websocket.receive":
+                text = message.get("text")
+                return text if text is not None else message.get("bytes") or b""
+
+    async def send(self, message: Any) -> None:
+        if isinstance(message, bytes):
+            await self.ws.send_bytes(message)
+        elif isinstance(message, str):
+            await self.ws.send_text(message)
+        else:
+            await self.ws.send_json(message)
+
+    async def close(self, code: int, reason: str = "", error: ProtocolError | None = None) -> None:
+        if error is not None:
+            try:
+                await self.ws.send_json(error.frame())
+            except Exception:  # client already gone
+                logger.debug("could not send error frame %s", error.error_type)
+        await safe_close(self.ws, code, reason)
 
 
 class JobRunner(Protocol):
@@ -149,18 +209,18 @@ class JobIds:
 # -- events (driver -> core) ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Frame:
-    message: dict[str, Any]
+    data: str | bytes
 
 
 @dataclass(frozen=True)
 class _Result:
-    job_id: int
+    job_id: Hashable
     future: asyncio.Future
 
 
 @dataclass(frozen=True)
 class _StreamEvent:
-    job_id: int
+    job_id: Hashable
     value: StreamChunk | StreamDone
 
 
@@ -175,7 +235,7 @@ INTERNAL_ERROR = ProtocolError("internal_error", "internal server error", CloseC
 
 @dataclass
 class _Session:
-    ws: Any
+    transport: Transport
     core: SessionCore
     runner: JobRunner
     stream_id: Hashable
@@ -183,8 +243,8 @@ class _Session:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES
-    jobs: dict[int, asyncio.Future] = field(default_factory=dict)
-    streams: dict[int, asyncio.Task] = field(default_factory=dict)
+    jobs: dict[Hashable, asyncio.Future] = field(default_factory=dict)
+    streams: dict[Hashable, asyncio.Task] = field(default_factory=dict)
     stopping: set[asyncio.Task] = field(default_factory=set)  # cancelled, still releasing
     closing: bool = False
     outbox_bytes: int = 0
@@ -196,15 +256,11 @@ class _Session:
     # -- tasks ---------------------------------------------------------------------------------
     async def read(self) -> None:
         while True:
-            try:
-                message = await self.ws.receive()
-            except Exception:  # the transport broke under us: the client is gone
-                message = {"type": "websocket.disconnect"}
-            if message["type"] == "websocket.disconnect":
+            data = await self.transport.receive()
+            if data is None:
                 self.events.put_nowait(_DISCONNECT)
                 return
-            if message["type"] == "websocket.receive":
-                self.events.put_nowait(_Frame(message))
+            self.events.put_nowait(_Frame(data))
 
     async def pump(self) -> None:
         self.execute(self.core.start(self.loop.time()))
@@ -227,12 +283,10 @@ class _Session:
                 commands = self.core.on_result(event.job_id, event.value, now)
             elif isinstance(event, _Sent):
                 commands = self.core.on_sent(event.ack, now)
+            elif isinstance(event.data, str):
+                commands = self.core.on_text(event.data, now)
             else:
-                text = event.message.get("text")
-                if text is not None:
-                    commands = self.core.on_text(text, now)
-                else:
-                    commands = self.core.on_bytes(event.message.get("bytes") or b"", now)
+                commands = self.core.on_bytes(event.data, now)
             self.execute(commands)
 
     async def _next_event(self) -> Any:
@@ -249,25 +303,15 @@ class _Session:
         while True:
             item = await self.outbox.get()
             if isinstance(item, Close):
-                if item.error is not None:
-                    try:
-                        await self.ws.send_json(item.error.frame())
-                    except Exception:  # client already gone
-                        logger.debug("could not send error frame %s", item.error.error_type)
                 if item.code == CloseCode.NORMAL:
                     self.before_close()
-                await safe_close(self.ws, item.code, item.reason)
+                await self.transport.close(item.code, item.reason, item.error)
                 return
-            if isinstance(item.message, (bytes, str)):
-                if isinstance(item.message, bytes):
-                    await self.ws.send_bytes(item.message)
-                else:
-                    await self.ws.send_text(item.message)
-                self.outbox_bytes -= len(item.message)
+            await self.transport.send(item.message)
+            if item.outbox_bytes:
+                self.outbox_bytes -= item.outbox_bytes
                 if self.outbox_bytes < self.max_outbox_bytes:
                     self.room.set()
-            else:
-                await self.ws.send_json(item.message)
             if item.ack is not None:
                 self.events.put_nowait(_Sent(item.ack))
 
@@ -276,8 +320,8 @@ class _Session:
         for command in commands:
             if isinstance(command, Send):
                 if not self.closing:
-                    if isinstance(command.message, (bytes, str)):
-                        self.outbox_bytes += len(command.message)
+                    if command.outbox_bytes:
+                        self.outbox_bytes += command.outbox_bytes
                         if self.outbox_bytes >= self.max_outbox_bytes:
                             self.room.clear()
                     self.outbox.put_nowait(command)
@@ -305,8 +349,7 @@ class _Session:
         while not self.outbox.empty():
             item = self.outbox.get_nowait()
             if isinstance(item, Send) and item.ack is not None and item.ack in acks:
-                if isinstance(item.message, (bytes, str)):
-                    self.outbox_bytes -= len(item.message)
+                self.outbox_bytes -= item.outbox_bytes
                 continue
             kept.append(item)
         for item in kept:
@@ -380,7 +423,22 @@ async def run_session(
     *,
     max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES,
 ) -> bool:
-    """Run ``core`` on ``ws`` until it closes or the client leaves; always ``release()``.
+    """Run ``core`` on the WebSocket ``ws`` (``run_transport``)."""
+    return await run_transport(
+        WebSocketTransport(ws), core, runner, stream_id, release, max_outbox_bytes=max_outbox_bytes
+    )
+
+
+async def run_transport(
+    transport: Transport,
+    core: SessionCore,
+    runner: JobRunner,
+    stream_id: Hashable,
+    release: Callable[[], None],
+    *,
+    max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES,
+) -> bool:
+    """Run ``core`` on ``transport`` until it closes or the client leaves; always ``release()``.
     Returns False when the session ended on an internal error (a bug: logged, 1011)."""
     released = False
 
@@ -391,8 +449,8 @@ async def run_session(
             release()
 
     session = _Session(
-        ws, core, runner, stream_id, asyncio.get_running_loop(), max_outbox_bytes=max_outbox_bytes,
-        before_close=release_once,
+        transport, core, runner, stream_id, asyncio.get_running_loop(),
+        max_outbox_bytes=max_outbox_bytes, before_close=release_once,
     )  # fmt: skip
     session.room.set()
     crashed = False
@@ -413,7 +471,9 @@ async def run_session(
             if not _is_disconnect(exc):
                 crashed = True
                 logger.error("session %s failed", stream_id, exc_info=exc)
-                await send_error_and_close(ws, INTERNAL_ERROR)
+                await transport.close(
+                    INTERNAL_ERROR.close_code, INTERNAL_ERROR.message, INTERNAL_ERROR
+                )
                 break
     finally:
         try:

@@ -18,19 +18,18 @@ The body, JSON or MessagePack (``Content-Type: application/msgpack``, or Truss's
 Errors are typed 400s (429 overloaded, 500 ours) in the vendor's error shape; a body that cannot
 be read is a 400 too, never a 500.
 
-A request runs as one event-protocol session of ``TtsCore`` on an in-memory socket
-(``MemorySocket``), so text chunking, the encoders, the engine's scheduling and every limit are
-the WebSocket's. A client that goes away mid-stream disconnects that socket: the generation is
-aborted as for a WebSocket client.
+A request runs as one session of the same core (``orpheus_tts.dialects.http``: its codec, and
+the driver's transport for an HTTP exchange), so text chunking, the encoders, the engine's
+scheduling and every limit are the WebSocket's. A client that goes away mid-stream is a
+disconnect: the generation is aborted as for a WebSocket client.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgpack
@@ -39,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from orpheus_tts.dialects.fish import FishRequest
 from orpheus_tts.dialects.together import DEFAULT_MODEL, word_timestamps
 from orpheus_tts.prompt import DEFAULT_VOICE
-from orpheus_tts.schema import MAX_TOKENS_LIMIT, check_language
+from orpheus_tts.schema import MAX_TOKENS_LIMIT, WordTimestamps, check_language
 from speech_common.ws import ProtocolError, describe_validation_error
 
 MAX_INPUT_CHARS = 4096  # one request; longer texts belong on the WebSocket
@@ -260,75 +259,6 @@ def _decode(body: bytes | str, content_type: str) -> Any:
         raise HttpError(400, "invalid_request_error", f"the body is not {kind}: {exc}") from None
 
 
-class MemorySocket:
-    """The part of Starlette's WebSocket that ``run_session`` uses, in memory: the request's
-    frames are queued in advance; what the session sends lands in ``out``."""
-
-    def __init__(self, frames: list[str]) -> None:
-        self.inbox: asyncio.Queue[dict] = asyncio.Queue()
-        for frame in frames:
-            self.inbox.put_nowait({"type": "websocket.receive", "text": frame})
-        self.out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.query_params: dict[str, str] = {}
-
-    async def receive(self) -> dict:
-        return await self.inbox.get()
-
-    def disconnect(self) -> None:
-        self.inbox.put_nowait({"type": "websocket.disconnect", "code": 1001})
-
-    async def send_bytes(self, data: bytes) -> None:
-        self.out.put_nowait(("audio", data))
-
-    async def send_json(self, message: dict) -> None:
-        self.out.put_nowait(("event", message))
-
-    async def send_text(self, text: str) -> None:
-        self.out.put_nowait(("event", json.loads(text)))
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        self.out.put_nowait(("close", (code, reason)))
-
-
-Runner = Callable[[MemorySocket], Awaitable[None]]  # runs one session on a socket
-_winding_down: set[asyncio.Task] = set()  # sessions of clients that left, still releasing
-
-
-async def speech_chunks(request: Vendor, run: Runner) -> AsyncIterator[bytes | dict]:
-    """The audio of one request, chunk by chunk as the session sends it (and its
-    ``word_timestamps`` events, with ``alignment``); ``HttpError`` if the session ends with an
-    error (before any audio, or after: then the stream is cut)."""
-    frames = [json.dumps(request.session_config()),
-              json.dumps({"type": "text", "text": request.text}), json.dumps({"type": "end"})]  # fmt: skip
-    socket = MemorySocket(frames)
-    task = asyncio.create_task(run(socket))
-    error: dict | None = None
-    try:
-        while True:
-            kind, item = await socket.out.get()
-            if kind == "audio":
-                yield item
-            elif kind == "event" and item.get("type") == "error":
-                error = item["body"]
-            elif kind == "event" and item.get("type") == "word_timestamps":
-                yield item
-            elif kind == "close":
-                code, _ = item
-                if code != 1000:
-                    body = error or {"error_type": "internal_error", "message": "failed"}
-                    raise HttpError(STATUS.get(code, 500), body["error_type"], body["message"])
-                return
-    finally:
-        if not task.done():
-            socket.disconnect()  # the HTTP client left: abort like a WebSocket disconnect
-        # The session winds down by itself (its core sees the disconnect, aborts the
-        # generation, releases its slot). The response's own cancellation must not cancel it
-        # halfway: it is shielded, and kept referenced until it has finished.
-        _winding_down.add(task)
-        task.add_done_callback(_winding_down.discard)
-        await asyncio.shield(task)
-
-
 def finish_wav(data: bytes) -> bytes:
     """A streaming WAV's sizes (unknown while streaming) filled in for a whole file."""
     if len(data) < 44 or data[:4] != b"RIFF":
@@ -342,13 +272,13 @@ def finish_wav(data: bytes) -> bytes:
     )
 
 
-async def sse_events(chunks: AsyncIterator[bytes | dict]) -> AsyncIterator[str]:
+async def sse_events(chunks: AsyncIterator[bytes | WordTimestamps]) -> AsyncIterator[str]:
     """Together's server-sent events: one audio delta per chunk (and word timestamps), then
     ``[DONE]``; an error after the stream began is an ``error`` event (the status line went out
     already)."""
     try:
         async for chunk in chunks:
-            if isinstance(chunk, dict):
+            if isinstance(chunk, WordTimestamps):
                 yield f"data: {json.dumps(word_timestamps(chunk, 'tts_1'))}\n\n"
                 continue
             delta = {"type": "conversation.item.audio_output.delta", "item_id": "tts_1",
@@ -360,4 +290,4 @@ async def sse_events(chunks: AsyncIterator[bytes | dict]) -> AsyncIterator[str]:
 
 
 __all__ = ["FishHttpRequest", "HttpError", "PredictRequest", "SpeechRequest", "Vendor",
-           "finish_wav", "parse_request", "speech_chunks", "sse_events"]  # fmt: skip
+           "finish_wav", "parse_request", "sse_events"]  # fmt: skip

@@ -1,27 +1,32 @@
-"""Baseten's Orpheus TTS protocol as a sans-I/O state machine (no sockets, no clocks, no engine).
+"""The TTS session's core as a typed, sans-I/O state machine (no sockets, no clocks, no engine,
+no wire format).
 
-Config frame -> text frames (words) -> ``__END__``; PCM back in text order; close 1000. Frames,
-generation chunks, send acknowledgements, timers and the client's disconnect go in; ``Send``,
-``StartStream`` (one generation per text chunk), ``Cancel`` and ``Close`` come out
-(``speech_common.driver`` runs it on a socket).
+Inputs are method calls, made by a codec at the edge (``orpheus_tts.dialects``) that decodes a
+vendor's frames: ``configure`` (a validated ``SessionConfig``), ``append`` (text), ``flush``,
+``clear`` (barge-in), ``update`` (voice or sampling for the text after it), ``end``. Outputs
+are ``orpheus_tts.events``: typed events, which the codec encodes as the vendor's frames, and
+the driver's job commands (``StartStream`` per chunk of text, ``Submit`` per alignment,
+``Cancel``, ``Discard``). The driver (``speech_common.driver``, through
+``orpheus_tts.codec_session``) feeds back generation chunks, send acknowledgements, timers and
+the client's disconnect.
 
 Generations (each a streaming job) are started in text order while the client is still typing:
 at most ``1 + lookahead_generations`` are *alive* (started, not yet fully written to the client)
 and at most ``engine_generations`` are *running* in the engine. Audio of a generation that is
-not the oldest alive one waits here until its turn, so the client hears the text in order.
+not the oldest alive one waits here until its turn, so the client hears the text in order. A
+generation is its own handle: its job id and its audio's ack are the ``_Generation`` itself, so
+its chunks and acknowledgements come back to it (an alignment likewise: ``_Alignment``).
 
-Phases: CONFIG -> TEXT -> FLUSHING (``__END__`` received) -> DONE. Client errors end with a typed
-error frame and 1008, a failed generation with ``engine_error`` and 1011, success with 1000, a
-disconnect with nothing; every ending cancels the generations still alive.
+Phases: CONFIG -> TEXT -> FLUSHING (``end``) -> DONE. An input refused with a recoverable error
+is ``Rejected`` and the session goes on; any other refusal ends it with ``Ended(error)`` (1008
+for bad input), a failed generation with ``engine_error`` (1011), the last audio after ``end``
+with ``Ended()``, a disconnect with nothing; every ending cancels the generations still alive.
 
 Audio leaves through the session's ``AudioEncoder`` (a pass-through for the published format).
-With ``events: true`` in the first frame the socket lives for a whole conversation
-(``orpheus_tts.schema`` lists the messages): text frames are appended verbatim; ``flush`` cuts a
-turn (``flush_done`` follows the turn's last audio byte, and each turn of a codec format is a
-whole stream); ``clear`` aborts everything not yet heard (the engine requests, and the audio
-still queued for the socket: ``Discard``) and answers ``cleared``; ``update`` changes voice or
-sampling for the text after it; ``end`` finishes with ``session_done``. A bad control message is
-a recoverable error: the session goes on.
+``flush`` cuts a turn (``FlushDone`` follows the turn's last audio, and each turn of a codec
+format is a whole stream); ``clear`` aborts everything not yet heard (the engine requests, and
+the audio still queued for the client: ``Discard``) and answers ``Cleared``; ``end`` finishes
+with ``SessionDone``. Every event is emitted; which ones reach the client is the codec's choice.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -37,45 +42,29 @@ from typing import Any
 from orpheus_tts import metrics
 from orpheus_tts.alignment import ALIGN_WORKER, AlignRequest
 from orpheus_tts.audio_format import AudioEncoder
+from orpheus_tts.events import Audio, Ended, Event, Output, Rejected
 from orpheus_tts.schema import (
     END_OF_INPUT,
     AudioDone,
     AudioStart,
     Cleared,
-    ClearMessage,
-    EndMessage,
     FlushDone,
-    FlushMessage,
     SessionConfig,
     SessionCreated,
     SessionDone,
-    TextMessage,
     UpdateMessage,
     WordOut,
     WordTimestamps,
     check_voice,
-    is_control_frame,
-    parse_control,
-    parse_session_config,
 )
-from speech_common.driver import (
-    Cancel,
-    Close,
-    Command,
-    Discard,
-    JobIds,
-    Send,
-    StartStream,
-    StreamChunk,
-    StreamDone,
-    Submit,
-)
+from speech_common.driver import Cancel, Discard, StartStream, StreamChunk, StreamDone, Submit
 from speech_common.text_buffer import TextBuffer
 from speech_common.ws import CloseCode, ProtocolError
 
 logger = logging.getLogger(__name__)
 
 GENERATION_WORKER = "orpheus"
+MessageId = str | int | None  # a flush's or a clear's id, echoed in its answer
 
 
 class Phase(Enum):
@@ -109,12 +98,12 @@ class _Chunk:
     text: str
     ready_at: float  # when its text's last word arrived
     voice: _Voice
-    after: list[dict] = field(default_factory=list)  # events due once its audio is all sent
+    after: list[Event] = field(default_factory=list)  # events due once its audio is all sent
 
 
-@dataclass
+# eq=False: a handle is hashed and compared by identity (the driver keys its jobs by it).
+@dataclass(eq=False, repr=False)
 class _Generation:
-    job_id: int
     request_id: str
     number: int  # 1, 2, ... in the session
     chunk: _Chunk
@@ -123,14 +112,22 @@ class _Generation:
     unacked: int = 0  # chunks sent, not yet written to the socket
     start_s: float | None = None  # on the session's audio timeline, once its audio began
     pcm: bytearray | None = None  # its audio, kept for the aligner (word timestamps only)
-    align_job: int | None = None  # the aligner's job, once generated
+    alignment: _Alignment | None = None  # the aligner's job, once generated
     words: list[WordOut] | None = None  # the aligner's answer
+
+    def __repr__(self) -> str:  # names the driver's task; the fields are too big to print
+        return f"<generation {self.request_id}>"
+
+
+@dataclass(frozen=True, eq=False)
+class _Alignment:
+    generation: _Generation
 
 
 class TtsCore:
     def __init__(
         self,
-        limits: Any,  # orpheus_tts.session.SessionLimits
+        limits: Any,  # orpheus_tts.settings.SessionLimits
         voices: Collection[str],
         default_voice: str,
         default_params: Any,
@@ -150,21 +147,17 @@ class TtsCore:
         self.outcome = "client_gone"  # until the session ends some other way
         self.gone_at: float | None = None  # when the client was seen to be gone
         self.aborted_generations = 0
-        self._ids = JobIds()
         self._buffer: TextBuffer | None = None
         self._encoder: AudioEncoder | None = None
         self._voice: _Voice | None = None  # for the text arriving now
         self._chunks: deque[_Chunk] = deque()  # text not yet given to a generation
         self._alive: deque[_Generation] = deque()  # in text order; the head is being sent
-        self._by_job: dict[int, _Generation] = {}
-        self._aligning: dict[int, _Generation] = {}  # aligner job -> its generation
         self._total_chars = 0
         self._generation_count = 0
         self._first_audio_sent = False
         self._last_activity = 0.0
         self._config_deadline = 0.0
 
-    # -- the SessionCore interface -------------------------------------------------------------
     @property
     def done(self) -> bool:
         return self.phase is Phase.DONE
@@ -177,12 +170,82 @@ class TtsCore:
             return self._last_activity + self.limits.idle_timeout_s
         return None  # the client only listens now; no timeout while audio is produced
 
-    def start(self, now: float) -> list[Command]:
+    # -- inputs (a codec's calls) ----------------------------------------------------------------
+    def configure(self, config: SessionConfig, now: float) -> list[Output]:
+        return self._input(lambda: self._configure(config), configuring=True)
+
+    def append(self, text: str, now: float) -> list[Output]:
+        """Text to speak ("" is nothing, but still too late after the end). Alone, ``__END__``
+        is the end of the input, whichever codec carried it (the published protocol's end
+        marker; every dialect has always taken it so)."""
+        return self._input(lambda: self._append(text, now))
+
+    def flush(self, flush_id: MessageId, now: float) -> list[Output]:
+        """Speak what is buffered now; ``FlushDone(flush_id)`` follows its last audio."""
+        return self._input(lambda: self._flush(flush_id, now))
+
+    def clear(self, clear_id: MessageId, now: float) -> list[Output]:
+        """Barge-in: nothing of the text so far is heard after ``Cleared(clear_id)``."""
+        return self._input(lambda: self._clear(clear_id))
+
+    def update(self, message: UpdateMessage, now: float) -> list[Output]:
+        return self._input(lambda: self._update(message, now))
+
+    def end(self, now: float) -> list[Output]:
+        """The input is over: the rest of the audio, ``SessionDone``, ``Ended()``."""
+        return self._input(lambda: self._end_input(now))
+
+    def heard(self, now: float) -> None:
+        """The client sent a frame: it is not idle."""
+        self._last_activity = now
+
+    def check_open(self) -> None:
+        """Refuse any input once the input has ended (for a codec that checks a frame before
+        it decodes it)."""
+        if self.phase is Phase.FLUSHING:
+            raise ProtocolError("frame_after_end", f"no frames are accepted after {END_OF_INPUT}")
+
+    def reject(self, error: ProtocolError) -> list[Output]:
+        """The client's input was bad: a recoverable error is reported and the session goes on;
+        any other ends it."""
+        if self.done:
+            return []
+        if error.recoverable:
+            logger.info("session %s: %s: %s", self.session_id, error.error_type, error.message)
+            return [Rejected(error)]
+        return self.fail(error)
+
+    def fail(self, error: ProtocolError) -> list[Output]:
+        """End the session on the client's error (its close code)."""
+        if self.done:
+            return []
+        self.outcome = "protocol_error"
+        logger.info(
+            "session %s: protocol error %s: %s", self.session_id, error.error_type, error.message
+        )
+        return self._end("protocol_error", Ended(error))
+
+    def _input(
+        self, handler: Callable[[], list[Output]], configuring: bool = False
+    ) -> list[Output]:
+        """One input, once the session is configured; the client's errors are refused here."""
+        if self.done:
+            return []
+        if configuring != (self.config is None):
+            raise RuntimeError("a codec must configure the core first, and once")  # a bug
+        try:
+            self.check_open()
+            return handler()
+        except ProtocolError as exc:
+            return self.reject(exc)
+
+    # -- the driver's events ---------------------------------------------------------------------
+    def start(self, now: float) -> list[Output]:
         self._last_activity = now
         self._config_deadline = now + self.limits.first_frame_timeout_s
         return []
 
-    def on_timer(self, now: float) -> list[Command]:
+    def on_timer(self, now: float) -> list[Output]:
         deadline = self.next_deadline
         if deadline is None or now < deadline:
             return []
@@ -191,95 +254,62 @@ class TtsCore:
             if self.phase is Phase.CONFIG
             else self.limits.idle_timeout_s
         )
-        return self._fail(ProtocolError("timeout", f"no frame for {timeout:g} s"))
+        return self.fail(ProtocolError("timeout", f"no frame for {timeout:g} s"))
 
-    def on_disconnect(self, now: float) -> list[Command]:
+    def on_disconnect(self, now: float) -> list[Output]:
         if self.done:
             return []
         self.gone_at = now
         self.outcome = "client_gone"
         return self._end("client_gone")
 
-    def on_bytes(self, data: bytes, now: float) -> list[Command]:
+    def on_result(self, job: Hashable, result: Any, now: float) -> list[Output]:
+        """A job's result, handed back with the handle that started it."""
         if self.done:
             return []
-        if self.phase is Phase.CONFIG:
-            return self._fail(
-                ProtocolError(
-                    "invalid_config", "the first frame must be a JSON text frame, not binary"
-                )
-            )
-        return self._fail(
-            ProtocolError("unsupported_frame", "expected a text frame, got a binary frame")
-        )
-
-    def on_text(self, text: str, now: float) -> list[Command]:
-        if self.done:
-            return []
-        self._last_activity = now
-        try:
-            if self.phase is Phase.CONFIG:
-                return self._on_config(text)
-            if self.phase is Phase.FLUSHING:
-                raise ProtocolError(
-                    "frame_after_end", f"no frames are accepted after {END_OF_INPUT}"
-                )
-            if self.events and is_control_frame(text):
-                return self._on_control(text, now)
-            return self._on_words(text, now)
-        except ProtocolError as exc:
-            if exc.recoverable:
-                logger.info("session %s: %s: %s", self.session_id, exc.error_type, exc.message)
-                return [Send(exc.frame())]
-            return self._fail(exc)
-
-    @property
-    def events(self) -> bool:
-        return self.config is not None and self.config.events
-
-    def on_result(self, job_id: int, result: Any, now: float) -> list[Command]:
-        if job_id in self._aligning:
-            return self._on_alignment(self._aligning.pop(job_id), result, now)
-        generation = self._by_job.get(job_id)
-        if self.done or generation is None:
-            return []
+        if isinstance(job, _Alignment):
+            return self._on_alignment(job.generation, result, now)
+        if not isinstance(job, _Generation) or job not in self._alive:
+            return []  # cleared: its late chunks are not heard
         if isinstance(result, StreamChunk):
             if result.item:
-                generation.pending.append(result.item)
-                if generation.pcm is not None:
-                    generation.pcm += result.item
+                job.pending.append(result.item)
+                if job.pcm is not None:
+                    job.pcm += result.item
             return self._send_ready(now)
         if isinstance(result, StreamDone):
-            generation.running = False
-            if result.error is not None:
-                metrics.FAILED_GENERATIONS.inc()
-                logger.error("generation %s failed", generation.request_id, exc_info=result.error)
-                self.outcome = "engine_error"
-                # The client learns which generation failed and how; details stay in the log.
-                message = (
-                    f"generation {generation.request_id} failed ({type(result.error).__name__})"
-                )
-                error = ProtocolError("engine_error", message, CloseCode.INTERNAL_ERROR)
-                return self._end("engine_error", Close(error.close_code, error.message, error))
-            if generation.pcm is not None:  # all its audio is known: align it now
-                generation.align_job = self._ids.new()
-                self._aligning[generation.align_job] = generation
-                request = AlignRequest(bytes(generation.pcm), generation.chunk.text)
-                generation.pcm = None
-                return [Submit(generation.align_job, ALIGN_WORKER, request), *self._advance(now)]
-            return self._advance(now)
+            return self._on_generated(job, result.error, now)
         return []
 
-    def on_sent(self, ack: Any, now: float) -> list[Command]:
-        generation = self._by_job.get(ack)
-        if self.done or generation is None:
+    def on_sent(self, ack: Hashable, now: float) -> list[Output]:
+        if self.done or not isinstance(ack, _Generation) or ack not in self._alive:
             return []
         self._last_activity = now  # a client that is listening is not idle
-        generation.unacked -= 1
+        ack.unacked -= 1
         return self._advance(now)
 
-    # -- text ------------------------------------------------------------------------------------
-    def _on_alignment(self, generation: _Generation, result: Any, now: float) -> list[Command]:
+    def _on_generated(
+        self, generation: _Generation, error: BaseException | None, now: float
+    ) -> list[Output]:
+        generation.running = False
+        if error is not None:
+            metrics.FAILED_GENERATIONS.inc()
+            logger.error("generation %s failed", generation.request_id, exc_info=error)
+            self.outcome = "engine_error"
+            # The client learns which generation failed and how; details stay in the log.
+            message = f"generation {generation.request_id} failed ({type(error).__name__})"
+            failure = ProtocolError("engine_error", message, CloseCode.INTERNAL_ERROR)
+            return self._end("engine_error", Ended(failure))
+        if generation.pcm is not None:  # all its audio is known: align it now
+            generation.alignment = _Alignment(generation)
+            request = AlignRequest(bytes(generation.pcm), generation.chunk.text)
+            generation.pcm = None
+            return [Submit(generation.alignment, ALIGN_WORKER, request), *self._advance(now)]
+        return self._advance(now)
+
+    def _on_alignment(self, generation: _Generation, result: Any, now: float) -> list[Output]:
+        if generation not in self._alive or generation.words is not None:
+            return []  # cleared meanwhile
         if isinstance(result, BaseException):  # no timestamps for it; the audio is unharmed
             logger.warning("alignment of %s failed: %r", generation.request_id, result)
             result = []
@@ -291,8 +321,8 @@ class TtsCore:
         ]  # fmt: skip
         return self._advance(now)
 
-    def _on_config(self, text: str) -> list[Command]:
-        config = parse_session_config(text, self.voices, self.default_voice)
+    # -- text ------------------------------------------------------------------------------------
+    def _configure(self, config: SessionConfig) -> list[Output]:
         if config.word_timestamps and not self.word_timestamps_available:
             raise ProtocolError(
                 "unsupported",
@@ -322,27 +352,27 @@ class TtsCore:
         logger.info(
             "session %s: voice=%s max_tokens=%d buffer_size=%d",
             self.session_id,
-            self.config.voice,
-            self.config.max_tokens,
-            self.config.buffer_size,
+            config.voice,
+            config.max_tokens,
+            config.buffer_size,
         )
-        if not config.events:
-            return []
         created = SessionCreated(
             session_id=self.session_id,
             voice=config.voice,
             response_format=config.response_format,
             sample_rate=config.output_rate,
         )
-        return [Send(created.model_dump())]
+        return [created]
 
-    def _on_words(self, text: str, now: float) -> list[Command]:
+    def _append(self, text: str, now: float) -> list[Output]:
+        if not text:
+            return []
         if len(text) > self.limits.max_frame_chars:
             raise ProtocolError(
                 "frame_too_large", f"text frame exceeds {self.limits.max_frame_chars} characters"
             )
         if text.strip() == END_OF_INPUT:
-            return self._on_end(now)
+            return self._end_input(now)
         self._total_chars += len(text)
         if self._total_chars > self.limits.max_session_chars:
             raise ProtocolError(
@@ -357,27 +387,15 @@ class TtsCore:
     def _queue(self, texts: list[str], now: float) -> None:
         self._chunks.extend(_Chunk(text, now, self._voice) for text in texts)
 
-    def _on_end(self, now: float) -> list[Command]:
+    def _end_input(self, now: float) -> list[Output]:
         self._queue(self._buffer.flush(), now)
         self.phase = Phase.FLUSHING
         return self._advance(now)
 
-    # -- the event protocol ----------------------------------------------------------------------
-    def _on_control(self, text: str, now: float) -> list[Command]:
-        message = parse_control(text)
-        if isinstance(message, TextMessage):
-            return self._on_words(message.text, now) if message.text else []
-        if isinstance(message, EndMessage):
-            return self._on_end(now)
-        if isinstance(message, FlushMessage):
-            return self._on_flush(message, now)
-        if isinstance(message, ClearMessage):
-            return self._on_clear(message)
-        return self._on_update(message, now)
-
-    def _on_flush(self, message: FlushMessage, now: float) -> list[Command]:
+    # -- turns -----------------------------------------------------------------------------------
+    def _flush(self, flush_id: MessageId, now: float) -> list[Output]:
         self._queue(self._buffer.flush(), now)
-        done = FlushDone(id=message.id).model_dump()
+        done = FlushDone(id=flush_id)
         if self._chunks:
             self._chunks[-1].after.append(done)
         elif self._alive:
@@ -386,27 +404,21 @@ class TtsCore:
             return self._end_turn([done])
         return self._advance(now)
 
-    def _on_clear(self, message: ClearMessage) -> list[Command]:
-        """Barge-in: nothing of the text so far is heard after ``cleared``."""
+    def _clear(self, clear_id: MessageId) -> list[Output]:
         self._buffer.clear()
         self._chunks.clear()
         aborted = [g for g in self._alive if g.running]
-        commands: list[Command] = [Cancel(g.job_id) for g in self._alive]
-        commands += [Cancel(job) for job in self._aligning]
-        self._aligning.clear()
-        # Audio of these generations still queued for the socket is dropped unsent.
-        commands.append(Discard(frozenset(g.job_id for g in self._alive)))
+        # Audio of these generations still queued for the client is dropped unsent.
+        commands: list[Output] = [*self._cancel_all(), Discard(frozenset(self._alive))]
         for generation in aborted:
             self.aborted_generations += 1
             metrics.ABORTED_GENERATIONS.labels(reason="clear").inc()
             logger.info("generation %s aborted (clear)", generation.request_id)
         self._alive.clear()
-        self._by_job.clear()
         self._encoder.reset()
-        cleared = Cleared(id=message.id, generations_aborted=len(aborted))
-        return commands + [Send(cleared.model_dump())]
+        return [*commands, Cleared(id=clear_id, generations_aborted=len(aborted))]
 
-    def _on_update(self, message: UpdateMessage, now: float) -> list[Command]:
+    def _update(self, message: UpdateMessage, now: float) -> list[Output]:
         voice = self._voice
         name = check_voice(message.voice, self.voices, True) if message.voice else voice.voice
         sampling = dict(voice.sampling)
@@ -419,15 +431,15 @@ class TtsCore:
         )
         return self._start_generations()
 
-    def _end_turn(self, events: list[dict]) -> list[Command]:
+    def _end_turn(self, events: list[Event]) -> list[Output]:
         """A turn's audio is all out: the encoder's tail (a codec stream ends here), then the
         turn's events."""
         tail = self._encoder.finish()
-        return ([Send(tail)] if tail else []) + [Send(event) for event in events]
+        return ([Audio(tail)] if tail else []) + events
 
     # -- generations -----------------------------------------------------------------------------
-    def _start_generations(self) -> list[Command]:
-        commands: list[Command] = []
+    def _start_generations(self) -> list[Output]:
+        commands: list[Output] = []
         running = sum(g.running for g in self._alive)
         while (
             self._chunks
@@ -442,26 +454,25 @@ class TtsCore:
                 max_tokens=self.max_tokens_for_text(chunk.text, chunk.voice.max_tokens),
                 **dict(chunk.voice.sampling),
             )
-            generation = _Generation(self._ids.new(), request_id, self._generation_count, chunk)
+            generation = _Generation(request_id, self._generation_count, chunk)
             if self.config.word_timestamps:
                 generation.pcm = bytearray()
             self._alive.append(generation)
-            self._by_job[generation.job_id] = generation
             running += 1
             request = GenerationRequest(chunk.text, chunk.voice.voice, params, request_id)
-            commands.append(StartStream(generation.job_id, GENERATION_WORKER, request))
+            commands.append(StartStream(generation, GENERATION_WORKER, request))
         return commands
 
-    def _send_ready(self, now: float) -> list[Command]:
+    def _send_ready(self, now: float) -> list[Output]:
         """The head generation's audio goes out as it comes; later ones wait their turn."""
         if not self._alive:
             return []
         head = self._alive[0]
-        commands: list[Command] = []
+        outputs: list[Output] = []
         while head.pending:
             pcm = head.pending.popleft()
             if head.start_s is None:
-                commands.extend(self._audio_start(head))
+                outputs.append(self._audio_start(head))
             data = self._encoder.encode(pcm)
             if not data:
                 continue  # the codec holds it back (less than a frame so far)
@@ -470,90 +481,76 @@ class TtsCore:
             if not self._first_audio_sent:
                 self._first_audio_sent = True
                 metrics.TIME_TO_FIRST_AUDIO.observe(max(now - head.chunk.ready_at, 0.0))
-            commands.append(Send(data, ack=head.job_id))
-        return commands
+            outputs.append(Audio(data, ack=head))
+        return outputs
 
     def _timeline_s(self) -> float:
         return round(self._encoder.timeline_s, 4)
 
-    def _audio_start(self, generation: _Generation) -> list[Command]:
+    def _audio_start(self, generation: _Generation) -> AudioStart:
         generation.start_s = self._timeline_s()
-        if not self.events:
-            return []
-        start = AudioStart(
+        return AudioStart(
             generation=generation.number, text=generation.chunk.text, start_s=generation.start_s
         )
-        return [Send(start.model_dump())]
 
-    def _retire(self, generation: _Generation) -> list[Command]:
+    def _retire(self, generation: _Generation) -> list[Output]:
         """A generation's audio is all written: its events, and a turn's end."""
-        commands: list[Command] = []
+        outputs: list[Output] = []
         if generation.start_s is None:  # it made no audio at all
-            commands.extend(self._audio_start(generation))
+            outputs.append(self._audio_start(generation))
         if generation.words is not None:
-            words = WordTimestamps(generation=generation.number, words=generation.words)
-            commands.append(Send(words.model_dump()))
-        if self.events:
-            done = AudioDone(
-                generation=generation.number,
-                text=generation.chunk.text,
-                start_s=generation.start_s,
-                end_s=self._timeline_s(),
-            )
-            commands.append(Send(done.model_dump()))
+            outputs.append(WordTimestamps(generation=generation.number, words=generation.words))
+        done = AudioDone(
+            generation=generation.number,
+            text=generation.chunk.text,
+            start_s=generation.start_s,
+            end_s=self._timeline_s(),
+        )
+        outputs.append(done)
         if generation.chunk.after:
-            commands.extend(self._end_turn(generation.chunk.after))
-        return commands
+            outputs.extend(self._end_turn(generation.chunk.after))
+        return outputs
 
-    def _advance(self, now: float) -> list[Command]:
+    def _advance(self, now: float) -> list[Output]:
         """Retire generations that are done and written; start the next; end when all is out."""
-        commands = self._send_ready(now)
+        outputs = self._send_ready(now)
         while self._alive and not self._alive[0].running and not self._alive[0].pending:
             head = self._alive[0]
             if head.unacked:
                 break  # its audio is still on its way to the client
-            if head.align_job is not None and head.words is None:
+            if head.alignment is not None and head.words is None:
                 break  # its word timestamps go out before its audio_done
             self._alive.popleft()
-            del self._by_job[head.job_id]
-            commands.extend(self._retire(head))
-            commands.extend(self._send_ready(now))
-        commands.extend(self._start_generations())
+            outputs.extend(self._retire(head))
+            outputs.extend(self._send_ready(now))
+        outputs.extend(self._start_generations())
         if self.phase is Phase.FLUSHING and not self._chunks and not self._alive:
             self.outcome = "ok"
-            commands.extend(self._end_turn(self._session_done()))
-            commands.extend(self._end(None, Close(CloseCode.NORMAL)))
-        return commands
-
-    def _session_done(self) -> list[dict]:
-        if not self.events:
-            return []
-        done = SessionDone(generations=self._generation_count, audio_s=self._timeline_s())
-        return [done.model_dump()]
+            done = SessionDone(generations=self._generation_count, audio_s=self._timeline_s())
+            outputs.extend(self._end_turn([done]))
+            outputs.extend(self._end(None, Ended()))
+        return outputs
 
     # -- endings ---------------------------------------------------------------------------------
-    def _fail(self, error: ProtocolError) -> list[Command]:
-        self.outcome = "protocol_error"
-        logger.info(
-            "session %s: protocol error %s: %s", self.session_id, error.error_type, error.message
-        )
-        return self._end("protocol_error", Close(error.close_code, error.message, error))
+    def _cancel_all(self) -> list[Output]:
+        """Cancel every alive generation's job, and the alignments still awaited."""
+        return [Cancel(g) for g in self._alive] + [
+            Cancel(g.alignment)
+            for g in self._alive
+            if g.alignment is not None and g.words is None
+        ]  # fmt: skip
 
-    def _end(self, reason: str | None, close: Close | None = None) -> list[Command]:
+    def _end(self, reason: str | None, ending: Ended | None = None) -> list[Output]:
         """Cancel every generation still running; the session is over."""
-        commands: list[Command] = []
         for generation in self._alive:
-            commands.append(Cancel(generation.job_id))
             if generation.running and reason is not None:
                 self.aborted_generations += 1
                 metrics.ABORTED_GENERATIONS.labels(reason=reason).inc()
                 logger.info("generation %s aborted (%s)", generation.request_id, reason)
-        commands += [Cancel(job) for job in self._aligning]
-        self._aligning.clear()
+        outputs = self._cancel_all()
         self._alive.clear()
-        self._by_job.clear()
         self._chunks.clear()
         if self._encoder is not None:
             self._encoder.reset()  # nothing more goes out: release what the codec holds
         self.phase = Phase.DONE
-        return commands + ([close] if close is not None else [])
+        return outputs + ([ending] if ending is not None else [])

@@ -113,9 +113,16 @@ def parse_session_config(
         raise ProtocolError("invalid_json", f"the first frame is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("invalid_config", "the first frame must be a JSON object")
-    data.setdefault("voice", default_voice)
+    return session_config(data, voices, default_voice)
+
+
+def session_config(
+    fields: dict[str, Any], voices: Collection[str], default_voice: str
+) -> SessionConfig:
+    """A config from its fields (a first frame's, or a vendor's request mapped onto them),
+    validated as a first frame is; raise ``ProtocolError`` with a readable message."""
     try:
-        config = SessionConfig.model_validate(data)
+        config = SessionConfig.model_validate({"voice": default_voice, **fields})
     except ValidationError as exc:
         raise ProtocolError("invalid_config", describe_validation_error(exc, "config")) from None
     if config.response_format not in {f.value for f in AudioFormat}:
@@ -224,6 +231,12 @@ def parse_control(text: str) -> ControlMessage:
         data: Any = load_json(text)
     except ValueError as exc:
         raise ProtocolError("invalid_json", f"not JSON: {exc}", recoverable=True) from None
+    return control_message(data)
+
+
+def control_message(data: Any) -> ControlMessage:
+    """A control message from its fields (a frame's, or a vendor's message mapped onto them),
+    or a recoverable ``ProtocolError``."""
     if not isinstance(data, dict) or data.get("type") not in CONTROL_TYPES:
         kind = data.get("type") if isinstance(data, dict) else None
         raise ProtocolError(

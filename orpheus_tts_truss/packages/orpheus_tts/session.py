@@ -1,5 +1,6 @@
-"""One TTS WebSocket session: admission, then ``orpheus_tts.protocol.TtsCore`` (config frame →
-words → ``__END__``, PCM back in order) on the shared driver (``speech_common.driver``).
+"""One TTS session: admission, then the typed core (``orpheus_tts.protocol.TtsCore``) behind its
+codec (``orpheus_tts.dialects``) on the shared driver (``speech_common.driver``), over a
+WebSocket or an HTTP request (``orpheus_tts.dialects.http``).
 
 * Text keeps being read while audio streams; the next chunk's generation starts while the
   current one is still being sent (``lookahead_generations``). By default a session has one
@@ -24,11 +25,12 @@ from collections.abc import AsyncIterator, Callable, Collection, Hashable
 from typing import Any, Protocol
 
 from orpheus_tts import metrics
-from orpheus_tts.dialects import session_core
+from orpheus_tts.codec_session import CodecSession
+from orpheus_tts.dialects import Codec, choose_codec
 from orpheus_tts.protocol import GenerationRequest, TtsCore
 from orpheus_tts.settings import SessionLimits
-from speech_common.driver import StartStream, run_session
-from speech_common.ws import ProtocolError, SessionGate, send_error_and_close
+from speech_common.driver import StartStream, Transport, WebSocketTransport, run_transport
+from speech_common.ws import ProtocolError, SessionGate
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +87,10 @@ class SynthJobs:
 
 
 class TTSSession:
-    """Serves one accepted WebSocket: admission, then the protocol core on the shared driver."""
+    """Serves one connection: admission, then the core behind its codec on the shared driver."""
 
     def __init__(
         self,
-        websocket: Any,
         synthesizer: Synthesizer,
         default_params: Any,
         voices: Collection[str],
@@ -99,7 +100,6 @@ class TTSSession:
         admit: Callable[[int], ProtocolError | None] | None = None,
         aligner: Any = None,
     ) -> None:
-        self._ws = websocket
         self._aligner = aligner
         self._synth = synthesizer
         self._default_params = default_params
@@ -110,8 +110,16 @@ class TTSSession:
         self._admit = admit  # open sessions -> None to admit one more, else the 1013 to send
         self.session_id = uuid.uuid4().hex[:16]
 
-    async def run(self) -> None:
-        """Run the whole session, always ending with a close frame (or a gone client)."""
+    async def websocket(self, websocket: Any) -> None:
+        """A WebSocket session: its dialect from the handshake's query string or first frame."""
+        query = dict(getattr(websocket, "query_params", None) or {})
+        dialect = self._limits.dialect
+        await self.run(
+            WebSocketTransport(websocket), lambda core: choose_codec(core, query, dialect)
+        )
+
+    async def run(self, transport: Transport, codec: Callable[[TtsCore], Codec]) -> None:
+        """Run the whole session, always ending with a close (or a gone client)."""
         active = self._gate.active if self._gate is not None else 0
         refusal = self._admit(active) if self._admit is not None else None
         if refusal is None and self._gate is not None and not self._gate.try_enter():
@@ -119,7 +127,7 @@ class TTSSession:
         if refusal is not None:
             metrics.SESSIONS.labels(outcome="overloaded").inc()
             logger.warning("session %s refused: %s", self.session_id, refusal.message)
-            await send_error_and_close(self._ws, refusal)
+            await transport.close(refusal.close_code, refusal.message, refusal)
             return
         metrics.ACTIVE_SESSIONS.inc()
         core = TtsCore(
@@ -137,16 +145,15 @@ class TTSSession:
                 self._gate.leave()
             metrics.ACTIVE_SESSIONS.dec()
 
-        query = dict(getattr(self._ws, "query_params", None) or {})
-        protocol = session_core(core, query, self._limits.dialect)
+        session = CodecSession(core, codec(core))
         outcome = "cancelled"  # server shutdown, unless the session ends below
         try:
-            clean = await run_session(
-                self._ws, protocol, SynthJobs(self._synth, self._aligner), self.session_id, release
+            clean = await run_transport(
+                transport, session, SynthJobs(self._synth, self._aligner), self.session_id, release
             )
             outcome = core.outcome if clean else "internal_error"
             if core.aborted_generations and core.gone_at is not None:
-                # From the disconnect to every engine request released (run_session waited).
+                # From the disconnect to every engine request released (run_transport waited).
                 metrics.ABORT_SECONDS.observe(asyncio.get_running_loop().time() - core.gone_at)
             if outcome == "client_gone":
                 logger.info(

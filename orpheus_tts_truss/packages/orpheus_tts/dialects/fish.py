@@ -19,7 +19,6 @@ voice and sampling may change). Each turn of a ``wav`` session is a whole file (
 
 from __future__ import annotations
 
-import json
 from collections.abc import Hashable
 from typing import Annotated, Any, Literal
 
@@ -27,10 +26,19 @@ import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orpheus_tts.audio_format import wav_header
-from orpheus_tts.dialects.base import DialectCore
+from orpheus_tts.dialects.base import Codec
+from orpheus_tts.events import Audio, Ended, Event, Output, Rejected
 from orpheus_tts.protocol import TtsCore
-from orpheus_tts.schema import MAX_TOKENS_LIMIT
-from speech_common.driver import Command, Send
+from orpheus_tts.schema import (
+    MAX_TOKENS_LIMIT,
+    AudioDone,
+    AudioStart,
+    Cleared,
+    FlushDone,
+    control_message,
+    session_config,
+)
+from speech_common.driver import Close, Command, Send
 from speech_common.ws import CloseCode, ProtocolError, describe_validation_error
 
 MAX_FRAME_BYTES = 65536  # a start or text event; text frames are checked again by the core
@@ -109,7 +117,8 @@ class FishRequest(BaseModel):
         return self.format or DEFAULT_FORMAT
 
     def session_config(self, default_voice: str) -> dict[str, Any]:
-        """The request as a first frame of the event protocol (a Fish ``wav`` as PCM)."""
+        """The request as the fields of the session's config (``schema.session_config``, which
+        validates them as a first frame's; a Fish ``wav`` as PCM)."""
         if self.references:
             raise ProtocolError(
                 "unsupported",
@@ -187,51 +196,60 @@ def is_start(data: bytes) -> bool:
 STOP_FLUSH_ID = "fish-stop-"  # the id of the flush a stop makes: + its number
 
 
-class FishCore(DialectCore):
+class FishCodec(Codec):
     def __init__(self, core: TtsCore) -> None:
         super().__init__(core)
         self.debug = False
-        self._config: dict[str, Any] | None = None  # the first start's, as sent to the core
+        self._fields: dict[str, Any] | None = None  # the first start's config fields
+        self._started_at = 0.0  # "time" counts from here: the first start
         self._wav_rate: int | None = None  # a wav session: a header starts each turn
         self._header_due = False
         self._stops = 0
 
-    def client_text(self, text: str, now: float) -> list[Command]:
+    def start(self, now: float) -> list[Output]:
+        # Until the first start, "time" counts from the session's opening (a deployment that
+        # speaks only Fish). A codec chosen by the first frame (``FirstFrameCodec``) is never
+        # started: before a good start its times count from 0, as they always have.
+        self._started_at = now
+        return []
+
+    def text(self, text: str, now: float) -> list[Output]:
         raise ProtocolError("invalid_message", "Fish Audio frames are binary MessagePack")
 
-    def client_bytes(self, data: bytes, now: float) -> list[Command]:
+    def binary(self, data: bytes, now: float) -> list[Output]:
         message = decode(data) if len(data) <= MAX_FRAME_BYTES else None
         if message is None:
             raise ProtocolError("invalid_message", "not a MessagePack event", recoverable=True)
         event = message["event"]
         if event == "start":
             return self._start(message, now)
-        if self._config is None:
+        if self._fields is None:
             raise ProtocolError("invalid_message", "the first event must be start")
         if event == "text":
             text = message.get("text")
             if not isinstance(text, str):
                 raise ProtocolError("invalid_message", "text needs a string", recoverable=True)
-            return self.control({"type": "text", "text": text}, now) if text else []
+            return self.core.append(text, now) if text else []
         if event == "flush":
-            return self.control({"type": "flush"}, now)
+            return self.core.flush(None, now)
         if event == "stop":
             self._stops += 1
-            return self.control({"type": "flush", "id": f"{STOP_FLUSH_ID}{self._stops}"}, now)
+            return self.core.flush(f"{STOP_FLUSH_ID}{self._stops}", now)
         raise ProtocolError("invalid_message", f"unknown event {event!r}", recoverable=True)
 
-    def _start(self, message: dict[str, Any], now: float) -> list[Command]:
+    def _start(self, message: dict[str, Any], now: float) -> list[Output]:
         request = FishRequest.parse(message.get("request"))
         self.debug = bool(message.get("debug", False))
-        config = request.session_config(self.core.default_voice)
+        fields = request.session_config(self.core.default_voice)
         self._header_due = request.audio_format == "wav"
-        if self._config is None:
+        if self._fields is None:
             self._started_at = now  # "time" counts from here, however the dialect was chosen
-            self._config = config
-            self._wav_rate = config["sample_rate"] if self._header_due else None
-            commands = self.translate(self.core.on_text(json.dumps(config), now), now)
+            self._fields = fields
+            self._wav_rate = fields["sample_rate"] if self._header_due else None
+            config = session_config(fields, self.core.voices, self.core.default_voice)
+            outputs = self.core.configure(config, now)
         else:  # the next turn on a pooled socket
-            changed = [k for k in STREAM_KEYS if config.get(k) != self._config.get(k)]
+            changed = [k for k in STREAM_KEYS if fields.get(k) != self._fields.get(k)]
             if changed or self._header_due != (self._wav_rate is not None):
                 raise ProtocolError(
                     "unsupported",
@@ -239,15 +257,24 @@ class FishCore(DialectCore):
                     "a new socket",
                     CloseCode.UNSUPPORTED_DATA,
                 )
-            update = {k: config[k] for k in UPDATE_KEYS if k in config}
-            if update != {k: self._config[k] for k in UPDATE_KEYS if k in self._config}:
-                self._config = config
-                commands = self.control({"type": "update", **update}, now)
+            update = {k: fields[k] for k in UPDATE_KEYS if k in fields}
+            if update != {k: self._fields[k] for k in UPDATE_KEYS if k in self._fields}:
+                self._fields = fields
+                outputs = self._update(update, now)
             else:
-                commands = []
+                outputs = []
         if request.text:
-            commands += self.control({"type": "text", "text": request.text}, now)
-        return commands
+            outputs += self.core.append(request.text, now)
+        return outputs
+
+    def _update(self, update: dict[str, Any], now: float) -> list[Output]:
+        """A refused update (an unknown voice) is reported; the start's text is still spoken."""
+        try:
+            self.core.check_open()  # after the end even a bad update is a frame too many
+            message = control_message({"type": "update", **update})
+        except ProtocolError as exc:
+            return self.core.reject(exc)
+        return self.core.update(message, now)
 
     # -- server messages ---------------------------------------------------------------------------
     def _pack(self, message: dict[str, Any], ack: Hashable | None = None) -> Send:
@@ -256,26 +283,31 @@ class FishCore(DialectCore):
     def _ms(self, now: float) -> int:
         return int((now - self._started_at) * 1000)
 
-    def audio(self, data: bytes, ack: Hashable, now: float) -> list[Command]:
-        if self._header_due and self._wav_rate is not None:
-            data = wav_header(self._wav_rate) + data
-            self._header_due = False
-        return [self._pack({"event": "audio", "audio": data, "time": self._ms(now)}, ack)]
-
-    def event(self, event: dict[str, Any], now: float) -> list[Command]:
-        kind = event["type"]
-        flush_id = event.get("id") if kind == "flush_done" else None
-        if isinstance(flush_id, str) and flush_id.startswith(STOP_FLUSH_ID):
-            return [self._pack({"event": "finish", "reason": "stop", "time": self._ms(now)})]
-        if self.debug and kind in ("audio_start", "audio_done", "cleared"):
-            detail = {k: v for k, v in event.items() if k != "type"}
-            return [self._pack({"event": "log", "message": f"{kind} {detail}"})]
+    def encode(self, event: Event, now: float) -> list[Command]:
+        if isinstance(event, Audio):
+            data = event.data
+            if self._header_due and self._wav_rate is not None:
+                data = wav_header(self._wav_rate) + data
+                self._header_due = False
+            return [self._pack({"event": "audio", "audio": data, "time": self._ms(now)}, event.ack)]
+        if isinstance(event, FlushDone):
+            if isinstance(event.id, str) and event.id.startswith(STOP_FLUSH_ID):
+                return [self._pack({"event": "finish", "reason": "stop", "time": self._ms(now)})]
+            return []
+        if isinstance(event, (AudioStart, AudioDone, Cleared)):
+            if not self.debug:
+                return []
+            detail = event.model_dump(exclude={"type"})
+            return [self._pack({"event": "log", "message": f"{event.type} {detail}"})]
+        if isinstance(event, Rejected):
+            return [self._error(event.error)]
+        if isinstance(event, Ended):
+            error = event.error
+            if error is None:
+                return [Close(CloseCode.NORMAL)]
+            finish = {"event": "finish", "reason": "error", "time": self._ms(now)}
+            return [self._error(error), self._pack(finish), Close(error.close_code, error.message)]
         return []
 
-    def error(self, error: ProtocolError, fatal: bool, now: float) -> list[Command]:
-        commands: list[Command] = [self._pack({"event": "error", "error": error.message})]
-        if fatal:
-            commands.append(
-                self._pack({"event": "finish", "reason": "error", "time": self._ms(now)})
-            )
-        return commands
+    def _error(self, error: ProtocolError) -> Send:
+        return self._pack({"event": "error", "error": error.message})

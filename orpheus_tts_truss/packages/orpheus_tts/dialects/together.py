@@ -30,14 +30,24 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from orpheus_tts.dialects.base import DialectCore
+from orpheus_tts.dialects.base import Codec
+from orpheus_tts.events import Audio, Ended, Event, Output, Rejected
 from orpheus_tts.protocol import TtsCore
-from orpheus_tts.schema import MAX_BUFFER_SIZE_WORDS, check_language
+from orpheus_tts.schema import (
+    MAX_BUFFER_SIZE_WORDS,
+    Cleared,
+    FlushDone,
+    SessionCreated,
+    WordTimestamps,
+    check_language,
+    control_message,
+    session_config,
+)
 from orpheus_tts.settings import ORPHEUS_HF_REPO
-from speech_common.driver import Command, Send
+from speech_common.driver import Close, Command, Send
 from speech_common.ws import CloseCode, ProtocolError, load_json
 
 DEFAULT_MODEL = ORPHEUS_HF_REPO
@@ -49,6 +59,7 @@ QUERY_KEYS = ("model", "voice", "response_format", "sample_rate", "segment",
               "max_partial_length", "alignment", "speed", "language", "api_key")  # fmt: skip
 # Query keys that select this dialect when a client connects with them.
 SELECTING_KEYS = frozenset(QUERY_KEYS)
+UPDATE_KEYS = frozenset({"voice", "temperature", "top_p", "repetition_penalty", "max_tokens"})
 
 
 def wants_together(query: Mapping[str, str]) -> bool:
@@ -58,7 +69,7 @@ def wants_together(query: Mapping[str, str]) -> bool:
 ITEM_FLUSH_ID = "together-item-"  # the id of the flush that ends an item: + its number
 
 
-class TogetherCore(DialectCore):
+class TogetherCodec(Codec):
     def __init__(self, core: TtsCore, query: Mapping[str, str]) -> None:
         super().__init__(core)
         self.query = dict(query)
@@ -68,15 +79,10 @@ class TogetherCore(DialectCore):
         self._item_has_text = False  # text was appended to _next_item
         self._appended = False  # text was appended since the last commit
 
-    def start(self, now: float) -> list[Command]:
-        commands = super().start(now)
-        try:
-            config = self._config()
-        except ProtocolError as exc:
-            return commands + self.fail(exc, now)
-        return commands + self._guard(
-            lambda: self.translate(self.core.on_text(json.dumps(config), now), now), now
-        )
+    def start(self, now: float) -> list[Output]:
+        """Together's clients configure the session in the handshake's query string."""
+        config = session_config(self._config(), self.core.voices, self.core.default_voice)
+        return self.core.configure(config, now)
 
     def _config(self) -> dict[str, Any]:
         q = self.query
@@ -121,7 +127,7 @@ class TogetherCore(DialectCore):
         return config
 
     # -- client messages ---------------------------------------------------------------------------
-    def client_text(self, text: str, now: float) -> list[Command]:
+    def text(self, text: str, now: float) -> list[Output]:
         try:
             message = load_json(text)
         except ValueError as exc:
@@ -137,42 +143,42 @@ class TogetherCore(DialectCore):
                 )
             received = Send({"type": "conversation.item.input_text.received", "text": piece})
             self._appended = self._item_has_text = self._appended or bool(piece)
-            return [received, *self.control({"type": "text", "text": piece}, now)]
+            return [received, *self.core.append(piece, now)]
         if kind == "input_text_buffer.commit":
             return self._commit(now)
         if kind == "input_text_buffer.clear":
-            return self.control({"type": "clear"}, now)
+            return self.core.clear(None, now)
         if kind == "tts_session.updated":
             return self._update(message.get("session"), now)
         raise ProtocolError(
             "invalid_request_error", f"unknown message type {kind!r}", recoverable=True
         )
 
-    def _commit(self, now: float) -> list[Command]:
+    def _commit(self, now: float) -> list[Output]:
         if self._appended or not self._item_has_text:  # speak it now; the item goes on
             self._appended = False
-            return self.control({"type": "flush"}, now)
+            return self.core.flush(None, now)
         # An empty commit: the item ends after its last audio (the flush's flush_done).
         item, self._next_item, self._item_has_text = self._next_item, self._next_item + 1, False
-        return self.control({"type": "flush", "id": f"{ITEM_FLUSH_ID}{item}"}, now)
+        return self.core.flush(f"{ITEM_FLUSH_ID}{item}", now)
 
-    def _update(self, session: Any, now: float) -> list[Command]:
+    def _update(self, session: Any, now: float) -> list[Output]:
         if not isinstance(session, dict):
             raise ProtocolError(
                 "invalid_request_error", "tts_session.updated needs a session object",
                 recoverable=True,
             )  # fmt: skip
-        allowed = {"voice", "temperature", "top_p", "repetition_penalty", "max_tokens"}
-        unknown = sorted(set(session) - allowed)
+        unknown = sorted(set(session) - UPDATE_KEYS)
         if unknown:
             raise ProtocolError(
                 "invalid_request_error", f"cannot update {unknown}", recoverable=True
             )
-        commands = self.control({"type": "update", **session}, now)
-        if any(isinstance(c, Send) and _is_error(c) for c in commands):
-            return commands
+        self.core.check_open()  # after the end even a bad update is a frame too many
+        outputs = self.core.update(control_message({"type": "update", **session}), now)
+        if any(isinstance(output, Rejected) for output in outputs):
+            return outputs  # refused (an unknown voice): no session.updated
         updated = {"type": "session.updated", "session": {**self._session(), **session}}
-        return [*commands, Send(updated)]
+        return [*outputs, Send(updated)]
 
     def _session(self) -> dict[str, Any]:
         return {
@@ -184,49 +190,55 @@ class TogetherCore(DialectCore):
         }
 
     # -- server messages ---------------------------------------------------------------------------
-    def audio(self, data: bytes, ack: Hashable, now: float) -> list[Command]:
-        delta = {
-            "type": "conversation.item.audio_output.delta",
-            "item_id": f"tts_{self._item}",
-            "delta": base64.b64encode(data).decode(),
-        }
-        return [Send(json.dumps(delta), ack=ack)]  # a str: counted against the outbox bound
-
-    def event(self, event: dict[str, Any], now: float) -> list[Command]:
-        kind = event["type"]
-        if kind == "session_created":
+    def encode(self, event: Event, now: float) -> list[Command]:
+        if isinstance(event, Audio):
+            delta = json.dumps({
+                "type": "conversation.item.audio_output.delta",
+                "item_id": f"tts_{self._item}",
+                "delta": base64.b64encode(event.data).decode(),
+            })  # fmt: skip
+            # Audio as base64 text: it weighs on the outbox bound as the text it is.
+            return [Send(delta, ack=event.ack, size=len(delta))]
+        if isinstance(event, SessionCreated):
             created = {"event_id": uuid.uuid4().hex, "type": "session.created",
                        "session": self._session()}  # fmt: skip
             return [Send(created)]
-        flush_id = event.get("id") if kind == "flush_done" else None
-        if isinstance(flush_id, str) and flush_id.startswith(ITEM_FLUSH_ID):
-            self._item = int(flush_id.removeprefix(ITEM_FLUSH_ID)) + 1
-            return [Send({"type": "conversation.item.audio_output.done",
-                          "item_id": f"tts_{self._item - 1}"})]  # fmt: skip
-        if kind == "cleared":  # the cleared item never finishes; new text is a new item
+        if isinstance(event, FlushDone):
+            if isinstance(event.id, str) and event.id.startswith(ITEM_FLUSH_ID):
+                self._item = int(event.id.removeprefix(ITEM_FLUSH_ID)) + 1
+                return [Send({"type": "conversation.item.audio_output.done",
+                              "item_id": f"tts_{self._item - 1}"})]  # fmt: skip
+            return []
+        if isinstance(event, Cleared):  # the cleared item never finishes; new text is a new item
             self._next_item += self._item_has_text
             self._item, self._item_has_text, self._appended = self._next_item, False, False
             return []
-        if kind == "word_timestamps":
+        if isinstance(event, WordTimestamps):
             return [Send(word_timestamps(event, f"tts_{self._item}"))]
-        return []  # audio_start, audio_done, other flushes, session_done: Together has none
+        if isinstance(event, Rejected):
+            return [self._error(event.error)]
+        if isinstance(event, Ended):
+            error = event.error
+            if error is None:
+                return [Close(CloseCode.NORMAL)]
+            return [self._error(error), Close(error.close_code, error.message)]
+        return []  # audio_start, audio_done, session_done: Together has none
 
-    def error(self, error: ProtocolError, fatal: bool, now: float) -> list[Command]:
+    def _error(self, error: ProtocolError) -> Send:
         body = {"message": error.message, "type": error.error_type, "code": error.error_type}
         if error.error_type == "engine_error":
-            return [Send({"type": "conversation.item.tts.failed", "error": body})]
-        return [Send({"type": "error", "error": body})]
+            return Send({"type": "conversation.item.tts.failed", "error": body})
+        return Send({"type": "error", "error": body})
 
 
-def word_timestamps(event: dict[str, Any], item_id: str) -> dict[str, Any]:
+def word_timestamps(event: WordTimestamps, item_id: str) -> dict[str, Any]:
     """Our ``word_timestamps`` event in Together's shape (parallel lists, seconds)."""
-    words = event["words"]
     return {
         "type": "conversation.item.word_timestamps",
         "item_id": item_id,
-        "words": [w["word"] for w in words],
-        "start_seconds": [w["start_s"] for w in words],
-        "end_seconds": [w["end_s"] for w in words],
+        "words": [w.word for w in event.words],
+        "start_seconds": [w.start_s for w in event.words],
+        "end_seconds": [w.end_s for w in event.words],
     }
 
 
@@ -235,8 +247,3 @@ def _number(value: str, name: str) -> float:
         return float(value)
     except ValueError:
         raise ProtocolError("invalid_request_error", f"{name} must be a number") from None
-
-
-def _is_error(command: Send) -> bool:
-    message = command.message
-    return isinstance(message, dict) and message.get("type") == "error"
