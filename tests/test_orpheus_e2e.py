@@ -1,8 +1,12 @@
-"""Orpheus TTS through the real Truss server (scripts/local/serve.py --dummy-weights) over WebSockets."""
+"""Orpheus TTS through the real Truss server (scripts/local/serve.py --dummy-weights) over WebSockets.
+
+The tests' own sockets use websockets, as the tooling does; ``published_client`` is Baseten's
+published client, written with aiohttp and kept as published (docs/tts.md: it works unchanged)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -10,6 +14,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from orpheus_tts.schema import MAX_TOKENS_LIMIT
 from orpheus_tts.settings import SessionLimits
@@ -75,21 +81,19 @@ async def published_client(url: str, text: str, config: dict[str, Any]) -> dict[
 
 
 async def send_frames(url: str, frames: list[str | bytes]) -> dict[str, Any]:
-    """Send raw frames, then read until the server closes."""
-    async with aiohttp.ClientSession() as sess:
-        async with sess.ws_connect(url) as ws:
+    """Send raw frames, then read until the server closes (it may close before the last)."""
+    audio, texts = [], []
+    async with connect(url, compression=None) as ws:
+        with contextlib.suppress(ConnectionClosed):  # closed early: what came before is read
             for frame in frames:
-                if isinstance(frame, bytes):
-                    await ws.send_bytes(frame)
-                else:
-                    await ws.send_str(frame)
-            audio, texts = [], []
+                await ws.send(frame)
+        with contextlib.suppress(ConnectionClosed):
             async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.BINARY:
-                    audio.append(msg.data)
-                elif msg.type == aiohttp.WSMsgType.TEXT:
-                    texts.append(json.loads(msg.data))
-        return {"audio": audio, "errors": texts, "close_code": ws.close_code}
+                if isinstance(msg, bytes):
+                    audio.append(msg)
+                else:
+                    texts.append(json.loads(msg))
+    return {"audio": audio, "errors": texts, "close_code": ws.close_code}
 
 
 async def test_published_client_round_trip(orpheus_server: Any) -> None:
@@ -126,15 +130,14 @@ async def test_published_client_round_trip(orpheus_server: Any) -> None:
 
 async def test_disconnect_mid_stream_aborts_generation(orpheus_server: Any) -> None:
     before = orpheus_server.metrics_text()
-    async with aiohttp.ClientSession() as sess:
-        async with sess.ws_connect(orpheus_server.ws_url) as ws:
-            await ws.send_json({"voice": "tara", "max_tokens": 2000, "buffer_size": 10})
-            for word in ("A long sentence that keeps the engine busy for a while. " * 3).split():
-                await ws.send_str(word)
-            await ws.send_str("__END__")
-            first = await asyncio.wait_for(ws.receive(), 120)
-            assert first.type == aiohttp.WSMsgType.BINARY
-            assert metric(orpheus_server.metrics_text(), "orpheus_active_generations") >= 1
+    async with connect(orpheus_server.ws_url, compression=None) as ws:
+        await ws.send(json.dumps({"voice": "tara", "max_tokens": 2000, "buffer_size": 10}))
+        for word in ("A long sentence that keeps the engine busy for a while. " * 3).split():
+            await ws.send(word)
+        await ws.send("__END__")
+        first = await asyncio.wait_for(ws.recv(), 120)
+        assert isinstance(first, bytes)
+        assert metric(orpheus_server.metrics_text(), "orpheus_active_generations") >= 1
     # The client is gone. Poll until the server shows the abort. The abort histogram is observed
     # once the session has released every generation, just after the counters move.
     text = await wait_for_abort(orpheus_server, before, 5, orpheus_abort_seconds_count=1)
@@ -239,8 +242,6 @@ async def _settled(served: Any, within_s: float = 1.0) -> None:
 async def test_disconnect_at_every_point_frees_the_session(
     orpheus_server: Any, point: str, cut: str
 ) -> None:
-    from websockets.asyncio.client import connect
-
     async with connect(orpheus_server.ws_url) as ws:
         if point != "before_config":
             await ws.send(json.dumps(SHORT_CONFIG))

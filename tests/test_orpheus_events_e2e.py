@@ -9,9 +9,10 @@ import io
 import json
 from typing import Any
 
-import aiohttp
 import av
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from scripts.clients.tts import EventSession
 from tests.test_orpheus_e2e import SHORT_CONFIG, metric, published_client
@@ -24,8 +25,7 @@ TURNS = ["Hello there, how can I help?", "Your order ships on Monday.", "Anythin
 async def test_five_turns_on_one_socket(orpheus_server: Any) -> None:
     """Each turn: deltas, ``flush``; its ``flush_done`` comes after all of its audio (and after
     the ``audio_done`` of its generations), in order; then ``end`` -> ``session_done``, 1000."""
-    async with aiohttp.ClientSession() as http:
-        session = await EventSession.open(http, orpheus_server.ws_url, SHORT_CONFIG, None)
+    async with await EventSession.open(orpheus_server.ws_url, SHORT_CONFIG, None) as session:
         assert session.created["sample_rate"] == 24000
         for turn in range(5):
             text = TURNS[turn % len(TURNS)]
@@ -56,8 +56,7 @@ async def test_five_turns_on_one_socket(orpheus_server: Any) -> None:
 async def test_clear_barges_in_and_the_next_turn_works(orpheus_server: Any) -> None:
     before = orpheus_server.metrics_text()
     long_config = {**SHORT_CONFIG, "max_tokens": 2000}
-    async with aiohttp.ClientSession() as http:
-        session = await EventSession.open(http, orpheus_server.ws_url, long_config, None)
+    async with await EventSession.open(orpheus_server.ws_url, long_config, None) as session:
         await session.say("A long answer that keeps the engine busy for quite a while now.")
         flushed = await session.control("flush", id="long")
         await session.wait_audio(flushed)
@@ -82,8 +81,7 @@ async def test_clear_barges_in_and_the_next_turn_works(orpheus_server: Any) -> N
 
 
 async def test_update_changes_voice_mid_session(orpheus_server: Any) -> None:
-    async with aiohttp.ClientSession() as http:
-        session = await EventSession.open(http, orpheus_server.ws_url, SHORT_CONFIG, None)
+    async with await EventSession.open(orpheus_server.ws_url, SHORT_CONFIG, None) as session:
         await session.say("First voice. ")
         await session.control("update", voice="leo", temperature=0.9)
         await session.say("Second voice.")
@@ -113,8 +111,7 @@ async def test_formats_through_the_server_decode_to_the_timeline(
     orpheus_server: Any, fmt: str, rate: int
 ) -> None:
     config = {**SHORT_CONFIG, "response_format": fmt, "sample_rate": rate}
-    async with aiohttp.ClientSession() as http:
-        session = await EventSession.open(http, orpheus_server.ws_url, config, None)
+    async with await EventSession.open(orpheus_server.ws_url, config, None) as session:
         assert session.created["response_format"] == fmt and session.created["sample_rate"] == rate
         await session.say("Formats for every client.")
         await session.control("end")
@@ -149,20 +146,18 @@ async def test_published_client_with_a_format_gets_audio_and_no_events(orpheus_s
 async def test_unsupported_first_frames_are_typed_errors(
     orpheus_server: Any, first: dict, error_type: str, code: int
 ) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(orpheus_server.ws_url) as ws:
-            await ws.send_json({**SHORT_CONFIG, **first})
-            message = await asyncio.wait_for(ws.receive(), 30)
-            frame = json.loads(message.data)
-            await ws.receive()
+    async with connect(orpheus_server.ws_url, compression=None) as ws:
+        await ws.send(json.dumps({**SHORT_CONFIG, **first}))
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
     assert frame["type"] == "error" and frame["body"]["error_type"] == error_type
     assert ws.close_code == code
 
 
 async def test_bad_control_messages_are_recoverable_and_disturb_no_one(orpheus_server: Any) -> None:
     async def good_session() -> float:
-        async with aiohttp.ClientSession() as http:
-            session = await EventSession.open(http, orpheus_server.ws_url, SHORT_CONFIG, None)
+        async with await EventSession.open(orpheus_server.ws_url, SHORT_CONFIG, None) as session:
             await session.say("I am not disturbed.")
             await session.control("end")
             done = await session.wait_for("session_done")
@@ -170,8 +165,7 @@ async def test_bad_control_messages_are_recoverable_and_disturb_no_one(orpheus_s
             return done["audio_s"]
 
     async def bad_session() -> list[dict]:
-        async with aiohttp.ClientSession() as http:
-            session = await EventSession.open(http, orpheus_server.ws_url, SHORT_CONFIG, None)
+        async with await EventSession.open(orpheus_server.ws_url, SHORT_CONFIG, None) as session:
             for frame in ('{"type": "dance"}', "{broken", '{"type": "update", "voice": "nobody"}'):
                 await session.say(frame)
             errors = [await session.wait_for("error") for _ in range(3)]
@@ -195,8 +189,7 @@ async def test_twenty_turns_each_end_with_their_flush_done(orpheus_server: Any) 
     """20 turns on one socket (``scripts/bench/tts.py --turns`` times them): each turn's
     generation is done (``audio_done``) and its audio sent before its ``flush_done``; nothing of
     a turn comes after it. (Random dummy weights may generate a turn with no audio frames.)"""
-    async with aiohttp.ClientSession() as http:
-        session = await EventSession.open(http, orpheus_server.ws_url, SHORT_CONFIG, None)
+    async with await EventSession.open(orpheus_server.ws_url, SHORT_CONFIG, None) as session:
         for turn in range(20):
             await session.say(f"Turn {turn} is short.")
             await session.control("flush", id=turn)
@@ -229,8 +222,7 @@ async def test_tts_client_cli_speaks_the_event_protocol(orpheus_server: Any, tmp
 
 async def test_word_timestamps_event_before_audio_done(orpheus_server: Any) -> None:
     config = {**SHORT_CONFIG, "word_timestamps": True}
-    async with aiohttp.ClientSession() as http:
-        session = await EventSession.open(http, orpheus_server.ws_url, config, None)
+    async with await EventSession.open(orpheus_server.ws_url, config, None) as session:
         await session.say("Words with times.")
         await session.control("flush")
         stamps = await session.wait_for("word_timestamps")
@@ -251,8 +243,7 @@ async def test_event_session_left_at_any_point_frees_everything(
     from tests.test_orpheus_e2e import metric
 
     config = {**SHORT_CONFIG, "max_tokens": 2000, "word_timestamps": point == "aligning"}
-    async with aiohttp.ClientSession() as http:
-        session = await EventSession.open(http, orpheus_server.ws_url, config, None)
+    async with await EventSession.open(orpheus_server.ws_url, config, None) as session:
         await session.say("A long answer that keeps the engine busy for quite a while now.")
         sent = await session.control("flush")
         if point != "after_flush":

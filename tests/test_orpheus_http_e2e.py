@@ -1,18 +1,21 @@
 """The HTTP flavour (``config_http.yaml``) through the real Truss server (dummy weights):
-Together's speech request body, each answer decoded by an independent decoder (Python's
-``wave``, FFmpeg through PyAV), server-sent events parsed as Together's clients parse them."""
+Together's speech request body (sent with the tooling's HTTP client, httpx), each answer
+decoded by an independent decoder (Python's ``wave``, FFmpeg through PyAV), server-sent events
+parsed as Together's clients parse them."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import wave
 from typing import Any
 
-import aiohttp
 import av
 import pytest
+
+from scripts.clients.connect import http_client
 
 pytestmark = pytest.mark.e2e
 
@@ -21,9 +24,9 @@ MODEL = "canopylabs/orpheus-3b-0.1-ft"
 
 async def speech(server: Any, body: dict) -> tuple[int, str, bytes]:
     url = f"{server.http_url}/v1/models/model:predict"
-    async with aiohttp.ClientSession() as http:
-        async with http.post(url, json=body, timeout=aiohttp.ClientTimeout(120)) as response:
-            return response.status, response.headers.get("content-type", ""), await response.read()
+    async with http_client(url, timeout_s=120) as http:
+        response = await http.post(url, json=body)
+    return response.status_code, response.headers.get("content-type", ""), response.content
 
 
 def _ffmpeg_seconds(data: bytes, fmt: str, rate: int) -> float:
@@ -105,8 +108,9 @@ async def test_client_leaving_mid_stream_aborts_the_generation(orpheus_http_serv
     body = {"input": "A long answer that keeps the engine busy for quite a while now. " * 3,
             "stream": True, "response_format": "raw"}  # fmt: skip
     url = f"{orpheus_http_server.http_url}/v1/models/model:predict"
-    async with aiohttp.ClientSession() as http:
-        async with http.post(url, json=body) as response:
-            assert response.status == 200
-            await response.content.readline()  # the first event arrived: generation running
+    async with http_client(url, timeout_s=120) as http:
+        async with http.stream("POST", url, json=body) as response:
+            assert response.status_code == 200
+            async with contextlib.aclosing(response.aiter_lines()) as lines:
+                await anext(lines)  # the first event arrived: generation running
     await wait_for_abort(orpheus_http_server, before, 10)

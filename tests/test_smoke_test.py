@@ -3,12 +3,16 @@ stand-in sockets for the failure paths, the real local servers end to end."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import threading
+import wave
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +108,59 @@ async def test_tts_failures_say_why(handler, message):
 def test_unreachable_server_is_a_failed_measurement_not_an_exception():
     result = st.run("tts", "ws://127.0.0.1:9/v1/websocket", None)
     assert not result.ok and result.failures
+
+
+@contextmanager
+def http_server(status: int, body: bytes) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A local predict endpoint answering every POST with ``status`` and ``body``."""
+    requests: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["Content-Length"])
+            requests.append({"body": json.loads(self.rfile.read(length)), **self.headers})
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1/models/model:predict", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def wav_bytes(seconds: float) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE_HZ)
+        w.writeframes(b"\x00\x00" * int(SAMPLE_RATE_HZ * seconds))
+    return out.getvalue()
+
+
+def test_http_posts_togethers_body_and_measures_the_wav():
+    with http_server(200, wav_bytes(2.0)) as (url, requests):
+        result = st.run("http", url, "secret-key")
+    assert result.ok, result.verdict
+    assert result.metrics["audio_s"] == pytest.approx(2.0) and result.metrics["errors"] == 0
+    body = requests[0]["body"]
+    assert set(body) == {"model", "input", "voice"} and body["input"] == st.DEFAULT_TTS_TEXT
+    assert all(name.lower() != "authorization" for name in requests[0])  # local: no key
+
+
+def test_http_failures_say_why():
+    with http_server(503, b"loading") as (url, _):
+        result = st.run("http", url, None)
+    assert not result.ok and "HTTP 503: b'loading'" in result.verdict
 
 
 def test_budgets_max_and_min():

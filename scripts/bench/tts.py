@@ -31,10 +31,12 @@ import os
 import platform
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from scripts import REPO_ROOT
 from scripts.bench.stats import percentile
@@ -92,14 +94,14 @@ def scrape(metrics_url: str | None) -> dict[str, float]:
     """Sums and counts of the server's latency histograms (empty without a metrics URL)."""
     if not metrics_url:
         return {}
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name.endswith(("_seconds_sum", "_seconds_count")) and "{" not in name:
-            values[name] = float(value)
-    return values
+    response = httpx.get(metrics_url, timeout=10, follow_redirects=True)  # /metrics/
+    response.raise_for_status()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name.endswith(("_seconds_sum", "_seconds_count")) and not sample.labels
+    }
 
 
 def server_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
@@ -190,10 +192,7 @@ def _ms(values: list[float], q: float) -> float | None:
 
 async def turns_section(url: str, config: dict[str, Any], api_key: str | None) -> dict[str, Any]:
     """The event protocol's latencies, measured by the client (see the module docstring)."""
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http:
-        session = await EventSession.open(http, url, config, api_key)
+    async with await EventSession.open(url, config, api_key) as session:
         flush_waits = []
         for turn in range(TURNS):
             await session.say(f"Turn number {turn} is a short one.")
@@ -212,18 +211,15 @@ async def turns_section(url: str, config: dict[str, Any], api_key: str | None) -
             await asyncio.sleep(0.2)  # anything of the cleared text would arrive now
             after = session.received[[r.event for r in session.received].index(cleared) + 1 :]
             leaked += sum(len(r.audio) for r in after if r.audio)
-        await session.close()
     formats = []
     for fmt, rate in FORMATS:
         waits = []
         for _ in range(FORMAT_SESSIONS):
             format_config = {**config, "response_format": fmt, "sample_rate": rate}
-            async with aiohttp.ClientSession() as http:
-                session = await EventSession.open(http, url, format_config, api_key)
+            async with await EventSession.open(url, format_config, api_key) as session:
                 await session.say("First audio in every format.")
                 sent = await session.control("flush")
                 waits.append(await session.wait_audio(sent) - sent)
-                await session.close()
         formats.append({"format": fmt, "rate": rate, "first_audio_ms_p50": _ms(waits, 50)})
     return {
         "turns": TURNS,

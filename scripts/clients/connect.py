@@ -1,10 +1,9 @@
-"""Opening a speech WebSocket: the one handshake retry every client uses.
+"""How every client here connects: the one WebSocket library (``websockets``), its handshake
+retry, and the one HTTP client (``httpx``), with the same API-key and proxy rule for both.
 
 Baseten answers HTTP 503 at the handshake while a deployment loads or wakes from zero (GPU cold
 starts take minutes); 502 and 504 are the gateway's own transient answers. Those are retried
-with exponential backoff until a budget runs out; any other status fails at once. The loop does
-not care which WebSocket library opened the socket: ``status_of`` reads the handshake's HTTP
-status from that library's exception.
+with exponential backoff until a budget runs out; any other status fails at once.
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
+import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
@@ -23,13 +22,12 @@ from scripts.clients.auth import api_key_headers, is_local
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 RETRY_HANDSHAKE_STATUSES = frozenset({502, 503, 504})
 DEFAULT_CONNECT_BUDGET_S = 15 * 60.0  # a cold start from zero replicas, with margin
 HANDSHAKE_BACKOFF_START_S = 2.0
 HANDSHAKE_BACKOFF_MAX_S = 30.0
 OPEN_TIMEOUT_S = 30.0
+HTTP_TIMEOUT_S = 300.0  # a whole spoken answer in one response
 
 
 class HandshakeRejected(Exception):
@@ -59,18 +57,22 @@ class Handshake:
     connect_s: float = 0.0
 
 
-async def retry_handshake(
-    open_once: Callable[[], Awaitable[T]],
-    status_of: Callable[[BaseException], int | None],
+async def open_websocket(
+    url: str,
+    api_key: str | None = None,
     *,
     budget_s: float = DEFAULT_CONNECT_BUDGET_S,
     backoff_s: float = HANDSHAKE_BACKOFF_START_S,
     handshake: Handshake | None = None,
+    compression: str | None = "deflate",
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> T:
-    """``open_once()`` until it succeeds; retryable statuses are retried within ``budget_s``.
+) -> ClientConnection:
+    """A connection with the API-key header for remote hosts; a retryable handshake status is
+    retried within ``budget_s`` (doubling the wait from ``backoff_s``), any other raises
+    ``HandshakeRejected``. Errors without an HTTP status (refused, timed out) propagate.
 
-    An exception without an HTTP status (``status_of`` → None) propagates unchanged."""
+    ``compression=None`` declines permessage-deflate (the TTS clients: PCM does not compress,
+    and the published TTS client does not offer it)."""
     handshake = handshake if handshake is not None else Handshake()
     started = time.monotonic()
     deadline = started + budget_s
@@ -78,11 +80,16 @@ async def retry_handshake(
     while True:
         handshake.attempts += 1
         try:
-            opened = await open_once()
-        except Exception as exc:
-            status = status_of(exc)
-            if status is None:
-                raise
+            ws = await connect(
+                url,
+                additional_headers=api_key_headers(url, api_key),
+                open_timeout=OPEN_TIMEOUT_S,
+                max_size=None,
+                compression=compression,
+                proxy=None if is_local(url) else True,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
             retryable = status in RETRY_HANDSHAKE_STATUSES
             remaining = deadline - time.monotonic()
             if not retryable or remaining <= 0:
@@ -92,33 +99,18 @@ async def retry_handshake(
             delay = min(delay * 2, HANDSHAKE_BACKOFF_MAX_S)
             continue
         handshake.connect_s = round(time.monotonic() - started, 3)
-        return opened
+        return ws
 
 
-def _websockets_status(exc: BaseException) -> int | None:
-    return exc.response.status_code if isinstance(exc, InvalidStatus) else None
-
-
-async def open_websocket(
-    url: str,
-    api_key: str | None = None,
-    *,
-    budget_s: float = DEFAULT_CONNECT_BUDGET_S,
-    backoff_s: float = HANDSHAKE_BACKOFF_START_S,
-    handshake: Handshake | None = None,
-) -> ClientConnection:
-    """A ``websockets`` connection with the API-key header for remote hosts, retried while the
-    deployment is not ready."""
-    return await retry_handshake(
-        lambda: connect(
-            url,
-            additional_headers=api_key_headers(url, api_key),
-            open_timeout=OPEN_TIMEOUT_S,
-            max_size=None,
-            proxy=None if is_local(url) else True,
-        ),
-        _websockets_status,
-        budget_s=budget_s,
-        backoff_s=backoff_s,
-        handshake=handshake,
+def http_client(
+    url: str, api_key: str | None = None, *, timeout_s: float = HTTP_TIMEOUT_S
+) -> httpx.AsyncClient:
+    """An HTTP client for ``url``'s host: the API-key header for remote hosts, and, as for the
+    WebSockets, the environment's proxy for remote hosts only; redirects are followed (the
+    Truss server's ``/metrics`` answers with one)."""
+    return httpx.AsyncClient(
+        headers=api_key_headers(url, api_key),
+        timeout=timeout_s,
+        trust_env=not is_local(url),
+        follow_redirects=True,
     )

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 import websockets
+from websockets.asyncio.client import ClientConnection
 
 from scripts.clients.auth import API_KEY_ENV
 from scripts.clients.connect import (
@@ -65,6 +66,12 @@ class Result:
             m.get("type") == "error" and "retry_after_s" in (m.get("body") or {})
             for _, m in self.arrivals
         )
+
+    @property
+    def retry_after_s(self) -> float | None:
+        """A refusal's hint (its error frame's ``retry_after_s``): when a retry may succeed."""
+        hints = ((m.get("body") or {}).get("retry_after_s") for m in self.errors)
+        return next((h for h in hints if h is not None), None)
 
     @property
     def transcript(self) -> str:
@@ -111,6 +118,28 @@ def v1_metadata(
     }
 
 
+async def send_audio(
+    ws: ClientConnection,
+    frames: list[bytes],
+    *,
+    frame_s: float,
+    realtime: bool = True,
+    end_audio: bool = True,
+    t0: float | None = None,
+) -> None:
+    """The sending half after the metadata: each frame (paced against the wall clock from
+    ``t0`` when ``realtime``), then ``end_audio``."""
+    t0 = time.monotonic() if t0 is None else t0
+    for i, frame in enumerate(frames):
+        if realtime:  # against the wall clock, so send jitter does not accumulate
+            delay = t0 + i * frame_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await ws.send(frame)
+    if end_audio:
+        await ws.send(json.dumps({"type": "end_audio"}))
+
+
 async def stream(
     url: str,
     frames: list[bytes],
@@ -140,14 +169,10 @@ async def stream(
         await ws.send(json.dumps(metadata))
 
         async def sender() -> None:
-            for i, frame in enumerate(frames):
-                if realtime:  # against the wall clock, so send jitter does not accumulate
-                    delay = t0 + i * frame_s - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                await ws.send(frame)
+            await send_audio(
+                ws, frames, frame_s=frame_s, realtime=realtime, end_audio=end_audio, t0=t0
+            )
             if end_audio:
-                await ws.send(json.dumps({"type": "end_audio"}))
                 result.end_audio_sent_s = time.monotonic() - t0
 
         send_task = asyncio.create_task(sender())

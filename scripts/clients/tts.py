@@ -30,16 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from orpheus_tts.schema import END_OF_INPUT
 from orpheus_tts.tokens import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
-from scripts.clients.auth import API_KEY_ENV, api_key_headers
+from scripts.clients.auth import API_KEY_ENV
 from scripts.clients.connect import (
     DEFAULT_CONNECT_BUDGET_S,
     HANDSHAKE_BACKOFF_START_S,
     Handshake,
-    retry_handshake,
+    open_websocket,
 )
 
 logger = logging.getLogger("tts_client")
@@ -49,6 +50,7 @@ DEFAULT_TEXT = (
     "Each sentence starts playing before the next one has been written. <laugh> Pretty neat."
 )
 _SENTENCE_END = re.compile(r"[.!?…]['\")\]]*$")
+REFUSED_CLOSE_CODE = 1013  # try again later: the replica is full or behind
 
 
 @dataclass
@@ -88,6 +90,17 @@ class TTSResult:
             return None
         return (self.frame_times[-1] - self.first_word_at) / self.audio_s
 
+    @property
+    def retry_after_s(self) -> float | None:
+        """The refusal's hint: when a retry may be admitted (None without one)."""
+        body = (self.error or {}).get("body")
+        return body.get("retry_after_s") if isinstance(body, dict) else None
+
+    @property
+    def refused(self) -> bool:
+        """Admission control refused the session: 1013 and an error frame with the hint."""
+        return self.close_code == REFUSED_CLOSE_CODE and self.retry_after_s is not None
+
 
 def baseten_url(model_id: str, environment: str | None, deployment_id: str | None) -> str:
     """The WebSocket URL of a Baseten model (an environment, or one deployment)."""
@@ -97,23 +110,45 @@ def baseten_url(model_id: str, environment: str | None, deployment_id: str | Non
     return f"{base}/environments/{environment or 'production'}/websocket"
 
 
-async def _connect(
-    session: aiohttp.ClientSession,
-    url: str,
-    headers: dict[str, str],
+async def _open(url: str, api_key: str | None, **options: Any) -> ClientConnection:
+    """The TTS socket (scripts.clients.connect), without permessage-deflate: audio does not
+    compress, and Baseten's published TTS client does not offer it."""
+    return await open_websocket(url, api_key, compression=None, **options)
+
+
+async def send_text(
+    ws: ClientConnection,
+    config: dict[str, Any],
+    words: list[str],
     *,
-    budget_s: float = DEFAULT_CONNECT_BUDGET_S,
-    backoff_s: float = HANDSHAKE_BACKOFF_START_S,
-    handshake: Handshake | None = None,
-) -> aiohttp.ClientWebSocketResponse:
-    """aiohttp's WebSocket, through the one handshake retry (scripts.clients.connect)."""
-    return await retry_handshake(
-        lambda: session.ws_connect(url, headers=headers, max_msg_size=0),
-        lambda e: e.status if isinstance(e, aiohttp.WSServerHandshakeError) else None,
-        budget_s=budget_s,
-        backoff_s=backoff_s,
-        handshake=handshake,
+    result: TTSResult | None = None,
+    word_interval_s: float = 0.0,
+    end: bool = True,
+) -> None:
+    """The published protocol's sending half: ``config``, one frame per word, then
+    ``__END__`` (not with ``end=False``); when each part went out is noted in ``result``."""
+    result = result if result is not None else TTSResult()
+    first_sentence_end = next(
+        (i for i, w in enumerate(words) if _SENTENCE_END.search(w)), len(words) - 1
     )
+    await ws.send(json.dumps(config))
+    for i, word in enumerate(words):
+        await ws.send(word)
+        now = time.monotonic()
+        if i == 0:
+            result.first_word_at = now
+        if i == first_sentence_end + 1:
+            result.first_sentence_released_at = now
+        if word_interval_s:
+            await asyncio.sleep(word_interval_s)
+    if not end:
+        return
+    await ws.send(END_OF_INPUT)
+    result.end_sent_at = time.monotonic()
+    if not result.first_sentence_released_at:
+        result.first_sentence_released_at = result.end_sent_at
+    if not result.first_word_at:
+        result.first_word_at = result.end_sent_at
 
 
 async def stream_tts(
@@ -130,64 +165,39 @@ async def stream_tts(
     """One session: send ``config``, then each word of ``text``, then ``__END__``; collect audio
     until the server closes or ``timeout_s`` (from the open socket) passes (``timed_out``)."""
     result = TTSResult()
-    headers = api_key_headers(url, api_key)
-    words = text.split()
-    first_sentence_end = next(
-        (i for i, w in enumerate(words) if _SENTENCE_END.search(w)), len(words) - 1
+    ws = await _open(
+        url,
+        api_key,
+        budget_s=connect_budget_s,
+        backoff_s=handshake_backoff_s,
+        handshake=result.handshake,
     )
-    async with aiohttp.ClientSession() as http:
-        ws = await _connect(
-            http,
-            url,
-            headers,
-            budget_s=connect_budget_s,
-            backoff_s=handshake_backoff_s,
-            handshake=result.handshake,
+    result.connected_at = time.monotonic()
+    async with ws:
+        sender = asyncio.create_task(
+            send_text(ws, config, text.split(), result=result, word_interval_s=word_interval_s)
         )
-        result.connected_at = time.monotonic()
-
-        async def send() -> None:
-            await ws.send_json(config)
-            for i, word in enumerate(words):
-                await ws.send_str(word)
-                now = time.monotonic()
-                if i == 0:
-                    result.first_word_at = now
-                if i == first_sentence_end + 1:
-                    result.first_sentence_released_at = now
-                if word_interval_s:
-                    await asyncio.sleep(word_interval_s)
-            await ws.send_str(END_OF_INPUT)
-            result.end_sent_at = time.monotonic()
-            if not result.first_sentence_released_at:
-                result.first_sentence_released_at = result.end_sent_at
-            if not result.first_word_at:
-                result.first_word_at = result.end_sent_at
-
-        sender = asyncio.create_task(send())
         try:
             async with asyncio.timeout(timeout_s):
-                while True:
-                    message = await ws.receive()
-                    if message.type == aiohttp.WSMsgType.BINARY:
+                async for message in ws:
+                    if isinstance(message, bytes):
                         result.frame_times.append(time.monotonic())
-                        result.frame_sizes.append(len(message.data))
-                        result.pcm.extend(message.data)
-                    elif message.type == aiohttp.WSMsgType.TEXT:
-                        result.error = json.loads(message.data)
-                    else:  # CLOSE carries the server's reason; CLOSED / ERROR end it too
-                        if message.type == aiohttp.WSMsgType.CLOSE:
-                            result.close_reason = str(message.extra or "")
-                        break
+                        result.frame_sizes.append(len(message))
+                        result.pcm.extend(message)
+                    else:
+                        result.error = json.loads(message)
         except TimeoutError:
             result.timed_out = True
+        except ConnectionClosed:  # an error close (1008, 1013, ...) or none (1006)
+            pass
         finally:
             if not sender.done():
                 sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
             await ws.close()
-        result.closed_at = time.monotonic()
-        result.close_code = ws.close_code
+    result.closed_at = time.monotonic()
+    result.close_code = ws.close_code
+    result.close_reason = ws.close_reason or ""
     return result
 
 
@@ -199,12 +209,13 @@ class Received:
 
 
 class EventSession:
-    """A client of the event protocol (``events: true``): one socket for a conversation.
+    """A client of the event protocol (``events: true``): one socket for a conversation,
+    ``async with await EventSession.open(url, config) as session:`` (closed on leaving).
 
     A reader task files every frame, timestamped, into ``received``; ``wait_for`` returns the
     next event of a type (audio before it is kept in ``received`` as well)."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.received: list[Received] = []
         self.created: dict[str, Any] = {}
@@ -215,10 +226,10 @@ class EventSession:
 
     @classmethod
     async def open(
-        cls, http: aiohttp.ClientSession, url: str, config: dict[str, Any], api_key: str | None
+        cls, url: str, config: dict[str, Any], api_key: str | None = None
     ) -> EventSession:
-        ws = await _connect(http, url, api_key_headers(url, api_key))
-        await ws.send_json({**config, "events": True})
+        ws = await _open(url, api_key)
+        await ws.send(json.dumps({**config, "events": True}))
         session = cls(ws)
         session.created = await session.wait_for("session_created")
         return session
@@ -226,15 +237,15 @@ class EventSession:
     async def _read(self) -> None:
         try:
             async for message in self.ws:
-                if message.type == aiohttp.WSMsgType.BINARY:
-                    item = Received(time.monotonic(), audio=message.data)
-                elif message.type == aiohttp.WSMsgType.TEXT:
-                    item = Received(time.monotonic(), event=json.loads(message.data))
+                if isinstance(message, bytes):
+                    item = Received(time.monotonic(), audio=message)
                 else:
-                    break
+                    item = Received(time.monotonic(), event=json.loads(message))
                 async with self._arrived:
                     self.received.append(item)
                     self._arrived.notify_all()
+        except ConnectionClosed:  # an error close (1008, 1013, ...) or none (1006)
+            pass
         finally:
             self.close_code = self.ws.close_code
             async with self._arrived:
@@ -264,11 +275,11 @@ class EventSession:
             return event
 
     async def say(self, text: str) -> None:
-        await self.ws.send_str(text)
+        await self.ws.send(text)
 
     async def control(self, kind: str, **fields: Any) -> float:
         """Send a control message; returns when it was sent."""
-        await self.ws.send_json({"type": kind, **fields})
+        await self.ws.send(json.dumps({"type": kind, **fields}))
         return time.monotonic()
 
     def audio(self, since: float = 0.0) -> bytes:
@@ -294,6 +305,12 @@ class EventSession:
     async def close(self) -> None:
         await self.ws.close()
         await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def __aenter__(self) -> EventSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 def _paragraphs(text: str) -> list[str]:
@@ -337,13 +354,9 @@ async def _turns(session: EventSession, turns: list[str], interactive: bool) -> 
 
 async def run_events(url: str, config: dict[str, Any], api_key: str | None, text: str,
                      interactive: bool) -> tuple[bytes, int | None, dict[str, Any]]:  # fmt: skip
-    async with aiohttp.ClientSession() as http:
-        session = await EventSession.open(http, url, config, api_key)
-        try:
-            await _turns(session, _paragraphs(text), interactive)
-        finally:
-            await session.close()
-        return session.audio(), session.close_code, session.created
+    async with await EventSession.open(url, config, api_key) as session:
+        await _turns(session, _paragraphs(text), interactive)
+    return session.audio(), session.close_code, session.created
 
 
 def write_wav(path: Path, pcm: bytes, rate: int = SAMPLE_RATE_HZ) -> None:

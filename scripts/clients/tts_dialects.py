@@ -20,12 +20,11 @@ import os
 import sys
 from pathlib import Path
 
-import aiohttp
 import msgpack
 
 from orpheus_tts.settings import ORPHEUS_HF_REPO as MODEL
-from scripts.clients.auth import API_KEY_ENV, api_key_headers
-from scripts.clients.connect import open_websocket
+from scripts.clients.auth import API_KEY_ENV
+from scripts.clients.connect import http_client, open_websocket
 
 
 async def together(url: str, text: str, api_key: str | None, alignment: bool = False) -> bytes:
@@ -75,12 +74,11 @@ async def fish(url: str, text: str, api_key: str | None, fmt: str = "mp3") -> by
 async def http(url: str, text: str, api_key: str | None, fmt: str = "mp3") -> bytes:
     """The HTTP flavour: Together's speech request body; the audio file back."""
     body = {"model": MODEL, "input": text, "voice": "tara", "response_format": fmt}
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url, json=body, headers=api_key_headers(url, api_key)) as response:
-            data = await response.read()
-            if response.status != 200:
-                raise RuntimeError(f"{response.status}: {data[:300]!r}")
-            return data
+    async with http_client(url, api_key) as session:
+        response = await session.post(url, json=body)
+    if response.status_code != 200:
+        raise RuntimeError(f"{response.status_code}: {response.content[:300]!r}")
+    return response.content
 
 
 def main(argv: list[str] | None = None) -> int:

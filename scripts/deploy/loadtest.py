@@ -27,12 +27,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from orpheus_tts.settings import ORPHEUS_HF_REPO
 from scripts import SAMPLES_DIR
 from scripts.bench.stats import percentile
-from scripts.clients.auth import API_KEY_ENV, api_key_headers
+from scripts.clients.auth import API_KEY_ENV
 from scripts.deploy.baseten_api import ConfigError, redact
 
 PROTOCOLS = ("stt", "tts", "http")
@@ -152,23 +153,23 @@ async def _tts(url: str, key: str | None, spec: dict[str, Any], m: Measurement) 
 
 
 async def _http(url: str, key: str | None, spec: dict[str, Any], m: Measurement) -> None:
-    import aiohttp
+    from scripts.clients.connect import http_client
 
     body = {"model": ORPHEUS_HF_REPO, "input": str(spec.get("text") or DEFAULT_TEXT)}
     body["voice"] = str(spec.get("voice") or "tara")
+    timeout_s = float(spec.get("timeout_s", 300))  # each request, start to last byte
 
-    async def one(http: aiohttp.ClientSession) -> tuple[float, float]:
+    async def one(http: httpx.AsyncClient) -> tuple[float, float]:
         started = time.monotonic()
-        async with http.post(url, json=body, headers=api_key_headers(url, key)) as response:
-            data = await response.read()
-            if response.status != 200:
-                raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+        async with asyncio.timeout(timeout_s):
+            response = await http.post(url, json=body)
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.content[:200]!r}")
         wall = time.monotonic() - started
-        with wave.open(io.BytesIO(data)) as w:  # decodable audio, not just bytes
+        with wave.open(io.BytesIO(response.content)) as w:  # decodable audio, not just bytes
             return wall, w.getnframes() / w.getframerate()
 
-    timeout = aiohttp.ClientTimeout(total=float(spec.get("timeout_s", 300)))
-    async with aiohttp.ClientSession(timeout=timeout) as http:
+    async with http_client(url, key, timeout_s=timeout_s) as http:
         sessions = [one(http) for _ in range(m.sessions)]
         results = await asyncio.gather(*sessions, return_exceptions=True)
     ok = [r for r in results if isinstance(r, tuple)]
