@@ -34,11 +34,11 @@ from scripts.clients.connect import (
     Handshake,
     open_websocket,
 )
+from speech_common.ws import CloseCode  # TRY_AGAIN_LATER: full or behind
 from whisper_streaming.schema import DEFAULT_SAMPLE_RATE_HZ
 
 FRAME_SAMPLES = 512  # the published client's frame: 32 ms at 16 kHz
 CLIENT_RATE_HZ = DEFAULT_SAMPLE_RATE_HZ  # the published client sends 16 kHz
-REFUSED_CLOSE_CODE = 1013  # try again later: the replica is full or behind
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Result:
         (an error frame with a ``retry_after_s`` hint). The server accepts the socket before it
         decides, so the metadata frame usually goes out and the refusal is read here; a session
         that falls behind mid-stream also closes 1013, but without the retry hint."""
-        return self.close_code == REFUSED_CLOSE_CODE and all(
+        return self.close_code == CloseCode.TRY_AGAIN_LATER and all(
             m.get("type") == "error" and "retry_after_s" in (m.get("body") or {})
             for _, m in self.arrivals
         )

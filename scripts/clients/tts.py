@@ -42,6 +42,7 @@ from scripts.clients.connect import (
     Handshake,
     open_websocket,
 )
+from speech_common.ws import CloseCode  # TRY_AGAIN_LATER: full or behind
 
 logger = logging.getLogger("tts_client")
 
@@ -50,7 +51,6 @@ DEFAULT_TEXT = (
     "Each sentence starts playing before the next one has been written. <laugh> Pretty neat."
 )
 _SENTENCE_END = re.compile(r"[.!?…]['\")\]]*$")
-REFUSED_CLOSE_CODE = 1013  # try again later: the replica is full or behind
 
 
 @dataclass
@@ -99,7 +99,7 @@ class TTSResult:
     @property
     def refused(self) -> bool:
         """Admission control refused the session: 1013 and an error frame with the hint."""
-        return self.close_code == REFUSED_CLOSE_CODE and self.retry_after_s is not None
+        return self.close_code == CloseCode.TRY_AGAIN_LATER and self.retry_after_s is not None
 
 
 def baseten_url(model_id: str, environment: str | None, deployment_id: str | None) -> str:
