@@ -8,6 +8,7 @@ leaves no stale audio. The audio is noise (random weights): never judged for voi
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -18,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 import pytest
 
+from scripts.bench.wer import wer
+from scripts.clients.stt import frames_of, read_wav, stream, v1_metadata
 from tests.test_orpheus_e2e import metric
 
 pytestmark = pytest.mark.e2e
@@ -255,6 +259,51 @@ def test_together_sdk_speech(orpheus_http_server: Any, tmp_path: Path, case: str
     seconds, rate, channels = decode(tmp_path, audio)
     assert (rate, channels) == (24000, 1)
     assert_heard_everything(before, idle(orpheus_http_server), seconds, 3, generations=1)
+
+
+# -- Deepgram's clients: livekit-plugins-deepgram, pipecat's DeepgramSTTService ------------------------
+DEEPGRAM_SAMPLE = REPO / "samples" / "real" / "LJ001-0009.wav"  # two utterances, 7.5 s
+
+
+def own_client_transcript(server: Any, sample: Path) -> str:
+    """Our own client (scripts/clients/stt.py, Baseten's protocol) on the same clip and silence."""
+    audio = read_wav(sample)
+    audio = np.concatenate([audio, np.zeros(24000, audio.dtype)])  # 1.5 s of silence
+    result = asyncio.run(
+        stream(server.ws_url, frames_of(audio), v1_metadata(), frame_s=0.032, realtime=False)
+    )
+    assert result.finished, result.errors
+    return result.transcript
+
+
+@pytest.mark.parametrize("client", ["livekit", "pipecat"])
+def test_deepgram_clients_transcribe_real_speech(
+    whisper_server: Any, tmp_path: Path, client: str
+) -> None:
+    """Real speech at real-time pace through each Deepgram client: finals as good as our own
+    client's on the same clip, the events each one asks for, a clean end."""
+    url = whisper_server.ws_url if client == "livekit" else f"{whisper_server.ws_url}?_p="
+    result = run_client("deepgram_stt.py", client, url, tmp_path, "--sample", str(DEEPGRAM_SAMPLE))
+    assert_ok(result)
+    assert_no_errors(result)
+    reference = json.loads(DEEPGRAM_SAMPLE.with_suffix(".json").read_text())["text"]
+    heard = " ".join(result["finals"])
+    own = own_client_transcript(whisper_server, DEEPGRAM_SAMPLE)
+    assert wer(reference, heard) <= wer(reference, own) + 0.05, (heard, own)
+    assert wer(reference, heard) <= 0.15, heard
+    kinds = [e["type"] for e in result["events"]]
+    if client == "livekit":
+        # vad_events (SpeechStarted) and speech_final, interim results, in a turn's order.
+        assert kinds[0] == "start_of_speech" and kinds[-1] == "end_of_speech", kinds
+        assert "interim_transcript" in kinds
+        for i, kind in enumerate(kinds):
+            if kind == "final_transcript":
+                assert kinds[i + 1] == "end_of_speech" and "start_of_speech" in kinds[:i]
+    else:
+        assert "InterimTranscriptionFrame" in kinds
+        finals = [e for e in result["events"] if e["type"] == "TranscriptionFrame"]
+        # pipecat's Finalize cut the last utterance: its final came back from_finalize.
+        assert finals[-1]["finalized"] and not any(f["finalized"] for f in finals[:-1])
 
 
 # -- docs/clients.md shows exactly the suite's lines -----------------------------------------------------

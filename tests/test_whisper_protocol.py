@@ -15,8 +15,9 @@ from scripts.clients.stt import v1_metadata
 from speech_common.driver import Cancel, Close, Command, JobCancelled, Send, Submit
 from speech_common.vad import WINDOW_SAMPLES
 from speech_common.ws import load_json
+from whisper_streaming.codec_session import CodecSession
 from whisper_streaming.engine import JobKind, Segment, Transcript
-from whisper_streaming.protocol import MAX_AUDIO_FRAME_BYTES, VAD_WORKER, CoreLimits, SttCore
+from whisper_streaming.protocol import MAX_AUDIO_FRAME_BYTES, VAD_WORKER, CoreLimits
 
 SPEECH, SILENCE = 0.95, 0.01
 FIRST_FRAME_TIMEOUT_S = 5.0
@@ -30,8 +31,8 @@ def transcript(text: str) -> Transcript:
 class Harness:
     """Feeds a core and checks every command it answers with against the protocol's rules."""
 
-    core: SttCore = field(
-        default_factory=lambda: SttCore(
+    core: CodecSession = field(
+        default_factory=lambda: CodecSession.baseten(
             CoreLimits(first_frame_timeout_s=FIRST_FRAME_TIMEOUT_S), ["en"]
         )
     )
@@ -206,7 +207,7 @@ def _utterance_final(h: Harness) -> Submit:
 
 def test_finals_use_the_deployments_beam_unless_the_session_names_one() -> None:
     def final_beam(limits: CoreLimits, **whisper: object) -> int:
-        h = Harness(core=SttCore(limits, ["en"]))
+        h = Harness(core=CodecSession.baseten(limits, ["en"]))
         h.text(v1_metadata(partials=False, **whisper))
         return _utterance_final(h).payload.options.beam_size
 
@@ -219,7 +220,7 @@ def test_finals_use_the_deployments_beam_unless_the_session_names_one() -> None:
 def test_postroll_final_is_its_speculation_with_the_trailing_audio() -> None:
     """With postroll_ms the final's audio holds that much after the speech, and the speculative
     final started in the pause already held it: one Whisper job per utterance, not two."""
-    h = Harness(core=SttCore(CoreLimits(postroll_ms=150), ["en"]))
+    h = Harness(core=CodecSession.baseten(CoreLimits(postroll_ms=150), ["en"]))
     whisper_submits: list[Submit] = []
     apply = h.apply
 

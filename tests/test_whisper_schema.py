@@ -11,7 +11,8 @@ import pytest
 from speech_common.audio import Encoding
 from speech_common.driver import Close, Submit
 from speech_common.ws import CloseCode
-from whisper_streaming.protocol import CoreLimits, SttCore
+from whisper_streaming.codec_session import CodecSession
+from whisper_streaming.protocol import CoreLimits
 from whisper_streaming.schema import (
     ControlMessage,
     SegmentOut,
@@ -30,6 +31,8 @@ STREAMING = {
     "enable_partial_transcripts": True,
     "partial_transcript_interval_s": 0.25,
     "final_transcript_max_duration_s": 20,
+    "events": True,
+    "utterance_end_ms": 1500,
 }
 WHISPER = {
     "audio_language": "de",
@@ -135,8 +138,8 @@ def test_f32le_parses_in_every_shape(shape: str) -> None:
     assert (cfg.streaming.encoding, cfg.streaming.sample_rate) == ("pcm_f32le", 48000)
 
 
-def _open_session(encoding: str) -> tuple[SttCore, list[Any]]:
-    core = SttCore(CoreLimits(), ["en"])
+def _open_session(encoding: str) -> tuple[CodecSession, list[Any]]:
+    core = CodecSession.baseten(CoreLimits(), ["en"])
     core.start(0.0)
     return core, core.on_text(json.dumps({"streaming_params": {"encoding": encoding}}), 0.0)
 

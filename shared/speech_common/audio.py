@@ -55,6 +55,46 @@ def mulaw_encode(samples: np.ndarray) -> bytes:
     return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
 
 
+def _alaw_decode_table() -> np.ndarray:
+    """ITU-T G.711 A-law byte -> linear int16 (the classic 256-entry table)."""
+    a = np.arange(256, dtype=np.int32) ^ 0x55
+    sign = a & 0x80
+    exponent = (a >> 4) & 0x07
+    mantissa = a & 0x0F
+    magnitude = np.where(
+        exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0)
+    )
+    return np.where(sign != 0, magnitude, -magnitude).astype(np.int16)
+
+
+_ALAW_TABLE = _alaw_decode_table()
+
+
+def alaw_decode(data: bytes) -> np.ndarray:
+    """A-law bytes -> int16 samples (G.711; telephony outside North America and Japan)."""
+    return _ALAW_TABLE[np.frombuffer(data, dtype=np.uint8)]
+
+
+def alaw_encode(samples: np.ndarray) -> bytes:
+    """int16 samples -> A-law bytes (G.711); used by clients and tests."""
+    x = samples.astype(np.int32) >> 3  # 13-bit
+    mask = np.where(x >= 0, 0xD5, 0x55)
+    x = np.where(x >= 0, x, -x - 1)
+    segment = np.searchsorted(_ALAW_SEGMENT_ENDS, x)  # first end >= x
+    shift = np.where(segment < 2, 1, segment)
+    value = (segment << 4) | ((x >> shift) & 0x0F)
+    value = np.where(segment >= 8, 0x7F, value)
+    return (value ^ mask).astype(np.uint8).tobytes()
+
+
+_ALAW_SEGMENT_ENDS = np.array([0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF])
+
+
+def s32le_to_float(data: bytes) -> np.ndarray:
+    """Little-endian signed 32-bit PCM bytes -> float32 in [-1, 1)."""
+    return (np.frombuffer(data, dtype="<i4").astype(np.float64) / 2147483648.0).astype(np.float32)
+
+
 def int16_to_float(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32) / S16_MAX
 

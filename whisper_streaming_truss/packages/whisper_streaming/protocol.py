@@ -1,10 +1,15 @@
-"""The streaming-Whisper session protocol as a sans-I/O state machine (no sockets, no clocks).
+"""The streaming-Whisper session as a typed sans-I/O state machine (no sockets, no clocks, no
+wire format).
 
-Frames, job results, timers and the client's disconnect go in; ``Send``, ``Submit`` (VAD and
-Whisper jobs), ``Cancel`` and ``Close`` come out (``speech_common.driver`` runs it on a socket).
-Every protocol fact lives here: the metadata handshake and its timeout, control messages,
-partial/final ordering (finals in utterance order, never a partial after its final),
-speculative finals, the ``end_audio`` flush handshake, the bound on audio waiting for the VAD.
+A codec (``whisper_streaming.dialects``: Baseten's protocol, Deepgram's) decodes a client's frames
+into the input methods (``configure``, ``audio``, ``end_audio``, ``finalize``, ``keep_alive``,
+``health_check``, ``fail``); job results, timers and the client's disconnect come from the driver
+(``speech_common.driver``, through ``whisper_streaming.codec_session``). What comes out is
+``Output``s: the driver's ``Submit`` (VAD and Whisper jobs) and ``Cancel``, and the typed events of
+``whisper_streaming.events``, which the codec encodes. Every protocol fact lives here: the
+metadata deadline, an idle deadline where the dialect has one, partial/final ordering (finals in
+utterance order, never a partial after its final), speculative finals, finalize and the end of
+audio flush, speech-started / utterance-end events, the bound on audio waiting for the VAD.
 
 Phases: METADATA -> STREAMING -> DRAINING (``end_audio`` received) -> DONE. A protocol error,
 the end of the flush, or a disconnect ends it; ending cancels every job still outstanding.
@@ -16,27 +21,30 @@ import logging
 from collections import deque
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from speech_common.audio import AudioInput, Encoding
-from speech_common.driver import Cancel, Close, Command, JobIds, Send, Submit
+from speech_common.driver import Cancel, JobIds, Submit
 from speech_common.vad import SAMPLE_RATE_HZ, WINDOW_SAMPLES, VadOptions, VadStreamState
-from speech_common.ws import CloseCode, ProtocolError, check_json_depth, load_json
+from speech_common.ws import CloseCode, ProtocolError
 
 from . import metrics
 from .engine import DecodeOptions, JobKind, TranscribeJob, Transcript
-from .schema import (
-    ControlMessage,
-    SegmentOut,
-    SessionConfig,
-    TranscriptionMessage,
-    WordTimestamp,
-    end_audio_message,
-    health_message,
-    parse_metadata,
+from .events import (
+    EndAudio,
+    Ended,
+    FinalCause,
+    FinalFailed,
+    Finalized,
+    Health,
+    Output,
+    SpeechStarted,
+    Transcription,
+    UtteranceEnd,
 )
+from .schema import SessionConfig
 from .utterance import (
     Dropped,
     FinalRequest,
@@ -44,6 +52,7 @@ from .utterance import (
     Request,
     SpeculationVoid,
     SpeculativeFinal,
+    Started,
     TrackerOptions,
     UtteranceTracker,
 )
@@ -82,15 +91,31 @@ class CoreLimits:
     whisper_beam_width: int = 1  # finals' beam when the session's metadata names none
 
 
+@dataclass(frozen=True)
+class EventOptions:
+    """What a session asked for beyond transcripts (a codec sets it from its handshake)."""
+
+    speech_started: bool = False  # a SpeechStarted event at each utterance's onset
+    utterance_end_ms: int | None = None  # an UtteranceEnd after this much silence after words
+    idle_timeout_s: float | None = None  # no frame at all for this long ends the session
+
+
 @dataclass
-class _Final:
-    num: int
-    job_id: int | None  # None: the end_audio "finished" marker
-    audio_s: float
-    speech_end_at: float  # when the last speech audio of the utterance arrived
+class _Pending:
+    """One entry of the ordered output queue: a final (sent once its result is in) or a marker
+    that goes out once every final before it did."""
+
+    kind: Literal["final", "finished", "finalized", "utterance_end"]
+    num: int = -1
+    job_id: int | None = None
+    audio_s: float = 0.0
+    offset_s: float = 0.0
+    speech_end_at: float = 0.0  # when the last speech audio of the utterance arrived
+    cause: FinalCause = FinalCause.PAUSE
     flush: bool = False
     result: Any = None
     ready: bool = False
+    position_s: float = 0.0  # a finalize marker: the audio it covered
 
 
 class SttCore:
@@ -99,7 +124,9 @@ class SttCore:
         self.supported_languages = supported_languages
         self.phase = Phase.METADATA
         self.config: SessionConfig | None = None
-        self._deadline: float | None = None
+        self.events = EventOptions()
+        self._deadline: float | None = None  # the metadata deadline
+        self._heard_at: float | None = None  # the client's last frame (idle deadline)
         self._ids = JobIds()
         self._outstanding: set[int] = set()  # every job submitted and not yet resolved
         # audio
@@ -108,88 +135,76 @@ class SttCore:
         self._vad_state = VadStreamState.after_silence()
         self._vad_job: tuple[int, np.ndarray] | None = None  # (job id, its windows)
         self._received = 0  # 16 kHz samples received
+        self._pushed = 0  # windows through the VAD
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=ARRIVALS_KEPT)
         # transcription
         self._tracker: UtteranceTracker | None = None
         self._decode: DecodeOptions | None = None
-        self._partials: dict[int, tuple[int, int, int]] = {}  # job -> (num, seq, samples)
+        self._partials: dict[int, tuple[int, int, int, float]] = {}  # job -> (num, seq, n, off)
         self._partial_seq = 0
         self._last_partial_sent: dict[int, int] = {}  # num -> seq of the newest partial sent
         self._finalised: set[int] = set()
         self._spec: tuple[int, int, int] | None = None  # (num, samples, job id)
         self._spec_results: dict[int, Any] = {}  # speculative job -> result, before its final
-        self._finals: deque[_Final] = deque()
+        self._queue: deque[_Pending] = deque()
         self._context = ""  # previous finals' text, for conditioning (bounded: CONTEXT_MAX_CHARS)
         self._flushed = False
+        # finalize and utterance-end bookkeeping
+        self._finalize_at: deque[int] = deque()  # windows each pending finalize covers
+        self._finalize_answered = False  # a finalize's final went out since the last marker
+        self._last_speech_end_s: float | None = None  # armed: the utterance end to wait for
+        self._words_since_end = False  # a final with words went out since the last UtteranceEnd
+        self._last_final: tuple[int, float] = (-1, 0.0)  # (num, end of its last word)
 
-    # -- the SessionCore interface -------------------------------------------------------------
+    # -- the driver's side -------------------------------------------------------------------------
     @property
     def done(self) -> bool:
         return self.phase is Phase.DONE
 
     @property
     def next_deadline(self) -> float | None:
-        return self._deadline if self.phase is Phase.METADATA else None
+        if self.phase is Phase.METADATA:
+            return self._deadline
+        idle = self.events.idle_timeout_s
+        if self.phase is Phase.STREAMING and idle is not None and self._heard_at is not None:
+            return self._heard_at + idle
+        return None
 
     @property
     def outstanding_jobs(self) -> frozenset[int]:
         return frozenset(self._outstanding)
 
-    def start(self, now: float) -> list[Command]:
+    def start(self, now: float) -> list[Output]:
         self._deadline = now + self.limits.first_frame_timeout_s
         return []
 
-    def on_timer(self, now: float) -> list[Command]:
+    def heard(self, now: float) -> None:
+        """A frame came from the client (any frame: the idle deadline starts again)."""
+        self._heard_at = now
+
+    def on_timer(self, now: float) -> list[Output]:
         if self.phase is Phase.METADATA and self._deadline is not None and now >= self._deadline:
-            return self._fail(ProtocolError("metadata_timeout", "no metadata frame received"))
+            return self.fail(ProtocolError("metadata_timeout", "no metadata frame received"))
+        deadline = self.next_deadline
+        if self.phase is Phase.STREAMING and deadline is not None and now >= deadline:
+            return self.fail(
+                ProtocolError(
+                    "idle_timeout",
+                    f"no audio or control frame for {self.events.idle_timeout_s:g} s",
+                    CloseCode.INTERNAL_ERROR,
+                )
+            )
         return []
 
-    def on_disconnect(self, now: float) -> list[Command]:
+    def on_disconnect(self, now: float) -> list[Output]:
         if self.done:
             return []
         return self._end()
 
-    def on_text(self, text: str, now: float) -> list[Command]:
-        try:
-            if self.phase is Phase.METADATA:
-                return self._on_metadata(text)
-            if self.phase in (Phase.STREAMING, Phase.DRAINING):
-                return self._on_control(text, now)
-        except ProtocolError as exc:
-            return self._fail(exc)
-        return []
-
-    def on_bytes(self, data: bytes, now: float) -> list[Command]:
-        if self.phase is Phase.METADATA:
-            return self._fail(
-                ProtocolError(
-                    "audio_before_metadata", "the first frame must be the JSON metadata, not audio"
-                )
-            )
-        if self.phase is not Phase.STREAMING:
-            return []  # audio after end_audio is ignored
-        if len(data) > MAX_AUDIO_FRAME_BYTES:
-            return self._fail(
-                ProtocolError(
-                    "frame_too_large",
-                    f"audio frames are limited to {MAX_AUDIO_FRAME_BYTES} bytes",
-                    CloseCode.MESSAGE_TOO_BIG,
-                )
-            )
-        samples = self._audio_in.feed(data)
-        self._add_audio(samples, now)
-        if len(self._windows) > self.limits.max_buffered_audio_s * SAMPLE_RATE_HZ:
-            return self._fail(
-                ProtocolError(
-                    "overloaded", "server cannot keep up with the audio", CloseCode.TRY_AGAIN_LATER
-                )
-            )
-        return self._submit_vad(now)
-
-    def on_sent(self, ack: Any, now: float) -> list[Command]:
+    def on_sent(self, ack: Any, now: float) -> list[Output]:
         return []  # nothing here waits for the client to have read a message
 
-    def on_result(self, job_id: int, result: Any, now: float) -> list[Command]:
+    def on_result(self, job_id: int, result: Any, now: float) -> list[Output]:
         if self.done or job_id not in self._outstanding:
             return []
         self._outstanding.discard(job_id)
@@ -199,16 +214,12 @@ class SttCore:
             return self._on_partial(job_id, result)
         return self._on_transcript(job_id, result, now)
 
-    # -- handshake -------------------------------------------------------------------------------
-    def _on_metadata(self, text: str) -> list[Command]:
-        try:
-            raw = load_json(text)
-        except ValueError as exc:
-            raise ProtocolError("invalid_json", f"metadata is not valid JSON: {exc}") from None
-        try:
-            config = parse_metadata(raw)
-        except ValueError as exc:
-            raise ProtocolError("invalid_metadata", str(exc)) from None
+    # -- the codec's side: a client's requests ------------------------------------------------------
+    def configure(self, config: SessionConfig, events: EventOptions | None = None) -> list[Output]:
+        """The session's settings (Baseten's metadata frame, Deepgram's query string). Raises
+        ``ProtocolError`` for an encoding or language this deployment cannot serve."""
+        if self.phase is not Phase.METADATA:
+            raise ProtocolError("invalid_message", "the session is already configured")
         if config.streaming.encoding not in {e.value for e in Encoding}:
             raise ProtocolError(
                 "unsupported_encoding",
@@ -224,9 +235,76 @@ class SttCore:
                     f"language {code!r} is not supported by this model",
                     CloseCode.UNSUPPORTED_DATA,
                 )
+        self.events = events or EventOptions()
         self._configure(config)
         return []
 
+    def audio(self, data: bytes, now: float) -> list[Output]:
+        """A frame of audio in the session's encoding (any size; a frame may split a sample)."""
+        if self.phase is Phase.METADATA:
+            raise ProtocolError(
+                "audio_before_metadata", "the first frame must be the JSON metadata, not audio"
+            )
+        if self.phase is not Phase.STREAMING:
+            return []  # audio after end_audio is ignored
+        if len(data) > MAX_AUDIO_FRAME_BYTES:
+            raise ProtocolError(
+                "frame_too_large",
+                f"audio frames are limited to {MAX_AUDIO_FRAME_BYTES} bytes",
+                CloseCode.MESSAGE_TOO_BIG,
+            )
+        samples = self._audio_in.feed(data)
+        self._add_audio(samples, now)
+        if len(self._windows) > self.limits.max_buffered_audio_s * SAMPLE_RATE_HZ:
+            return self.fail(
+                ProtocolError(
+                    "overloaded", "server cannot keep up with the audio", CloseCode.TRY_AGAIN_LATER
+                )
+            )
+        return self._submit_vad(now)
+
+    def health_check(self) -> list[Output]:
+        return [Health(True)]
+
+    def keep_alive(self, now: float) -> list[Output]:
+        return []  # the frame itself was the point (``heard``)
+
+    def set_prompt(self, prompt: str) -> list[Output]:
+        """Replace the session's prompt (key terms) for every job from now on."""
+        if self._decode is not None:
+            self._decode = replace(self._decode, prompt=prompt)
+        return []
+
+    def end_audio(self, now: float) -> list[Output]:
+        """No more audio: flush, send every final, then ``finished`` and the end."""
+        if self.phase is not Phase.STREAMING:
+            return []  # a second end_audio changes nothing
+        self.phase = Phase.DRAINING
+        self._finalize_at.clear()  # the flush covers them; their markers come from the flush
+        tail = self._audio_in.flush()
+        self._add_audio(tail, now)
+        if len(self._windows) % WINDOW_SAMPLES:  # the last partial window, zero-padded
+            pad = WINDOW_SAMPLES - len(self._windows) % WINDOW_SAMPLES
+            self._windows = np.concatenate([self._windows, np.zeros(pad, np.float32)])
+        return [EndAudio("acknowledged"), *self._submit_vad(now)]
+
+    def finalize(self, now: float) -> list[Output]:
+        """End the open utterance at the audio received so far (once the VAD has seen it): its
+        final comes as a ``FinalCause.FINALIZE`` one, then ``Finalized``; the session goes on."""
+        if self.phase is not Phase.STREAMING:
+            return []  # after end_audio the flush finalizes everything anyway
+        self._finalize_at.append(self._received // WINDOW_SAMPLES)
+        return self._finalize_due(now)
+
+    def fail(self, error: ProtocolError) -> list[Output]:
+        """End the session with ``error`` (its frame and close code, as the codec writes them)."""
+        if self.done:
+            return []
+        metrics.SESSION_ERRORS.labels(error.error_type).inc()
+        logger.info("session error %s (%s)", error.error_type, error.message)
+        return self._end(Ended(error))
+
+    # -- configuration ------------------------------------------------------------------------------
     def _configure(self, config: SessionConfig) -> None:
         s = config.streaming
         self.config = config
@@ -271,29 +349,6 @@ class SttCore:
         )
         self.phase = Phase.STREAMING
 
-    # -- control ---------------------------------------------------------------------------------
-    def _on_control(self, text: str, now: float) -> list[Command]:
-        try:
-            check_json_depth(text)
-            control = ControlMessage.model_validate_json(text)
-        except ValueError:
-            raise ProtocolError(
-                "invalid_message",
-                'text frames after the metadata must be {"type": "end_audio"} or '
-                '{"type": "health_check"}',
-            ) from None
-        if control.type == "health_check":
-            return [Send(health_message(True))]
-        if self.phase is Phase.DRAINING:
-            return []  # a second end_audio changes nothing
-        self.phase = Phase.DRAINING
-        tail = self._audio_in.flush()
-        self._add_audio(tail, now)
-        if len(self._windows) % WINDOW_SAMPLES:  # the last partial window, zero-padded
-            pad = WINDOW_SAMPLES - len(self._windows) % WINDOW_SAMPLES
-            self._windows = np.concatenate([self._windows, np.zeros(pad, np.float32)])
-        return [Send(end_audio_message("acknowledged")), *self._submit_vad(now)]
-
     # -- audio -> VAD ----------------------------------------------------------------------------
     def _add_audio(self, samples: np.ndarray, now: float) -> None:
         self._received += len(samples)
@@ -302,7 +357,7 @@ class SttCore:
         if len(samples):
             self._windows = np.concatenate([self._windows, samples])
 
-    def _submit_vad(self, now: float) -> list[Command]:
+    def _submit_vad(self, now: float) -> list[Output]:
         """One VAD job in flight per session (its recurrent state travels with it)."""
         if self._vad_job is not None:
             return []
@@ -316,34 +371,62 @@ class SttCore:
         self._outstanding.add(job_id)
         return [Submit(job_id, VAD_WORKER, (self._vad_state, windows))]
 
-    def _on_vad(self, result: Any, now: float) -> list[Command]:
+    def _on_vad(self, result: Any, now: float) -> list[Output]:
         _, windows = self._vad_job
         self._vad_job = None
         if isinstance(result, BaseException):
             logger.warning("VAD job failed: %r", result)
-            return self._fail(
+            return self.fail(
                 ProtocolError(
                     "internal_error", "voice activity detection failed", CloseCode.INTERNAL_ERROR
                 )
             )
-        commands: list[Command] = []
+        outputs: list[Output] = []
         for window, prob in zip(windows, result, strict=True):
             for request in self._tracker.push(window, float(prob)):
-                commands.extend(self._dispatch(request, now))
-        return commands + self._submit_vad(now)
+                outputs.extend(self._dispatch(request, now))
+            self._pushed += 1
+            outputs.extend(self._utterance_end_due(now))
+            outputs.extend(self._finalize_due(now))
+        return outputs + self._submit_vad(now)
 
-    def _maybe_flush(self, now: float) -> list[Command]:
+    def _maybe_flush(self, now: float) -> list[Output]:
         """After end_audio, once every window went through the VAD: close the open utterance."""
         if self.phase is not Phase.DRAINING or self._flushed or len(self._windows):
             return []
         self._flushed = True
-        commands: list[Command] = []
+        outputs: list[Output] = []
         for request in self._tracker.flush():
-            commands.extend(self._dispatch(request, now))
-        if self._finals:
-            self._finals[-1].flush = True
-        self._finals.append(_Final(-1, None, 0.0, 0.0, ready=True))
-        return commands + self._emit_finals(now)
+            outputs.extend(self._dispatch(request, now, FinalCause.FLUSH))
+        finals = [p for p in self._queue if p.kind == "final"]
+        if finals:
+            finals[-1].flush = True
+        self._queue.append(_Pending("finished", ready=True))
+        return outputs + self._emit(now)
+
+    def _finalize_due(self, now: float) -> list[Output]:
+        """Cut the open utterance for each finalize whose audio has all been through the VAD."""
+        outputs: list[Output] = []
+        while self._finalize_at and self._finalize_at[0] <= self._pushed:
+            self._finalize_at.popleft()
+            for request in self._tracker.flush():
+                outputs.extend(self._dispatch(request, now, FinalCause.FINALIZE))
+            position = self._tracker.segmenter.position_s
+            self._queue.append(_Pending("finalized", ready=True, position_s=position))
+            outputs.extend(self._emit(now))
+        return outputs
+
+    def _utterance_end_due(self, now: float) -> list[Output]:
+        """Queue an UtteranceEnd once ``utterance_end_ms`` of non-speech followed the last
+        utterance (measured in audio, as the VAD saw it)."""
+        end_ms = self.events.utterance_end_ms
+        if end_ms is None or self._last_speech_end_s is None or self._tracker.segmenter.in_speech:
+            return []
+        if (self._tracker.segmenter.position_s - self._last_speech_end_s) * 1000 < end_ms:
+            return []
+        self._last_speech_end_s = None
+        self._queue.append(_Pending("utterance_end", ready=True))
+        return self._emit(now)
 
     # -- transcription requests ------------------------------------------------------------------
     def _submit_transcribe(self, kind: JobKind, audio: np.ndarray, offset_s: float) -> Submit:
@@ -361,21 +444,34 @@ class SttCore:
         self._spec_results.pop(job_id, None)
         return Cancel(job_id)
 
-    def _dispatch(self, request: Request, now: float) -> list[Command]:
+    def _dispatch(
+        self, request: Request, now: float, cause: FinalCause | None = None
+    ) -> list[Output]:
+        if isinstance(request, Started):
+            if self.events.speech_started:
+                return [SpeechStarted(request.num, round(request.start_s, 3))]
+            return []
         if isinstance(request, PartialRequest):
             submit = self._submit_transcribe(JobKind.PARTIAL, request.audio, request.offset_s)
             self._partial_seq += 1
-            self._partials[submit.job_id] = (request.num, self._partial_seq, len(request.audio))
+            self._partials[submit.job_id] = (
+                request.num,
+                self._partial_seq,
+                len(request.audio),
+                request.offset_s,
+            )
             return [submit]
         if isinstance(request, SpeculativeFinal):
-            commands: list[Command] = []
+            outputs: list[Output] = []
             if self._spec is not None:
-                commands.append(self._cancel(self._spec[2]))
+                outputs.append(self._cancel(self._spec[2]))
             submit = self._submit_transcribe(JobKind.FINAL, request.audio, request.offset_s)
             self._spec = (request.num, len(request.audio), submit.job_id)
-            return [*commands, submit]
+            return [*outputs, submit]
         if isinstance(request, FinalRequest):
-            return self._on_final_request(request, now)
+            if cause is None:
+                cause = FinalCause.FORCED if request.forced else FinalCause.PAUSE
+            return self._on_final_request(request, now, cause)
         if isinstance(request, (Dropped, SpeculationVoid)):
             if self._spec is not None and self._spec[0] == request.num:
                 job_id = self._spec[2]
@@ -383,13 +479,18 @@ class SttCore:
                 return [self._cancel(job_id)]
         return []
 
-    def _on_final_request(self, request: FinalRequest, now: float) -> list[Command]:
-        commands: list[Command] = []
-        final = _Final(
+    def _on_final_request(
+        self, request: FinalRequest, now: float, cause: FinalCause
+    ) -> list[Output]:
+        outputs: list[Output] = []
+        final = _Pending(
+            "final",
             request.num,
             None,
             len(request.audio) / SAMPLE_RATE_HZ,
+            request.offset_s,
             self._arrival_of(round(request.speech_end_s * SAMPLE_RATE_HZ), now),
+            cause,
         )
         if self._spec is not None:
             num, length, job_id = self._spec
@@ -399,14 +500,16 @@ class SttCore:
                 if job_id in self._spec_results:
                     final.result, final.ready = self._spec_results.pop(job_id), True
             else:
-                commands.append(self._cancel(job_id))
+                outputs.append(self._cancel(job_id))
         if final.job_id is None:
             submit = self._submit_transcribe(JobKind.FINAL, request.audio, request.offset_s)
             final.job_id = submit.job_id
-            commands.append(submit)
+            outputs.append(submit)
         self._finalised.add(request.num)
-        self._finals.append(final)
-        return commands + self._emit_finals(now)
+        self._queue.append(final)
+        if not request.forced:  # speech goes on after a forced cut: no utterance end yet
+            self._last_speech_end_s = request.speech_end_s
+        return outputs + self._emit(now)
 
     def _arrival_of(self, sample: int, now: float) -> float:
         for end, at in self._arrivals:
@@ -415,8 +518,8 @@ class SttCore:
         return now
 
     # -- results -----------------------------------------------------------------------------------
-    def _on_partial(self, job_id: int, result: Any) -> list[Command]:
-        num, seq, samples = self._partials.pop(job_id)
+    def _on_partial(self, job_id: int, result: Any) -> list[Output]:
+        num, seq, samples, offset_s = self._partials.pop(job_id)
         if isinstance(result, BaseException):
             return []  # a failed, superseded or shed partial is dropped silently
         if num in self._finalised or seq <= self._last_partial_sent.get(num, 0):
@@ -425,104 +528,68 @@ class SttCore:
             return []  # nothing recognised yet (or only a dropped hallucination)
         self._last_partial_sent[num] = seq
         metrics.PARTIALS_SENT.inc()
-        return [Send(self._message(result, num, False, samples / SAMPLE_RATE_HZ))]
+        return [Transcription(num, False, result, samples / SAMPLE_RATE_HZ, offset_s)]
 
-    def _on_transcript(self, job_id: int, result: Any, now: float) -> list[Command]:
-        for final in self._finals:
-            if final.job_id == job_id:
+    def _on_transcript(self, job_id: int, result: Any, now: float) -> list[Output]:
+        for final in self._queue:
+            if final.kind == "final" and final.job_id == job_id:
                 final.result, final.ready = result, True
-                return self._emit_finals(now)
+                return self._emit(now)
         if self._spec is not None and self._spec[2] == job_id:
             self._spec_results[job_id] = result  # its FinalRequest may still come
         return []
 
-    def _emit_finals(self, now: float) -> list[Command]:
-        """Send finals in utterance order, as far as their results are in."""
-        commands: list[Command] = []
-        while self._finals and self._finals[0].ready:
-            final = self._finals.popleft()
-            if final.job_id is None:  # everything before end_audio went out
-                commands.append(Send(end_audio_message("finished")))
-                commands.extend(self._end(Close(CloseCode.NORMAL, "end of audio")))
-                return commands
-            if isinstance(final.result, BaseException):
-                logger.warning("final %d failed: %r", final.num, final.result)
-                commands.append(Send(_final_failed(final.num)))
+    def _emit(self, now: float) -> list[Output]:
+        """Send finals (and the markers between them) in order, as far as results are in."""
+        outputs: list[Output] = []
+        while self._queue and self._queue[0].ready:
+            item = self._queue.popleft()
+            if item.kind == "finished":  # everything before end_audio went out
+                outputs.append(EndAudio("finished"))
+                outputs.extend(self._end(Ended()))
+                return outputs
+            if item.kind == "finalized":
+                outputs.append(Finalized(self._finalize_answered, round(item.position_s, 3)))
+                self._finalize_answered = False
                 continue
-            commands.append(
-                Send(self._message(final.result, final.num, True, final.audio_s, final.flush))
+            if item.kind == "utterance_end":
+                if self._words_since_end:
+                    self._words_since_end = False
+                    outputs.append(UtteranceEnd(*self._last_final))
+                continue
+            if item.cause is FinalCause.FINALIZE:
+                self._finalize_answered = True
+            if isinstance(item.result, BaseException):
+                logger.warning("final %d failed: %r", item.num, item.result)
+                outputs.append(FinalFailed(item.num))
+                continue
+            outputs.append(
+                Transcription(
+                    item.num, True, item.result, item.audio_s, item.offset_s, item.cause, item.flush
+                )
             )
-            self._remember(final.result)
+            self._remember(item.result, item.num)
             metrics.FINALS_SENT.inc()
-            metrics.FINAL_LATENCY.observe(max(now - final.speech_end_at, 0.0))
-        return commands
+            metrics.FINAL_LATENCY.observe(max(now - item.speech_end_at, 0.0))
+        return outputs
 
-    def _remember(self, transcript: Transcript) -> None:
+    def _remember(self, transcript: Transcript, num: int) -> None:
         if transcript.temperature > CONTEXT_RESET_TEMPERATURE:
             self._context = ""
         elif transcript.text:
             self._context = f"{self._context} {transcript.text}".strip()[-CONTEXT_MAX_CHARS:]
+        if transcript.text:
+            self._words_since_end = True
+            ends = [w.end for s in transcript.segments for w in s.words]
+            last = ends[-1] if ends else transcript.segments[-1].end
+            self._last_final = (num, round(float(last), 3))
 
     # -- endings -----------------------------------------------------------------------------------
-    def _fail(self, error: ProtocolError) -> list[Command]:
-        metrics.SESSION_ERRORS.labels(error.error_type).inc()
-        logger.info("session error %s (%s)", error.error_type, error.message)
-        return self._end(Close(error.close_code, error.message, error))
-
-    def _end(self, close: Close | None = None) -> list[Command]:
+    def _end(self, ended: Ended | None = None) -> list[Output]:
         """Cancel everything outstanding; the session is over."""
-        commands: list[Command] = [Cancel(job_id) for job_id in sorted(self._outstanding)]
+        outputs: list[Output] = [Cancel(job_id) for job_id in sorted(self._outstanding)]
         self._outstanding.clear()
         self._spec_results.clear()
         self._vad_job = None
         self.phase = Phase.DONE
-        return commands + ([close] if close is not None else [])
-
-    # -- messages ----------------------------------------------------------------------------------
-    @staticmethod
-    def _message(
-        transcript: Transcript, num: int, is_final: bool, audio_s: float, flush: bool = False
-    ) -> dict:
-        segments = [
-            SegmentOut(
-                text=seg.text,
-                start_time=round(float(seg.start), 3),
-                end_time=round(float(seg.end), 3),
-                log_prob=None if seg.avg_logprob is None else float(seg.avg_logprob),
-                word_timestamps=[
-                    WordTimestamp(
-                        word=w.word,
-                        start_time=round(float(w.start), 3),
-                        end_time=round(float(w.end), 3),
-                        prob=float(w.prob),
-                    )
-                    for w in seg.words
-                ]
-                if seg.words
-                else None,
-            )
-            for seg in transcript.segments
-        ]
-        return TranscriptionMessage(
-            is_final=is_final,
-            transcript=transcript.text,
-            transcription_num=num,
-            language_code=transcript.language,
-            language_prob=transcript.language_prob,
-            audio_length_sec=round(audio_s, 3),
-            segments=segments,
-            is_end_of_audio_flush=True if flush else None,
-        ).to_json()
-
-
-def _final_failed(num: int) -> dict[str, Any]:
-    """A recoverable error: this utterance's final could not be computed; the session goes on."""
-    return {
-        "type": "error",
-        "body": {
-            "error_type": "final_failed",
-            "message": f"transcription {num} failed; the session continues",
-            "recoverable": True,
-            "transcription_num": num,
-        },
-    }
+        return outputs + ([ended] if ended is not None else [])

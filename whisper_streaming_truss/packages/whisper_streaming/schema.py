@@ -34,6 +34,13 @@ class StreamingParams(_Strict):
     enable_partial_transcripts: bool = False
     partial_transcript_interval_s: float = Field(0.5, ge=0.1, le=10.0)
     final_transcript_max_duration_s: float = Field(30.0, ge=1.0, le=MAX_FINAL_DURATION_S)
+    # Opt-in (an extension of the published protocol, docs/stt.md "Events"): speech_started and
+    # utterance_end messages, and the finalize and keep_alive controls. Without it every frame
+    # is exactly the published protocol's.
+    events: bool = False
+    # With events: an utterance_end after this much non-speech follows a final with words
+    # (0: none).
+    utterance_end_ms: int = Field(1000, ge=0, le=10_000)
 
 
 class WhisperParams(_Strict):
@@ -62,7 +69,7 @@ class SessionConfig(BaseModel):
     vad: VadParams = Field(default_factory=VadParams)
     streaming: StreamingParams = Field(default_factory=StreamingParams)
     whisper: WhisperParams = Field(default_factory=WhisperParams)
-    shape: Literal["v1", "v2", "v3", "empty"] = "empty"
+    shape: Literal["v1", "v2", "v3", "empty", "deepgram"] = "empty"
 
 
 class _Metadata(_Strict):
@@ -114,6 +121,12 @@ class ControlMessage(BaseModel):
     type: Literal["end_audio", "health_check"]
 
 
+class EventControlMessage(ControlMessage):
+    """The controls of a session with ``events``: also finalize and keep_alive."""
+
+    type: Literal["end_audio", "health_check", "finalize", "keep_alive"]
+
+
 # -- server messages ----------------------------------------------------------------------------
 class WordTimestamp(BaseModel):
     word: str
@@ -140,6 +153,7 @@ class TranscriptionMessage(BaseModel):
     audio_length_sec: float
     segments: list[SegmentOut]
     is_end_of_audio_flush: bool | None = None
+    from_finalize: bool | None = None  # only with events: this final answers a finalize
 
     def to_json(self) -> dict[str, Any]:
         data = self.model_dump(exclude_none=True)
@@ -155,3 +169,7 @@ def end_audio_message(status: Literal["acknowledged", "finished"]) -> dict[str, 
 
 def health_message(healthy: bool = True) -> dict[str, Any]:
     return {"type": "health_check", "body": {"healthy": healthy}}
+
+
+def finalize_message() -> dict[str, Any]:
+    return {"type": "finalize", "body": {"status": "finished"}}

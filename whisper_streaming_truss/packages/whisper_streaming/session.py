@@ -1,6 +1,7 @@
-"""One WebSocket session of streaming transcription: admission, then the protocol core on the
-shared driver (``speech_common.driver.run_session``), which always releases the session's slot,
-gauge and scheduler state however the session ends."""
+"""One WebSocket session of streaming transcription: admission, then the typed core behind its
+codec (Baseten's protocol, or Deepgram's when the handshake's query string says so) on the shared
+driver (``speech_common.driver.run_session``), which always releases the session's slot, gauge
+and scheduler state however the session ends."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import uuid
 from collections.abc import Hashable
 from typing import Any
 
-from speech_common.driver import Submit, run_session
-from speech_common.ws import SessionGate, send_error_and_close
+from speech_common.driver import Close, Command, Send, Submit, WebSocketTransport, run_session
+from speech_common.ws import SessionGate
 
 from . import metrics
+from .codec_session import CodecSession
+from .dialects import choose_codec, query_items
 from .protocol import VAD_WORKER, CoreLimits, SttCore
 from .scheduler import Scheduler
 from .settings import WhisperSettings
@@ -69,6 +72,10 @@ class StreamingSession:
         return SttCore(limits, self.scheduler.engine.supported_languages)
 
     async def run(self) -> None:
+        core = self.core()
+        codec = choose_codec(
+            core, query_items(self.ws), model_name=_model_name(self.settings.whisper_model)
+        )
         refusal = self.scheduler.admission_error(self.gate.active) or (
             None if self.gate.try_enter() else self.gate.full_error()
         )
@@ -78,7 +85,7 @@ class StreamingSession:
             logger.info("session %s refused: %s", self.id, refusal.message)
             metrics.SESSION_ERRORS.labels(refusal.error_type).inc()
             metrics.SESSIONS_REFUSED.inc()
-            await send_error_and_close(self.ws, refusal)
+            await _refuse(WebSocketTransport(self.ws), codec.refusal(refusal))
             return
         metrics.ACTIVE_SESSIONS.inc()
 
@@ -86,4 +93,22 @@ class StreamingSession:
             self.gate.leave()
             metrics.ACTIVE_SESSIONS.dec()
 
-        await run_session(self.ws, self.core(), SchedulerJobs(self.scheduler), self.id, release)
+        session = CodecSession(core, codec)
+        await run_session(self.ws, session, SchedulerJobs(self.scheduler), self.id, release)
+
+
+def _model_name(whisper_model: str) -> str:
+    """The deployment's Whisper as a vendor dialect names it ("whisper-large-v3-turbo")."""
+    return whisper_model.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1] or "whisper"
+
+
+async def _refuse(transport: WebSocketTransport, commands: list[Command]) -> None:
+    """A refusal's frames and close, best effort (the client may be gone)."""
+    for command in commands:
+        if isinstance(command, Send):
+            try:
+                await transport.send(command.message)
+            except Exception:  # client already gone
+                logger.debug("could not send the refusal")
+        elif isinstance(command, Close):
+            await transport.close(command.code, command.reason, command.error)

@@ -18,6 +18,14 @@ MIN_PARTIAL_AUDIO_S = 0.3  # shorter audio gives Whisper nothing to work with
 
 
 @dataclass(frozen=True)
+class Started:
+    """An utterance began (the VAD's onset; not the continuation after a forced cut)."""
+
+    num: int
+    start_s: float
+
+
+@dataclass(frozen=True)
 class PartialRequest:
     num: int
     audio: np.ndarray
@@ -56,7 +64,7 @@ class Dropped:
     num: int
 
 
-Request = PartialRequest | FinalRequest | SpeculativeFinal | SpeculationVoid | Dropped
+Request = Started | PartialRequest | FinalRequest | SpeculativeFinal | SpeculationVoid | Dropped
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ class UtteranceTracker:
         self._next_num = 0
         self._last_partial_at = 0.0  # stream seconds of the last partial request
         self._speculated_len = 0  # audio length of the last speculative final of this utterance
+        self._continues = False  # the last utterance was cut by force: its speech goes on
 
     @property
     def current_num(self) -> int:
@@ -102,9 +111,11 @@ class UtteranceTracker:
             self._next_num += 1
             self._last_partial_at = self.segmenter.position_s
             self._speculated_len = 0
-            return []
+            continues, self._continues = self._continues, False
+            return [] if continues else [Started(self._num, event.start_s)]
         num = self._num
         self._num = -1
+        self._continues = event.forced
         if event.too_short:
             self._next_num = num  # reuse the number: the client never saw it
             return [Dropped(num)]

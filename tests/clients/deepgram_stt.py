@@ -1,0 +1,150 @@
+"""Deepgram's real clients, unchanged but for their URL and key, streaming real speech to the local
+whisper server over Deepgram's live protocol: LiveKit Agents' ``deepgram.STT``
+(livekit-plugins-deepgram) and pipecat's ``DeepgramSTTService`` (deepgram-sdk under it), driven
+as pipecat's own tests drive a service (``pipecat.tests.utils.run_test``).
+
+Audio goes out at real-time pace (20 ms frames), then each client ends the way it does in an
+agent. LiveKit: 1.5 s of silence (the server's VAD ends the utterance: ``speech_final``), then
+the stream is flushed (``Finalize``) and closed (``CloseStream``). Pipecat: its VAD says the user
+stopped speaking 0.2 s after the speech (its default ``stop_secs``), before the server's own
+endpointing, so the ``Finalize`` it sends then cuts the last utterance (``from_finalize``);
+silence goes on streaming, and ``CloseStream`` comes at the pipeline's end. ``result.json``
+holds the finals, the events in order and any error."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+import time
+import wave
+
+import aiohttp
+from _result import API_KEY, Result, parser, run
+
+FRAME_S = 0.02
+TRAILING_SILENCE_S = 1.5  # the server's VAD ends the utterance (speech_final) within it
+PIPECAT_STOP_S = 0.2  # pipecat's VADParams.stop_secs: its VAD's "user stopped speaking"
+FINALIZE_WAIT_S = 20.0  # pipecat ends its stream at once at the pipeline's end: wait for the
+# answer to its Finalize first, as an agent's pipeline would still be running
+
+
+def read_pcm(path: str, silence_s: float = TRAILING_SILENCE_S) -> tuple[bytes, int]:
+    """16-bit mono PCM and its rate, with trailing silence."""
+    with wave.open(path) as w:
+        rate, pcm = w.getframerate(), w.readframes(w.getnframes())
+    return pcm + b"\0\0" * int(rate * silence_s), rate
+
+
+def chunks(pcm: bytes, rate: int) -> list[bytes]:
+    step = int(rate * FRAME_S) * 2
+    return [pcm[i : i + step] for i in range(0, len(pcm), step)]
+
+
+async def livekit_case(url: str, sample: str, result: Result) -> None:
+    from livekit import rtc
+    from livekit.agents import stt as lk_stt
+    from livekit.plugins import deepgram
+
+    pcm, rate = read_pcm(sample)
+    api_key = API_KEY
+    async with aiohttp.ClientSession() as http_session:
+        # --- docs:livekit-deepgram ---
+        stt = deepgram.STT(api_key=api_key, base_url=url, http_session=http_session)
+        stream = stt.stream()
+        # --- end ---
+
+        async def push() -> None:
+            t0 = time.monotonic()
+            for i, chunk in enumerate(chunks(pcm, rate)):
+                await asyncio.sleep(max(t0 + i * FRAME_S - time.monotonic(), 0))
+                stream.push_frame(rtc.AudioFrame(chunk, rate, 1, len(chunk) // 2))
+            stream.end_input()  # flush (Finalize), then CloseStream
+
+        pusher = asyncio.create_task(push())
+        finals = []
+        async with asyncio.timeout(60):
+            async for event in stream:
+                kind = event.type
+                if kind == lk_stt.SpeechEventType.RECOGNITION_USAGE:
+                    continue
+                text = event.alternatives[0].text if event.alternatives else ""
+                words = len(event.alternatives[0].words or []) if event.alternatives else 0
+                result.event(type=kind.value, text=text, words=words)
+                if kind == lk_stt.SpeechEventType.FINAL_TRANSCRIPT:
+                    finals.append(text)
+        await pusher
+        result.data["finals"] = finals
+        await stt.aclose()
+
+
+async def pipecat_case(url: str, sample: str, result: Result) -> None:
+    from pipecat.frames.frames import (
+        ErrorFrame,
+        InputAudioRawFrame,
+        InterimTranscriptionFrame,
+        TranscriptionFrame,
+        VADUserStartedSpeakingFrame,
+        VADUserStoppedSpeakingFrame,
+    )
+    from pipecat.observers.base_observer import BaseObserver
+    from pipecat.services.deepgram.stt import DeepgramSTTService
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    pcm, rate = read_pcm(sample, PIPECAT_STOP_S)
+    silence = b"\0\0" * int(rate * (TRAILING_SILENCE_S - PIPECAT_STOP_S))
+    api_key = API_KEY
+    # --- docs:pipecat-deepgram ---
+    stt = DeepgramSTTService(api_key=api_key, base_url=url)
+    # --- end ---
+
+    def audio(data: bytes) -> list:
+        return [frame for chunk in chunks(data, rate)
+                for frame in (InputAudioRawFrame(audio=chunk, sample_rate=rate, num_channels=1),
+                              SleepFrame(sleep=FRAME_S))]  # fmt: skip
+
+    class Finalized(BaseObserver):
+        """Sees the final that answers the Finalize (pipecat marks it ``finalized``)."""
+
+        seen = False
+
+        async def on_push_frame(self, data) -> None:
+            if isinstance(data.frame, TranscriptionFrame) and data.frame.finalized:
+                Finalized.seen = True
+
+    def until_finalized():
+        """Sleep frames until the finalized final came (or FINALIZE_WAIT_S passed)."""
+        for _ in range(int(FINALIZE_WAIT_S / 0.1)):
+            if Finalized.seen:
+                return
+            yield SleepFrame(sleep=0.1)
+
+    # Speech, then pipecat's VAD: the user stopped speaking (Finalize); the audio goes on.
+    frames = [VADUserStartedSpeakingFrame(), *audio(pcm), VADUserStoppedSpeakingFrame(),
+              *audio(silence)]  # fmt: skip
+    # run_test iterates frames_to_send as it sends them: the wait is decided as it goes.
+    sent = itertools.chain(frames, until_finalized())
+    down, up = await run_test(stt, frames_to_send=sent, observers=[Finalized()])
+    finals = []
+    for frame in [*down, *up]:
+        if isinstance(frame, TranscriptionFrame):
+            finals.append(frame.text)
+            result.event(type="TranscriptionFrame", text=frame.text,
+                         finalized=frame.finalized)  # fmt: skip
+        elif isinstance(frame, InterimTranscriptionFrame):
+            result.event(type="InterimTranscriptionFrame", text=frame.text)
+        elif isinstance(frame, ErrorFrame):
+            result.event(type="ErrorFrame", error=frame.error)
+    result.data["finals"] = finals
+    result.data["errors"] = [f.error for f in [*down, *up] if isinstance(f, ErrorFrame)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__doc__, ["livekit", "pipecat"]).parse_args(argv)
+    result = Result(args.out)
+    case = livekit_case if args.case == "livekit" else pipecat_case
+    return run(result, lambda: case(args.url, str(args.sample), result))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

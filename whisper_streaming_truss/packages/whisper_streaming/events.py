@@ -1,0 +1,104 @@
+"""What the STT core (``whisper_streaming.protocol.SttCore``) says, typed: the codecs at the edge
+(``whisper_streaming.dialects``) turn these into each vendor's frames.
+
+The core's methods return ``Output``s: the driver's job commands (``Submit``, ``Cancel``), which go
+to the driver as they are, and the ``Event``s below, which a codec encodes (or drops where its
+protocol has no such frame).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+from speech_common.driver import Command
+from speech_common.ws import ProtocolError
+
+from .engine import Transcript
+
+
+class FinalCause(Enum):
+    """Why an utterance's final was cut where it was."""
+
+    PAUSE = "pause"  # the VAD heard min_silence_duration_ms of silence: the speaker paused
+    FORCED = "forced"  # final_transcript_max_duration_s reached: speech goes on
+    FINALIZE = "finalize"  # the client asked (a finalize control)
+    FLUSH = "flush"  # end of audio (end_audio / CloseStream)
+
+
+@dataclass(frozen=True)
+class Transcription:
+    """A partial (``is_final`` False: a full re-hypothesis of the open utterance) or the final of
+    utterance ``num``. Times in ``result`` are seconds since the stream started."""
+
+    num: int
+    is_final: bool
+    result: Transcript
+    audio_s: float  # the audio transcribed (the utterance so far, for a partial)
+    offset_s: float  # where that audio starts in the stream
+    cause: FinalCause | None = None  # finals only
+    flush: bool = False  # the last final before end_audio's "finished"
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """The VAD heard an utterance begin (only when the session asked for speech events)."""
+
+    num: int
+    timestamp_s: float  # where the utterance (with its pre-roll) starts in the stream
+
+
+@dataclass(frozen=True)
+class UtteranceEnd:
+    """``utterance_end_ms`` of silence followed the last final with words (when asked)."""
+
+    num: int  # the last final's transcription_num
+    last_word_end_s: float
+
+
+@dataclass(frozen=True)
+class Finalized:
+    """Every final a finalize control asked for went out; ``answered``: one of them (the last
+    one with ``FinalCause.FINALIZE``) did, False when nothing was pending."""
+
+    answered: bool
+    position_s: float  # the audio the finalize covered (stream seconds)
+
+
+@dataclass(frozen=True)
+class EndAudio:
+    status: Literal["acknowledged", "finished"]
+
+
+@dataclass(frozen=True)
+class Health:
+    healthy: bool = True
+
+
+@dataclass(frozen=True)
+class FinalFailed:
+    """Utterance ``num``'s final could not be computed; the session goes on (recoverable)."""
+
+    num: int
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The session is over: after end_audio's flush (``error`` None: a normal close), or failed
+    with ``error`` (its close code). A client that left gets no ``Ended``: nobody to tell."""
+
+    error: ProtocolError | None = None
+
+
+Event = (
+    Transcription
+    | SpeechStarted
+    | UtteranceEnd
+    | Finalized
+    | EndAudio
+    | Health
+    | FinalFailed
+    | Ended
+)
+Output = Command | Event
