@@ -71,3 +71,16 @@ def orpheus_http_server() -> Iterator[ServedTruss]:
         config="config_http.yaml",
     ) as served:
         yield served
+
+
+@pytest.fixture(scope="session")
+def whisper_http_server() -> Iterator[ServedTruss]:
+    """whisper_streaming_truss's HTTP flavour (config_http.yaml): OpenAI's transcription
+    request, tiny.en on CPU."""
+    with serve_truss(
+        WHISPER_TRUSS_DIR,
+        start_timeout_s=START_TIMEOUT_S,
+        env=ADMISSION_OFF,
+        config="config_http.yaml",
+    ) as served:
+        yield served

@@ -337,7 +337,7 @@ def test_stt_errors_and_keys_match_the_code() -> None:
 # overridden by config.yaml's model_metadata (and config_http.yaml's, which must agree). Where
 # the model's own default differs, the row says "model default of `key`: value".
 SETTINGS_TABLES = {
-    "stt.md": ("## Settings", "whisper_streaming_truss", ("config.yaml",)),
+    "stt.md": ("## Settings", "whisper_streaming_truss", ("config.yaml", "config_http.yaml")),
     "tts.md": ("## Configuration", "orpheus_tts_truss", ("config.yaml", "config_http.yaml")),
 }
 

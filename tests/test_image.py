@@ -42,7 +42,10 @@ def resolutions(all_resolutions) -> dict[str, image_check.Resolution]:
 
 def test_every_config_is_checked() -> None:
     assert ("orpheus_tts_truss", "config_http.yaml") in TARGETS
-    assert [c for t, c in TARGETS if t == "whisper_streaming_truss"] == ["config.yaml"]
+    assert [c for t, c in TARGETS if t == "whisper_streaming_truss"] == [
+        "config.yaml",
+        "config_http.yaml",
+    ]
 
 
 @pytest.mark.parametrize(("truss", "config"), TARGETS)
@@ -53,9 +56,10 @@ def test_image_resolves_and_follows_its_rules(all_resolutions, truss: str, confi
     assert result.config == config
 
 
-def test_http_flavour_image_is_the_websocket_one(all_resolutions) -> None:
-    http = all_resolutions[("orpheus_tts_truss", "config_http.yaml")]
-    assert http.packages == all_resolutions[("orpheus_tts_truss", "config.yaml")].packages
+@pytest.mark.parametrize("truss", image_check.TRUSS_DIRS)
+def test_http_flavour_image_is_the_websocket_one(all_resolutions, truss: str) -> None:
+    http = all_resolutions[(truss, "config_http.yaml")]
+    assert http.packages == all_resolutions[(truss, "config.yaml")].packages
 
 
 @pytest.mark.parametrize("truss", image_check.TRUSS_DIRS)

@@ -23,6 +23,7 @@ SETTINGS = {
 }
 CONFIGS = {
     "whisper_streaming_truss/config.yaml": WhisperSettings,
+    "whisper_streaming_truss/config_http.yaml": WhisperSettings,
     "orpheus_tts_truss/config.yaml": OrpheusSettings,
     "orpheus_tts_truss/config_http.yaml": OrpheusSettings,
 }

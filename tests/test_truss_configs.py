@@ -164,18 +164,24 @@ def test_every_import_is_in_the_image(truss: str) -> None:
     assert not missing, f"{truss} imports packages its image does not install: {missing}"
 
 
-def test_http_flavour_config_is_the_websocket_one_but_for_its_transport() -> None:
+@pytest.mark.parametrize(
+    ("truss_dir", "model_class"),
+    [("orpheus_tts_truss", "OrpheusSpeech"), ("whisper_streaming_truss", "WhisperTranscriptions")],
+)
+def test_http_flavour_config_is_the_websocket_one_but_for_its_transport(
+    truss_dir: str, model_class: str
+) -> None:
     """``truss push --config config_http.yaml``: passes Truss's push-time validation, and
     differs from config.yaml only in name, description, model class and transport, so the image
     check of config.yaml (same requirements, same weights) covers it."""
     import yaml
     from truss.base.truss_config import HTTPOptions
 
-    truss = REPO_ROOT / "orpheus_tts_truss"
+    truss = REPO_ROOT / truss_dir
     http = TrussConfig.from_yaml(truss / "config_http.yaml")
     http.validate_forbid_extra()
     assert isinstance(http.runtime.transport, HTTPOptions)
-    assert http.model_class_name == "OrpheusSpeech"
+    assert http.model_class_name == model_class
     websocket = yaml.safe_load((truss / "config.yaml").read_text())
     other = yaml.safe_load((truss / "config_http.yaml").read_text())
     differs = {k for k in set(websocket) | set(other) if websocket.get(k) != other.get(k)}
@@ -196,7 +202,8 @@ def _http_configs() -> list[Path]:
 
 def test_there_is_an_http_flavour() -> None:
     assert [p.relative_to(REPO_ROOT).as_posix() for p in _http_configs()] == [
-        "orpheus_tts_truss/config_http.yaml"
+        "whisper_streaming_truss/config_http.yaml",
+        "orpheus_tts_truss/config_http.yaml",
     ]
 
 
@@ -217,6 +224,7 @@ BASETEN_MAX_STARTUP_S = 3000
     [
         # CTranslate2's first CUDA start on an H100 plus the weights: 900 s was below it.
         ("whisper_streaming_truss/config.yaml", 1800),
+        ("whisper_streaming_truss/config_http.yaml", 1800),
         # vLLM's first start (torch.compile, CUDA graphs, FlashInfer JIT) plus 15 GB of weights.
         ("orpheus_tts_truss/config.yaml", 3000),
         ("orpheus_tts_truss/config_http.yaml", 3000),

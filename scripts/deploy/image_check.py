@@ -45,9 +45,9 @@ CUDA_COMPAT_PACKAGE = re.compile(r"\bcuda-compat-(\d+)-(\d+)\b")
 # What each image must hold and must not hold: fnmatch patterns on normalised names.
 IMAGE_RULES: dict[str, dict[str, tuple[str, ...]]] = {
     # CTranslate2 needs cuBLAS 12 only; torch (via silero-vad) brought ~20 CUDA-13 packages and a
-    # second cuDNN that overwrote the first.
+    # second cuDNN that overwrote the first. PyAV decodes the HTTP flavour's uploads.
     "whisper_streaming_truss": {
-        "required": ("faster-whisper", "ctranslate2", "onnxruntime", "nvidia-cublas-cu12"),
+        "required": ("faster-whisper", "ctranslate2", "onnxruntime", "nvidia-cublas-cu12", "av"),
         "forbidden": ("torch", "nvidia-cudnn*", "silero-vad"),
     },
     "orpheus_tts_truss": {"required": ("vllm", "torch", "snac")},

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from starlette.requests import Request
+
 logger = logging.getLogger(__name__)
 
 
@@ -80,3 +82,29 @@ def _warm_up(engine: Any) -> None:
     language = None if engine.multilingual else "en"
     for kind in (JobKind.PARTIAL, JobKind.FINAL):
         engine.run([TranscribeJob(kind, audio, DecodeOptions(language=language))])
+
+
+class WhisperTranscriptions:
+    """The HTTP flavour (``config_http.yaml``): OpenAI's transcription request (a multipart file
+    upload, ``whisper_streaming.openai_api``) on the same engine and scheduler as the streams,
+    loaded as ``Model`` loads them. Truss takes either ``predict`` or ``websocket``, so this
+    class holds a ``Model`` instead of being one."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._model = Model(**kwargs)
+
+    def load(self) -> None:
+        self._model.load()
+
+    def is_healthy(self) -> bool:
+        return self._model.is_healthy()
+
+    async def predict(self, request: Request) -> Any:
+        from whisper_streaming.openai_api import respond
+
+        return await respond(request, self._model._scheduler, self._model._settings)
+
+
+# The raw request, not a parsed JSON body: Truss passes it only to a predict whose one parameter
+# is annotated with the Request class, and `from __future__ import annotations` made it a string.
+WhisperTranscriptions.predict.__annotations__["request"] = Request

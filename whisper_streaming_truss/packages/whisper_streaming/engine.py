@@ -100,6 +100,10 @@ class DecodeOptions:
     language_options: tuple[str, ...] = ()
     language_detection_only: bool = False
     context: str = ""  # the session's previous finals (finals only; see CONTEXT_TOKEN_BUCKETS)
+    # A final's first decode samples at this temperature when > 0 (best of BEST_OF), and falls
+    # back only to the hotter FALLBACK_TEMPERATURES (OpenAI's transcription ``temperature``);
+    # 0: beam search, then the whole fallback.
+    temperature: float = 0.0
 
 
 @dataclass
@@ -126,6 +130,8 @@ class Segment:
     avg_logprob: float | None
     no_speech_prob: float
     words: list[Word] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # its decode's tokens, timestamps included
+    seek: int = 0  # mel frames from the job's start to the window this segment was decoded in
 
 
 @dataclass
@@ -251,6 +257,7 @@ class WhisperEngine:
             o.repetition_penalty,
             o.no_repeat_ngram_size,
             o.word_timestamps,
+            o.temperature,
         )
 
     def run(self, jobs: list[TranscribeJob]) -> list[Transcript]:
@@ -310,8 +317,9 @@ class WhisperEngine:
         ]
         tok0 = self._tokenizer(languages[0][0])
         opts = jobs[0].options
-        results = self._decode(encoded, prompts, opts, final, tok0, temperature=0.0)
-        temperatures = [0.0] * len(jobs)
+        first_temperature = opts.temperature if final else 0.0
+        results = self._decode(encoded, prompts, opts, final, tok0, temperature=first_temperature)
+        temperatures = [first_temperature] * len(jobs)
         if final:
             durations = [len(job.audio) / SAMPLE_RATE_HZ for job in jobs]
             results, temperatures = self._fallback(
@@ -388,7 +396,9 @@ class WhisperEngine:
             encoded = self.model.encode(features)
             tail_prompt = self.model.get_prompt(tok, previous[-MAX_PREVIOUS_TOKENS:])
             tail_s = len(tail) / SAMPLE_RATE_HZ
-            first = self._decode(encoded, [tail_prompt], opts, True, tok, temperature=0.0)
+            first = self._decode(
+                encoded, [tail_prompt], opts, True, tok, temperature=opts.temperature
+            )
             [res], [temperature] = self._fallback(
                 features, [tail_prompt], opts, tok, first, [tail_s]
             )
@@ -434,6 +444,8 @@ class WhisperEngine:
                     )
                     for w in words
                 ],
+                tokens=list(sub["tokens"]),
+                seek=int(sub["seek"]),
             )
             if seg.text and not is_hallucination(seg):
                 segments.append(seg)
@@ -466,14 +478,16 @@ class WhisperEngine:
         """Whisper's temperature fallback for the finals of a batch that look like a loop or are
         improbable (and are not silence): decoded again, together, greedily if the first decode
         was a beam search (GREEDY_RETRY), then at rising temperatures."""
-        tries = [[(res, 0.0)] for res in results]
-        greedy = [(0.0, True)] if GREEDY_RETRY and opts.beam_size > 1 else []
+        tries = [[(res, opts.temperature)] for res in results]
+        sampled = opts.temperature > 0  # the first decode sampled: no beam to retry greedily
+        greedy = [(0.0, True)] if GREEDY_RETRY and opts.beam_size > 1 and not sampled else []
+        hotter = [t for t in FALLBACK_TEMPERATURES if t > opts.temperature]
         pending = [
             i
             for i, res in enumerate(results)
             if self._needs_fallback(res, opts, tok0, durations[i])
         ]
-        for temperature, is_greedy in greedy + [(t, False) for t in FALLBACK_TEMPERATURES]:
+        for temperature, is_greedy in greedy + [(t, False) for t in hotter]:
             if not pending:
                 break
             encoded = self.model.encode(features[pending])  # a subset: encode it again (rare)

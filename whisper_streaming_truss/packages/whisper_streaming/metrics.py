@@ -21,3 +21,15 @@ SESSIONS_REFUSED = metrics.counter(
 PARTIALS_SHED = metrics.counter(
     "whisper_partials_shed", "Partial transcripts not computed because finals were queued"
 )
+# The HTTP flavour (config_http.yaml, whisper_streaming.openai_api).
+FILE_REQUESTS = metrics.counter(
+    "whisper_file_requests",
+    "HTTP transcription requests by outcome (ok, refused: 4xx, failed: 5xx, client_gone)",
+    labelnames=("outcome",),
+)
+FILE_AUDIO_SECONDS = metrics.counter(
+    "whisper_file_audio_seconds", "Seconds of uploaded audio transcribed over HTTP"
+)
+FILE_TRANSCRIPTIONS_ACTIVE = metrics.gauge(
+    "whisper_file_transcriptions_active", "Uploaded files being transcribed (HTTP)"
+)

@@ -50,6 +50,10 @@ class WhisperSettings(Settings):
     admission_max_queue_wait_s: float = Field(0.5, gt=0)
     first_frame_timeout_s: float = Field(30.0, gt=0)  # the metadata frame must come by then
     max_buffered_audio_s: float = Field(20.0, gt=0)  # audio queued, not yet processed, per session
+    # The HTTP flavour (config_http.yaml, whisper_streaming.openai_api): the largest upload
+    # (413 beyond) and the most audio one request transcribes (400 beyond).
+    max_file_mb: int = Field(512, ge=1)
+    max_file_audio_s: float = Field(7200.0, gt=0)
 
     def model_path(self) -> str:
         return model_dir(self.whisper_model, "whisper_model")
