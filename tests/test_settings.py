@@ -1,10 +1,9 @@
-"""speech_common.settings.Settings: defaults, model_metadata, env overrides (one coercion rule),
-renamed keys still read."""
+"""speech_common.settings.Settings: defaults, model_metadata, env overrides (one coercion rule)."""
 
 from __future__ import annotations
 
 import logging
-from typing import ClassVar, Literal
+from typing import Literal
 
 import pytest
 from pydantic import Field
@@ -13,8 +12,6 @@ from speech_common.settings import Settings
 
 
 class Demo(Settings):
-    RENAMED: ClassVar[dict[str, str]] = {"old_sessions": "max_sessions", "tts_flag": "flag"}
-
     model_name: str = "large-v3-turbo"
     flag: bool = True
     max_sessions: int = Field(20, ge=1)
@@ -85,18 +82,10 @@ def test_unknown_metadata_keys_are_ignored_with_a_warning(caplog) -> None:
     assert "typo_key" in caplog.text and "example_model_input" not in caplog.text
 
 
-def test_old_names_are_read_and_the_new_name_wins(caplog) -> None:
+def test_no_rename_shims_an_old_name_is_just_unknown(caplog) -> None:
     with caplog.at_level(logging.WARNING):
-        assert Demo.from_metadata({"old_sessions": 5}, {}).max_sessions == 5
-    assert "deprecated" in caplog.text
-    assert Demo.from_metadata({"old_sessions": 5, "max_sessions": 6}, {}).max_sessions == 6
-    assert Demo.from_metadata({}, {"TTS_FLAG": "0"}).flag is False
-    assert Demo.from_metadata({}, {"TTS_FLAG": "0", "FLAG": "1"}).flag is True
-
-
-def test_env_names() -> None:
-    assert Demo.env_names("max_sessions") == ["MAX_SESSIONS", "OLD_SESSIONS"]
-    assert Demo.env_names("threshold") == ["THRESHOLD"]
+        assert Demo.from_metadata({"old_sessions": 5}, {"OLD_SESSIONS": "5"}) == Demo()
+    assert "old_sessions" in caplog.text
 
 
 def test_settings_are_frozen_and_closed() -> None:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic_core import PydanticUndefined
 
-from orpheus_tts.settings import OrpheusSettings, SessionLimits
+from orpheus_tts.settings import OrpheusSettings
 from scripts.local.serve import CPU_DEFAULTS, DUMMY_WEIGHTS_OVERRIDES
 from scripts.local.spawn import ADMISSION_OFF, TTS_ADMISSION_OFF
 from speech_common.settings import TRUSS_KEYS
@@ -44,11 +44,6 @@ def test_every_metadata_key_is_a_setting_and_back(config: str) -> None:
     cls.from_metadata(metadata, environ={})  # valid as checked in
 
 
-@pytest.mark.parametrize("config", sorted(CONFIGS))
-def test_checked_in_configs_use_no_deprecated_name(config: str) -> None:
-    assert not set(_metadata(config)) & set(CONFIGS[config].RENAMED)
-
-
 def test_both_trusses_name_the_same_idea_the_same() -> None:
     shared = {
         "max_sessions",
@@ -60,12 +55,6 @@ def test_both_trusses_name_the_same_idea_the_same() -> None:
     for cls in SETTINGS.values():
         batches = [n for n in cls.model_fields if n.endswith("max_batch")]
         assert batches and all(n.split("_")[0] in ("whisper", "vad", "snac") for n in batches)
-
-
-def test_renamed_keys_point_at_settings() -> None:
-    for cls in (WhisperSettings, SessionLimits, OrpheusSettings):
-        for old, new in cls.RENAMED.items():
-            assert new in cls.model_fields and old not in cls.model_fields, (old, new)
 
 
 @pytest.mark.parametrize(
@@ -82,25 +71,9 @@ def test_tooling_overrides_are_current_settings_with_valid_values(truss, overrid
     cls.from_metadata({}, environ=overrides)  # each value parses as its setting's type
 
 
-def test_old_orpheus_session_keys_still_configure_a_deployment() -> None:
-    old = {"tts_max_sessions": 3, "tts_config_timeout_s": 2.5, "decode_max_batch": 8}
-    s = OrpheusSettings.from_metadata(old, environ={"TTS_DIALECT": "fish"})
-    assert (s.max_sessions, s.first_frame_timeout_s, s.snac_max_batch) == (3, 2.5, 8)
-    assert s.dialect == "fish"
-
-
-def test_old_whisper_keys_still_configure_a_deployment() -> None:
-    old = {"max_batch_size": 4, "metadata_timeout_s": 5.0}
-    s = WhisperSettings.from_metadata(old, environ={"ENCODER_CONTEXT_S": "10"})
-    assert (s.whisper_max_batch, s.first_frame_timeout_s) == (4, 5.0)
-    assert s.whisper_encoder_context_s == 10.0
-
-
 @pytest.mark.parametrize(
     ("cls", "page"), [(WhisperSettings, "docs/stt.md"), (OrpheusSettings, "docs/tts.md")]
 )
 def test_every_setting_is_documented_on_its_page(cls, page) -> None:
     text = (REPO / page).read_text()
     assert not [n for n in cls.model_fields if f"`{n}`" not in text]
-    deprecated = [old for old in cls.RENAMED if f"`{old}`" in text]
-    assert not deprecated, f"{page} still names old keys {deprecated}"

@@ -14,8 +14,8 @@ Naming scheme, the same in both trusses:
 - engine arguments passed straight through keep the engine's name (vLLM's ``max_model_len``);
 - units are suffixes (``_s``, ``_ms``, ``_chars``, ``_frames``).
 
-Renamed keys keep working: each settings model lists its old names in ``RENAMED``; an old name
-in ``model_metadata`` or the environment is read (the new name wins) and logged as deprecated.
+No rename shims: nothing was deployed under an older name, so a key that is not a setting is
+logged and ignored (a test holds every checked-in config to current names).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -38,9 +38,6 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True)
 
-    # old key -> current key, for deployments whose config.yaml predates a rename.
-    RENAMED: ClassVar[dict[str, str]] = {}
-
     @classmethod
     def from_metadata(
         cls, metadata: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None
@@ -52,38 +49,22 @@ class Settings(BaseModel):
         return cls.model_validate(values)
 
     @classmethod
-    def env_names(cls, key: str) -> list[str]:
-        """The environment variables that override ``key``: its own, then its old names'."""
-        old = [o for o, new in cls.RENAMED.items() if new == key]
-        return [key.upper(), *(o.upper() for o in old)]
-
-    @classmethod
     def _from_mapping(cls, metadata: Mapping[str, Any]) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for key, value in metadata.items():
-            name = cls.RENAMED.get(key, key)
-            if name not in cls.model_fields:
-                if key not in TRUSS_KEYS:
-                    logger.warning("model_metadata key %r is not a setting; ignored", key)
-                continue
-            if name != key:
-                logger.warning("model_metadata key %r is deprecated: use %r", key, name)
-                if name in metadata:
-                    continue  # both spellings: the current one wins
-            values[name] = value
+            if key in cls.model_fields:
+                values[key] = value
+            elif key not in TRUSS_KEYS:
+                logger.warning("model_metadata key %r is not a setting; ignored", key)
         return values
 
     @classmethod
     def _from_environment(cls, environ: Mapping[str, str]) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for name in cls.model_fields:
-            for env_name in cls.env_names(name):
-                if env_name in environ:
-                    values[name] = environ[env_name]
-                    if env_name != name.upper():
-                        logger.warning("%s is deprecated: use %s", env_name, name.upper())
-                    logger.info("setting %s overridden from the environment", name)
-                    break
+            if name.upper() in environ:
+                values[name] = environ[name.upper()]
+                logger.info("setting %s overridden from the environment", name)
         return values
 
 

@@ -1,5 +1,5 @@
 """The Orpheus truss's settings: one typed model, filled from ``model_metadata`` with env
-overrides (``speech_common.settings``: one coercion rule, one naming scheme, old names read).
+overrides (``speech_common.settings``: one coercion rule, one naming scheme).
 
 ``SessionLimits`` is the part a session needs (its core takes only that); ``OrpheusSettings``
 adds the runtime's (engine, SNAC, aligner). Both are one flat set of ``model_metadata`` keys.
@@ -7,7 +7,7 @@ adds the runtime's (engine, SNAC, aligner). Both are one flat set of ``model_met
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, get_args
+from typing import Literal, get_args
 
 from pydantic import Field
 
@@ -22,31 +22,8 @@ ORPHEUS_HF_REPO = "canopylabs/orpheus-3b-0.1-ft"  # the checkpoint (and Together
 Dialect = Literal["auto", "baseten", "together", "fish"]
 DIALECTS: tuple[str, ...] = get_args(Dialect)
 
-# Before the one naming scheme the session keys carried a ``tts_`` prefix.
-_SESSION_RENAMED = {
-    **{
-        f"tts_{key}": key
-        for key in (
-            "max_frame_chars",
-            "max_session_chars",
-            "max_chunk_chars",
-            "idle_timeout_s",
-            "lookahead_generations",
-            "engine_generations",
-            "max_sessions",
-            "admission_capacity_sessions",
-            "admission_max_queue_wait_s",
-            "dialect",
-        )
-    },
-    "tts_config_timeout_s": "first_frame_timeout_s",
-}
-
-
 class SessionLimits(Settings):
     """Per-session limits and pipeline shape."""
-
-    RENAMED: ClassVar[dict[str, str]] = _SESSION_RENAMED
 
     # One text frame: a word or a few; 4096 characters is far beyond any real word stream.
     max_frame_chars: int = Field(4096, ge=1)
@@ -79,14 +56,6 @@ class SessionLimits(Settings):
 
 class OrpheusSettings(SessionLimits):
     """The session limits plus the runtime: engine, SNAC decoder, word aligner."""
-
-    RENAMED: ClassVar[dict[str, str]] = {
-        **_SESSION_RENAMED,
-        "decode_max_batch": "snac_max_batch",
-        "decode_max_wait_ms": "snac_max_wait_ms",
-        "transformers_max_concurrency": "orpheus_max_concurrency",
-        "dummy_max_frames": "orpheus_dummy_max_frames",
-    }
 
     orpheus_engine: Literal["vllm", "transformers"] = "vllm"  # transformers runs anywhere
     orpheus_device: Literal["cuda", "cpu"] = "cuda"

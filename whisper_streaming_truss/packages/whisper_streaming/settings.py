@@ -1,9 +1,7 @@
 """Server settings: production defaults in config.yaml's model_metadata, env overrides for CPU
-(speech_common.settings: one coercion rule, one naming scheme, old names still read)."""
+(speech_common.settings: one coercion rule, one naming scheme)."""
 
 from __future__ import annotations
-
-from typing import ClassVar
 
 from pydantic import Field
 
@@ -11,12 +9,6 @@ from speech_common.settings import Settings, model_dir
 
 
 class WhisperSettings(Settings):
-    RENAMED: ClassVar[dict[str, str]] = {
-        "encoder_context_s": "whisper_encoder_context_s",
-        "max_batch_size": "whisper_max_batch",
-        "metadata_timeout_s": "first_frame_timeout_s",
-    }
-
     whisper_model: str = "/app/weights/whisper-large-v3-turbo"
     whisper_device: str = "cuda"
     whisper_compute_type: str = "float16"
