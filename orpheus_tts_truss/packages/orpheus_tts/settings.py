@@ -22,6 +22,7 @@ ORPHEUS_HF_REPO = "canopylabs/orpheus-3b-0.1-ft"  # the checkpoint (and Together
 Dialect = Literal["auto", "baseten", "together", "fish"]
 DIALECTS: tuple[str, ...] = get_args(Dialect)
 
+
 class SessionLimits(Settings):
     """Per-session limits and pipeline shape."""
 
