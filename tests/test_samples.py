@@ -28,6 +28,33 @@ def test_real_speech_clips_are_usable_and_documented() -> None:
     assert 60 < total_s < 300
 
 
+SPEAKERS = REAL.parent / "real_speakers"
+
+
+def test_more_real_speakers_are_usable_and_documented() -> None:
+    """samples/real_speakers (FLEURS and a LibriVox reader): same format as samples/real, each
+    clip's source, revision and licence written down, every clip with a speaker in the
+    conversational set's spec (samples/conversation.json)."""
+    clips = sorted(SPEAKERS.glob("*.wav"))
+    assert len(clips) == 15
+    total_s = 0.0
+    for clip in clips:
+        with wave.open(str(clip)) as w:
+            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+            total_s += w.getnframes() / 16000
+        text = json.loads(clip.with_suffix(".json").read_text())["text"]
+        assert len(text.split()) >= 3, clip.name
+    assert sum(p.stat().st_size for p in clips) < 4 * 2**20
+    assert 90 < total_s < 150
+    readme = (SPEAKERS / "README.md").read_text()
+    for needed in ("CC BY 4.0", "public domain", "revision", "e0c587883f1f", "8927469cf6f8",
+                   "511126b492dc", "af4b79655e8b", "gain", "en_us"):  # fmt: skip
+        assert needed in readme
+    speakers = json.loads((REAL.parent / "conversation.json").read_text())["speakers"]
+    for clip in [*clips, *REAL.glob("*.wav")]:
+        assert any(clip.stem.startswith(prefix) for prefix in speakers), clip.name
+
+
 LANG_REAL = REAL.parent / "lang_real"
 
 

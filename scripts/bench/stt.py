@@ -8,6 +8,12 @@
 ``--corpus DIR`` streams every ``*.wav`` of DIR (16 kHz mono s16le, reference text in
 ``<name>.json``), e.g. the real-speech set in ``samples/real``.
 
+``--conversation`` builds the conversational set (``scripts/bench/conversation.py``: the real
+clips of samples/real and samples/real_speakers joined into long streams with gaps and pauses
+inside sentences, one socket per stream, as a voice agent's call) and streams it, then the same
+clips one socket per clip, at each level; then it classifies the conversation's errors by where
+they fall in the streams' timelines.
+
 Reports per N: p50/p95 end-of-speech -> final latency (end of speech = last non-silent sample of
 each utterance in the WAV, mapped to wall time by the real-time pacing), time to first partial,
 WER of the streamed finals against the reference text and against an offline faster-whisper
@@ -31,11 +37,12 @@ import numpy as np
 import websockets
 
 from scripts import REPO_ROOT
+from scripts.bench import conversation
 from scripts.bench.stats import percentile
 from scripts.bench.wer import repeated_phrases, wer
 from scripts.clients.auth import API_KEY_ENV
 from scripts.clients.stt import CLIENT_RATE_HZ as RATE
-from scripts.clients.stt import FRAME_SAMPLES, frames_of, read_wav, stream, v1_metadata
+from scripts.clients.stt import FRAME_SAMPLES, final_text, frames_of, read_wav, stream, v1_metadata
 from speech_common.ws import CloseCode
 
 TRY_AGAIN_LATER = CloseCode.TRY_AGAIN_LATER
@@ -63,6 +70,9 @@ class SessionStats:
     error_frames: list[dict] = field(default_factory=list)
     close_code: int | None = None
     close_reason: str = ""
+    # Each final: arrival (s since the first frame), its audio's start and end in the stream
+    # (first and last segment), its text.
+    final_spans: list[dict] = field(default_factory=list)
 
     def outcome(self) -> dict:
         """This session's ending, for the JSON report."""
@@ -107,6 +117,21 @@ def match_latencies(
 
 
 WHISPER_METADATA: dict = {}  # extra streaming_whisper_params (--beam, --condition)
+PATHS: dict[str, Path] = {}  # a file's WAV where it is not SAMPLES/<name>.wav
+
+
+def wav_path(name: str) -> Path:
+    return PATHS.get(name, SAMPLES / f"{name}.wav")
+
+
+def utterance_regions(name: str, samples: np.ndarray) -> list[tuple[float, float]]:
+    """Where the utterances' speech is: a conversational stream's timeline says it (its gaps
+    hold noise louder than SILENCE_LEVEL); for a clip, its non-silent runs."""
+    meta_path = wav_path(name).with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if "segments" in meta:
+        return conversation.speech_regions(meta)
+    return speech_regions(samples)
 
 
 async def one_session(url: str, name: str, api_key: str | None, delay_s: float) -> SessionStats:
@@ -132,8 +157,8 @@ async def one_session(url: str, name: str, api_key: str | None, delay_s: float) 
 
 async def _one_session(url: str, name: str, api_key: str | None, delay_s: float) -> SessionStats:
     await asyncio.sleep(delay_s)
-    samples = read_wav(SAMPLES / f"{name}.wav")
-    regions = speech_regions(samples)
+    samples = read_wav(wav_path(name))
+    regions = utterance_regions(name, samples)
     result = await stream(
         url,
         frames_of(samples),
@@ -173,6 +198,15 @@ async def _one_session(url: str, name: str, api_key: str | None, delay_s: float)
         error_frames=result.errors,
         close_code=result.close_code,
         close_reason=result.close_reason,
+        final_spans=[
+            {
+                "t": round(t, 3),
+                "start_s": m["segments"][0]["start_time"] if m["segments"] else None,
+                "end_s": m["segments"][-1]["end_time"] if m["segments"] else None,
+                "text": final_text(m),
+            }
+            for t, m in finals
+        ],
     )
 
 
@@ -191,7 +225,7 @@ def offline_transcripts(files: list[str]) -> dict[str, str]:
     model = WhisperModel(embedded_whisper_dir(), device="cpu", compute_type="int8")
     out = {}
     for name in files:
-        audio = read_wav(SAMPLES / f"{name}.wav").astype(np.float32) / 32768.0
+        audio = read_wav(wav_path(name)).astype(np.float32) / 32768.0
         segments, _ = model.transcribe(audio, language="en")
         out[name] = " ".join(s.text.strip() for s in segments)
     return out
@@ -238,6 +272,7 @@ def summarise(
         "wer_vs_reference": _wer([refs[s.file] for s in stats], [s.transcript for s in stats]),
         "unfinished_sessions": sum(not s.finished for s in stats),
         "transcripts": {s.file: s.transcript for s in stats},
+        "finals_detail": {s.file: s.final_spans for s in stats},
         "errors": sum(s.errors for s in stats),
         # Each admitted session's error frames and close, so a failure can be traced.
         "error_types": _count(
@@ -343,6 +378,37 @@ def main() -> None:
     )
     parser.add_argument("--files", nargs="+", default=list(DEFAULT_FILES))
     parser.add_argument("--corpus", type=Path, help="stream every WAV of this folder instead")
+    parser.add_argument(
+        "--conversation",
+        action="store_true",
+        help="build the conversational set and stream it (one socket per stream), then its "
+        "clips one socket per clip (scripts/bench/conversation.py)",
+    )
+    parser.add_argument(
+        "--conversation-dir",
+        type=Path,
+        default=conversation.DEFAULT_OUT,
+        help="where --conversation builds its streams",
+    )
+    parser.add_argument("--streams", type=int, default=conversation.STREAMS)
+    parser.add_argument("--seed", type=int, default=conversation.SEED)
+    parser.add_argument(
+        "--sources",
+        type=Path,
+        nargs="+",
+        default=list(conversation.SOURCES),
+        help="with --conversation: the folders of clips it joins",
+    )
+    parser.add_argument(
+        "--no-pauses",
+        action="store_true",
+        help="with --conversation: no pause inside a sentence (gaps between clips only)",
+    )
+    parser.add_argument(
+        "--no-one-clip",
+        action="store_true",
+        help="with --conversation: skip the one-socket-per-clip run of the same clips",
+    )
     parser.add_argument("--beam", type=int, help="beam_width in the sessions' metadata")
     parser.add_argument(
         "--condition",
@@ -350,40 +416,62 @@ def main() -> None:
         help="condition_on_previous_text in the sessions' metadata",
     )
     parser.add_argument("--no-offline", action="store_true", help="skip the offline WER comparison")
-    parser.add_argument("--out", default=str(REPO_ROOT / "bench_results" / "stt.json"))
+    parser.add_argument(
+        "--out",
+        help="JSON report (default bench_results/stt.json; stt_conversation.json there with "
+        "--conversation)",
+    )
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV))
     args = parser.parse_args()
     if args.beam:
         WHISPER_METADATA["beam_width"] = args.beam
     if args.condition:
         WHISPER_METADATA["condition_on_previous_text"] = True
-    if args.corpus:
+    one_clip_files: list[str] = []
+    if args.conversation:
+        streams = conversation.build(
+            args.conversation_dir, args.streams, args.seed, tuple(args.sources), not args.no_pauses
+        )
+        PATHS.update({p.stem: p for p in streams})
+        args.files = [p.stem for p in streams]
+        if not args.no_one_clip:
+            clips = [p for folder in args.sources for p in sorted(folder.glob("*.wav"))]
+            PATHS.update({p.stem: p for p in clips})
+            one_clip_files = [p.stem for p in clips]
+    elif args.corpus:
         global SAMPLES
         SAMPLES = args.corpus.resolve()
         args.files = sorted(p.stem for p in SAMPLES.glob("*.wav"))
-
-    refs = {n: json.loads((SAMPLES / f"{n}.json").read_text())["text"] for n in args.files}
-    offline = None if args.no_offline or args.url else offline_transcripts(args.files)
-    offline_wer = (
-        None
-        if offline is None
-        else wer([refs[n] for n in args.files], [offline[n] for n in args.files])
+    every_file = args.corpus is not None or args.conversation
+    out = Path(
+        args.out
+        or REPO_ROOT
+        / "bench_results"
+        / ("stt_conversation.json" if args.conversation else "stt.json")
     )
 
-    def bench(url: str) -> list[dict]:
+    all_files = args.files + one_clip_files
+    refs = {n: json.loads(wav_path(n).with_suffix(".json").read_text())["text"] for n in all_files}
+    offline = None if args.no_offline or args.url else offline_transcripts(all_files)
+
+    def offline_wer_of(files: list[str]) -> float | None:
+        if offline is None or not files:
+            return None
+        return wer([refs[n] for n in files], [offline[n] for n in files])
+
+    def bench(url: str, files: list[str], label: str) -> list[dict]:
         rows: list[dict] = []
         levels = list(args.sessions)
         good, bad = 0, None  # capacity search bounds
         while levels:
             n = levels.pop(0)
             t0 = time.monotonic()
-            stats = asyncio.run(
-                run_level(url, n, args.files, args.api_key, every_file=args.corpus is not None)
-            )
+            stats = asyncio.run(run_level(url, n, files, args.api_key, every_file=every_file))
             row = summarise(n, stats, refs, offline)
             row["wall_s"] = round(time.monotonic() - t0, 1)
+            row["load_avg"] = os.getloadavg()
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({"set": label, **row}), flush=True)
             if on_time(row):
                 good = max(good, n)
             else:
@@ -395,14 +483,18 @@ def main() -> None:
                     levels.append(nxt)
         return rows
 
+    def run_all(url: str) -> tuple[list[dict], list[dict]]:
+        first = bench(url, args.files, "conversation" if args.conversation else "files")
+        return first, bench(url, one_clip_files, "one clip per socket") if one_clip_files else []
+
     if args.url:
-        rows = bench(args.url)
+        rows, one_clip_rows = run_all(args.url)
     else:
         from scripts.local.spawn import ADMISSION_OFF, serve_truss
 
         # Admission control off: the benchmark looks for the knee itself.
         with serve_truss("whisper_streaming_truss", env=ADMISSION_OFF) as server:
-            rows = bench(server.ws_url)
+            rows, one_clip_rows = run_all(server.ws_url)
 
     ok = [r["sessions"] for r in rows if on_time(r)]
     report = {
@@ -414,19 +506,39 @@ def main() -> None:
         "url": args.url or "local whisper_streaming_truss (scripts/local/serve.py defaults)",
         "files": args.files,
         "corpus": str(args.corpus) if args.corpus else None,
-        "offline_wer_vs_reference": offline_wer,
+        "offline_wer_vs_reference": offline_wer_of(args.files),
         "offline_transcripts": offline,
         "levels": rows,
         "max_sessions_p95_under_1s": max(ok) if ok else None,
     }
-    out = Path(args.out)
+    if args.conversation:
+        report["conversation"] = {
+            "dir": str(args.conversation_dir.resolve()),
+            "streams": args.files,
+            "seed": args.seed,
+            "sources": [str(p) for p in args.sources],
+            "in_sentence_pauses": not args.no_pauses,
+            "duration_s": {
+                n: json.loads(wav_path(n).with_suffix(".json").read_text())["duration_s"]
+                for n in args.files
+            },
+        }
+        report["one_clip_files"] = one_clip_files
+        report["one_clip_offline_wer_vs_reference"] = offline_wer_of(one_clip_files)
+        report["one_clip_levels"] = one_clip_rows
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    print("\n" + table(rows, offline_wer))
-    failures = failed_sessions(rows)
+    title = "conversation: one socket per stream" if args.conversation else None
+    print("\n" + (f"{title}\n" if title else "") + table(rows, report["offline_wer_vs_reference"]))
+    if one_clip_rows:
+        print("\nthe same clips, one socket per clip")
+        print(table(one_clip_rows, report["one_clip_offline_wer_vs_reference"]))
+    failures = failed_sessions(rows + one_clip_rows)
     if failures:
         print("\nadmitted sessions that got an error frame or an abnormal close:")
         print("\n".join(failures))
+    if args.conversation:
+        conversation.print_diagnosis(conversation.diagnose(report))
     print(
         f"\nlargest N with p95 final latency < {CAPACITY_P95_S:.0f} s: {report['max_sessions_p95_under_1s']}"
     )
