@@ -107,7 +107,9 @@ def path_problem(word: str, *, bare_names: bool) -> str | None:
     first = word.split("/")[0]
     if first in GENERATED:
         return None
-    if "/" in word and first in PACKAGE_DIRS:
+    if first == "..":  # a config value, relative to a truss (`external_package_dirs: [../shared]`)
+        target = REPO / "whisper_streaming_truss" / word
+    elif "/" in word and first in PACKAGE_DIRS:
         target = PACKAGE_DIRS[first].parent / word
     elif "/" in word and (REPO / first).exists() and first not in ("", "."):
         target = REPO / word
