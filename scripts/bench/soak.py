@@ -132,8 +132,8 @@ class Truss:
     dummy_weights: bool  # serve.py with random weights (no checkpoint here)
     gauges: tuple[str, ...]  # must read 0 after every phase
     offered: int  # --offered's default
-    # Fuzzed sessions at once: within the CPU stand-in's admission capacity (6 STT, 2 TTS), so
-    # that the sessions are fuzzed rather than refused.
+    # Fuzzed sessions at once: at most the CPU stand-in's admission capacity
+    # (scripts/local/cpu_standin.yaml), so that the sessions are fuzzed rather than refused.
     fuzz_concurrency: int
     content: Callable[[], Sequence[Any]]  # a session's content: speech frames or words
     first_frame: str  # the valid first frame
@@ -152,7 +152,7 @@ TRUSSES = {
         dummy_weights=False,
         gauges=("whisper_active_sessions",),
         offered=24,
-        fuzz_concurrency=6,
+        fuzz_concurrency=4,
         content=load_speech,
         first_frame=json.dumps(STT_META),
         end_frame=json.dumps({"type": "end_audio"}),
@@ -166,7 +166,7 @@ TRUSSES = {
         dummy_weights=True,
         gauges=("orpheus_active_sessions", "orpheus_active_generations"),
         offered=32,
-        fuzz_concurrency=2,
+        fuzz_concurrency=1,
         content=lambda: WORDS,
         first_frame=json.dumps(TTS_CONFIG),
         end_frame=END_OF_INPUT,
