@@ -1,75 +1,20 @@
-"""The driver's ``SessionCore`` for one TTS session: a typed core behind a codec.
-
-Frames go through the codec (``orpheus_tts.dialects``) into the core's input methods; job
-results, acknowledgements, timers and the disconnect go to the core as the driver reports them;
-everything the core says comes back out through the codec's ``encode``, its job commands
-straight to the driver. Nothing here knows a wire format.
-"""
+"""The driver's ``SessionCore`` for one TTS session: ``TtsCore`` behind a codec
+(``orpheus_tts.dialects``), on the shared ``speech_common.codec_session`` shape."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
 from typing import Any
 
 from orpheus_tts.dialects.base import Codec
-from orpheus_tts.events import Output
 from orpheus_tts.protocol import TtsCore
-from speech_common.driver import Command
+from speech_common import codec_session
 from speech_common.ws import ProtocolError
 
 
-class CodecSession:
-    def __init__(self, core: TtsCore, codec: Codec) -> None:
-        self.core = core
-        self.codec = codec
+class CodecSession(codec_session.CodecSession):
+    core: TtsCore
+    codec: Codec
 
-    @property
-    def done(self) -> bool:
-        return self.core.done
-
-    @property
-    def next_deadline(self) -> float | None:
-        return self.core.next_deadline
-
-    def start(self, now: float) -> list[Command]:
-        started = self.core.start(now)
-        return self._out([*started, *self._decode(lambda: self.codec.start(now))], now)
-
-    def on_text(self, text: str, now: float) -> list[Command]:
-        return self._frame(lambda: self.codec.text(text, now), now)
-
-    def on_bytes(self, data: bytes, now: float) -> list[Command]:
-        return self._frame(lambda: self.codec.binary(data, now), now)
-
-    def on_result(self, job_id: Hashable, result: Any, now: float) -> list[Command]:
-        return self._out(self.core.on_result(job_id, result, now), now)
-
-    def on_sent(self, ack: Hashable, now: float) -> list[Command]:
-        return self._out(self.core.on_sent(ack, now), now)
-
-    def on_timer(self, now: float) -> list[Command]:
-        return self._out(self.core.on_timer(now), now)
-
-    def on_disconnect(self, now: float) -> list[Command]:
-        return self._out(self.core.on_disconnect(now), now)
-
-    def _frame(self, decode: Callable[[], list[Output]], now: float) -> list[Command]:
-        if self.core.done:
-            return []
-        self.core.heard(now)  # any frame, even one refused, shows the client is there
-        return self._out(self._decode(decode), now)
-
-    def _decode(self, decode: Callable[[], list[Output]]) -> list[Output]:
-        try:
-            return decode()
-        except ProtocolError as exc:  # the frame itself was bad: the core decides what follows
-            return self.core.reject(exc)
-
-    def _out(self, outputs: list[Output], now: float) -> list[Command]:
-        commands: list[Command] = []
-        for output in outputs:
-            if isinstance(output, Command):
-                commands.append(output)
-            else:
-                commands.extend(self.codec.encode(output, now))
-        return commands
+    def bad_frame(self, error: ProtocolError) -> list[Any]:
+        # The core decides what follows: recoverable errors keep the session open.
+        return self.core.reject(error)
