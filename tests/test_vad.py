@@ -608,3 +608,53 @@ def test_postroll_at_the_end_of_the_stream_is_what_there_is() -> None:
     (end,) = f.flush()
     _assert_ramp(end.audio, 3 * WINDOW_SAMPLES - _samples(32), 14 * WINDOW_SAMPLES)
     assert end.speech_end_s == pytest.approx(13 * WINDOW_SAMPLES / SAMPLE_RATE_HZ)
+
+
+# -- pre-roll after a long pause ----------------------------------------------------------------
+def _pause_feeder(pause_windows: int, **options) -> Feeder:
+    """Speech, ``pause_windows`` of silence, speech again (windows of 512 samples, 32 ms)."""
+    opts = {"speech_pad_ms": 32, "min_silence_duration_ms": 320, "postroll_ms": 96}
+    f = Feeder(VadOptions(**{**opts, **options}))
+    f.push(*[SPEECH] * 10, *[SILENCE] * pause_windows, *[SPEECH] * 10)
+    f.flush()
+    return f
+
+
+def test_an_onset_after_a_long_pause_gets_the_pause_preroll() -> None:
+    """An onset 800 ms after the previous speech gets 256 ms of the pause before it."""
+    f = _pause_feeder(25, pause_preroll_ms=256, pause_preroll_after_ms=500)
+    first, second = f.ended()
+    onset = 35 * WINDOW_SAMPLES
+    _assert_ramp(second.audio, onset - _samples(256), 45 * WINDOW_SAMPLES)
+    _assert_times(second)
+    assert second.audio[0] > first.audio[-1]
+
+
+def test_an_onset_after_a_short_pause_gets_only_the_pad() -> None:
+    """A comma pause (here 480 ms, under pause_preroll_after_ms): its audio may still hold the
+    previous word's ending, so only the pad."""
+    f = _pause_feeder(15, pause_preroll_ms=256, pause_preroll_after_ms=500)
+    _, second = f.ended()
+    _assert_ramp(second.audio, 25 * WINDOW_SAMPLES - _samples(32), 35 * WINDOW_SAMPLES)
+
+
+def test_the_pause_preroll_never_takes_audio_the_previous_utterance_kept() -> None:
+    """A pause just long enough: the pre-roll stops where the previous final's audio ended."""
+    f = _pause_feeder(16, pause_preroll_ms=1000, pause_preroll_after_ms=500, postroll_ms=320)
+    first, second = f.ended()
+    assert second.audio[0] == first.audio[-1] + 1
+    _assert_ramp(second.audio, 10 * WINDOW_SAMPLES + _samples(320), 36 * WINDOW_SAMPLES)
+
+
+def test_pause_preroll_off_keeps_the_pad() -> None:
+    f = _pause_feeder(25, pause_preroll_ms=0)
+    _, second = f.ended()
+    _assert_ramp(second.audio, 35 * WINDOW_SAMPLES - _samples(32), 45 * WINDOW_SAMPLES)
+
+
+def test_a_first_onset_after_a_long_silence_gets_the_pause_preroll() -> None:
+    """The stream's start counts as the end of speech: past stream_head_ms, the pause rule."""
+    f = Feeder(VadOptions(speech_pad_ms=32, stream_head_ms=320, pause_preroll_ms=256))
+    f.push(*[SILENCE] * 40, *[SPEECH] * 10)
+    (end,) = f.flush()
+    _assert_ramp(end.audio, 40 * WINDOW_SAMPLES - _samples(256), 50 * WINDOW_SAMPLES)

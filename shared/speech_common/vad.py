@@ -58,6 +58,12 @@ class VadOptions:
     # before it whose noise pre-roll could add (mid-stream, pre-roll cost more words than it
     # won: docs/benchmarks.md).
     stream_head_ms: int = 0
+    # An onset that follows at least pause_preroll_after_ms without speech (a new turn, mid-
+    # stream) gets up to pause_preroll_ms of the pause before it: the stream head's rule after
+    # every long pause. Never audio the previous utterance kept; a short pause (a comma) gets
+    # only preroll_ms, as its audio may still hold the previous word's ending.
+    pause_preroll_ms: int = 0
+    pause_preroll_after_ms: int = 500
 
     @property
     def neg_threshold(self) -> float:
@@ -93,6 +99,8 @@ class VadSegmenter:
         self._preroll_samples = max(self._pad, int(options.preroll_ms * SAMPLE_RATE_HZ / 1000))
         self._head = int(options.stream_head_ms * SAMPLE_RATE_HZ / 1000)
         self._trail = max(self._pad, int(options.postroll_ms * SAMPLE_RATE_HZ / 1000))
+        self._pause_preroll = int(options.pause_preroll_ms * SAMPLE_RATE_HZ / 1000)
+        self._pause_after = int(options.pause_preroll_after_ms * SAMPLE_RATE_HZ / 1000)
         self._min_silence = int(options.min_silence_duration_ms * SAMPLE_RATE_HZ / 1000)
         self._min_speech = int(options.min_speech_duration_ms * SAMPLE_RATE_HZ / 1000)
         self._max_samples = int(options.max_utterance_s * SAMPLE_RATE_HZ)
@@ -104,6 +112,7 @@ class VadSegmenter:
         self._utt_start = 0  # stream sample index of the utterance's first sample
         self._speech_start = 0  # stream sample index of its first speech window (after preroll)
         self._last_speech_end = 0  # stream sample index just after the last speech window
+        self._previous_speech_end = 0  # ... of the previous utterance (0: none yet)
         self._silence = 0  # samples of silence since the last speech window
         self._position = 0  # stream samples seen
         self._heard = False  # an utterance has started in this stream
@@ -192,12 +201,15 @@ class VadSegmenter:
         """Samples of pre-roll an onset at stream sample ``onset`` gets (see stream_head_ms)."""
         if not self._heard and onset <= self._head:
             return max(self._preroll_samples, onset)
+        if self._pause_preroll and onset - self._previous_speech_end >= self._pause_after:
+            return max(self._preroll_samples, self._pause_preroll)
         return self._preroll_samples
 
     def _remember_preroll(self, window: np.ndarray) -> None:
         self._preroll.append(window)
         self._preroll_len += len(window)
-        limit = self._preroll_limit(self._position)
+        # Keep what the next onset could take: the pause rule may apply by then.
+        limit = max(self._preroll_limit(self._position), self._pause_preroll)
         while self._preroll and self._preroll_len - len(self._preroll[0]) >= limit:
             self._preroll_len -= len(self._preroll.popleft())
 
@@ -234,11 +246,13 @@ class VadSegmenter:
             too_short=speech_samples < self._min_speech,
         )
         # The silence after the trailing audio becomes preroll for the next utterance.
+        self._previous_speech_end = self._last_speech_end
         tail = self._utterance.consume(len(self._utterance))
         self._preroll.clear()
         self._preroll_len = 0
-        if self._preroll_samples and len(tail):
-            self._remember_preroll(tail[-self._preroll_samples :])
+        keep = max(self._preroll_samples, self._pause_preroll)
+        if keep and len(tail):
+            self._remember_preroll(tail[-keep:])
         self._utterance.clear()
         self._probs = []
         self._in_speech = False

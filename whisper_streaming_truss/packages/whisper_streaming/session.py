@@ -58,18 +58,7 @@ class StreamingSession:
         self.id = uuid.uuid4().hex[:12]
 
     def core(self) -> SttCore:
-        s = self.settings
-        limits = CoreLimits(
-            first_frame_timeout_s=s.first_frame_timeout_s,
-            max_buffered_audio_s=s.max_buffered_audio_s,
-            speculative_finals=s.speculative_finals,
-            speculation_lead_ms=s.speculation_lead_ms,
-            preroll_ms=s.preroll_ms,
-            postroll_ms=s.postroll_ms,
-            stream_head_ms=s.stream_head_ms,
-            whisper_beam_width=s.whisper_beam_width,
-        )
-        return SttCore(limits, self.scheduler.engine.supported_languages)
+        return SttCore(core_limits(self.settings), self.scheduler.engine.supported_languages)
 
     async def run(self) -> None:
         core = self.core()
@@ -95,6 +84,22 @@ class StreamingSession:
 
         session = CodecSession(core, codec)
         await run_session(self.ws, session, SchedulerJobs(self.scheduler), self.id, release)
+
+
+def core_limits(s: WhisperSettings) -> CoreLimits:
+    """A session core's limits from the deployment's settings."""
+    return CoreLimits(
+        first_frame_timeout_s=s.first_frame_timeout_s,
+        max_buffered_audio_s=s.max_buffered_audio_s,
+        speculative_finals=s.speculative_finals,
+        speculation_lead_ms=s.speculation_lead_ms,
+        preroll_ms=s.preroll_ms,
+        postroll_ms=s.postroll_ms,
+        stream_head_ms=s.stream_head_ms,
+        pause_preroll_ms=s.pause_preroll_ms,
+        pause_preroll_after_ms=s.pause_preroll_after_ms,
+        whisper_beam_width=s.whisper_beam_width,
+    )
 
 
 def _model_name(whisper_model: str) -> str:

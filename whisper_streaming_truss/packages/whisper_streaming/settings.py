@@ -35,6 +35,10 @@ class WhisperSettings(Settings):
     # begins at the start: Silero fires late on a soft onset, and a stream that opens with
     # speech has nothing before it but the word's beginning ("Printing" of LJ001-0009).
     stream_head_ms: int = Field(500, ge=0)
+    # Mid-stream, an onset after a pause of at least pause_preroll_after_ms gets up to
+    # pause_preroll_ms of audio before it (the stream head's rule after every long pause).
+    pause_preroll_ms: int = Field(250, ge=0)
+    pause_preroll_after_ms: int = Field(500, ge=0)
     max_sessions: int = Field(64, ge=1)  # beyond this new sessions get 1013 (try again later)
     # Admission control (speech_common.admission): sessions one replica serves in time
     # (benchmarked), and the Whisper worker's load and final-queue wait that refuse more.
