@@ -88,9 +88,9 @@ class CoreLimits:
     preroll_ms: int = 0  # audio given to Whisper before the VAD onset (at least the client's pad)
     postroll_ms: int = 0  # audio given to Whisper after the speech ends (at least the pad)
     stream_head_ms: int = 0  # a first onset this near the stream's start begins at the start
-    whisper_beam_width: int = 1  # finals' beam when the session's metadata names none
     pause_preroll_ms: int = 0  # audio before an onset that follows a long pause (VadOptions)
     pause_preroll_after_ms: int = 500  # ... at least this long
+    whisper_beam_width: int = 1  # finals' beam when the session's metadata names none
 
 
 @dataclass(frozen=True)
@@ -319,10 +319,10 @@ class SttCore:
             preroll_ms=self.limits.preroll_ms,
             postroll_ms=self.limits.postroll_ms,
             stream_head_ms=self.limits.stream_head_ms,
-        )
-        speculate = None
             pause_preroll_ms=self.limits.pause_preroll_ms,
             pause_preroll_after_ms=self.limits.pause_preroll_after_ms,
+        )
+        speculate = None
         if self.limits.speculative_finals:
             # Not before the final's trailing audio is in: the speculation must hold what the
             # final will hold.
