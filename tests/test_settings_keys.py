@@ -54,7 +54,9 @@ def test_both_trusses_name_the_same_idea_the_same() -> None:
     assert shared <= set(WhisperSettings.model_fields) & set(OrpheusSettings.model_fields)
     for cls in SETTINGS.values():
         batches = [n for n in cls.model_fields if n.endswith("max_batch")]
-        assert batches and all(n.split("_")[0] in ("whisper", "vad", "snac") for n in batches)
+        assert batches and all(
+            n.split("_")[0] in ("whisper", "vad", "turn", "snac") for n in batches
+        )
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ from whisper_streaming.dialects.deepgram import (
     parse_wav_header,
 )
 from whisper_streaming.engine import JobKind, Segment, Transcript, Word
-from whisper_streaming.protocol import VAD_WORKER, CoreLimits, SttCore
+from whisper_streaming.protocol import TURN_WORKER, VAD_WORKER, CoreLimits, SttCore
 
 SPEECH, SILENCE = 0.95, 0.01
 WINDOW_S = WINDOW_SAMPLES / 16000
@@ -129,7 +129,7 @@ class Harness:
     def whisper(self, words: list[Word] | None = None, fail: bool = False) -> None:
         """Answer every Whisper job: finals with timed words, partials with text only."""
         for job_id, job in sorted(self.jobs.items()):
-            if job.worker == VAD_WORKER:
+            if job.worker in (VAD_WORKER, TURN_WORKER):
                 continue
             self.jobs.pop(job_id)
             final = job.payload.kind is JobKind.FINAL
@@ -233,6 +233,8 @@ def test_a_session_is_configured_from_the_query() -> None:
         ("language=!!", "language"),
         ("language=fr", "'fr'"),  # a language this model does not speak
         ("sample_rate=2000", "sample_rate"),
+        ("eot_threshold=0.2", "eot_threshold"),  # Flux's range is 0.5-0.9
+        ("eot_timeout_ms=soon", "eot_timeout_ms"),
     ],
 )
 def test_what_cannot_be_honoured_is_refused_like_deepgram(query: str, words: str) -> None:
@@ -327,6 +329,24 @@ def test_finalize_waits_for_the_audio_the_vad_has_not_seen() -> None:
     h.vad(True)
     (final,) = [j for j in h.jobs.values() if j.worker != VAD_WORKER]
     assert len(final.payload.audio) >= (round(1.0 / WINDOW_S) + 3) * WINDOW_SAMPLES
+
+
+def test_eot_parameters_make_speech_final_the_turn_models_verdict() -> None:
+    """With Flux's eot_* parameters speech_final marks the end of the speaker's turn, not every
+    pause: a pause the turn model scores under eot_threshold keeps the turn open."""
+    h = Harness(f"{BASE}&eot_threshold=0.7&eot_timeout_ms=5000")
+    for score in (0.9, 0.6):
+        h.speak(1.0)
+        h.speak(0.7, speech=False)
+        (turn,) = [i for i, j in h.jobs.items() if j.worker == TURN_WORKER]
+        h.jobs.pop(turn)
+        h.apply(h.session.on_result(turn, score, h.now))
+        h.whisper()
+    assert [m["speech_final"] for m in h.results(is_final=True)] == [True, False]
+    plain = Harness(BASE)  # without them: every pause's final, and no turn job
+    utterance(plain)
+    assert plain.results()[0]["speech_final"]
+    assert not any(j.worker == TURN_WORKER for j in plain.submitted)
 
 
 def test_endpointing_false_sends_no_speech_final() -> None:

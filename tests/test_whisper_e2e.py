@@ -119,6 +119,50 @@ def test_a_stream_that_opens_with_speech_keeps_its_first_word(whisper_server):
     assert first["segments"][0]["start_time"] == 0.0
 
 
+def test_stable_partials_opt_in(whisper_server):
+    """With stable_partials every partial carries its stable prefix, which only grows (3.5 s of
+    one long utterance at real-time pace); the final carries none."""
+    from scripts import SAMPLES_DIR
+    from scripts.clients.stt import read_wav
+    from whisper_streaming.stability import normalise
+
+    audio = read_wav(SAMPLES_DIR / "real" / "LJ001-0001.wav")[: int(3.5 * 16000)]
+    meta = v1_metadata(stable_partials=True)
+    result = run(stream(whisper_server.ws_url, frames_of(audio), meta, frame_s=FRAME_S))
+    assert result.finished and result.partials and result.finals
+    promised: dict[int, list[str]] = {}  # transcription_num -> its stable words so far
+    for p in result.partials:
+        words = [normalise(w) for w in p["stable_text"].split()]
+        before = promised.get(p["transcription_num"], [])
+        assert p["stable_word_count"] == len(words) >= len(before)
+        assert words[: len(before)] == before
+        promised[p["transcription_num"]] = words
+    assert not any("stable_text" in f or "stable_word_count" in f for f in result.finals)
+
+
+def test_end_of_turn_opt_in(whisper_server):
+    """A finished sentence (LJ001-0008) and a second of silence: its final, then end_of_turn
+    from the turn model (Smart Turn v3 on the server), before end_audio's finished."""
+    from scripts import SAMPLES_DIR
+    from scripts.clients.stt import read_wav
+
+    audio = read_wav(SAMPLES_DIR / "real" / "LJ001-0008.wav")
+    audio = np.concatenate([audio, np.zeros(16000, np.int16)])
+    meta = v1_metadata(partials=False, end_of_turn=True)
+    messages: list[dict] = []
+    result = run(
+        stream(whisper_server.ws_url, frames_of(audio), meta, frame_s=FRAME_S, realtime=False,
+               on_message=lambda _t, m: messages.append(m))
+    )  # fmt: skip
+    assert result.finished
+    kinds = [m["type"] for m in messages]  # unpaced: end_audio is acknowledged first
+    assert kinds == ["end_audio", "transcription", "end_of_turn", "end_audio"], kinds
+    final, turn = messages[1:3]
+    assert turn["transcription_num"] == final["transcription_num"]
+    assert turn["reason"] == "model" and turn["probability"] > 0.5
+    assert 1.0 < turn["speech_end"] <= len(audio) / 16000 - 1.0 + 0.3
+
+
 @pytest.mark.parametrize("shape", ["v2", "v3"])
 def test_v2_v3_metadata(whisper_server, shape):
     audio, ref = sample("order_en")

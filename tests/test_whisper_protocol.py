@@ -17,7 +17,7 @@ from speech_common.vad import WINDOW_SAMPLES
 from speech_common.ws import load_json
 from whisper_streaming.codec_session import CodecSession
 from whisper_streaming.engine import JobKind, Segment, Transcript
-from whisper_streaming.protocol import MAX_AUDIO_FRAME_BYTES, VAD_WORKER, CoreLimits
+from whisper_streaming.protocol import MAX_AUDIO_FRAME_BYTES, TURN_WORKER, VAD_WORKER, CoreLimits
 
 SPEECH, SILENCE = 0.95, 0.01
 FIRST_FRAME_TIMEOUT_S = 5.0
@@ -70,10 +70,18 @@ class Harness:
     def audio(self, samples: int) -> None:
         self.apply(self.core.on_bytes(b"\x00\x01" * samples, self.now))
 
-    def resolve(self, job_id: int, speech: list[bool] | None = None, fail: bool = False) -> None:
+    def resolve(
+        self,
+        job_id: int,
+        speech: list[bool] | None = None,
+        fail: bool = False,
+        turn_score: float = 0.9,
+    ) -> None:
         command = self.jobs.pop(job_id)
         if fail:
             result: object = RuntimeError("model failed")
+        elif command.worker == TURN_WORKER:
+            result = turn_score
         elif command.worker == VAD_WORKER:
             windows = command.payload[1]
             pattern = speech or [False]
@@ -105,13 +113,20 @@ class Harness:
         finals_seen: set[int] = set()
         last_final = -1
         finished = 0
+        words_since_turn_end = False
         for message in self.sent:
-            if message.get("type") == "transcription":
+            if message.get("type") == "end_of_turn":
+                # after the turn's last final with words, once per turn
+                assert message["transcription_num"] == last_final, "end_of_turn before its final"
+                assert words_since_turn_end, "end_of_turn without words since the last one"
+                words_since_turn_end = False
+            elif message.get("type") == "transcription":
                 num = message["transcription_num"]
                 if message["is_final"]:
                     assert num > last_final, "finals out of order"
                     last_final = num
                     finals_seen.add(num)
+                    words_since_turn_end |= bool(message["transcript"])
                 else:
                     assert num not in finals_seen, f"partial {num} after its final"
             elif message.get("type") == "end_audio" and message["body"]["status"] == "finished":
@@ -196,6 +211,90 @@ def test_failed_final_is_recoverable_and_the_session_goes_on() -> None:
     h.drain()
     assert h.sent[-1]["transcription_num"] == 1 and h.sent[-1]["is_final"]
     assert not h.core.done
+
+
+def _turn_harness(timeout_ms: int = 1000) -> Harness:
+    h = Harness()
+    h.text(v1_metadata(partials=False, end_of_turn=True, end_of_turn_timeout_ms=timeout_ms))
+    return h
+
+
+def _jobs(h: Harness, worker: str) -> list[int]:
+    return sorted(i for i, j in h.jobs.items() if j.worker == worker)
+
+
+def test_end_of_turn_follows_the_final_the_turn_model_ended() -> None:
+    h = _turn_harness()
+    speak(h, 1.0)
+    speak(h, 0.4, speech=False)  # the utterance ends: its final and a turn score are asked for
+    (turn,) = _jobs(h, TURN_WORKER)
+    # the turn so far: from the stream's start (its first onset) to 0.2 s after its speech
+    assert len(h.jobs[turn].payload) == 31 * WINDOW_SAMPLES + 16000 // 5
+    h.resolve(turn, turn_score=0.9)
+    assert h.sent == []  # the final is not in yet; the turn end waits behind it
+    h.drain()
+    assert [m["type"] for m in h.sent] == ["transcription", "end_of_turn"]
+    assert h.sent[1] == {
+        "type": "end_of_turn",
+        "transcription_num": 0,
+        "speech_end": 0.992,  # the last speech window's end (31 windows of 32 ms)
+        "reason": "model",
+        "probability": 0.9,
+    }
+    h.check_order()
+
+
+def test_a_low_turn_score_keeps_the_turn_open_until_its_timeout() -> None:
+    h = _turn_harness(timeout_ms=1000)
+    speak(h, 1.0)
+    speak(h, 0.4, speech=False)
+    h.resolve(_jobs(h, TURN_WORKER)[0], turn_score=0.2)
+    h.drain()
+    assert [m["type"] for m in h.sent] == ["transcription"]
+    speak(h, 0.5, speech=False)  # 0.9 s of silence
+    assert [m["type"] for m in h.sent] == ["transcription"]
+    speak(h, 0.2, speech=False)  # past 1 s
+    assert h.sent[-1]["type"] == "end_of_turn" and h.sent[-1]["reason"] == "timeout"
+    assert h.sent[-1]["probability"] == 0.2
+    h.check_order()
+
+
+def test_speech_after_a_pause_continues_the_turn_and_voids_the_score() -> None:
+    h = _turn_harness()
+    speak(h, 1.0)
+    speak(h, 0.4, speech=False)
+    (turn,) = _jobs(h, TURN_WORKER)
+    speak(h, 1.0)  # the speaker goes on before the score comes back
+    h.resolve(turn, turn_score=0.99)
+    speak(h, 0.4, speech=False)
+    for job_id in _jobs(h, TURN_WORKER):
+        h.resolve(job_id, turn_score=0.9)
+    h.drain()
+    types = [m["type"] for m in h.sent]
+    assert types == ["transcription", "transcription", "end_of_turn"]
+    assert h.sent[-1]["transcription_num"] == 1
+    h.check_order()
+
+
+def test_a_failed_turn_score_leaves_the_timeout_to_end_the_turn() -> None:
+    h = _turn_harness(timeout_ms=800)
+    speak(h, 1.0)
+    speak(h, 0.4, speech=False)
+    h.resolve(_jobs(h, TURN_WORKER)[0], fail=True)
+    h.drain()
+    speak(h, 0.6, speech=False)
+    assert [m["type"] for m in h.sent] == ["transcription", "end_of_turn"]
+    assert h.sent[-1]["reason"] == "timeout" and h.sent[-1]["probability"] is None
+
+
+def test_without_end_of_turn_no_turn_job_and_no_message() -> None:
+    h = Harness()
+    h.text(v1_metadata(partials=False))
+    speak(h, 1.0)
+    speak(h, 4.0, speech=False)
+    h.drain()
+    assert not any(j.worker == TURN_WORKER for j in h.jobs.values())
+    assert [m["type"] for m in h.sent] == ["transcription"]
 
 
 def _utterance_final(h: Harness) -> Submit:
@@ -314,7 +413,7 @@ ACTIONS = st.sampled_from(["audio"] * 8 + ["resolve"] * 8 + ["fail", "health", "
 )
 @given(
     partials=st.sampled_from([True, True, False]),
-    metadata=st.sampled_from(["v1"] * 8 + ["garbage", "none"]),
+    metadata=st.sampled_from(["v1"] * 6 + ["v1+turns"] * 2 + ["garbage", "none"]),
     actions=st.lists(ACTIONS, min_size=10, max_size=300),
     # Where one bad control frame, the end_audio and the disconnect come, if at all.
     bogus_at=st.none() | st.integers(0, 300),
@@ -328,6 +427,8 @@ def test_every_interleaving_ends_releases_and_keeps_order(
     h = Harness()
     if metadata == "v1":
         h.text(v1_metadata(partials=partials))
+    elif metadata == "v1+turns":
+        h.text(v1_metadata(partials=partials, end_of_turn=True, end_of_turn_timeout_ms=500))
     elif metadata == "garbage":
         h.text("{not json")
     for step, action in enumerate(actions):
@@ -348,7 +449,7 @@ def test_every_interleaving_ends_releases_and_keeps_order(
             job_id = data.draw(st.sampled_from(sorted(h.jobs)))
             # Runs of speech and of silence (utterances, pauses), sometimes choppy.
             pattern = data.draw(st.sampled_from([[True]] * 4 + [[False]] * 4 + [[True, False]]))
-            h.resolve(job_id, pattern)
+            h.resolve(job_id, pattern, turn_score=data.draw(st.sampled_from([0.1, 0.9])))
         elif action == "fail" and h.jobs:
             whisper_jobs = sorted(i for i, j in h.jobs.items() if j.worker != VAD_WORKER)
             if whisper_jobs:  # (a failed VAD job ends the session: a unit case covers it)

@@ -30,9 +30,13 @@ STREAMING = {
     "sample_rate": 8000,
     "enable_partial_transcripts": True,
     "partial_transcript_interval_s": 0.25,
+    "stable_partials": True,
     "final_transcript_max_duration_s": 20,
     "events": True,
     "utterance_end_ms": 1500,
+    "end_of_turn": True,
+    "end_of_turn_threshold": 0.8,
+    "end_of_turn_timeout_ms": 2000,
 }
 WHISPER = {
     "audio_language": "de",

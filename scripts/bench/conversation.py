@@ -4,6 +4,7 @@
     python scripts/bench/conversation.py build [--out DIR] [--streams 4] [--seed 23]
     python scripts/bench/conversation.py build --sources samples/real --no-pauses
     python scripts/bench/conversation.py diagnose bench_results/stt_conversation.json
+    python scripts/bench/conversation.py turns bench_results/replay.json   # end_of_turn runs
     python scripts/bench/conversation.py cuts      # re-derive the in-sentence cut points
 
 A voice agent keeps one socket for the whole call, so every utterance after the first starts
@@ -55,6 +56,7 @@ PAUSE_SHARE = 2 / 3  # of the clips with a cut point, about this share gets a pa
 MIN_STREAM_S = 60.0
 FRAME = RATE // 100  # 10 ms: the energy frames
 VOICED_DB = 35.0  # a frame within this of the clip's loudest is voiced (the speech extent)
+ABOVE_FLOOR_DB = 10.0  # ... and at least this over its background
 
 
 @dataclass(frozen=True)
@@ -131,9 +133,10 @@ def floor_dbfs(samples: np.ndarray) -> float:
 
 
 def voiced_extent(samples: np.ndarray) -> tuple[int, int]:
-    """First and last sample of the frames within VOICED_DB of the loudest (the speech)."""
+    """First and last sample of the frames within VOICED_DB of the loudest and ABOVE_FLOOR_DB
+    over the clip's background (the speech: FLEURS's background is only ~35 dB down)."""
     db = frame_db(samples)
-    loud = np.flatnonzero(db >= db.max() - VOICED_DB)
+    loud = np.flatnonzero(db >= max(db.max() - VOICED_DB, floor_dbfs(samples) + ABOVE_FLOOR_DB))
     return int(loud[0] * FRAME), int(min(len(samples), (loud[-1] + 1) * FRAME))
 
 
@@ -230,9 +233,12 @@ def build(
     seed: int = SEED,
     sources: tuple[Path, ...] = SOURCES,
     pauses: bool = True,
+    hesitations: bool = False,
 ) -> list[Path]:
     """Write ``conv-NN.wav`` + ``conv-NN.json`` for each stream into ``out``; the WAV paths.
-    ``pauses=False``: no pause inside a sentence (clips joined by gaps only)."""
+    ``pauses=False``: no pause inside a sentence (clips joined by gaps only); ``hesitations``:
+    every clip that has one gets a pause at its hesitation cut (the spec's ``hesitations``)
+    instead of its natural one."""
     spec = load_spec()
     clips = load_clips(tuple(Path(p).resolve() for p in sources), spec)
     rng = random.Random(seed)
@@ -242,8 +248,9 @@ def build(
         old.unlink()
     paths = []
     for i, stream_clips in enumerate(deal(clips, streams, rng)):
-        share = PAUSE_SHARE if pauses else 0.0
-        samples, segments = build_stream(stream_clips, spec["cuts"], rng, noise_rng, share)
+        share = (1.0 if hesitations else PAUSE_SHARE) if pauses else 0.0
+        cuts = spec["hesitations"] if hesitations else spec["cuts"]
+        samples, segments = build_stream(stream_clips, cuts, rng, noise_rng, share)
         name = f"conv-{i:02d}"
         write_pcm16(out / f"{name}.wav", samples)
         meta = {
@@ -295,11 +302,15 @@ def _splits_cleanly(model, clip: Clip, at: int, k: int) -> bool:
     return bool(head and tail) and head[-1] == want_head[-1] and tail[0] == want_tail[0]
 
 
-def find_cut(clip: Clip, model) -> dict | None:
+def find_cut(clip: Clip, model, hesitation: bool = False) -> dict | None:
     """An in-sentence cut point: a boundary between two words with at least 3 words either side
     (Whisper's word timestamps place the words), cut in the 30 ms of least energy around it,
     at least 25 dB under the clip's speech; the deepest such dip whose two halves, transcribed
-    on their own, end and start with the right words. None if no boundary qualifies."""
+    on their own, end and start with the right words. None if no boundary qualifies.
+
+    ``hesitation``: a boundary after a function word instead ("printed from the | blocks"),
+    where the sentence cannot be over, nearest the sentence's middle, at any depth: where a
+    speaker hesitates, not where a reader breathes (the deepest dips are mostly clause ends)."""
     import jiwer
 
     hyp = [w for s in _transcribe(model, clip.samples, word_timestamps=True) for w in s.words]
@@ -334,9 +345,12 @@ def find_cut(clip: Clip, model) -> dict | None:
         window = np.array([db[i : i + 3].max() for i in range(lo, hi + 1)])
         i = lo + int(window.argmin())
         depth = float(window.min()) - speech_db
-        if depth < -25:
-            candidates.append((depth, round((i + 1.5) * FRAME / RATE, 3), k))
-    for depth, at_s, k in sorted(candidates)[:4]:
+        at_s = round((i + 1.5) * FRAME / RATE, 3)
+        if hesitation and normalise(ref_words[k - 1]) in FUNCTION_WORDS:
+            candidates.append((abs(k - len(ref_words) / 2), at_s, k, depth))
+        elif not hesitation and depth < -25:
+            candidates.append((depth, at_s, k, depth))
+    for _, at_s, k, depth in sorted(candidates)[:4]:
         if _splits_cleanly(model, clip, round(at_s * RATE), k):
             return {
                 "at_s": at_s,
@@ -348,7 +362,15 @@ def find_cut(clip: Clip, model) -> dict | None:
     return None
 
 
-def find_cuts() -> dict[str, dict]:
+# Words after which a sentence cannot end (a hesitation cut comes after one).
+FUNCTION_WORDS = frozenset(
+    """a an the of to in into for with by from at on and or but nor that which who whose
+    his her its their our your my this these those is was are were be been has have had as
+    than very most more""".split()
+)
+
+
+def find_cuts(hesitation: bool = False) -> dict[str, dict]:
     from faster_whisper import WhisperModel
 
     from scripts.local.serve import embedded_whisper_dir
@@ -356,7 +378,7 @@ def find_cuts() -> dict[str, dict]:
     model = WhisperModel(embedded_whisper_dir(), device="cpu", compute_type="int8")
     cuts = {}
     for clip in load_clips():
-        cut = find_cut(clip, model)
+        cut = find_cut(clip, model, hesitation)
         if cut is not None:
             cuts[clip.name] = cut
     return cuts
@@ -688,6 +710,116 @@ def print_diagnosis(diagnosis: dict, examples: int = 6) -> None:
         print("segmentation:", json.dumps(d["segmentation"]))
 
 
+# -- end of turn ------------------------------------------------------------------------------
+SENTENCE_END = (".", "?", "!")
+COMPLETE_SOURCES = ("fleurs",)  # FLEURS clips are whole sentences (its text has no punctuation)
+
+
+def ends_a_sentence(part: dict) -> bool | None:
+    """True: the speech part ends a sentence; False: it stops inside one (a pause's head, a
+    clause end with a comma); None: not known (a LibriVox utterance, cut by its aligner)."""
+    text = part["text"].rstrip()
+    if part["part"] == "head":
+        return text.endswith(SENTENCE_END)
+    if text.endswith(SENTENCE_END) or part["clip"].startswith(COMPLETE_SOURCES):
+        return True
+    if text.endswith((",", ";", ":")):
+        return False
+    return None
+
+
+def turn_ends(meta: dict, turns: list[dict], finals: list[dict]) -> dict:
+    """How a stream's end-of-turn events fall on its timeline. ``turns``: each with ``t`` (when
+    it came, in the stream's seconds) and ``speech_end`` (the end of the turn's last speech);
+    ``finals``: the stream's finals (``start_s``, ``end_s``). A turn end belongs to the speech part its
+    ``speech_end`` falls in (up to the next part's start): at the part's end when no final of
+    the part starts after it, else early, at a pause inside the part. Per part: whether its end
+    ended the turn, after what delay from its last voiced sample, and how many came early."""
+    parts = [seg for seg in meta["segments"] if seg["kind"] == "speech"]
+    owned: dict[int, list[dict]] = {}
+    for turn in turns:
+        for i, part in enumerate(parts):
+            until = parts[i + 1]["voiced_start_s"] if i + 1 < len(parts) else float("inf")
+            if part["voiced_start_s"] <= turn["speech_end"] < until:
+                owned.setdefault(i, []).append(turn)
+                break
+    out = {"unfinished": [], "finished": [], "unknown": []}
+    for i, part in enumerate(parts):
+        key = {True: "finished", False: "unfinished", None: "unknown"}[ends_a_sentence(part)]
+        mine = owned.get(i, [])
+        until = parts[i + 1]["voiced_start_s"] if i + 1 < len(parts) else float("inf")
+        # the part's finals end before the next part starts (a next final's pre-roll may
+        # start before it)
+        starts = [f["start_s"] for f in finals if f["end_s"] is not None and f["end_s"] < until]
+        at_end = [t for t in mine if not any(t["speech_end"] < s for s in starts)]
+        out[key].append(
+            {"clip": part["clip"], "part": part["part"], "ended": bool(at_end),
+             "delay_s": round(at_end[0]["t"] - part["voiced_end_s"], 3) if at_end else None,
+             "early_ends": len(mine) - len(at_end),
+             "reasons": sorted({t.get("reason", "?") for t in at_end}),
+             "text_end": part["text"][-30:]}
+        )  # fmt: skip
+    return out
+
+
+def summarise_turns(per_stream: dict[str, dict]) -> dict:
+    """The issue's measures over all streams: false ends (at a pause inside a sentence, and
+    early ends at pauses inside any part) and the delay (p50, p95) from a finished sentence's
+    last voiced sample to its turn end."""
+    from scripts.bench.stats import percentile
+
+    def rows(key: str) -> list[dict]:
+        return [r for d in per_stream.values() for r in d[key]]
+
+    heads = [r for r in rows("unfinished") if r["part"] == "head"]
+    clause_ends = [r for r in rows("unfinished") if r["part"] != "head"]
+    finished = rows("finished")
+    delays = [r["delay_s"] for r in finished if r["delay_s"] is not None]
+    every = rows("unfinished") + finished + rows("unknown")
+    return {
+        "pauses_inside_a_sentence": len(heads),
+        "false_turn_ends": sum(r["ended"] for r in heads),
+        "early_ends_inside_parts": sum(r["early_ends"] for r in every),
+        "clause_ends": len(clause_ends),
+        "clause_ends_that_ended_the_turn": sum(r["ended"] for r in clause_ends),
+        "finished_sentences": len(finished),
+        "finished_without_turn_end": sum(not r["ended"] for r in finished),
+        "finished_by_timeout": sum("timeout" in r["reasons"] for r in finished),
+        "delay_p50_s": percentile(delays, 50),
+        "delay_p95_s": percentile(delays, 95),
+        "unknown_ends": len(rows("unknown")),
+        "unknown_that_ended_the_turn": sum(r["ended"] for r in rows("unknown")),
+    }
+
+
+def score_turns(report: dict) -> dict:
+    """Per level of a bench-stt (or replay) report with ``turns_detail``: ``summarise_turns``."""
+    if "conversation" in report:
+        streams_dir, names = Path(report["conversation"]["dir"]), report["conversation"]["streams"]
+    else:
+        streams_dir, names = Path(report["corpus"]), report["files"]
+    metas = {name: json.loads((streams_dir / f"{name}.json").read_text()) for name in names}
+    out = {}
+    for row in report["levels"]:
+        per_stream = {
+            name: turn_ends(metas[name], turns, row["finals_detail"][name])
+            for name, turns in row.get("turns_detail", {}).items()
+        }
+        out[row["sessions"]] = {"summary": summarise_turns(per_stream), "streams": per_stream}
+    return out
+
+
+def print_turns(scored: dict) -> None:
+    for n, d in scored.items():
+        print(f"\nend of turn, {n} concurrent stream(s):", json.dumps(d["summary"]))
+        for name, stream in d["streams"].items():
+            for key in ("unfinished", "finished"):
+                for r in stream[key]:
+                    bad = (key == "unfinished") == r["ended"] or r["early_ends"]
+                    if bad or r["delay_s"] is None:
+                        print(f"  {name} {key}: {r}")
+
+
 # -- command line ------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -706,6 +838,9 @@ def main() -> None:
         help="folders of clips (default: samples/real samples/real_speakers)",
     )
     b.add_argument("--no-pauses", action="store_true", help="no pause inside a sentence")
+    b.add_argument(
+        "--hesitations", action="store_true", help="pauses after a function word (end of turn)"
+    )
     d = sub.add_parser("diagnose", help="classify the errors of a bench-stt --conversation run")
     d.add_argument("report", type=Path)
     d.add_argument("--examples", type=int, default=6)
@@ -714,21 +849,29 @@ def main() -> None:
         type=Path,
         help="a bench-stt report whose transcripts are the clips one socket per clip",
     )
-    sub.add_parser("cuts", help="find each clip's in-sentence cut point (prints JSON)")
+    t = sub.add_parser("turns", help="score the end_of_turn messages of a bench-stt/replay run")
+    t.add_argument("report", type=Path)
+    c = sub.add_parser("cuts", help="find each clip's in-sentence cut point (prints JSON)")
+    c.add_argument("--hesitations", action="store_true", help="after a function word instead")
     args = parser.parse_args()
     if args.command == "build":
-        for path in build(args.out, args.streams, args.seed, args.sources, not args.no_pauses):
+        paths = build(
+            args.out, args.streams, args.seed, args.sources, not args.no_pauses, args.hesitations
+        )
+        for path in paths:
             meta = json.loads(path.with_suffix(".json").read_text())
             kinds = Counter(s["kind"] for s in meta["segments"])
             print(
                 f"{path}: {meta['duration_s']:.1f} s, {len(meta['text'].split())} words, "
                 f"{kinds['pause']} in-sentence pauses, speakers: {', '.join(meta['speakers'])}"
             )
+    elif args.command == "turns":
+        print_turns(score_turns(json.loads(args.report.read_text())))
     elif args.command == "diagnose":
         one_clip = json.loads(args.one_clip.read_text()) if args.one_clip else None
         print_diagnosis(diagnose(json.loads(args.report.read_text()), one_clip), args.examples)
     else:
-        print(json.dumps(find_cuts(), indent=1))
+        print(json.dumps(find_cuts(args.hesitations), indent=1))
 
 
 if __name__ == "__main__":

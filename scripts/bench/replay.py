@@ -53,6 +53,7 @@ class Replayer:
         from faster_whisper import WhisperModel
 
         from scripts.local.serve import embedded_whisper_dir
+        from speech_common.turn import SmartTurn
         from speech_common.vad import SileroVad
         from whisper_streaming.engine import WhisperEngine
 
@@ -66,44 +67,54 @@ class Replayer:
         )
         self.engine = WhisperEngine(model, encoder_context_s=s.whisper_encoder_context_s)
         self.vad = SileroVad()
+        self.turn = SmartTurn()
 
     def finals(self, path: Path, metadata: dict) -> list[dict]:
         """Each final as Baseten's protocol sends it (the published ``transcription`` message)."""
-        from speech_common.driver import Cancel, Submit
-        from whisper_streaming.dialects.baseten import transcription_message
-        from whisper_streaming.events import Transcription
-        from whisper_streaming.protocol import VAD_WORKER, SttCore
-        from whisper_streaming.schema import parse_metadata
+        return [m for m in self.messages(path, metadata) if m.get("type") == "transcription"]
+
+    def messages(self, path: Path, metadata: dict) -> list[dict]:
+        """What a client of Baseten's protocol hears: the finals and ``end_of_turn`` messages,
+        each with ``t``, the audio position when it went out (stream seconds; the models take
+        no time here)."""
+        from speech_common.driver import Send, Submit
+        from whisper_streaming.codec_session import CodecSession
         from whisper_streaming.session import core_limits
 
-        core = SttCore(core_limits(self.settings), self.engine.supported_languages)
-        pending: list = core.configure(parse_metadata(metadata))
-        finals: list[dict] = []
-        pcm = read_wav(path).tobytes()
-        frame_bytes = FRAME_SAMPLES * 2
+        session = CodecSession.baseten(core_limits(self.settings), self.engine.supported_languages)
+        heard: list[dict] = []
         now = 0.0
 
-        def drain(outputs: list) -> None:
-            queue = list(outputs)
+        def drain(commands: list) -> None:
+            queue = list(commands)
             while queue:
-                out = queue.pop(0)
-                if isinstance(out, Submit):
-                    if out.worker == VAD_WORKER:
-                        result = self.vad.probabilities([out.payload])[0]
-                    else:
-                        result = self.engine.run([out.payload])[0]
-                    queue.extend(core.on_result(out.job_id, result, now))
-                elif isinstance(out, Transcription) and out.is_final:
-                    finals.append(transcription_message(out))
-                elif isinstance(out, Cancel):
-                    pass  # jobs run at once: nothing is ever outstanding to cancel
+                command = queue.pop(0)
+                if isinstance(command, Submit):
+                    queue.extend(session.on_result(command.job_id, self._run(command), now))
+                elif isinstance(command, Send) and isinstance(command.message, dict):
+                    kind = command.message.get("type")
+                    final = kind == "transcription" and command.message["is_final"]
+                    if final or kind == "end_of_turn":
+                        heard.append({**command.message, "t": round(now, 3)})
+                # Cancel: jobs run at once, nothing is ever outstanding; Close: the end.
 
-        drain(pending)
+        drain(session.start(now) + session.on_text(json.dumps(metadata), now))
+        pcm = read_wav(path).tobytes()
+        frame_bytes = FRAME_SAMPLES * 2
         for i in range(0, len(pcm), frame_bytes):
             now = i / 2 / CLIENT_RATE_HZ
-            drain(core.audio(pcm[i : i + frame_bytes], now))
-        drain(core.end_audio(now))
-        return finals
+            drain(session.on_bytes(pcm[i : i + frame_bytes], now))
+        drain(session.on_text(json.dumps({"type": "end_audio"}), now))
+        return heard
+
+    def _run(self, command) -> object:
+        from whisper_streaming.protocol import TURN_WORKER, VAD_WORKER
+
+        if command.worker == VAD_WORKER:
+            return self.vad.probabilities([command.payload])[0]
+        if command.worker == TURN_WORKER:
+            return float(self.turn.probabilities([command.payload])[0])
+        return self.engine.run([command.payload])[0]
 
 
 _REPLAYER: Replayer | None = None
@@ -115,7 +126,7 @@ def _replay_one(args: tuple[str, dict]) -> tuple[str, list[dict], float]:
         _REPLAYER = Replayer()
     path, metadata = args
     t0 = time.monotonic()
-    finals = _REPLAYER.finals(Path(path), metadata)
+    finals = _REPLAYER.messages(Path(path), metadata)
     return path, finals, time.monotonic() - t0
 
 
@@ -127,8 +138,10 @@ def replay(paths: list[Path], metadata: dict, workers: int) -> dict[str, list[di
     return {Path(p).stem: finals for p, finals, _ in results}
 
 
-def level(finals: dict[str, list[dict]], refs: dict[str, str]) -> dict:
-    """A ``bench-stt`` report row (sessions 1) from each file's finals."""
+def level(messages: dict[str, list[dict]], refs: dict[str, str]) -> dict:
+    """A ``bench-stt`` report row (sessions 1) from each file's finals and turn ends."""
+    finals = {n: [m for m in ms if m["type"] == "transcription"] for n, ms in messages.items()}
+    turns = {n: [m for m in ms if m["type"] == "end_of_turn"] for n, ms in messages.items()}
     transcripts = {n: " ".join(final_text(f) for f in fs).strip() for n, fs in finals.items()}
     return {
         "sessions": 1,
@@ -145,6 +158,7 @@ def level(finals: dict[str, list[dict]], refs: dict[str, str]) -> dict:
             ]
             for n, fs in finals.items()
         },
+        "turns_detail": turns,
     }
 
 
@@ -164,8 +178,18 @@ def main() -> None:
     )
     parser.add_argument("--conversation-dir", type=Path, default=conversation.DEFAULT_OUT)
     parser.add_argument("--no-pauses", action="store_true", help="--conversation's --no-pauses")
+    parser.add_argument(
+        "--hesitations", action="store_true", help="--conversation: pauses after a function word"
+    )
+    parser.add_argument("--no-one-clip", action="store_true", help="skip the clips one by one")
+    parser.add_argument("--eot-threshold", type=float, help="end_of_turn_threshold (metadata)")
     parser.add_argument("--sources", type=Path, nargs="+", default=list(conversation.SOURCES))
     parser.add_argument("--beam", type=int, help="beam_width in the sessions' metadata")
+    parser.add_argument(
+        "--end-of-turn",
+        action="store_true",
+        help="end_of_turn in the sessions' metadata; with --conversation, score the turn ends",
+    )
     parser.add_argument(
         "--offline-from",
         type=Path,
@@ -175,14 +199,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench_results" / "replay.json")
     args = parser.parse_args()
     whisper = {"beam_width": args.beam} if args.beam else {}
+    if args.end_of_turn:
+        whisper["end_of_turn"] = True
+    if args.eot_threshold is not None:
+        whisper["end_of_turn_threshold"] = args.eot_threshold
     metadata = v1_metadata(partials=False, **whisper)
     clips: list[Path] = []
     if args.conversation:
         streams = conversation.build(
             args.conversation_dir, conversation.STREAMS, conversation.SEED,
-            tuple(args.sources), not args.no_pauses,
+            tuple(args.sources), not args.no_pauses, args.hesitations,
         )  # fmt: skip
-        clips = [p for folder in args.sources for p in sorted(folder.glob("*.wav"))]
+        if not args.no_one_clip:
+            clips = [p for folder in args.sources for p in sorted(folder.glob("*.wav"))]
     elif args.files:
         streams = list(args.files)
     else:
@@ -216,6 +245,8 @@ def main() -> None:
             print(f"offline: WER {wer([refs[n] for n in named], [offline[n] for n in named]):.2%}")
     if args.conversation:
         conversation.print_diagnosis(conversation.diagnose(report))
+    if args.conversation and args.end_of_turn:
+        conversation.print_turns(conversation.score_turns(report))
     print(f"wrote {args.out} in {report['wall_s']} s")
 
 

@@ -73,6 +73,8 @@ class SessionStats:
     # Each final: arrival (s since the first frame), its audio's start and end in the stream
     # (first and last segment), its text.
     final_spans: list[dict] = field(default_factory=list)
+    # Each end_of_turn message (with --end-of-turn): arrival, the turn's last speech, why.
+    turns: list[dict] = field(default_factory=list)
 
     def outcome(self) -> dict:
         """This session's ending, for the JSON report."""
@@ -207,6 +209,11 @@ async def _one_session(url: str, name: str, api_key: str | None, delay_s: float)
             }
             for t, m in finals
         ],
+        turns=[
+            {"t": round(t, 3), **{k: v for k, v in m.items() if k != "type"}}
+            for t, m in result.arrivals
+            if m.get("type") == "end_of_turn"
+        ],
     )
 
 
@@ -273,6 +280,7 @@ def summarise(
         "unfinished_sessions": sum(not s.finished for s in stats),
         "transcripts": {s.file: s.transcript for s in stats},
         "finals_detail": {s.file: s.final_spans for s in stats},
+        "turns_detail": {s.file: s.turns for s in stats},
         "errors": sum(s.errors for s in stats),
         # Each admitted session's error frames and close, so a failure can be traced.
         "error_types": _count(
@@ -405,6 +413,11 @@ def main() -> None:
         help="with --conversation: no pause inside a sentence (gaps between clips only)",
     )
     parser.add_argument(
+        "--hesitations",
+        action="store_true",
+        help="with --conversation: pauses after a function word (for --end-of-turn)",
+    )
+    parser.add_argument(
         "--no-one-clip",
         action="store_true",
         help="with --conversation: skip the one-socket-per-clip run of the same clips",
@@ -415,6 +428,12 @@ def main() -> None:
         action="store_true",
         help="condition_on_previous_text in the sessions' metadata",
     )
+    parser.add_argument(
+        "--end-of-turn",
+        action="store_true",
+        help="end_of_turn in the sessions' metadata; with --conversation, score the turn ends",
+    )
+    parser.add_argument("--eot-threshold", type=float, help="end_of_turn_threshold (metadata)")
     parser.add_argument("--no-offline", action="store_true", help="skip the offline WER comparison")
     parser.add_argument(
         "--out",
@@ -427,10 +446,19 @@ def main() -> None:
         WHISPER_METADATA["beam_width"] = args.beam
     if args.condition:
         WHISPER_METADATA["condition_on_previous_text"] = True
+    if args.end_of_turn:
+        WHISPER_METADATA["end_of_turn"] = True
+    if args.eot_threshold is not None:
+        WHISPER_METADATA["end_of_turn_threshold"] = args.eot_threshold
     one_clip_files: list[str] = []
     if args.conversation:
         streams = conversation.build(
-            args.conversation_dir, args.streams, args.seed, tuple(args.sources), not args.no_pauses
+            args.conversation_dir,
+            args.streams,
+            args.seed,
+            tuple(args.sources),
+            not args.no_pauses,
+            args.hesitations,
         )
         PATHS.update({p.stem: p for p in streams})
         args.files = [p.stem for p in streams]
@@ -539,6 +567,8 @@ def main() -> None:
         print("\n".join(failures))
     if args.conversation:
         conversation.print_diagnosis(conversation.diagnose(report))
+    if args.conversation and args.end_of_turn:
+        conversation.print_turns(conversation.score_turns(report))
     print(
         f"\nlargest N with p95 final latency < {CAPACITY_P95_S:.0f} s: {report['max_sessions_p95_under_1s']}"
     )

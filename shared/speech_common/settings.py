@@ -9,8 +9,8 @@ number, and a value that does not fit fails the load naming the key.
 
 Naming scheme, the same in both trusses:
 - the same idea has the same name (``max_sessions``, ``admission_*``, ``first_frame_timeout_s``);
-- a model's own settings start with the model (``whisper_``, ``vad_``, ``orpheus_``, ``snac_``,
-  ``aligner_``); its batch size is ``<model>_max_batch``, its batch wait ``<model>_max_wait_ms``;
+- a model's own settings start with the model (``whisper_``, ``vad_``, ``turn_``, ``orpheus_``,
+  ``snac_``, ``aligner_``); its batch size is ``<model>_max_batch``, its batch wait ``<model>_max_wait_ms``;
 - engine arguments passed straight through keep the engine's name (vLLM's ``max_model_len``);
 - units are suffixes (``_s``, ``_ms``, ``_chars``, ``_frames``).
 

@@ -29,6 +29,7 @@ class Model:
         from faster_whisper import WhisperModel
 
         from speech_common.admission import AdmissionPolicy
+        from speech_common.turn import SmartTurn
         from speech_common.vad import SileroVad
         from speech_common.ws import SessionGate
         from whisper_streaming.engine import WhisperEngine
@@ -52,6 +53,8 @@ class Model:
             SileroVad(),
             max_batch=settings.whisper_max_batch,
             vad_max_batch=settings.vad_max_batch,
+            turn=SmartTurn(),
+            turn_max_batch=settings.turn_max_batch,
             admission=AdmissionPolicy(
                 capacity_sessions=settings.admission_capacity_sessions,
                 max_queue_wait_s=settings.admission_max_queue_wait_s,

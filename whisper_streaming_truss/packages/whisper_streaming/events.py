@@ -39,6 +39,12 @@ class Transcription:
     offset_s: float  # where that audio starts in the stream
     cause: FinalCause | None = None  # finals only
     flush: bool = False  # the last final before end_audio's "finished"
+    # A partial of a session that asked for stable partials: its words that will not change
+    # (``whisper_streaming.stability``; never fewer than the utterance's previous partial had).
+    stable: tuple[str, ...] | None = None
+    # A final of a session that asked for end-of-turn detection, cut on a pause: whether the
+    # turn model said the speaker's turn is over with it (None: not asked, or not a pause).
+    end_of_turn: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,17 @@ class UtteranceEnd:
 
     num: int  # the last final's transcription_num
     last_word_end_s: float
+
+
+@dataclass(frozen=True)
+class EndOfTurn:
+    """The speaker's turn is over (when asked): the turn model said so at a pause
+    (``reason`` "model"), or the silence after the turn's last utterance reached its timeout."""
+
+    num: int  # the turn's last final's transcription_num
+    speech_end_s: float  # where the turn's last speech ended (stream seconds, as the VAD heard)
+    reason: Literal["model", "timeout"]
+    probability: float | None  # the model's P(complete) at that pause (None: not scored)
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,7 @@ Event = (
     Transcription
     | SpeechStarted
     | UtteranceEnd
+    | EndOfTurn
     | Finalized
     | EndAudio
     | Health

@@ -35,6 +35,7 @@ from .engine import DecodeOptions, JobKind, TranscribeJob, Transcript
 from .events import (
     EndAudio,
     Ended,
+    EndOfTurn,
     FinalCause,
     FinalFailed,
     Finalized,
@@ -45,6 +46,8 @@ from .events import (
     UtteranceEnd,
 )
 from .schema import SessionConfig
+from .stability import LocalAgreement
+from .turns import ScoreTurn, TurnEnded, TurnOptions, TurnTracker
 from .utterance import (
     Dropped,
     FinalRequest,
@@ -61,6 +64,7 @@ logger = logging.getLogger(__name__)
 
 VAD_WORKER = "vad"
 WHISPER_WORKER = "whisper"
+TURN_WORKER = "turn"
 # Conditioning finals on the session's previous finals (``condition_on_previous_text``): the
 # text kept is bounded (the engine then takes at most its last 64 tokens), and it is reset after
 # a final that needed a hot fallback decode, as Whisper's ``prompt_reset_on_temperature``, so
@@ -100,6 +104,7 @@ class EventOptions:
     speech_started: bool = False  # a SpeechStarted event at each utterance's onset
     utterance_end_ms: int | None = None  # an UtteranceEnd after this much silence after words
     idle_timeout_s: float | None = None  # no frame at all for this long ends the session
+    turns: TurnOptions | None = None  # end-of-turn detection (the Smart Turn worker)
 
 
 @dataclass
@@ -107,7 +112,7 @@ class _Pending:
     """One entry of the ordered output queue: a final (sent once its result is in) or a marker
     that goes out once every final before it did."""
 
-    kind: Literal["final", "finished", "finalized", "utterance_end"]
+    kind: Literal["final", "finished", "finalized", "utterance_end", "end_of_turn"]
     num: int = -1
     job_id: int | None = None
     audio_s: float = 0.0
@@ -118,6 +123,9 @@ class _Pending:
     result: Any = None
     ready: bool = False
     position_s: float = 0.0  # a finalize marker: the audio it covered
+    turn_ticket: int | None = None  # a final waiting for this turn score before it goes out
+    end_of_turn: bool | None = None  # the turn score's verdict on this final
+    turn: TurnEnded | None = None  # an end_of_turn marker: how the turn ended
 
 
 class SttCore:
@@ -145,6 +153,7 @@ class SttCore:
         self._partials: dict[int, tuple[int, int, int, float]] = {}  # job -> (num, seq, n, off)
         self._partial_seq = 0
         self._last_partial_sent: dict[int, int] = {}  # num -> seq of the newest partial sent
+        self._stability: dict[int, LocalAgreement] = {}  # num -> its stable prefix (opt-in)
         self._finalised: set[int] = set()
         self._spec: tuple[int, int, int] | None = None  # (num, samples, job id)
         self._spec_results: dict[int, Any] = {}  # speculative job -> result, before its final
@@ -157,6 +166,10 @@ class SttCore:
         self._last_speech_end_s: float | None = None  # armed: the utterance end to wait for
         self._words_since_end = False  # a final with words went out since the last UtteranceEnd
         self._last_final: tuple[int, float] = (-1, 0.0)  # (num, end of its last word)
+        # end of turn (opt-in)
+        self._turns: TurnTracker | None = None
+        self._turn_jobs: dict[int, int] = {}  # turn-score job -> its ticket
+        self._words_in_turn = False  # a final with words went out since the last EndOfTurn
 
     # -- the driver's side -------------------------------------------------------------------------
     @property
@@ -214,6 +227,8 @@ class SttCore:
             return self._on_vad(result, now)
         if job_id in self._partials:
             return self._on_partial(job_id, result)
+        if job_id in self._turn_jobs:
+            return self._on_turn_score(job_id, result, now)
         return self._on_transcript(job_id, result, now)
 
     # -- the codec's side: a client's requests ------------------------------------------------------
@@ -239,6 +254,8 @@ class SttCore:
                 )
         self.events = events or EventOptions()
         self._configure(config)
+        if self.events.turns is not None:
+            self._turns = TurnTracker(self.events.turns)
         return []
 
     def audio(self, data: bytes, now: float) -> list[Output]:
@@ -387,6 +404,9 @@ class SttCore:
             )
         outputs: list[Output] = []
         for window, prob in zip(windows, result, strict=True):
+            if self._turns is not None:
+                for ended in self._turns.push(window):
+                    outputs.extend(self._turn_ended(ended, now))
             for request in self._tracker.push(window, float(prob)):
                 outputs.extend(self._dispatch(request, now))
             self._pushed += 1
@@ -452,9 +472,13 @@ class SttCore:
         self, request: Request, now: float, cause: FinalCause | None = None
     ) -> list[Output]:
         if isinstance(request, Started):
+            outputs: list[Output] = []
+            if self._turns is not None:
+                self._turns.speech_started(request.start_s)
+                outputs.extend(self._release_turn_waits(now))  # the speaker went on
             if self.events.speech_started:
-                return [SpeechStarted(request.num, round(request.start_s, 3))]
-            return []
+                outputs.append(SpeechStarted(request.num, round(request.start_s, 3)))
+            return outputs
         if isinstance(request, PartialRequest):
             submit = self._submit_transcribe(JobKind.PARTIAL, request.audio, request.offset_s)
             self._partial_seq += 1
@@ -509,11 +533,51 @@ class SttCore:
             submit = self._submit_transcribe(JobKind.FINAL, request.audio, request.offset_s)
             final.job_id = submit.job_id
             outputs.append(submit)
+        if self._turns is not None and cause is FinalCause.PAUSE:
+            score = self._turns.utterance_ended(request.speech_end_s)
+            if score is not None:
+                outputs.append(self._submit_turn_score(score))
+                final.turn_ticket = score.ticket
         self._finalised.add(request.num)
+        self._stability.pop(request.num, None)
         self._queue.append(final)
         if not request.forced:  # speech goes on after a forced cut: no utterance end yet
             self._last_speech_end_s = request.speech_end_s
         return outputs + self._emit(now)
+
+    # -- end of turn ---------------------------------------------------------------------------------
+    def _submit_turn_score(self, score: ScoreTurn) -> Submit:
+        job_id = self._ids.new()
+        self._outstanding.add(job_id)
+        self._turn_jobs[job_id] = score.ticket
+        return Submit(job_id, TURN_WORKER, score.audio)
+
+    def _on_turn_score(self, job_id: int, result: Any, now: float) -> list[Output]:
+        ticket = self._turn_jobs.pop(job_id)
+        ended = None
+        if isinstance(result, BaseException):
+            logger.warning("turn score failed: %r", result)  # the timeout still ends the turn
+        else:
+            ended = self._turns.scored(ticket, float(result))
+        for item in self._queue:
+            if item.turn_ticket == ticket:
+                item.turn_ticket, item.end_of_turn = None, ended is not None
+        return self._turn_ended(ended, now) if ended is not None else self._emit(now)
+
+    def _release_turn_waits(self, now: float) -> list[Output]:
+        """Speech resumed: a final still waiting for its turn score did not end the turn."""
+        waiting = [item for item in self._queue if item.turn_ticket is not None]
+        for item in waiting:
+            item.turn_ticket, item.end_of_turn = None, False
+        return self._emit(now) if waiting else []
+
+    def _turn_ended(self, ended: TurnEnded, now: float) -> list[Output]:
+        marker = _Pending("end_of_turn", ready=True, turn=ended)
+        if self._queue and self._queue[-1].kind == "finished":  # before the end_audio flush's end
+            self._queue.insert(len(self._queue) - 1, marker)
+        else:
+            self._queue.append(marker)
+        return self._emit(now)
 
     def _arrival_of(self, sample: int, now: float) -> float:
         for end, at in self._arrivals:
@@ -532,7 +596,13 @@ class SttCore:
             return []  # nothing recognised yet (or only a dropped hallucination)
         self._last_partial_sent[num] = seq
         metrics.PARTIALS_SENT.inc()
-        return [Transcription(num, False, result, samples / SAMPLE_RATE_HZ, offset_s)]
+        stable = None
+        if self.config.streaming.stable_partials:
+            probs = [s.avg_logprob for s in result.segments if s.avg_logprob is not None]
+            agreement = self._stability.setdefault(num, LocalAgreement())
+            stable = agreement.update(result.text, min(probs) if probs else None)
+        audio_s = samples / SAMPLE_RATE_HZ
+        return [Transcription(num, False, result, audio_s, offset_s, stable=stable)]
 
     def _on_transcript(self, job_id: int, result: Any, now: float) -> list[Output]:
         for final in self._queue:
@@ -546,7 +616,7 @@ class SttCore:
     def _emit(self, now: float) -> list[Output]:
         """Send finals (and the markers between them) in order, as far as results are in."""
         outputs: list[Output] = []
-        while self._queue and self._queue[0].ready:
+        while self._queue and self._queue[0].ready and self._queue[0].turn_ticket is None:
             item = self._queue.popleft()
             if item.kind == "finished":  # everything before end_audio went out
                 outputs.append(EndAudio("finished"))
@@ -561,6 +631,15 @@ class SttCore:
                     self._words_since_end = False
                     outputs.append(UtteranceEnd(*self._last_final))
                 continue
+            if item.kind == "end_of_turn":
+                if self._words_in_turn:  # a turn of noise or dropped finals ends silently
+                    self._words_in_turn = False
+                    t = item.turn
+                    outputs.append(
+                        EndOfTurn(self._last_final[0], round(t.speech_end_s, 3), t.reason,
+                                  None if t.probability is None else round(t.probability, 3))
+                    )  # fmt: skip
+                continue
             if item.cause is FinalCause.FINALIZE:
                 self._finalize_answered = True
             if isinstance(item.result, BaseException):
@@ -569,8 +648,15 @@ class SttCore:
                 continue
             outputs.append(
                 Transcription(
-                    item.num, True, item.result, item.audio_s, item.offset_s, item.cause, item.flush
-                )
+                    item.num,
+                    True,
+                    item.result,
+                    item.audio_s,
+                    item.offset_s,
+                    item.cause,
+                    item.flush,
+                    end_of_turn=item.end_of_turn,
+                )  # fmt: skip
             )
             self._remember(item.result, item.num)
             metrics.FINALS_SENT.inc()
@@ -584,6 +670,7 @@ class SttCore:
             self._context = f"{self._context} {transcript.text}".strip()[-CONTEXT_MAX_CHARS:]
         if transcript.text:
             self._words_since_end = True
+            self._words_in_turn = True
             ends = [w.end for s in transcript.segments for w in s.words]
             last = ends[-1] if ends else transcript.segments[-1].end
             self._last_final = (num, round(float(last), 3))

@@ -1,6 +1,6 @@
 """One scheduler per model: the Whisper worker (finals before partials, newest partial wins,
-batched across sessions), the Silero VAD worker (batched across sessions), admission control
-and load shedding (partials go first when finals queue up)."""
+batched across sessions), the Silero VAD worker and the Smart Turn worker (each batched across
+sessions), admission control and load shedding (partials go first when finals queue up)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 
 from speech_common.admission import Admission, AdmissionPolicy
 from speech_common.batching import BatchWorker
+from speech_common.turn import SmartTurn
 from speech_common.vad import SileroVad, VadStreamState
 from speech_common.ws import ProtocolError
 
@@ -39,6 +40,8 @@ class Scheduler:
         *,
         max_batch: int,
         vad_max_batch: int,
+        turn: SmartTurn | None = None,
+        turn_max_batch: int = 8,
         admission: AdmissionPolicy | None = None,
         shed_partials_wait_s: float = SHED_PARTIALS_WAIT_S,
     ):
@@ -49,22 +52,32 @@ class Scheduler:
         self.vad: BatchWorker[VadJob, np.ndarray] = BatchWorker(
             "silero-vad", vad.probabilities, max_batch=vad_max_batch
         )
+        # None: no session may ask for end-of-turn detection (the model was not loaded).
+        self.turn: BatchWorker[np.ndarray, float] | None = (
+            BatchWorker("smart-turn", turn.probabilities, max_batch=turn_max_batch)
+            if turn is not None
+            else None
+        )
         self.admission = Admission(admission or AdmissionPolicy(capacity_sessions=UNLIMITED))
         self.shed_partials_wait_s = shed_partials_wait_s
         QUEUE_DEPTH.set_function(lambda: self.whisper.queue_depth)
 
+    @property
+    def _workers(self) -> list[BatchWorker]:
+        return [w for w in (self.whisper, self.vad, self.turn) if w is not None]
+
     def start(self) -> Scheduler:
-        self.whisper.start()
-        self.vad.start()
+        for worker in self._workers:
+            worker.start()
         return self
 
     @property
     def healthy(self) -> bool:
-        return self.whisper.healthy and self.vad.healthy
+        return all(w.healthy for w in self._workers)
 
     def stop(self) -> None:
-        self.whisper.stop()
-        self.vad.stop()
+        for worker in self._workers:
+            worker.stop()
 
     def final_wait_s(self) -> float:
         """How long the oldest queued final has waited (the replica's lag behind its clients)."""
@@ -98,6 +111,6 @@ class Scheduler:
 
     def forget(self, session_id: str) -> None:
         """A session ended: drop its queued work."""
-        dropped = self.whisper.cancel_stream(session_id) + self.vad.cancel_stream(session_id)
+        dropped = sum(w.cancel_stream(session_id) for w in self._workers)
         if dropped:
             logger.info("session %s: dropped %d queued jobs", session_id, dropped)

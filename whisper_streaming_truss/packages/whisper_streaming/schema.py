@@ -7,7 +7,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from speech_common.audio import Encoding
+from speech_common.turn import COMPLETE_THRESHOLD
 from speech_common.ws import describe_validation_error
+
+from .turns import DEFAULT_TIMEOUT_MS
 
 MAX_FINAL_DURATION_S = 30.0  # Whisper's input window
 DEFAULT_SAMPLE_RATE_HZ = 16000  # the published client's, and Whisper's own
@@ -33,6 +36,9 @@ class StreamingParams(_Strict):
     sample_rate: int = Field(DEFAULT_SAMPLE_RATE_HZ, ge=MIN_SAMPLE_RATE_HZ, le=MAX_SAMPLE_RATE_HZ)
     enable_partial_transcripts: bool = False
     partial_transcript_interval_s: float = Field(0.5, ge=0.1, le=10.0)
+    # Opt-in (an extension of the published protocol, docs/stt.md "Stable partials"): each
+    # partial carries stable_text / stable_word_count, its prefix that will not change.
+    stable_partials: bool = False
     final_transcript_max_duration_s: float = Field(30.0, ge=1.0, le=MAX_FINAL_DURATION_S)
     # Opt-in (an extension of the published protocol, docs/stt.md "Events"): speech_started and
     # utterance_end messages, and the finalize and keep_alive controls. Without it every frame
@@ -41,6 +47,11 @@ class StreamingParams(_Strict):
     # With events: an utterance_end after this much non-speech follows a final with words
     # (0: none).
     utterance_end_ms: int = Field(1000, ge=0, le=10_000)
+    # Opt-in (docs/stt.md "End of turn"): an end_of_turn message when the speaker's turn is over
+    # (the turn model at a pause, or end_of_turn_timeout_ms of silence after the turn's speech).
+    end_of_turn: bool = False
+    end_of_turn_threshold: float = Field(COMPLETE_THRESHOLD, gt=0.0, lt=1.0)  # P(complete) above
+    end_of_turn_timeout_ms: int = Field(DEFAULT_TIMEOUT_MS, ge=300, le=30_000)
 
 
 class WhisperParams(_Strict):
@@ -154,6 +165,10 @@ class TranscriptionMessage(BaseModel):
     segments: list[SegmentOut]
     is_end_of_audio_flush: bool | None = None
     from_finalize: bool | None = None  # only with events: this final answers a finalize
+    # Partials of a session with stable_partials only: the transcript's first stable_word_count
+    # words (whitespace-separated), which will not change.
+    stable_text: str | None = None
+    stable_word_count: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = self.model_dump(exclude_none=True)

@@ -17,7 +17,7 @@ from speech_common.ws import SessionGate
 from . import metrics
 from .codec_session import CodecSession
 from .dialects import choose_codec, query_items
-from .protocol import VAD_WORKER, CoreLimits, SttCore
+from .protocol import TURN_WORKER, VAD_WORKER, CoreLimits, SttCore
 from .scheduler import Scheduler
 from .settings import WhisperSettings
 
@@ -33,6 +33,10 @@ class SchedulerJobs:
     def submit(self, command: Submit, stream_id: Hashable) -> asyncio.Future:
         if command.worker == VAD_WORKER:
             return self.scheduler.vad.submit(command.payload, stream_id=stream_id)
+        if command.worker == TURN_WORKER:
+            if self.scheduler.turn is None:
+                raise RuntimeError("this deployment loaded no turn model")
+            return self.scheduler.turn.submit(command.payload, stream_id=stream_id)
         return self.scheduler.submit_transcription(
             command.payload,
             stream_id=stream_id,

@@ -20,6 +20,7 @@ class WhisperSettings(Settings):
     # always greedy). 5 is Whisper's own transcribe() default.
     whisper_beam_width: int = Field(5, ge=1, le=10)
     vad_max_batch: int = Field(64, ge=1)
+    turn_max_batch: int = Field(8, ge=1)  # Smart Turn scores per ONNX batch, across sessions
     speculative_finals: bool = True
     # Start the final this long before the silence timeout ends (never before the pad is in).
     # Pauses between words are mostly < 150 ms, so starting later wastes less work on

@@ -4,7 +4,9 @@ messages back; a typed ``error`` frame before an error's close.
 
 With ``events: true`` in the metadata's streaming params the session also gets
 ``speech_started`` and ``utterance_end`` messages and takes the ``finalize`` and ``keep_alive``
-controls. Metadata without it gets exactly the published protocol, byte for byte.
+controls; with ``stable_partials: true`` each partial also carries its stable prefix
+(``stable_text``, ``stable_word_count``). Metadata without them gets exactly the published
+protocol, byte for byte.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from speech_common.ws import CloseCode, ProtocolError, check_json_depth, load_js
 from ..events import (
     EndAudio,
     Ended,
+    EndOfTurn,
     Event,
     FinalCause,
     FinalFailed,
@@ -39,6 +42,7 @@ from ..schema import (
     health_message,
     parse_metadata,
 )
+from ..turns import TurnOptions
 from .base import Codec
 
 CONTROLS = (
@@ -73,6 +77,9 @@ class BasetenCodec(Codec):
             events = EventOptions(
                 speech_started=s.events,
                 utterance_end_ms=(s.utterance_end_ms or None) if s.events else None,
+                turns=TurnOptions(s.end_of_turn_threshold, s.end_of_turn_timeout_ms)
+                if s.end_of_turn
+                else None,
             )
             return core.configure(config, events)
         events = self.events
@@ -102,6 +109,11 @@ class BasetenCodec(Codec):
             return [Send(health_message(event.healthy))]
         if isinstance(event, FinalFailed):
             return [Send(final_failed_message(event.num))]
+        if isinstance(event, EndOfTurn):  # only a session that asked for it gets one
+            message = {"type": "end_of_turn", "transcription_num": event.num,
+                       "speech_end": event.speech_end_s, "reason": event.reason,
+                       "probability": event.probability}  # fmt: skip
+            return [Send(message)]
         if isinstance(event, Ended):
             error = event.error
             if error is None:
@@ -124,8 +136,10 @@ class BasetenCodec(Codec):
 
 def transcription_message(event: Transcription, events: bool = False) -> dict[str, Any]:
     """A partial or final as the published ``transcription`` message (``from_finalize`` added
-    only for a session with ``events`` whose finalize cut this final)."""
+    only for a session with ``events`` whose finalize cut this final; ``stable_text`` and
+    ``stable_word_count`` only to the partials of a session with ``stable_partials``)."""
     transcript = event.result
+    stable = event.stable
     segments = [
         SegmentOut(
             text=seg.text,
@@ -156,6 +170,8 @@ def transcription_message(event: Transcription, events: bool = False) -> dict[st
         segments=segments,
         is_end_of_audio_flush=True if event.flush else None,
         from_finalize=True if events and event.cause is FinalCause.FINALIZE else None,
+        stable_text=None if stable is None else " ".join(stable),
+        stable_word_count=None if stable is None else len(stable),
     ).to_json()
 
 

@@ -34,7 +34,7 @@ import math
 import re
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,18 +64,28 @@ from ..events import (
 )
 from ..protocol import EventOptions
 from ..schema import SessionConfig, StreamingParams, VadParams, WhisperParams
+from ..turns import TurnOptions
 from .base import Codec
 
 logger = logging.getLogger(__name__)
 
+# Deepgram Flux's end-of-turn parameters (its /v2/listen; here on v1's protocol): either one
+# turns on end-of-turn detection, and then ``speech_final`` is true on the final that ends the
+# speaker's turn (the Smart Turn model's verdict at that pause), not on every pause.
+EOT_KEYS = frozenset({"eot_threshold", "eot_timeout_ms"})
+EOT_THRESHOLD = (0.5, 0.9)  # Flux's documented range
+EOT_TIMEOUT_MS = (500, 10_000)
 # Every query parameter of Deepgram's live endpoint (its AsyncAPI reference and the deepgram-sdk
 # 7.17 ``listen.v1.connect``), plus ``filler_words`` and ``no_delay`` (documented features that
 # LiveKit sends) and ``detect_language``. Any of them in the query selects this dialect.
-QUERY_KEYS = frozenset(
-    """callback callback_method channels detect_entities detect_language diarize diarize_model
+QUERY_KEYS = (
+    frozenset(
+        """callback callback_method channels detect_entities detect_language diarize diarize_model
     dictation encoding endpointing extra filler_words interim_results keyterm keywords language
     language_hint mip_opt_out model multichannel no_delay numerals profanity_filter punctuate
     redact replace sample_rate search smart_format tag utterance_end_ms vad_events version""".split()
+    )
+    | EOT_KEYS
 )
 LISTEN_PATH = "/v1/listen"  # what an SDK appends to its base URL (it lands in ``_p``: ``?_p=``)
 # Whisper needs whole utterances: a final per 10-25 ms pause (Deepgram's and LiveKit's
@@ -153,6 +163,7 @@ class DeepgramOptions:
     search: list[str] = field(default_factory=list)
     extra: dict[str, str] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)  # given, cannot change the result
+    turns: TurnOptions | None = None  # eot_threshold / eot_timeout_ms: end-of-turn detection
 
     @property
     def formatted(self) -> bool:
@@ -174,6 +185,16 @@ def _int(key: str, value: str, low: int, high: int) -> int:
         number = int(value.strip())
     except ValueError:
         raise invalid(f"{key}: expected an integer, got {value!r}") from None
+    if not low <= number <= high:
+        raise invalid(f"{key}: {number} is outside {low}..{high}")
+    return number
+
+
+def _float(key: str, value: str, low: float, high: float) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise invalid(f"{key}: expected a number, got {value!r}") from None
     if not low <= number <= high:
         raise invalid(f"{key}: {number} is outside {low}..{high}")
     return number
@@ -233,6 +254,14 @@ def parse_query(query: Iterable[tuple[str, str]]) -> DeepgramOptions:
                 o.endpointing_ms = _int(key, value, 0, MAX_ENDPOINTING_MS) or None
         elif key == "utterance_end_ms":
             o.utterance_end_ms = _int(key, value, 1, MAX_ENDPOINTING_MS)
+        elif key == "eot_threshold":
+            o.turns = replace(
+                o.turns or TurnOptions(), threshold=_float(key, value, *EOT_THRESHOLD)
+            )
+        elif key == "eot_timeout_ms":
+            o.turns = replace(
+                o.turns or TurnOptions(), timeout_ms=_int(key, value, *EOT_TIMEOUT_MS)
+            )
         elif key == "keyterm":
             o.keyterms += [value.strip()] if value.strip() else []
         elif key == "keywords":
@@ -583,6 +612,7 @@ class DeepgramCodec(Codec):
             speech_started=o.vad_events,
             utterance_end_ms=o.utterance_end_ms,
             idle_timeout_s=IDLE_TIMEOUT_S,
+            turns=o.turns,
         )
         return self.core.configure(config, events)
 
@@ -683,6 +713,8 @@ class DeepgramCodec(Codec):
         speech_final = (
             event.is_final and event.cause is FinalCause.PAUSE and o.endpointing_ms is not None
         )
+        if event.end_of_turn is not None:  # eot_*: the turn model decides, not the pause alone
+            speech_final = event.end_of_turn
         message = self._results(
             event.offset_s,
             event.audio_s,

@@ -1,0 +1,126 @@
+"""End of turn (sans-I/O): has the speaker finished, or only paused inside a sentence?
+
+``TurnTracker`` follows one stream's utterances. When an utterance ends on a pause it asks for a
+score of the turn so far (``ScoreTurn``: the audio since the turn's first onset, less than
+``speech_common.turn``'s 8 s, for the Smart Turn worker); a score above the threshold ends the
+turn. A low score keeps the turn open: the next utterance continues it, and after
+``timeout_ms`` of silence the turn ends anyway. Speech before a score comes back voids it.
+Positions are stream samples at 16 kHz, as the VAD counts them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from speech_common.audio import SampleBuffer
+from speech_common.turn import (
+    COMPLETE_THRESHOLD,
+    PRE_SPEECH_MS,
+    TURN_CONTEXT_S,
+    TURN_STOP_S,
+    VAD_STOP_S,
+)
+from speech_common.vad import SAMPLE_RATE_HZ
+
+DEFAULT_TIMEOUT_MS = int(TURN_STOP_S * 1000)  # pipecat's STOP_SECS
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    threshold: float = COMPLETE_THRESHOLD  # P(complete) above this ends the turn
+    timeout_ms: int = DEFAULT_TIMEOUT_MS  # silence after which the turn ends whatever the score
+
+
+@dataclass(frozen=True)
+class ScoreTurn:
+    """Ask the turn model about the turn so far; its answer goes to ``scored(ticket, p)``."""
+
+    ticket: int
+    audio: np.ndarray
+
+
+@dataclass(frozen=True)
+class TurnEnded:
+    reason: Literal["model", "timeout"]
+    speech_end_s: float  # where the turn's last speech ended
+    probability: float | None  # the model's P(complete) (None: no score yet at the timeout)
+
+
+class TurnTracker:
+    def __init__(self, options: TurnOptions) -> None:
+        self.options = options
+        self._pre = int(PRE_SPEECH_MS * SAMPLE_RATE_HZ / 1000)
+        self._keep = TURN_CONTEXT_S * SAMPLE_RATE_HZ
+        self._timeout = int(options.timeout_ms * SAMPLE_RATE_HZ / 1000)
+        # The model hears the turn up to this much after its speech, as pipecat asks it (at its
+        # VAD's stop): the score rises with the silence it hears (a cut clip 0.16 with none,
+        # 0.97 with 0.2 s), and our VAD ends an utterance only after the client's 300 ms.
+        self._trailing = int(VAD_STOP_S * SAMPLE_RATE_HZ)
+        self._recent = SampleBuffer(self._keep + self._pre)  # the stream's last samples
+        self._position = 0  # stream samples pushed
+        self._open = False  # a turn has started and not ended
+        self._turn_start = 0  # its first onset
+        self._in_speech = False
+        self._speech_end = 0  # the open turn's last utterance end (while not in speech)
+        self._ticket = 0
+        self._waiting: int | None = None  # the ticket whose score would end the turn
+        self._last_probability: float | None = None
+
+    @property
+    def turn_open(self) -> bool:
+        return self._open
+
+    def push(self, window: np.ndarray) -> list[TurnEnded]:
+        """Audio through the VAD (in order, before that window's utterance events)."""
+        self._recent.append(window)
+        self._position += len(window)
+        if len(self._recent) > self._keep:
+            self._recent.consume(len(self._recent) - self._keep)
+        if (
+            self._open
+            and not self._in_speech
+            and self._position - self._speech_end >= self._timeout
+        ):
+            return [self._end("timeout", self._last_probability)]
+        return []
+
+    def speech_started(self, start_s: float) -> None:
+        """An utterance's onset: it opens a turn or continues the open one."""
+        if not self._open:
+            self._open = True
+            self._turn_start = round(start_s * SAMPLE_RATE_HZ)
+            self._last_probability = None
+        self._in_speech = True
+        self._waiting = None  # the speaker went on: a score still out is void
+
+    def utterance_ended(self, speech_end_s: float) -> ScoreTurn | None:
+        """An utterance ended on a pause (not a forced cut): score the turn so far."""
+        if not self._open:
+            return None
+        self._in_speech = False
+        self._speech_end = round(speech_end_s * SAMPLE_RATE_HZ)
+        self._ticket += 1
+        self._waiting = self._ticket
+        first = self._position - len(self._recent)  # the oldest sample kept
+        start = max(self._turn_start - self._pre, first)
+        end = min(self._speech_end + self._trailing, self._position)
+        audio = self._recent.view()[start - first : max(end - first, start - first)].copy()
+        return ScoreTurn(self._ticket, audio)
+
+    def scored(self, ticket: int, probability: float) -> TurnEnded | None:
+        """The model's answer; it ends the turn if it is still the one asked about."""
+        if ticket != self._waiting or not self._open:
+            return None
+        self._waiting = None
+        self._last_probability = probability
+        if probability > self.options.threshold:
+            return self._end("model", probability)
+        return None
+
+    def _end(self, reason: Literal["model", "timeout"], probability: float | None) -> TurnEnded:
+        self._open = False
+        self._waiting = None
+        return TurnEnded(reason, self._speech_end / SAMPLE_RATE_HZ, probability)
