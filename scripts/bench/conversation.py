@@ -820,6 +820,38 @@ def print_turns(scored: dict) -> None:
                         print(f"  {name} {key}: {r}")
 
 
+def turn_scores(streams_dir: Path, tail_s: float, thresholds: tuple[float, ...]) -> dict:
+    """Smart Turn's P(complete) for each speech part of built streams, offline: the turn from
+    0.5 s before its first voiced sample (a tail's turn starts at its head) to ``tail_s`` after
+    the part's last voiced sample. Counts per threshold: heads (unfinished) and finished parts
+    above it."""
+    from speech_common.turn import PRE_SPEECH_MS, SmartTurn
+
+    model = SmartTurn()
+    scores: dict[str, list] = {"head": [], "finished": []}
+    for meta_path in sorted(streams_dir.glob("conv-*.json")):
+        meta = json.loads(meta_path.read_text())
+        audio = read_pcm16(meta_path.with_suffix(".wav")).astype(np.float32) / 32768.0
+        parts = [seg for seg in meta["segments"] if seg["kind"] == "speech"]
+        for i, part in enumerate(parts):
+            complete = ends_a_sentence(part)
+            key = "head" if part["part"] == "head" and not complete else "finished"
+            if complete is None or (complete is False and part["part"] != "head"):
+                continue  # neither: a clause end at a clip's end, a LibriVox utterance
+            first = parts[i - 1] if part["part"] == "tail" else part
+            lo = round((first["voiced_start_s"] - PRE_SPEECH_MS / 1000) * RATE)
+            hi = round((part["voiced_end_s"] + tail_s) * RATE)
+            p = float(model.probabilities([audio[max(lo, 0) : hi]])[0])
+            scores[key].append({"clip": part["clip"], "text_end": part["text"][-25:], "p": p})
+    return {
+        "scores": scores,
+        "above": {
+            t: {k: sum(r["p"] > t for r in v) for k, v in scores.items()} for t in thresholds
+        },
+        "count": {k: len(v) for k, v in scores.items()},
+    }
+
+
 # -- command line ------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -851,6 +883,9 @@ def main() -> None:
     )
     t = sub.add_parser("turns", help="score the end_of_turn messages of a bench-stt/replay run")
     t.add_argument("report", type=Path)
+    ts = sub.add_parser("turn-scores", help="Smart Turn's score of each part, offline")
+    ts.add_argument("dir", type=Path)
+    ts.add_argument("--tail", type=float, default=0.2, help="seconds after the last voiced sample")
     c = sub.add_parser("cuts", help="find each clip's in-sentence cut point (prints JSON)")
     c.add_argument("--hesitations", action="store_true", help="after a function word instead")
     args = parser.parse_args()
@@ -865,6 +900,11 @@ def main() -> None:
                 f"{path}: {meta['duration_s']:.1f} s, {len(meta['text'].split())} words, "
                 f"{kinds['pause']} in-sentence pauses, speakers: {', '.join(meta['speakers'])}"
             )
+    elif args.command == "turn-scores":
+        result = turn_scores(args.dir, args.tail, (0.5, 0.7, 0.9, 0.97))
+        for key, rows in result["scores"].items():
+            print(key, " ".join(f"{r['p']:.3f}" for r in sorted(rows, key=lambda r: r["p"])))
+        print("of", json.dumps(result["count"]), "above:", json.dumps(result["above"]))
     elif args.command == "turns":
         print_turns(score_turns(json.loads(args.report.read_text())))
     elif args.command == "diagnose":

@@ -1,10 +1,10 @@
 """End of turn (sans-I/O): has the speaker finished, or only paused inside a sentence?
 
 ``TurnTracker`` follows one stream's utterances. When an utterance ends on a pause it asks for a
-score of the turn so far (``ScoreTurn``: the audio since the turn's first onset, less than
-``speech_common.turn``'s 8 s, for the Smart Turn worker); a score above the threshold ends the
-turn. A low score keeps the turn open: the next utterance continues it, and after
-``timeout_ms`` of silence the turn ends anyway. Speech before a score comes back voids it.
+score of the turn so far (``ScoreTurn``: its audio from 0.5 s before its first onset to the end
+of its speech, at most ``speech_common.turn``'s 8 s, for the Smart Turn worker); a score above
+the threshold ends the turn. A low score keeps the turn open: the next utterance continues it,
+and after ``timeout_ms`` of silence the turn ends anyway. Speech before a score comes back voids it.
 Positions are stream samples at 16 kHz, as the VAD counts them.
 """
 
@@ -16,13 +16,7 @@ from typing import Literal
 import numpy as np
 
 from speech_common.audio import SampleBuffer
-from speech_common.turn import (
-    COMPLETE_THRESHOLD,
-    PRE_SPEECH_MS,
-    TURN_CONTEXT_S,
-    TURN_STOP_S,
-    VAD_STOP_S,
-)
+from speech_common.turn import COMPLETE_THRESHOLD, PRE_SPEECH_MS, TURN_CONTEXT_S, TURN_STOP_S
 from speech_common.vad import SAMPLE_RATE_HZ
 
 DEFAULT_TIMEOUT_MS = int(TURN_STOP_S * 1000)  # pipecat's STOP_SECS
@@ -55,10 +49,6 @@ class TurnTracker:
         self._pre = int(PRE_SPEECH_MS * SAMPLE_RATE_HZ / 1000)
         self._keep = TURN_CONTEXT_S * SAMPLE_RATE_HZ
         self._timeout = int(options.timeout_ms * SAMPLE_RATE_HZ / 1000)
-        # The model hears the turn up to this much after its speech, as pipecat asks it (at its
-        # VAD's stop): the score rises with the silence it hears (a cut clip 0.16 with none,
-        # 0.97 with 0.2 s), and our VAD ends an utterance only after the client's 300 ms.
-        self._trailing = int(VAD_STOP_S * SAMPLE_RATE_HZ)
         self._recent = SampleBuffer(self._keep + self._pre)  # the stream's last samples
         self._position = 0  # stream samples pushed
         self._open = False  # a turn has started and not ended
@@ -106,7 +96,10 @@ class TurnTracker:
         self._waiting = self._ticket
         first = self._position - len(self._recent)  # the oldest sample kept
         start = max(self._turn_start - self._pre, first)
-        end = min(self._speech_end + self._trailing, self._position)
+        # Up to the end of its speech, no silence after it: the score rises with the silence the
+        # model hears (pipecat gives it its VAD's 0.2 s stop; on the hesitation set that ended
+        # the turn at 6 of 14 pauses inside a sentence, with none at 2: docs/benchmarks.md).
+        end = min(self._speech_end, self._position)
         audio = self._recent.view()[start - first : max(end - first, start - first)].copy()
         return ScoreTurn(self._ticket, audio)
 
