@@ -30,11 +30,12 @@ venv-clients: $(CLIENTS_VENV)/.installed
 demo: venv
 	$(BIN)/python scripts/local/demo.py
 
-## Unit + end-to-end tests (real Truss server over real WebSockets), lint first.
+## Unit + end-to-end tests (real Truss server over real WebSockets), lint first; two workers,
+## each test file on one (the end-to-end tests' real-time pacing leaves a core idle).
 test: venv venv-clients
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not e2e"

@@ -157,8 +157,19 @@ def build_context(truss_dir: Path, out: Path) -> None:
         raise RuntimeError(f"truss CLI not found at {truss_cli}; run with the dev venv's python")
     cmd = [str(truss_cli), "image", "build-context", str(out), str(truss_dir), "--non-interactive"]
     logger.info("building context: %s", " ".join(cmd))
+    # Truss first copies a truss with external_package_dirs to ~/.truss/shadow_trusses/<hash of
+    # its path>, a cache every run shares: two builds of one truss at once (pytest's two
+    # workers) raced there ("refers to external package at ~/shared"), and each with_config
+    # copy left one behind. The CLI's HOME is a folder beside ``out``, removed with it.
+    home = out.parent / "truss-home"
+    home.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        cmd, stdout=sys.stderr, stderr=sys.stderr, timeout=BUILD_TIMEOUT_S, check=False
+        cmd,
+        stdout=sys.stderr,
+        stderr=sys.stderr,
+        timeout=BUILD_TIMEOUT_S,
+        check=False,
+        env={**os.environ, "HOME": str(home)},
     )
     if result.returncode != 0 or not (out / "config.yaml").is_file():
         raise RuntimeError(f"truss image build-context failed (exit {result.returncode})")
