@@ -241,3 +241,32 @@ def test_vllm_gives_up_before_the_startup_probe() -> None:
 
     config = TrussConfig.from_yaml(REPO_ROOT / "orpheus_tts_truss" / "config.yaml")
     assert ENGINE_START_TIMEOUT_S < config.runtime.health_checks.startup_threshold_seconds
+
+
+# What production deploys differently from the settings' defaults: each on purpose (the
+# settings' default serves the CPU stand-in or a deployment without the file).
+PRODUCTION_ONLY = {
+    "orpheus_tts_truss": {"snac_max_batch", "aligner_model"},  # H100 batch; mounted weights
+    "whisper_streaming_truss": set(),
+}
+
+
+@pytest.mark.parametrize("truss", TRUSS_DIRS)
+def test_config_metadata_restates_the_settings_defaults(truss: str) -> None:
+    """Each default has one home, the truss's settings model; config.yaml's model_metadata
+    lists them for whoever deploys it, and may differ only where PRODUCTION_ONLY says so."""
+    import yaml
+
+    from orpheus_tts.settings import OrpheusSettings
+    from whisper_streaming.settings import WhisperSettings
+
+    settings = {"whisper_streaming_truss": WhisperSettings, "orpheus_tts_truss": OrpheusSettings}
+    defaults = settings[truss]()
+    for config in sorted((REPO_ROOT / truss).glob("config*.yaml")):
+        metadata = yaml.safe_load(config.read_text())["model_metadata"]
+        differs = {
+            key
+            for key, value in metadata.items()
+            if key in type(defaults).model_fields and value != getattr(defaults, key)
+        }
+        assert differs == PRODUCTION_ONLY[truss], config.name

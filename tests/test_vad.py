@@ -658,3 +658,21 @@ def test_a_first_onset_after_a_long_silence_gets_the_pause_preroll() -> None:
     f.push(*[SILENCE] * 40, *[SPEECH] * 10)
     (end,) = f.flush()
     _assert_ramp(end.audio, 40 * WINDOW_SAMPLES - _samples(256), 50 * WINDOW_SAMPLES)
+
+
+def test_step_hands_each_jobs_advanced_state_back(silero: SileroVad) -> None:
+    """The worker's call: a job's state comes back in its result, advanced as probabilities()
+    advances it (the session gave it up while the job ran)."""
+    rng = np.random.default_rng(7)
+    windows = (rng.standard_normal((6, WINDOW_SAMPLES)) * 0.1).astype(np.float32)
+    given = VadStreamState.fresh()
+    (result,) = silero.step([(given, windows[:3])])
+    assert result.state is given
+    reference = VadStreamState.fresh()
+    (expected,) = silero.probabilities([(reference, windows[:3])])
+    np.testing.assert_array_equal(result.probabilities, expected)
+    np.testing.assert_array_equal(result.state.state, reference.state)
+    (after,) = silero.step([(result.state, windows[3:])])
+    np.testing.assert_array_equal(
+        after.probabilities, silero.probabilities([(reference, windows[3:])])[0]
+    )

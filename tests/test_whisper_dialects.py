@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from scripts.clients.stt import v1_metadata
 from speech_common.audio import alaw_decode, alaw_encode, mulaw_encode
 from speech_common.driver import Cancel, Close, Command, Send, Submit
-from speech_common.vad import WINDOW_SAMPLES
+from speech_common.vad import WINDOW_SAMPLES, VadResult
 from speech_common.ws import CloseCode, ProtocolError
 from whisper_streaming.codec_session import CodecSession
 from whisper_streaming.dialects import (
@@ -117,7 +117,8 @@ class Harness:
             if job.worker == VAD_WORKER:
                 self.jobs.pop(job_id)
                 probs = np.full(len(job.payload[1]), SPEECH if speech else SILENCE)
-                self.apply(self.session.on_result(job_id, probs, self.now))
+                result = VadResult(probs, job.payload[0])
+                self.apply(self.session.on_result(job_id, result, self.now))
 
     def speak(self, seconds: float, speech: bool = True, frame: bytes | None = None) -> None:
         frame = frame or b"\x01\x00" * WINDOW_SAMPLES

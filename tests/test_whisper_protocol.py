@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from scripts.clients.stt import v1_metadata
 from speech_common.driver import Cancel, Close, Command, JobCancelled, Send, Submit
-from speech_common.vad import WINDOW_SAMPLES
+from speech_common.vad import WINDOW_SAMPLES, VadResult, VadStreamState
 from speech_common.ws import load_json
 from whisper_streaming.codec_session import CodecSession
 from whisper_streaming.engine import JobKind, Segment, Transcript
@@ -85,9 +85,8 @@ class Harness:
         elif command.worker == VAD_WORKER:
             windows = command.payload[1]
             pattern = speech or [False]
-            result = np.array(
-                [SPEECH if pattern[i % len(pattern)] else SILENCE for i in range(len(windows))]
-            )
+            probs = [SPEECH if pattern[i % len(pattern)] else SILENCE for i in range(len(windows))]
+            result = VadResult(np.array(probs), command.payload[0])
         else:
             kind = command.payload.kind
             result = transcript("final words" if kind is JobKind.FINAL else "partial words")
@@ -162,6 +161,22 @@ def test_utterance_final_and_clean_end() -> None:
     assert h.sent[0]["is_final"] and h.sent[0]["transcript"] == "final words"
     assert h.core.done and h.closes[0].code == 1000
     h.check_order()
+
+
+def test_the_vad_state_travels_with_its_job_and_comes_back_in_the_result() -> None:
+    """No worker thread touches state the core holds: the core gives its Silero state to the
+    VAD job and takes the one in the result for the next job."""
+    h = Harness()
+    h.text(v1_metadata(partials=False))
+    h.audio(WINDOW_SAMPLES)
+    (job_id,) = h.jobs
+    first_state = h.jobs[job_id].payload[0]
+    advanced = VadStreamState.fresh()
+    h.jobs.pop(job_id)
+    h.apply(h.core.on_result(job_id, VadResult(np.array([SILENCE]), advanced), h.now))
+    h.audio(WINDOW_SAMPLES)
+    (next_id,) = h.jobs
+    assert h.jobs[next_id].payload[0] is advanced is not first_state
 
 
 def test_metadata_timeout_and_audio_first() -> None:

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from scripts.clients.stt import v1_metadata
 from speech_common.driver import Send, Submit
-from speech_common.vad import WINDOW_SAMPLES
+from speech_common.vad import WINDOW_SAMPLES, VadResult
 from whisper_streaming.codec_session import CodecSession
 from whisper_streaming.engine import JobKind, Segment, Transcript
 from whisper_streaming.events import Transcription
-from whisper_streaming.protocol import VAD_WORKER, CoreLimits
+from whisper_streaming.protocol import VAD_WORKER, WHISPER_WORKER, CoreLimits
 from whisper_streaming.stability import LocalAgreement, normalise
 
 SPEECH, SILENCE = 0.95, 0.01
@@ -180,12 +180,13 @@ class Session:
                 if job.worker == VAD_WORKER:
                     del self.jobs[job_id]
                     probs = np.full(len(job.payload[1]), SPEECH if speech else SILENCE)
-                    self.apply(self.session.on_result(job_id, probs, self.now))
+                    result = VadResult(probs, job.payload[0])
+                    self.apply(self.session.on_result(job_id, result, self.now))
 
     def whisper(self, texts: Iterator[str]) -> None:
         """Answer every Whisper job: partials with the next scripted text, finals "final"."""
         for job_id, job in sorted(self.jobs.items()):
-            if job.worker == VAD_WORKER:
+            if job.worker != WHISPER_WORKER:
                 continue
             del self.jobs[job_id]
             partial = job.payload.kind is JobKind.PARTIAL

@@ -111,7 +111,7 @@ class Replayer:
         from whisper_streaming.protocol import TURN_WORKER, VAD_WORKER
 
         if command.worker == VAD_WORKER:
-            return self.vad.probabilities([command.payload])[0]
+            return self.vad.step([command.payload])[0]
         if command.worker == TURN_WORKER:
             return float(self.turn.probabilities([command.payload])[0])
         return self.engine.run([command.payload])[0]

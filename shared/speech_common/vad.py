@@ -304,6 +304,15 @@ class VadStreamState:
         return state
 
 
+VadJob = tuple[VadStreamState, np.ndarray]  # a stream's state and its next windows[k, 512]
+
+
+@dataclass(frozen=True)
+class VadResult:
+    probabilities: np.ndarray  # one per window
+    state: VadStreamState  # the stream's state after them
+
+
 class SileroVad:
     """Silero VAD (the bundled ONNX model); one session shared by all streams."""
 
@@ -323,8 +332,16 @@ class SileroVad:
         )
         self._after_silence = silence
 
-    def probabilities(self, streams: list[tuple[VadStreamState, np.ndarray]]) -> list[np.ndarray]:
-        """For each (state, windows[k, 512]) return k probabilities; runs streams in lockstep."""
+    def step(self, jobs: list[VadJob]) -> list[VadResult]:
+        """The worker's call: each job's probabilities and its stream's state after them. A
+        job's state is the caller's no more once submitted (the worker thread advances it); it
+        comes back in the result, so no thread touches state a session still holds."""
+        probs = self.probabilities(jobs)
+        return [VadResult(p, state) for p, (state, _) in zip(probs, jobs, strict=True)]
+
+    def probabilities(self, streams: list[VadJob]) -> list[np.ndarray]:
+        """For each (state, windows[k, 512]) return k probabilities, advancing each state; runs
+        streams in lockstep."""
         for vs, _ in streams:
             if not vs.primed:
                 vs.state = self._after_silence.state.copy()

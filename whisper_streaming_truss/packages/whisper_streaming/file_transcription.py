@@ -410,10 +410,11 @@ class FileTranscriber:
                 windows = audio[:usable].astype(np.float32).reshape(-1, WINDOW_SAMPLES)
                 ready: list[Chunk] = []
                 if len(windows):
-                    probs = await self.scheduler.vad.submit(
+                    result = await self.scheduler.vad.submit(
                         (state, windows), stream_id=self.id, priority=VAD_PRIORITY
                     )
-                    for window, prob in zip(windows, probs, strict=True):
+                    state = result.state  # the worker advanced it; it is ours again
+                    for window, prob in zip(windows, result.probabilities, strict=True):
                         ready += chunker.push(window, float(prob))
                 if last:
                     ready += chunker.flush()

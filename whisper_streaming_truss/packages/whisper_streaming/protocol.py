@@ -85,6 +85,10 @@ class Phase(Enum):
 
 @dataclass(frozen=True)
 class CoreLimits:
+    """A session core's limits. Its own defaults switch every extra off (pre-roll, post-roll,
+    stream head, beam: what the unit tests build on); a deployment's values come from
+    ``WhisperSettings``, their one home, through ``session.core_limits``."""
+
     first_frame_timeout_s: float = 30.0
     max_buffered_audio_s: float = 20.0  # audio received but not yet through the VAD
     speculative_finals: bool = True
@@ -142,7 +146,9 @@ class SttCore:
         # audio
         self._audio_in: AudioInput | None = None
         self._windows = np.zeros(0, np.float32)  # 16 kHz samples waiting for the VAD
-        self._vad_state = VadStreamState.after_silence()
+        # Silero's state for this stream; None while a VAD job holds it (the worker thread
+        # advances it and the result hands it back: no thread touches state the core holds).
+        self._vad_state: VadStreamState | None = VadStreamState.after_silence()
         self._vad_job: tuple[int, np.ndarray] | None = None  # (job id, its windows)
         self._received = 0  # 16 kHz samples received
         self._pushed = 0  # windows through the VAD
@@ -390,7 +396,8 @@ class SttCore:
         job_id = self._ids.new()
         self._vad_job = (job_id, windows)
         self._outstanding.add(job_id)
-        return [Submit(job_id, VAD_WORKER, (self._vad_state, windows))]
+        state, self._vad_state = self._vad_state, None
+        return [Submit(job_id, VAD_WORKER, (state, windows))]
 
     def _on_vad(self, result: Any, now: float) -> list[Output]:
         _, windows = self._vad_job
@@ -402,8 +409,9 @@ class SttCore:
                     "internal_error", "voice activity detection failed", CloseCode.INTERNAL_ERROR
                 )
             )
+        self._vad_state = result.state  # handed back by the worker
         outputs: list[Output] = []
-        for window, prob in zip(windows, result, strict=True):
+        for window, prob in zip(windows, result.probabilities, strict=True):
             if self._turns is not None:
                 for ended in self._turns.push(window):
                     outputs.extend(self._turn_ended(ended, now))

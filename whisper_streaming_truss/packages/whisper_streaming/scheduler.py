@@ -13,7 +13,7 @@ import numpy as np
 from speech_common.admission import Admission, AdmissionPolicy
 from speech_common.batching import BatchWorker
 from speech_common.turn import SmartTurn
-from speech_common.vad import SileroVad, VadStreamState
+from speech_common.vad import SileroVad, VadJob, VadResult
 from speech_common.ws import ProtocolError
 
 from .engine import JobKind, TranscribeJob, Transcript, WhisperEngine
@@ -21,7 +21,6 @@ from .metrics import PARTIALS_SHED, QUEUE_DEPTH
 
 logger = logging.getLogger(__name__)
 
-VadJob = tuple[VadStreamState, np.ndarray]
 # Under pressure partials are shed (dropped at submission) while a final has waited this long:
 # a partial is a preview, a final is the answer.
 SHED_PARTIALS_WAIT_S = 0.25
@@ -49,8 +48,8 @@ class Scheduler:
         self.whisper: BatchWorker[TranscribeJob, Transcript] = BatchWorker(
             "whisper", engine.run, max_batch=max_batch, batch_key=engine.batch_key
         )
-        self.vad: BatchWorker[VadJob, np.ndarray] = BatchWorker(
-            "silero-vad", vad.probabilities, max_batch=vad_max_batch
+        self.vad: BatchWorker[VadJob, VadResult] = BatchWorker(
+            "silero-vad", vad.step, max_batch=vad_max_batch
         )
         # None: no session may ask for end-of-turn detection (the model was not loaded).
         self.turn: BatchWorker[np.ndarray, float] | None = (
