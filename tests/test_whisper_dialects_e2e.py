@@ -86,3 +86,41 @@ def test_baseten_events_opt_in(whisper_server: Any) -> None:
     assert len(cut) == 1 and cut[0]["is_final"] and wer(ref["text"], cut[0]["transcript"]) <= 0.15
     after = kinds[kinds.index("transcription", kinds.index("utterance_end")) + 1]
     assert after == "finalize" and messages[-1]["body"]["status"] == "finished"
+
+
+@pytest.mark.parametrize("cut", ["rst", "fin", "clean"])
+@pytest.mark.parametrize(
+    "point",
+    ["before_audio", "mid_audio", "final_pending", "turn_pending", "after_finalize",
+     "after_close_stream", "after_bad_control"],
+)  # fmt: skip
+def test_deepgram_disconnect_at_every_point_frees_the_session(whisper_server, point, cut):
+    """A Deepgram client that leaves at any point (TCP reset, FIN without a close frame, or a
+    clean close) frees its slot and its queued work, as Baseten's clients do."""
+    from tests.test_whisper_e2e import _settled
+
+    audio, _ = sample("order_en")
+    query = "?model=nova-3&encoding=linear16&sample_rate=16000&interim_results=true"
+    if point == "turn_pending":
+        query += "&eot_threshold=0.5"
+
+    async def go():
+        async with websockets.connect(whisper_server.ws_url + query) as ws:
+            frames = [] if point == "before_audio" else frames_of(audio)
+            for frame in frames[:50] if point == "mid_audio" else frames:
+                await ws.send(frame)
+            if point in ("final_pending", "turn_pending"):
+                await asyncio.sleep(0.15)  # an utterance ended: its final (and score) run
+            elif point == "after_finalize":
+                await ws.send(json.dumps({"type": "Finalize"}))
+            elif point == "after_close_stream":
+                await ws.send(json.dumps({"type": "CloseStream"}))  # finals + Metadata pending
+            elif point == "after_bad_control":
+                await ws.send(json.dumps({"type": "Bogus"}))
+            if cut == "rst":
+                ws.transport.abort()
+            elif cut == "fin":
+                ws.transport.close()
+
+    asyncio.run(go())
+    _settled(whisper_server)
