@@ -17,17 +17,19 @@ the end of the flush, or a disconnect ends it; ending cancels every job still ou
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Literal
 
 import numpy as np
 
-from speech_common.audio import AudioInput, Encoding
+from speech_common.audio import Encoding
 from speech_common.driver import Cancel, JobIds, Submit
-from speech_common.vad import SAMPLE_RATE_HZ, WINDOW_SAMPLES, VadOptions, VadStreamState
+from speech_common.vad import SAMPLE_RATE_HZ, WINDOW_SAMPLES, VadOptions
 from speech_common.ws import CloseCode, ProtocolError
 
 from . import metrics
@@ -45,6 +47,7 @@ from .events import (
     Transcription,
     UtteranceEnd,
 )
+from .intake import AudioIntake
 from .schema import SessionConfig
 from .stability import LocalAgreement
 from .turns import ScoreTurn, TurnEnded, TurnOptions, TurnTracker
@@ -71,9 +74,10 @@ TURN_WORKER = "turn"
 # one bad final cannot start a loop that feeds itself.
 CONTEXT_MAX_CHARS = 600
 CONTEXT_RESET_TEMPERATURE = 0.5
-ARRIVALS_KEPT = 4096  # (sample, time) pairs kept to time finals from the speech's arrival
 # One audio frame: clients send 512 samples (1 KiB); 1 MiB is ~33 s of 16 kHz s16le.
 MAX_AUDIO_FRAME_BYTES = 1 << 20
+# A job's result goes to the part of the core that asked: handler(job_id, result, now).
+Handler = Callable[[int, Any, float], list["Output"]]
 
 
 class Phase(Enum):
@@ -142,21 +146,14 @@ class SttCore:
         self._deadline: float | None = None  # the metadata deadline
         self._heard_at: float | None = None  # the client's last frame (idle deadline)
         self._ids = JobIds()
-        self._outstanding: set[int] = set()  # every job submitted and not yet resolved
+        # Each job submitted and not yet resolved, and the part of the core its result goes to.
+        self._handlers: dict[int, Callable[[Any, float], list[Output]]] = {}
         # audio
-        self._audio_in: AudioInput | None = None
-        self._windows = np.zeros(0, np.float32)  # 16 kHz samples waiting for the VAD
-        # Silero's state for this stream; None while a VAD job holds it (the worker thread
-        # advances it and the result hands it back: no thread touches state the core holds).
-        self._vad_state: VadStreamState | None = VadStreamState.after_silence()
-        self._vad_job: tuple[int, np.ndarray] | None = None  # (job id, its windows)
-        self._received = 0  # 16 kHz samples received
+        self._intake: AudioIntake | None = None  # decoding, the VAD's windows and state
         self._pushed = 0  # windows through the VAD
-        self._arrivals: deque[tuple[int, float]] = deque(maxlen=ARRIVALS_KEPT)
         # transcription
         self._tracker: UtteranceTracker | None = None
         self._decode: DecodeOptions | None = None
-        self._partials: dict[int, tuple[int, int, int, float]] = {}  # job -> (num, seq, n, off)
         self._partial_seq = 0
         self._last_partial_sent: dict[int, int] = {}  # num -> seq of the newest partial sent
         self._stability: dict[int, LocalAgreement] = {}  # num -> its stable prefix (opt-in)
@@ -174,7 +171,6 @@ class SttCore:
         self._last_final: tuple[int, float] = (-1, 0.0)  # (num, end of its last word)
         # end of turn (opt-in)
         self._turns: TurnTracker | None = None
-        self._turn_jobs: dict[int, int] = {}  # turn-score job -> its ticket
         self._words_in_turn = False  # a final with words went out since the last EndOfTurn
 
     # -- the driver's side -------------------------------------------------------------------------
@@ -193,7 +189,7 @@ class SttCore:
 
     @property
     def outstanding_jobs(self) -> frozenset[int]:
-        return frozenset(self._outstanding)
+        return frozenset(self._handlers)
 
     def start(self, now: float) -> list[Output]:
         self._deadline = now + self.limits.first_frame_timeout_s
@@ -226,16 +222,8 @@ class SttCore:
         return []  # nothing here waits for the client to have read a message
 
     def on_result(self, job_id: int, result: Any, now: float) -> list[Output]:
-        if self.done or job_id not in self._outstanding:
-            return []
-        self._outstanding.discard(job_id)
-        if self._vad_job is not None and job_id == self._vad_job[0]:
-            return self._on_vad(result, now)
-        if job_id in self._partials:
-            return self._on_partial(job_id, result)
-        if job_id in self._turn_jobs:
-            return self._on_turn_score(job_id, result, now)
-        return self._on_transcript(job_id, result, now)
+        handler = None if self.done else self._handlers.pop(job_id, None)
+        return [] if handler is None else handler(result, now)  # a cancelled job: nothing
 
     # -- the codec's side: a client's requests ------------------------------------------------------
     def configure(self, config: SessionConfig, events: EventOptions | None = None) -> list[Output]:
@@ -278,9 +266,8 @@ class SttCore:
                 f"audio frames are limited to {MAX_AUDIO_FRAME_BYTES} bytes",
                 CloseCode.MESSAGE_TOO_BIG,
             )
-        samples = self._audio_in.feed(data)
-        self._add_audio(samples, now)
-        if len(self._windows) > self.limits.max_buffered_audio_s * SAMPLE_RATE_HZ:
+        self._received(lambda: self._intake.feed(data, now))
+        if self._intake.backlog_s > self.limits.max_buffered_audio_s:
             return self.fail(
                 ProtocolError(
                     "overloaded", "server cannot keep up with the audio", CloseCode.TRY_AGAIN_LATER
@@ -306,11 +293,7 @@ class SttCore:
             return []  # a second end_audio changes nothing
         self.phase = Phase.DRAINING
         self._finalize_at.clear()  # the flush covers them; their markers come from the flush
-        tail = self._audio_in.flush()
-        self._add_audio(tail, now)
-        if len(self._windows) % WINDOW_SAMPLES:  # the last partial window, zero-padded
-            pad = WINDOW_SAMPLES - len(self._windows) % WINDOW_SAMPLES
-            self._windows = np.concatenate([self._windows, np.zeros(pad, np.float32)])
+        self._received(lambda: self._intake.flush(now))
         return [EndAudio("acknowledged"), *self._submit_vad(now)]
 
     def finalize(self, now: float) -> list[Output]:
@@ -318,7 +301,7 @@ class SttCore:
         final comes as a ``FinalCause.FINALIZE`` one, then ``Finalized``; the session goes on."""
         if self.phase is not Phase.STREAMING:
             return []  # after end_audio the flush finalizes everything anyway
-        self._finalize_at.append(self._received // WINDOW_SAMPLES)
+        self._finalize_at.append(self._intake.received // WINDOW_SAMPLES)
         return self._finalize_due(now)
 
     def fail(self, error: ProtocolError) -> list[Output]:
@@ -333,7 +316,7 @@ class SttCore:
     def _configure(self, config: SessionConfig) -> None:
         s = config.streaming
         self.config = config
-        self._audio_in = AudioInput(Encoding(s.encoding), s.sample_rate, SAMPLE_RATE_HZ)
+        self._intake = AudioIntake(Encoding(s.encoding), s.sample_rate)
         vad_options = VadOptions(
             threshold=config.vad.threshold,
             min_silence_duration_ms=config.vad.min_silence_duration_ms,
@@ -377,39 +360,35 @@ class SttCore:
         self.phase = Phase.STREAMING
 
     # -- audio -> VAD ----------------------------------------------------------------------------
-    def _add_audio(self, samples: np.ndarray, now: float) -> None:
-        self._received += len(samples)
-        self._arrivals.append((self._received, now))
-        metrics.AUDIO_SECONDS.inc(len(samples) / SAMPLE_RATE_HZ)
-        if len(samples):
-            self._windows = np.concatenate([self._windows, samples])
+    def _received(self, take_audio: Callable[[], None]) -> None:
+        before = self._intake.received
+        take_audio()
+        metrics.AUDIO_SECONDS.inc((self._intake.received - before) / SAMPLE_RATE_HZ)
+
+    def _submit(self, worker: str, payload: Any, handler: Handler, **options: Any) -> Submit:
+        """A job, and the part of the core its result goes to (``handler(job_id, result,
+        now)``, unless the job is cancelled first)."""
+        job_id = self._ids.new()
+        self._handlers[job_id] = lambda result, now: handler(job_id, result, now)
+        return Submit(job_id, worker, payload, **options)
 
     def _submit_vad(self, now: float) -> list[Output]:
         """One VAD job in flight per session (its recurrent state travels with it)."""
-        if self._vad_job is not None:
-            return []
-        n = len(self._windows) // WINDOW_SAMPLES
-        if n == 0:
-            return self._maybe_flush(now)
-        windows = self._windows[: n * WINDOW_SAMPLES].reshape(n, WINDOW_SAMPLES)
-        self._windows = self._windows[n * WINDOW_SAMPLES :].copy()
-        job_id = self._ids.new()
-        self._vad_job = (job_id, windows)
-        self._outstanding.add(job_id)
-        state, self._vad_state = self._vad_state, None
-        return [Submit(job_id, VAD_WORKER, (state, windows))]
+        job = self._intake.next_job()
+        if job is None:
+            return [] if self._intake.job_in_flight else self._maybe_flush(now)
+        return [self._submit(VAD_WORKER, job, self._on_vad)]
 
-    def _on_vad(self, result: Any, now: float) -> list[Output]:
-        _, windows = self._vad_job
-        self._vad_job = None
+    def _on_vad(self, job_id: int, result: Any, now: float) -> list[Output]:
         if isinstance(result, BaseException):
+            self._intake.job_lost()
             logger.warning("VAD job failed: %r", result)
             return self.fail(
                 ProtocolError(
                     "internal_error", "voice activity detection failed", CloseCode.INTERNAL_ERROR
                 )
             )
-        self._vad_state = result.state  # handed back by the worker
+        windows = self._intake.job_done(result)  # the stream's state is back
         outputs: list[Output] = []
         for window, prob in zip(windows, result.probabilities, strict=True):
             if self._turns is not None:
@@ -424,7 +403,7 @@ class SttCore:
 
     def _maybe_flush(self, now: float) -> list[Output]:
         """After end_audio, once every window went through the VAD: close the open utterance."""
-        if self.phase is not Phase.DRAINING or self._flushed or len(self._windows):
+        if self.phase is not Phase.DRAINING or self._flushed or not self._intake.drained:
             return []
         self._flushed = True
         outputs: list[Output] = []
@@ -461,18 +440,20 @@ class SttCore:
         return self._emit(now)
 
     # -- transcription requests ------------------------------------------------------------------
-    def _submit_transcribe(self, kind: JobKind, audio: np.ndarray, offset_s: float) -> Submit:
-        job_id = self._ids.new()
-        self._outstanding.add(job_id)
+    def _submit_transcribe(
+        self, kind: JobKind, audio: np.ndarray, offset_s: float, handler: Handler
+    ) -> Submit:
         options = self._decode
         if kind is JobKind.FINAL and self.config.whisper.condition_on_previous_text:
             options = replace(options, context=self._context)
         job = TranscribeJob(kind, audio, options, offset_s)
         replace_key = "partial" if kind is JobKind.PARTIAL else None
-        return Submit(job_id, WHISPER_WORKER, job, priority=int(kind), replace_key=replace_key)
+        return self._submit(
+            WHISPER_WORKER, job, handler, priority=int(kind), replace_key=replace_key
+        )
 
     def _cancel(self, job_id: int) -> Cancel:
-        self._outstanding.discard(job_id)
+        self._handlers.pop(job_id, None)
         self._spec_results.pop(job_id, None)
         return Cancel(job_id)
 
@@ -488,20 +469,19 @@ class SttCore:
                 outputs.append(SpeechStarted(request.num, round(request.start_s, 3)))
             return outputs
         if isinstance(request, PartialRequest):
-            submit = self._submit_transcribe(JobKind.PARTIAL, request.audio, request.offset_s)
             self._partial_seq += 1
-            self._partials[submit.job_id] = (
-                request.num,
-                self._partial_seq,
-                len(request.audio),
-                request.offset_s,
-            )
-            return [submit]
+            asked = (request.num, self._partial_seq, len(request.audio), request.offset_s)
+            handler = functools.partial(self._on_partial, asked)
+            return [
+                self._submit_transcribe(JobKind.PARTIAL, request.audio, request.offset_s, handler)
+            ]
         if isinstance(request, SpeculativeFinal):
             outputs: list[Output] = []
             if self._spec is not None:
                 outputs.append(self._cancel(self._spec[2]))
-            submit = self._submit_transcribe(JobKind.FINAL, request.audio, request.offset_s)
+            submit = self._submit_transcribe(
+                JobKind.FINAL, request.audio, request.offset_s, self._on_transcript
+            )
             self._spec = (request.num, len(request.audio), submit.job_id)
             return [*outputs, submit]
         if isinstance(request, FinalRequest):
@@ -525,7 +505,7 @@ class SttCore:
             None,
             len(request.audio) / SAMPLE_RATE_HZ,
             request.offset_s,
-            self._arrival_of(round(request.speech_end_s * SAMPLE_RATE_HZ), now),
+            self._intake.arrival_of(round(request.speech_end_s * SAMPLE_RATE_HZ), now),
             cause,
         )
         if self._spec is not None:
@@ -538,7 +518,9 @@ class SttCore:
             else:
                 outputs.append(self._cancel(job_id))
         if final.job_id is None:
-            submit = self._submit_transcribe(JobKind.FINAL, request.audio, request.offset_s)
+            submit = self._submit_transcribe(
+                JobKind.FINAL, request.audio, request.offset_s, self._on_transcript
+            )
             final.job_id = submit.job_id
             outputs.append(submit)
         if self._turns is not None and cause is FinalCause.PAUSE:
@@ -555,13 +537,10 @@ class SttCore:
 
     # -- end of turn ---------------------------------------------------------------------------------
     def _submit_turn_score(self, score: ScoreTurn) -> Submit:
-        job_id = self._ids.new()
-        self._outstanding.add(job_id)
-        self._turn_jobs[job_id] = score.ticket
-        return Submit(job_id, TURN_WORKER, score.audio)
+        handler = functools.partial(self._on_turn_score, score.ticket)
+        return self._submit(TURN_WORKER, score.audio, handler)
 
-    def _on_turn_score(self, job_id: int, result: Any, now: float) -> list[Output]:
-        ticket = self._turn_jobs.pop(job_id)
+    def _on_turn_score(self, ticket: int, job_id: int, result: Any, now: float) -> list[Output]:
         ended = None
         if isinstance(result, BaseException):
             logger.warning("turn score failed: %r", result)  # the timeout still ends the turn
@@ -587,15 +566,11 @@ class SttCore:
             self._queue.append(marker)
         return self._emit(now)
 
-    def _arrival_of(self, sample: int, now: float) -> float:
-        for end, at in self._arrivals:
-            if end >= sample:
-                return at
-        return now
-
     # -- results -----------------------------------------------------------------------------------
-    def _on_partial(self, job_id: int, result: Any) -> list[Output]:
-        num, seq, samples, offset_s = self._partials.pop(job_id)
+    def _on_partial(
+        self, asked: tuple[int, int, int, float], job_id: int, result: Any, now: float
+    ) -> list[Output]:
+        num, seq, samples, offset_s = asked  # utterance, partial seq, samples, stream offset
         if isinstance(result, BaseException):
             return []  # a failed, superseded or shed partial is dropped silently
         if num in self._finalised or seq <= self._last_partial_sent.get(num, 0):
@@ -686,9 +661,8 @@ class SttCore:
     # -- endings -----------------------------------------------------------------------------------
     def _end(self, ended: Ended | None = None) -> list[Output]:
         """Cancel everything outstanding; the session is over."""
-        outputs: list[Output] = [Cancel(job_id) for job_id in sorted(self._outstanding)]
-        self._outstanding.clear()
+        outputs: list[Output] = [Cancel(job_id) for job_id in sorted(self._handlers)]
+        self._handlers.clear()
         self._spec_results.clear()
-        self._vad_job = None
         self.phase = Phase.DONE
         return outputs + ([ended] if ended is not None else [])
