@@ -256,6 +256,16 @@ def _commands(text: str) -> Iterator[tuple[str, list[str]]]:
                 break
 
 
+def _with_shared_options(source: str) -> str:
+    """A script's source and that of the scripts modules it imports options from
+    (``from scripts.bench.stt import add_session_options``)."""
+    for module in re.findall(r"^from (scripts(?:\.\w+)+) import", source, re.MULTILINE):
+        path = REPO / (module.replace(".", "/") + ".py")
+        if path.exists():
+            source += path.read_text()
+    return source
+
+
 def command_problems(text: str) -> list[str]:
     """`scripts/clients/tts.py --events --format mp3`, `speech-make-samples --words-only`: the
     script (or console command) exists and takes every flag shown."""
@@ -266,7 +276,7 @@ def command_problems(text: str) -> list[str]:
         if not script.exists():
             problems.append(f"no script {command}")
             continue
-        source = script.read_text()
+        source = _with_shared_options(script.read_text())
         for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", " ".join(args)):
             if f'"{flag}"' not in source:
                 problems.append(f"{command} has no {flag}")

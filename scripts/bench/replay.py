@@ -28,6 +28,7 @@ import yaml
 
 from scripts import REPO_ROOT
 from scripts.bench import conversation
+from scripts.bench.stt import add_session_options, session_options
 from scripts.bench.wer import wer
 from scripts.clients.stt import CLIENT_RATE_HZ, FRAME_SAMPLES, final_text, read_wav, v1_metadata
 
@@ -182,14 +183,8 @@ def main() -> None:
         "--hesitations", action="store_true", help="--conversation: pauses after a function word"
     )
     parser.add_argument("--no-one-clip", action="store_true", help="skip the clips one by one")
-    parser.add_argument("--eot-threshold", type=float, help="end_of_turn_threshold (metadata)")
     parser.add_argument("--sources", type=Path, nargs="+", default=list(conversation.SOURCES))
-    parser.add_argument("--beam", type=int, help="beam_width in the sessions' metadata")
-    parser.add_argument(
-        "--end-of-turn",
-        action="store_true",
-        help="end_of_turn in the sessions' metadata; with --conversation, score the turn ends",
-    )
+    add_session_options(parser)
     parser.add_argument(
         "--offline-from",
         type=Path,
@@ -198,12 +193,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench_results" / "replay.json")
     args = parser.parse_args()
-    whisper = {"beam_width": args.beam} if args.beam else {}
-    if args.end_of_turn:
-        whisper["end_of_turn"] = True
-    if args.eot_threshold is not None:
-        whisper["end_of_turn_threshold"] = args.eot_threshold
-    metadata = v1_metadata(partials=False, **whisper)
+    metadata = v1_metadata(partials=False, **session_options(args))
     clips: list[Path] = []
     if args.conversation:
         streams = conversation.build(

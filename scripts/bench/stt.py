@@ -373,6 +373,34 @@ def failed_sessions(rows: list[dict]) -> list[str]:
     return lines
 
 
+def add_session_options(parser: argparse.ArgumentParser) -> None:
+    """The options that set the sessions' metadata (bench-stt's and the replay's)."""
+    parser.add_argument("--beam", type=int, help="beam_width in the sessions' metadata")
+    parser.add_argument(
+        "--condition",
+        action="store_true",
+        help="condition_on_previous_text in the sessions' metadata",
+    )
+    parser.add_argument(
+        "--end-of-turn",
+        action="store_true",
+        help="end_of_turn in the sessions' metadata; with --conversation, score the turn ends",
+    )
+    parser.add_argument("--eot-threshold", type=float, help="end_of_turn_threshold (metadata)")
+
+
+def session_options(args: argparse.Namespace) -> dict:
+    """streaming_whisper_params from ``add_session_options``' options."""
+    options: dict = {"beam_width": args.beam} if args.beam else {}
+    if args.condition:
+        options["condition_on_previous_text"] = True
+    if args.end_of_turn:
+        options["end_of_turn"] = True
+    if args.eot_threshold is not None:
+        options["end_of_turn_threshold"] = args.eot_threshold
+    return options
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -422,18 +450,7 @@ def main() -> None:
         action="store_true",
         help="with --conversation: skip the one-socket-per-clip run of the same clips",
     )
-    parser.add_argument("--beam", type=int, help="beam_width in the sessions' metadata")
-    parser.add_argument(
-        "--condition",
-        action="store_true",
-        help="condition_on_previous_text in the sessions' metadata",
-    )
-    parser.add_argument(
-        "--end-of-turn",
-        action="store_true",
-        help="end_of_turn in the sessions' metadata; with --conversation, score the turn ends",
-    )
-    parser.add_argument("--eot-threshold", type=float, help="end_of_turn_threshold (metadata)")
+    add_session_options(parser)
     parser.add_argument("--no-offline", action="store_true", help="skip the offline WER comparison")
     parser.add_argument(
         "--out",
@@ -442,14 +459,7 @@ def main() -> None:
     )
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV))
     args = parser.parse_args()
-    if args.beam:
-        WHISPER_METADATA["beam_width"] = args.beam
-    if args.condition:
-        WHISPER_METADATA["condition_on_previous_text"] = True
-    if args.end_of_turn:
-        WHISPER_METADATA["end_of_turn"] = True
-    if args.eot_threshold is not None:
-        WHISPER_METADATA["end_of_turn_threshold"] = args.eot_threshold
+    WHISPER_METADATA.update(session_options(args))
     one_clip_files: list[str] = []
     if args.conversation:
         streams = conversation.build(

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .audio import WHISPER_RATE_HZ
+from .onnx_session import cpu_session
 
 # Smart Turn v3.2 (CPU, int8) exactly as the pipecat-ai 1.14.0 wheel ships it
 # (pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx).
@@ -112,14 +113,7 @@ class SmartTurn:
     """Smart Turn v3 (the bundled ONNX model); one session shared by all streams."""
 
     def __init__(self, onnx_path: str | Path = SMART_TURN_ONNX_PATH, threads: int = 1) -> None:
-        import onnxruntime
-
-        opts = onnxruntime.SessionOptions()
-        opts.inter_op_num_threads = 1
-        opts.intra_op_num_threads = threads
-        self._session = onnxruntime.InferenceSession(
-            str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        self._session = cpu_session(onnx_path, threads)
         # One input, (batch, N_MELS, N_FRAMES); its batch axis is symbolic ("s6", checked by
         # tests/test_turn.py), so a batch of turns is one run.
         (model_input,) = self._session.get_inputs()

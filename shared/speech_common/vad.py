@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import WHISPER_RATE_HZ, SampleBuffer
+from .onnx_session import cpu_session
 
 logger = logging.getLogger(__name__)
 
@@ -317,14 +318,7 @@ class SileroVad:
     """Silero VAD (the bundled ONNX model); one session shared by all streams."""
 
     def __init__(self, onnx_path: str | Path = SILERO_ONNX_PATH, threads: int = 1) -> None:
-        import onnxruntime
-
-        opts = onnxruntime.SessionOptions()
-        opts.inter_op_num_threads = 1
-        opts.intra_op_num_threads = threads
-        self._session = onnxruntime.InferenceSession(
-            str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        self._session = cpu_session(onnx_path, threads)
         self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64)
         silence = VadStreamState.fresh()
         self.probabilities(
