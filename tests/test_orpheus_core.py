@@ -1,5 +1,6 @@
 """The typed TTS core without any wire format: typed inputs in, typed events and job commands
-out, results and acknowledgements handed back with the generation that asked; the HTTP
+out, results and acknowledgements handed back with the generation that asked; FFmpeg's formats
+encoded in encode jobs (the encoder handed over and back, never on the loop); the HTTP
 flavour's session on its in-process exchange (no socket, no server); the driver's transports
 and job handles."""
 
@@ -9,8 +10,18 @@ import asyncio
 from collections.abc import AsyncIterator, Hashable
 from typing import Any
 
+import numpy as np
 import pytest
 
+from orpheus_tts.audio_format import (
+    ENCODE_WORKER,
+    AudioEncoder,
+    AudioFormat,
+    EncodeJob,
+    EncoderOp,
+    EncodeService,
+    run_encode_job,
+)
 from orpheus_tts.dialects.http import speech_chunks
 from orpheus_tts.events import Audio, Ended, Rejected
 from orpheus_tts.http_speech import HttpError, parse_request
@@ -27,7 +38,7 @@ from orpheus_tts.schema import (
     UpdateMessage,
     session_config,
 )
-from orpheus_tts.session import TTSSession
+from orpheus_tts.session import SynthJobs, TTSSession
 from orpheus_tts.settings import SessionLimits
 from speech_common.driver import (
     Cancel,
@@ -37,6 +48,7 @@ from speech_common.driver import (
     StartStream,
     StreamChunk,
     StreamDone,
+    Submit,
     run_transport,
 )
 from tests.test_orpheus_protocol import Params
@@ -235,3 +247,197 @@ def test_send_weighs_bytes_by_default_and_anything_else_only_when_told() -> None
     assert Send(b"abc").outbox_bytes == 3
     assert Send("text").outbox_bytes == 0 and Send({"a": 1}).outbox_bytes == 0
     assert Send("base64 audio", size=12).outbox_bytes == 12
+
+
+# -- encoding off the event loop: FFmpeg's formats in encode jobs ------------------------------------
+def _pcm_chunks(n: int, seed: int = 0) -> list[bytes]:
+    """Speech-like s16le chunks of one SNAC frame (2048 samples, 85 ms at 24 kHz) each."""
+    from orpheus_tts.tokens import SAMPLES_PER_FRAME
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(n * SAMPLES_PER_FRAME) / 24000
+    x = 0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+    x += 0.02 * rng.standard_normal(len(t))
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+    size = 2 * SAMPLES_PER_FRAME
+    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
+
+
+def _direct(fmt: str, chunks: list[bytes]) -> bytes:
+    """The same chunks through an encoder called directly (as the core did on the loop)."""
+    encoder = AudioEncoder(AudioFormat(fmt), 24000)
+    return b"".join(encoder.encode(c) for c in chunks) + encoder.finish()
+
+
+class Worker:
+    """The encode worker, run by hand: the jobs the core submits, answered when asked."""
+
+    def __init__(self, tts: TtsCore) -> None:
+        self.tts = tts
+        self.jobs: list[Submit] = []
+        self.audio: list[bytes] = []
+        self.events: list[Any] = []
+
+    def take(self, outputs: list[Any]) -> None:
+        for out in outputs:
+            if isinstance(out, Submit):
+                assert out.worker == ENCODE_WORKER and not self.jobs  # one job at a time
+                self.jobs.append(out)
+            elif isinstance(out, Audio):
+                self.audio.append(out.data)
+                if out.ack is not None:
+                    self.take(self.tts.on_sent(out.ack, 0.0))
+            else:
+                self.events.append(out)
+
+    def run(self) -> EncodeJob:
+        job = self.jobs.pop(0)
+        self.take(self.tts.on_result(job.job_id, run_encode_job(job.payload), 0.0))
+        return job.payload
+
+    def run_all(self) -> None:
+        while self.jobs:
+            self.run()
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "mulaw", "opus"])
+def test_an_ffmpeg_format_is_encoded_in_jobs_and_sounds_as_before(fmt: str) -> None:
+    from tests.test_orpheus_audio_format import decode
+
+    tts = core()
+    tts.configure(SessionConfig(events=True, buffer_size=10, response_format=fmt,
+                                sample_rate=24000), 0.0)  # fmt: skip
+    worker = Worker(tts)
+    chunks = _pcm_chunks(6)
+    tts.append("Hello there.", 0.0)
+    (start,) = tts.flush("t1", 0.0)
+    worker.take(tts.on_result(start.job_id, StreamChunk(chunks[0]), 0.0))
+    (job,) = worker.jobs  # the encoder went with it: no audio on the loop yet
+    assert worker.audio == [] and job.payload.ops == (chunks[0],)
+    assert [type(e) for e in worker.events] == [AudioStart]  # due before the audio: at once
+    for chunk in chunks[1:3]:  # chunks that come meanwhile wait for the encoder's return
+        worker.take(tts.on_result(start.job_id, StreamChunk(chunk), 0.0))
+    assert len(worker.jobs) == 1
+    worker.run()
+    assert worker.audio  # the first chunk's bytes (lame holds back its delay)
+    assert worker.jobs[0].payload.ops == tuple(chunks[1:3])  # in order, in one job
+    for chunk in chunks[3:]:
+        worker.take(tts.on_result(start.job_id, StreamChunk(chunk), 0.0))
+    worker.take(tts.on_result(start.job_id, StreamDone(), 0.0))
+    worker.run_all()
+    assert [type(e) for e in worker.events] == [AudioStart, AudioDone, FlushDone]
+    assert worker.events[1].end_s == round(len(b"".join(chunks)) / 2 / 24000, 4)
+    expected = _direct(fmt, chunks)
+    if fmt == "opus":  # an Ogg stream's serial number is random: the same audio, not bytes
+        np.testing.assert_array_equal(
+            decode(AudioFormat.OPUS, 24000, b"".join(worker.audio)),
+            decode(AudioFormat.OPUS, 24000, expected),
+        )
+    else:
+        assert b"".join(worker.audio) == expected
+    session_done, ended = [*worker.events[3:], *tts.end(0.0)]  # no stream open: no job
+    assert isinstance(session_done, SessionDone) and ended == Ended() and tts.done
+
+
+def test_clear_while_the_encoder_is_out_drops_its_audio_and_resets_it() -> None:
+    tts = core()
+    tts.configure(SessionConfig(events=True, buffer_size=10, response_format="mp3"), 0.0)
+    worker = Worker(tts)
+    chunks = _pcm_chunks(4)
+    tts.append("Stale words.", 0.0)
+    (stale,) = tts.flush(None, 0.0)
+    worker.take(tts.on_result(stale.job_id, StreamChunk(chunks[0]), 0.0))
+    worker.run()  # its first chunk's bytes are out
+    worker.take(tts.on_result(stale.job_id, StreamChunk(chunks[1]), 0.0))
+    heard = b"".join(worker.audio)
+    # Barge-in while the second chunk is being encoded: answered at once, no waiting for it.
+    cancel, discard, cleared = tts.clear("c", 0.0)
+    assert (cancel, discard) == (Cancel(stale.job_id), Discard(frozenset({stale.job_id})))
+    assert cleared == Cleared(id="c", generations_aborted=1)
+    worker.run()  # the encoder comes back; its output is stale and dropped
+    assert b"".join(worker.audio) == heard
+    assert worker.run().ops == (EncoderOp.RESET,)  # the codec's held-back audio dropped
+    tts.append("Fresh words.", 0.0)
+    (fresh,) = tts.flush("f", 0.0)
+    for chunk in chunks[2:]:
+        worker.take(tts.on_result(fresh.job_id, StreamChunk(chunk), 0.0))
+        worker.run_all()
+    worker.take(tts.on_result(fresh.job_id, StreamDone(), 0.0))
+    worker.run_all()
+    assert b"".join(worker.audio) == heard + _direct("mp3", chunks[2:])  # a new stream
+    assert worker.events[-1] == FlushDone(id="f")
+
+
+def test_a_turns_tail_and_flush_done_stay_before_a_clear_answer() -> None:
+    """A clear while a heard turn's codec tail is being encoded: its tail and flush_done still
+    come first, as they did when the tail was encoded on the loop."""
+    tts = core()
+    tts.configure(SessionConfig(events=True, buffer_size=10, response_format="mp3"), 0.0)
+    worker = Worker(tts)
+    tts.append("One turn.", 0.0)
+    (start,) = tts.flush("t1", 0.0)
+    worker.take(tts.on_result(start.job_id, StreamChunk(_pcm_chunks(1)[0]), 0.0))
+    worker.run()
+    worker.take(tts.on_result(start.job_id, StreamDone(), 0.0))
+    assert worker.jobs[0].payload.ops == (EncoderOp.FINISH,)  # the turn's tail, out
+    # Nothing alive: the answer waits behind the tail.
+    assert tts.clear("c", 0.0) == [Discard(frozenset())]
+    worker.run()
+    assert [type(e) for e in worker.events] == [AudioStart, AudioDone, FlushDone, Cleared]
+    assert worker.jobs == []  # the stream was finished: the reset has nothing to do
+
+
+@pytest.mark.parametrize("fmt", ["pcm_s16le", "pcm_f32le", "wav"])
+def test_pcm_and_wav_need_no_encode_job(fmt: str) -> None:
+    tts = core()
+    tts.configure(SessionConfig(events=True, buffer_size=10, response_format=fmt,
+                                sample_rate=48000), 0.0)  # fmt: skip
+    tts.append("Hello there.", 0.0)
+    (start,) = tts.flush("t1", 0.0)
+    began, audio = tts.on_result(start.job_id, StreamChunk(_pcm_chunks(1)[0]), 0.0)
+    assert isinstance(began, AudioStart) and isinstance(audio, Audio)  # at once, as before
+    assert not any(isinstance(o, Submit) for o in tts.clear("c", 0.0))
+
+
+def test_a_failed_encode_job_ends_the_session_with_1011() -> None:
+    tts = core()
+    tts.configure(SessionConfig(events=True, buffer_size=10, response_format="mp3"), 0.0)
+    tts.append("Hello there.", 0.0)
+    (start,) = tts.flush("t1", 0.0)
+    _, submit = tts.on_result(start.job_id, StreamChunk(_pcm_chunks(1)[0]), 0.0)
+    cancel, ended = tts.on_result(submit.job_id, RuntimeError("libmp3lame broke"), 0.0)
+    assert cancel == Cancel(start.job_id)
+    assert ended.error.error_type == "internal_error" and ended.error.close_code == 1011
+    assert tts.done and tts.outcome == "internal_error"
+
+
+def test_a_session_ending_with_its_encoder_out_cancels_the_job() -> None:
+    tts = core()
+    tts.configure(SessionConfig(events=True, buffer_size=10, response_format="opus"), 0.0)
+    tts.append("Hello there.", 0.0)
+    (start,) = tts.flush("t1", 0.0)
+    _, submit = tts.on_result(start.job_id, StreamChunk(_pcm_chunks(1)[0]), 0.0)
+    assert set(tts.on_disconnect(0.0)) == {Cancel(start.job_id), Cancel(submit.job_id)}
+    late = run_encode_job(submit.payload)  # the worker may still finish it: nobody listens
+    assert tts.on_result(submit.job_id, late, 0.0) == []
+
+
+async def test_encode_service_runs_jobs_off_the_loop_and_drops_a_stream() -> None:
+    import threading
+
+    service = EncodeService(threads=2).start()
+    try:
+        chunks = _pcm_chunks(3)
+        job = EncodeJob(AudioEncoder(AudioFormat.MP3, 24000), (*chunks, EncoderOp.FINISH))
+        jobs = SynthJobs(FakeSynthesizer(), encoder=service)
+        result = await jobs.submit(Submit("h", ENCODE_WORKER, job), "s1")
+        assert result.encoder is job.encoder and b"".join(result.outputs) == _direct("mp3", chunks)
+        assert service.healthy
+        names = {t.name for t in threading.enumerate()}
+        assert {f"{ENCODE_WORKER}-0", f"{ENCODE_WORKER}-1"} <= names
+        jobs.forget("s1")  # nothing queued: nothing dropped, no error
+        with pytest.raises(RuntimeError):
+            SynthJobs(FakeSynthesizer()).submit(Submit("h", ENCODE_WORKER, job), "s2")
+    finally:
+        service.stop()
+    assert not service.healthy

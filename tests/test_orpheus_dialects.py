@@ -10,13 +10,14 @@ from typing import Any
 import msgpack
 import pytest
 
+from orpheus_tts.audio_format import ENCODE_WORKER, run_encode_job
 from orpheus_tts.codec_session import CodecSession
 from orpheus_tts.dialects.fish import FishCodec, FishRequest
 from orpheus_tts.dialects.together import TogetherCodec
 from orpheus_tts.prompt import DEFAULT_VOICE, VOICES
 from orpheus_tts.protocol import TtsCore
 from orpheus_tts.settings import SessionLimits
-from speech_common.driver import Close, Send, StartStream, StreamChunk, StreamDone
+from speech_common.driver import Close, Send, StartStream, StreamChunk, StreamDone, Submit
 from speech_common.ws import ProtocolError
 from tests.test_orpheus_protocol import Params
 
@@ -25,7 +26,8 @@ PCM = b"\x01\x00" * 480  # one 20 ms chunk of the model's 24 kHz PCM
 
 class Client:
     """The core behind a dialect's codec, driven like the driver does; the engine makes one
-    chunk per generation when ``run`` is called, and every send is written at once."""
+    chunk per generation when ``run`` is called, every send is written at once, and an encode
+    job (an FFmpeg format) runs at once."""
 
     def __init__(self, make: Any) -> None:
         core = TtsCore(SessionLimits(), VOICES, DEFAULT_VOICE, Params(), lambda t, m: m, "s")
@@ -39,6 +41,10 @@ class Client:
         for command in commands:
             if isinstance(command, StartStream):
                 self.running.append(command.job_id)
+            elif isinstance(command, Submit):  # an encode job (mp3, opus): run at once
+                assert command.worker == ENCODE_WORKER
+                result = run_encode_job(command.payload)
+                self.apply(self.dialect.on_result(command.job_id, result, 0.0))
             elif isinstance(command, Send):
                 self.out.append(self.decode(command.message))
                 if command.ack is not None:

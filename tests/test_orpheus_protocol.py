@@ -3,7 +3,9 @@ over arbitrary interleavings of frames, generation chunks and ends (in any order
 send acknowledgements, timers and disconnects. Every run must end, cancel or finish every
 generation it started, respect the per-session generation bounds, and send audio in text order.
 A generation's job id and acks are its handle (opaque here); audio names its index in the
-order generations were started."""
+order generations were started. With an FFmpeg format (mp3) the audio goes through encode jobs,
+answered at arbitrary points of the interleaving by an identity encoder: one job at a time, the
+encoder handed over and back, nothing of it left once the session is over."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from orpheus_tts.audio_format import ENCODE_WORKER, EncodeResult
 from orpheus_tts.codec_session import CodecSession
 from orpheus_tts.dialects.baseten import BasetenCodec
 from orpheus_tts.prompt import DEFAULT_VOICE, VOICES
@@ -62,6 +65,8 @@ class Harness:
     flushes: list[object] = field(default_factory=list)  # ids of the flushes sent
     words_available: bool = False  # an aligner on the deployment
     aligns: dict[Any, Submit] = field(default_factory=dict)  # aligner jobs outstanding
+    encodes: dict[Any, Submit] = field(default_factory=dict)  # the encode job outstanding
+    encoders: set[int] = field(default_factory=set)  # ids of the encoders handed to jobs
 
     def __post_init__(self) -> None:
         self._queued_audio: list[bytes] = []  # parallel to unacked
@@ -87,11 +92,18 @@ class Harness:
                 self.started.append(command)
                 self.log.append(("start", command.job_id))
                 self.live[command.job_id] = 0
+            elif isinstance(command, Submit) and command.worker == ENCODE_WORKER:
+                # One encode job at a time, always with the session's one encoder.
+                assert not self.encodes, "two encode jobs at once"
+                self.encoders.add(id(command.payload.encoder))
+                assert len(self.encoders) == 1
+                self.encodes[command.job_id] = command
             elif isinstance(command, Submit):
                 self.aligns[command.job_id] = command
             elif isinstance(command, Cancel):
                 self.live.pop(command.job_id, None)
                 self.aligns.pop(command.job_id, None)
+                self.encodes.pop(command.job_id, None)
             elif isinstance(command, Discard):
                 # The driver drops these sends unwritten: no ack will come, the client never
                 # hears them.
@@ -121,13 +133,17 @@ class Harness:
         ]
         assert len(alive) <= 1 + self.limits.lookahead_generations
         if self.core.done:
-            # Every generation is cancelled or finished: nothing left in the engine.
+            # Every generation is cancelled or finished: nothing left in the engine; the
+            # encoder is not left in a job.
             assert all(j in self.finished for j in self.live), self.live
+            assert not self.encodes
 
     def text(self, payload: object) -> None:
         text = payload if isinstance(payload, str) else json.dumps(payload)
         if text.startswith('{"type": "flush"'):
             self.flushes.append(json.loads(text).get("id"))
+        if text.startswith('{"type": "clear"'):
+            self.log.append(("clear", None))
         self.apply(self.session.on_text(text, self.now))
 
     def chunk(self, job_id: Any) -> None:
@@ -144,6 +160,15 @@ class Harness:
             self.live.pop(job_id)
         self.apply(self.session.on_result(job_id, StreamDone(failure), self.now))
 
+    def encode(self) -> None:
+        """The encode worker answers the job: each chunk's bytes unchanged (an identity codec
+        that holds nothing back), no tail; the encoder handed back."""
+        ((job_id, submit),) = self.encodes.items()
+        del self.encodes[job_id]
+        job = submit.payload
+        outputs = tuple(op if isinstance(op, bytes) else b"" for op in job.ops)
+        self.apply(self.session.on_result(job_id, EncodeResult(job.encoder, outputs), self.now))
+
     def ack(self) -> None:
         self._queued_audio.pop(0)
         self.apply(self.session.on_sent(self.unacked.pop(0), self.now))
@@ -158,26 +183,36 @@ class Harness:
             if running:
                 self.chunk(running[0])
                 self.done(running[0])
+            elif self.encodes:
+                self.encode()
             elif self.unacked:
                 self.ack()
             else:
                 return
 
     def check_events(self) -> None:
-        """The event protocol's promises: no audio of a generation started before a ``cleared``
-        comes after it; flushes answered in order, once each; ``session_done`` last."""
+        """The event protocol's promises: no audio of a generation started before a ``clear``
+        comes after it (nor after its ``cleared``); each clear answered once; flushes answered
+        in order, once each; ``session_done`` last."""
         started: set[int] = set()
         silenced: set[int] = set()
         flush_ids = []
+        clears = answered = 0
         for kind, item in self.log:
             if kind == "start":
                 started.add(item)
             elif kind == "audio":
                 assert item not in silenced, f"audio of cleared generation {item}"
-            elif item["type"] == "cleared":
+            elif kind == "clear":
                 silenced |= started
+                clears += 1
+            elif item["type"] == "cleared":
+                answered += 1
+                assert answered <= clears
             elif item["type"] == "flush_done":
                 flush_ids.append(item["id"])
+        if self.core.done and self.closes == [Close(1000)]:
+            assert answered == clears
         # Answered once each, in the order asked (a clear may drop some).
         asked = iter(self.flushes)
         assert all(any(i == a for a in asked) for i in flush_ids), (flush_ids, self.flushes)
@@ -254,14 +289,23 @@ def engine_step(h: Harness, action: str, running: list[int], data: st.DataObject
         h.done(data.draw(st.sampled_from(running)), error=True)
     elif action == "ack" and h.unacked:
         h.ack()
+    elif action == "encode" and h.encodes:
+        h.encode()
     else:
-        return action in ("chunk", "done", "fail", "ack")  # nothing to do for it now
+        return action in ("chunk", "done", "fail", "ack", "encode")  # nothing to do for it now
     return True
 
 
 ACTIONS = st.sampled_from(
-    ["word"] * 6 + ["chunk"] * 6 + ["done"] * 4 + ["ack"] * 6 + ["fail", "tick", "binary"]
+    ["word"] * 6
+    + ["chunk"] * 6
+    + ["done"] * 4
+    + ["ack"] * 6
+    + ["encode"] * 4
+    + ["fail", "tick", "binary"]
 )
+# The published PCM (no encode job), and an FFmpeg format (every chunk through encode jobs).
+FORMATS = st.sampled_from(["pcm_s16le", "mp3"])
 
 
 @settings(
@@ -273,18 +317,19 @@ ACTIONS = st.sampled_from(
     lookahead=st.integers(0, 3),
     engine=st.integers(1, 3),
     config=st.sampled_from(["good"] * 8 + ["bad", "none"]),
+    fmt=FORMATS,
     actions=st.lists(ACTIONS, min_size=5, max_size=200),
     end_at=st.none() | st.integers(0, 120),
     disconnect_at=st.none() | st.integers(0, 150),
     data=st.data(),
 )
 def test_every_interleaving_ends_and_keeps_order(
-    lookahead, engine, config, actions, end_at, disconnect_at, data
+    lookahead, engine, config, fmt, actions, end_at, disconnect_at, data
 ):
     limits = SessionLimits(lookahead_generations=lookahead, engine_generations=engine)
     h = Harness(limits=limits)
     if config == "good":
-        h.text(CONFIG)
+        h.text({**CONFIG, "response_format": fmt})
     elif config == "bad":
         h.text('{"voice": "nobody"}')
     words = iter(WORDS * 5)
@@ -316,6 +361,8 @@ def test_every_interleaving_ends_and_keeps_order(
         if running:
             h.chunk(running[0])
             h.done(running[0])
+        elif h.encodes:
+            h.encode()
         elif h.unacked:
             h.ack()
         else:
@@ -441,6 +488,7 @@ EVENT_ACTIONS = st.sampled_from(
     + ["chunk"] * 6
     + ["done"] * 4
     + ["ack"] * 6
+    + ["encode"] * 4
     + ["flush"] * 2
     + ["clear", "update", "badctl", "fail", "tick"]
 )
@@ -454,16 +502,17 @@ EVENT_ACTIONS = st.sampled_from(
 @given(
     lookahead=st.integers(0, 3),
     engine=st.integers(1, 3),
+    fmt=FORMATS,
     actions=st.lists(EVENT_ACTIONS, min_size=5, max_size=200),
     disconnect_at=st.none() | st.integers(0, 150),
     data=st.data(),
 )
 def test_every_event_interleaving_ends_and_keeps_its_promises(
-    lookahead, engine, actions, disconnect_at, data
+    lookahead, engine, fmt, actions, disconnect_at, data
 ):
     limits = SessionLimits(lookahead_generations=lookahead, engine_generations=engine)
     h = Harness(limits=limits)
-    h.text(EVENTS)
+    h.text({**EVENTS, "response_format": fmt})
     words = iter([f"{w} " for w in WORDS * 5])
     flushes = 0
     for step, action in enumerate(actions):

@@ -45,8 +45,9 @@ class _Orpheus:
         logger.info("Orpheus ready")
 
     def is_healthy(self) -> bool:
-        """False once the engine (vLLM's engine core, its loop thread) or the SNAC decode worker
-        has died: every session would fail, so the replica must be restarted."""
+        """False once the engine (vLLM's engine core, its loop thread), the SNAC decode worker or
+        an audio encode worker has died: every session would fail, so the replica must be
+        restarted."""
         return self._runtime is not None and self._runtime.is_healthy()
 
     def _session(self) -> Any:
@@ -63,6 +64,7 @@ class _Orpheus:
             self._gate,
             self._admit,
             self._runtime.aligner,
+            self._runtime.encoder,
         )
 
     def _admit(self, active: int) -> Any:

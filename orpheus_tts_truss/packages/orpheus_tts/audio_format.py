@@ -15,13 +15,23 @@ the "unknown length" sizes that streaming WAV writers use (readers take the data
 
 The default, ``pcm_s16le`` at 24 kHz, is the published protocol's audio: the bytes pass through
 untouched.
+
+Off the event loop: an encoder with an FFmpeg codec (``AudioEncoder.offloaded``: mu-law, A-law,
+mp3, opus) is never called on the event loop. The session hands it to an ``EncodeService``
+worker with the calls to make (``EncodeJob``) and takes it back with their output
+(``EncodeResult``): one job per session at a time, so a stream's chunks stay in order and no two
+threads touch its FFmpeg state. PCM and WAV (numpy and soxr only) stay on the loop, no job.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import struct
-from enum import StrEnum
+from collections.abc import Hashable
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Any
 
 import numpy as np
 
@@ -141,12 +151,6 @@ class _CodecStream:
             self._container.mux(packet)
         return self._sink.take()
 
-    @property
-    def timeline_s(self) -> float:
-        """Seconds of audio given to the encoder in this session (the resampler's delay does
-        not shift it: a stream's decoded length after ``finish`` equals it)."""
-        return self.samples_in / self.source_rate
-
     def finish(self) -> bytes:
         for packet in self._stream.encode(None):
             self._container.mux(packet)
@@ -190,6 +194,12 @@ class AudioEncoder:
         self._resampler: StreamingResampler | None = None
         self._codec: _CodecStream | None = None
         self._started = False  # a stream (and for WAV its header) has begun
+
+    @property
+    def offloaded(self) -> bool:
+        """An FFmpeg codec encodes this format: its calls run on an encode worker (``EncodeJob``),
+        never on the event loop (an mp3 chunk costs about a millisecond)."""
+        return self.format in _CONTAINERS
 
     def encode(self, pcm: bytes) -> bytes:
         """One chunk of s16le mono PCM at the source rate; returns the bytes to send now."""
@@ -262,3 +272,96 @@ class AudioEncoder:
         if self._codec is not None:
             return self._codec.encode(s16)
         return s16.tobytes()  # pcm_s16le at another rate, or WAV's data
+
+
+# -- off the event loop ---------------------------------------------------------------------------
+ENCODE_WORKER = "audio_encode"
+# FFmpeg's encoders release the GIL (PyAV calls avcodec_send_frame without it), so threads encode
+# in parallel: mp3 at 44.1 kHz costs ~2 ms per 85 ms chunk on the 2-core dev CPU (one thread:
+# ~40 real-time streams), so 4 threads cover max_sessions (64) with room.
+ENCODE_THREADS = 4
+
+
+class EncoderOp(Enum):
+    """A call on an ``AudioEncoder`` other than ``encode`` (whose op is the chunk's bytes)."""
+
+    FINISH = "finish"  # the turn's end: the resampler's and codec's tails
+    RESET = "reset"  # a clear: drop what is held back, unsent
+
+
+@dataclass(frozen=True, eq=False)
+class EncodeJob:
+    """A session's encoder, handed over with the calls to make on it, in order (bytes: a chunk
+    to ``encode``). The session keeps no reference to it until the result hands it back."""
+
+    encoder: AudioEncoder
+    ops: tuple[bytes | EncoderOp, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class EncodeResult:
+    encoder: AudioEncoder  # handed back to the session
+    outputs: tuple[bytes, ...]  # one per op: the bytes to send (b"" for RESET, or held back)
+
+
+def run_encode_job(job: EncodeJob) -> EncodeResult:
+    """Make a job's calls on its encoder (on an encode worker's thread)."""
+    outputs = []
+    for op in job.ops:
+        if op is EncoderOp.FINISH:
+            outputs.append(job.encoder.finish())
+        elif op is EncoderOp.RESET:
+            job.encoder.reset()
+            outputs.append(b"")
+        else:
+            outputs.append(job.encoder.encode(op))
+    return EncodeResult(job.encoder, tuple(outputs))
+
+
+class EncodeService:
+    """The encode workers: ``ENCODE_THREADS`` ``BatchWorker`` threads shared by every session
+    (a job goes to the least busy one); one job per session at a time is the session's rule."""
+
+    def __init__(self, threads: int = ENCODE_THREADS) -> None:
+        from speech_common.batching import BatchWorker
+
+        # max_batch 1: jobs of different sessions gain nothing from sharing a batch, and each
+        # result goes back as soon as it is ready.
+        self._workers = [
+            BatchWorker(f"{ENCODE_WORKER}-{i}", self._run, max_batch=1) for i in range(threads)
+        ]
+        self._turn = itertools.count()  # breaks ties between idle workers round-robin
+
+    @staticmethod
+    def _run(jobs: list[EncodeJob]) -> list[EncodeResult | BaseException]:
+        out: list[EncodeResult | BaseException] = []
+        for job in jobs:
+            try:
+                out.append(run_encode_job(job))
+            except Exception as exc:  # noqa: BLE001 (this session's job fails, not the worker)
+                out.append(exc)
+        return out
+
+    def start(self) -> EncodeService:
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def stop(self) -> None:
+        for worker in self._workers:
+            worker.stop()
+
+    @property
+    def healthy(self) -> bool:
+        return all(worker.healthy for worker in self._workers)
+
+    def submit(self, job: EncodeJob, stream_id: Hashable) -> Any:
+        """Queue a job; an asyncio future on the caller's loop resolves with its result."""
+        n = len(self._workers)
+        first = next(self._turn) % n
+        order = self._workers[first:] + self._workers[:first]
+        return min(order, key=lambda w: w.queue_depth).submit(job, stream_id=stream_id)
+
+    def cancel_stream(self, stream_id: Hashable) -> int:
+        """Drop a session's queued job (its encoder goes with it: nothing else holds it)."""
+        return sum(worker.cancel_stream(stream_id) for worker in self._workers)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orpheus_tts.audio_format import EncodeService
 from orpheus_tts.engine import TokenEngine
 from orpheus_tts.settings import ORPHEUS_HF_REPO, OrpheusSettings
 from orpheus_tts.snac_decoder import SnacCodec, SnacDecodeService, build_snac
@@ -43,16 +44,20 @@ class OrpheusRuntime:
     decoder: SnacDecodeService
     synthesizer: Synthesizer
     aligner: Any = None  # orpheus_tts.alignment.AlignService when aligner_model is set
+    encoder: Any = None  # orpheus_tts.audio_format.EncodeService: FFmpeg's encoders
 
     def is_healthy(self) -> bool:
         aligner_ok = self.aligner is None or self.aligner.healthy
-        return self.decoder.healthy and self.engine.is_healthy() and aligner_ok
+        encoder_ok = self.encoder is None or self.encoder.healthy
+        return self.decoder.healthy and self.engine.is_healthy() and aligner_ok and encoder_ok
 
     def shutdown(self) -> None:
         self.decoder.stop()
         self.engine.shutdown()
         if self.aligner is not None:
             self.aligner.stop()
+        if self.encoder is not None:
+            self.encoder.stop()
 
 
 DUMMY_MIN_FRAMES = 4  # dummy weights speak at least this many frames (the first SNAC window)
@@ -233,6 +238,7 @@ def load_runtime(settings: OrpheusSettings) -> OrpheusRuntime:
 
         path = model_dir(settings.aligner_model, "aligner_model")
         aligner = AlignService.load(path, settings.aligner_cpu_threads).start()
+    encoder = EncodeService().start()  # mp3/opus/G.711 off the event loop
     logger.info(
         "orpheus runtime ready: engine=%s device=%s dummy=%s window=%s",
         settings.orpheus_engine,
@@ -240,4 +246,4 @@ def load_runtime(settings: OrpheusSettings) -> OrpheusRuntime:
         settings.orpheus_dummy_weights,
         policy,
     )
-    return OrpheusRuntime(settings, engine, tokenizer, decoder, synthesizer, aligner)
+    return OrpheusRuntime(settings, engine, tokenizer, decoder, synthesizer, aligner, encoder)

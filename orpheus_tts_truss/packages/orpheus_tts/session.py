@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Hashable
 from typing import Any, Protocol
 
 from orpheus_tts import metrics
+from orpheus_tts.audio_format import ENCODE_WORKER
 from orpheus_tts.codec_session import CodecSession
 from orpheus_tts.dialects import Codec, choose_codec
 from orpheus_tts.protocol import GenerationRequest, TtsCore
@@ -51,12 +52,18 @@ class SynthJobs:
     """The driver's JobRunner: each generation is a streaming job over ``Synthesizer.stream``
     (closing it, on a cancel, aborts the engine request and its queued decode work)."""
 
-    def __init__(self, synthesizer: Synthesizer, aligner: Any = None) -> None:
+    def __init__(self, synthesizer: Synthesizer, aligner: Any = None, encoder: Any = None) -> None:
         self.synthesizer = synthesizer
         self.aligner = aligner  # orpheus_tts.alignment.AlignService, or None
+        self.encoder = encoder  # orpheus_tts.audio_format.EncodeService, or None
 
     def submit(self, command: Any, stream_id: Hashable) -> asyncio.Future:
-        """A one-result job: a generation's word alignment (the aligner's worker thread)."""
+        """A one-result job: a generation's word alignment (the aligner's worker thread), or
+        audio to encode with an FFmpeg codec (an encode worker)."""
+        if command.worker == ENCODE_WORKER:
+            if self.encoder is None:
+                raise RuntimeError("no audio encode workers on this deployment")
+            return self.encoder.submit(command.payload, stream_id)
         if self.aligner is None:
             raise RuntimeError("no aligner on this deployment")
         return self.aligner.submit(command.payload, stream_id)
@@ -81,9 +88,11 @@ class SynthJobs:
             metrics.ACTIVE_GENERATIONS.dec()
 
     def forget(self, stream_id: Hashable) -> None:
-        # Generations are cancelled by the driver; queued alignments are dropped here.
+        # Generations are cancelled by the driver; queued alignments and encodes are dropped here.
         if self.aligner is not None:
             self.aligner.cancel_stream(stream_id)
+        if self.encoder is not None:
+            self.encoder.cancel_stream(stream_id)
 
 
 class TTSSession:
@@ -99,8 +108,10 @@ class TTSSession:
         gate: SessionGate | None = None,
         admit: Callable[[int], ProtocolError | None] | None = None,
         aligner: Any = None,
+        encoder: Any = None,  # orpheus_tts.audio_format.EncodeService: mp3, opus, G.711
     ) -> None:
         self._aligner = aligner
+        self._encoder = encoder
         self._synth = synthesizer
         self._default_params = default_params
         self._voices = frozenset(voices)
@@ -149,7 +160,11 @@ class TTSSession:
         outcome = "cancelled"  # server shutdown, unless the session ends below
         try:
             clean = await run_transport(
-                transport, session, SynthJobs(self._synth, self._aligner), self.session_id, release
+                transport,
+                session,
+                SynthJobs(self._synth, self._aligner, self._encoder),
+                self.session_id,
+                release,
             )
             outcome = core.outcome if clean else "internal_error"
             if core.aborted_generations and core.gone_at is not None:
