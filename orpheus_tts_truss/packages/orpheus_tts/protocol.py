@@ -25,11 +25,11 @@ with ``Ended()``, a disconnect with nothing; every ending cancels the generation
 Audio leaves through the session's ``AudioEncoder`` (a pass-through for the published format).
 Everything that must reach the client in order after audio (the audio itself, a turn's codec
 tail, ``AudioStart``/``AudioDone``/``FlushDone``/``SessionDone``, the end) goes through one
-*line*: with PCM or WAV it is encoded and emitted at once, as it comes; an FFmpeg codec
+*line*, ``orpheus_tts.playout.Playout``, which owns the encoder and the audio timeline: with PCM
+or WAV it is encoded and emitted at once, as it comes; an FFmpeg codec
 (``AudioEncoder.offloaded``) never runs here: the line's items are handed, with the encoder
-itself, to one encode job (``Submit`` to ``ENCODE_WORKER``) and come out when its result hands
-the encoder back. One encode job at a time: the stream's chunks stay in order and its FFmpeg
-state is only ever on one thread.
+itself, to one encode job (the core submits it to ``ENCODE_WORKER``) and come out when its
+result hands the encoder back.
 ``flush`` cuts a turn (``FlushDone`` follows the turn's last audio, and each turn of a codec
 format is a whole stream); ``clear`` aborts everything not yet heard (the engine requests, and
 the audio still queued for the client: ``Discard``) and answers ``Cleared``; ``end`` finishes
@@ -48,13 +48,17 @@ from typing import Any
 
 from orpheus_tts import metrics
 from orpheus_tts.alignment import ALIGN_WORKER, AlignRequest
-from orpheus_tts.audio_format import (
-    ENCODE_WORKER,
-    AudioEncoder,
-    EncodeJob,
-    EncoderOp,
-)
+from orpheus_tts.audio_format import ENCODE_WORKER, AudioEncoder, EncoderOp
 from orpheus_tts.events import Audio, Ended, Event, Output, Rejected
+from orpheus_tts.playout import (
+    END,
+    Chunk,
+    EncodeBatch,
+    EndOfLine,
+    LineItem,
+    Playout,
+    Ready,
+)
 from orpheus_tts.schema import (
     END_OF_INPUT,
     AudioDone,
@@ -69,7 +73,6 @@ from orpheus_tts.schema import (
     WordTimestamps,
     check_voice,
 )
-from orpheus_tts.tokens import SAMPLE_RATE_HZ as MODEL_RATE_HZ  # Orpheus/SNAC output
 from speech_common.driver import Cancel, Discard, StartStream, StreamChunk, StreamDone, Submit
 from speech_common.text_buffer import TextBuffer
 from speech_common.ws import CloseCode, ProtocolError
@@ -122,7 +125,7 @@ class _Generation:
     chunk: _Chunk
     running: bool = True  # still producing audio in the engine
     pending: deque[bytes] = field(default_factory=deque)  # audio waiting for its turn
-    encoding: int = 0  # chunks in the line (handed to the encoder), not yet out of it
+    encoding: int = 0  # chunks in the playout line (to the encoder), not yet out of it
     unacked: int = 0  # chunks sent, not yet written to the socket
     start_s: float | None = None  # on the session's audio timeline, once its audio began
     pcm: bytearray | None = None  # its audio, kept for the aligner (word timestamps only)
@@ -138,36 +141,11 @@ class _Alignment:
     generation: _Generation
 
 
-@dataclass(frozen=True, eq=False)
-class _Encode:
-    """A chunk of the head generation's PCM in the line: its output is that generation's audio."""
-
-    pcm: bytes
-    generation: _Generation
-
-
-class _EndSession:
-    """The line's last item: ``Ended()`` once everything before it is out."""
-
-
-_END_SESSION = _EndSession()
-# What the line holds, in the order its outputs reach the client.
-_LineItem = _Encode | EncoderOp | _EndSession | Event
-
-
-def _cleared(item: _LineItem, generations: set[int]) -> bool:
+def _cleared(item: LineItem, generations: set[int]) -> bool:
     """One of the cleared generations' chunks, or its audio_start."""
-    if isinstance(item, _Encode):
-        return item.generation.number in generations
+    if isinstance(item, Chunk):
+        return item.owner.number in generations
     return isinstance(item, AudioStart) and item.generation in generations
-
-
-@dataclass(eq=False)
-class _EncodeBatch:
-    """An encode job's handle: the line's items it took, each with its op's index in the job
-    (None: an event, emitted in its place once the job is back)."""
-
-    items: list[tuple[_LineItem, int | None]]
 
 
 class TtsCore:
@@ -194,13 +172,7 @@ class TtsCore:
         self.gone_at: float | None = None  # when the client was seen to be gone
         self.aborted_generations = 0
         self._buffer: TextBuffer | None = None
-        self._encoder: AudioEncoder | None = None  # None while an encode job holds it
-        self._offload = False  # the encoder runs in encode jobs (an FFmpeg codec)
-        self._line: deque[_LineItem] = deque()  # outputs in client order, not yet out
-        self._encode_job: _EncodeBatch | None = None  # the one encode job out, if any
-        self._stream_open = False  # the encoder has a codec stream begun (in line order)
-        self._samples_in = 0  # PCM samples given to the line: the session's audio timeline
-        self._source_rate = MODEL_RATE_HZ  # the encoder's, once configured
+        self._playout: Playout | None = None  # the line to the client, once configured
         self._ending = False  # the session's last items are in the line
         self._voice: _Voice | None = None  # for the text arriving now
         self._chunks: deque[_Chunk] = deque()  # text not yet given to a generation
@@ -322,7 +294,7 @@ class TtsCore:
             return []
         if isinstance(job, _Alignment):
             return self._on_alignment(job.generation, result, now)
-        if isinstance(job, _EncodeBatch):
+        if isinstance(job, EncodeBatch):
             return self._on_encoded(job, result, now)
         if not isinstance(job, _Generation) or job not in self._alive:
             return []  # cleared: its late chunks are not heard
@@ -362,25 +334,20 @@ class TtsCore:
             return [Submit(generation.alignment, ALIGN_WORKER, request), *self._advance(now)]
         return self._advance(now)
 
-    def _on_encoded(self, job: _EncodeBatch, result: Any, now: float) -> list[Output]:
+    def _on_encoded(self, job: EncodeBatch, result: Any, now: float) -> list[Output]:
         """The encoder is back: the job's items come out in their order, then the line goes on."""
-        if job is not self._encode_job:
+        if job is not self._playout.job:
             return []
-        self._encode_job = None
         if isinstance(result, BaseException):
+            self._playout.job_lost()
             logger.error("session %s: audio encoding failed", self.session_id, exc_info=result)
             self.outcome = "internal_error"
             failure = ProtocolError(
                 "internal_error", "audio encoding failed", CloseCode.INTERNAL_ERROR
             )
             return self._end("internal_error", Ended(failure))
-        self._encoder = result.encoder
-        outputs: list[Output] = []
-        for item, op in job.items:
-            outputs.extend(self._emit(item, result.outputs[op] if op is not None else b"", now))
-            if self.done:  # the session's end was in it
-                return outputs
-        return outputs + self._advance(now)
+        outputs = self._emit_ready(self._playout.job_done(result), now)
+        return outputs if self.done else outputs + self._advance(now)  # done: its end was in it
 
     def _on_alignment(self, generation: _Generation, result: Any, now: float) -> list[Output]:
         if generation not in self._alive or generation.words is not None:
@@ -413,15 +380,14 @@ class TtsCore:
             verbatim=config.events,
             auto_release=config.segment != "never",
         )
-        self._encoder = AudioEncoder(
+        encoder = AudioEncoder(
             config.audio_format,
             config.output_rate,
             gain_db=float(config.volume_db),
             normalize_loudness=config.normalize_loudness,
             bitrate_bps=config.bitrate_bps,
         )
-        self._offload = self._encoder.offloaded
-        self._source_rate = self._encoder.source_rate
+        self._playout = Playout(encoder)
         self._voice = _Voice(
             config.voice, config.max_tokens, tuple(config.sampling_overrides().items())
         )
@@ -496,11 +462,7 @@ class TtsCore:
         # chunks are out, and what it says then belongs to a turn that was heard).
         cleared = {g.number for g in self._alive}
         self._alive.clear()
-        self._line = deque(item for item in self._line if not _cleared(item, cleared))
-        if self._encode_job is not None:
-            self._encode_job.items = [
-                (item, op) for item, op in self._encode_job.items if not _cleared(item, cleared)
-            ]
+        self._playout.drop(lambda item: _cleared(item, cleared))
         # Cleared waits only for what was due before it (a heard turn's codec tail and events,
         # if they are in the encoder right now); the reset after it drops what the codec holds
         # of the cleared audio.
@@ -525,81 +487,45 @@ class TtsCore:
         turn's events."""
         return self._push([EncoderOp.FINISH, *events], now)
 
-    # -- the line: outputs in client order, through the encoder ----------------------------------
-    def _push(self, items: list[_LineItem], now: float) -> list[Output]:
-        self._line.extend(items)
+    # -- the line: outputs in client order, through the encoder (``Playout``) -------------------
+    def _push(self, items: list[LineItem], now: float) -> list[Output]:
+        self._playout.add(items)
         return self._drain(now)
 
     def _drain(self, now: float) -> list[Output]:
-        """Emit the line's items that can go now; hand the rest to one encode job where the
-        encoder is offloaded."""
-        outputs: list[Output] = []
-        while self._line:
-            if self._encode_job is not None and self._encode_job.items:
-                break  # outputs due before the rest are still in the encoder
-            item = self._line[0]
-            if self._needs_worker(item):
-                if self._encoder is not None:  # else a cleared job still holds it: wait
-                    outputs.append(self._submit_encode())
-                break
-            self._line.popleft()
-            outputs.extend(self._emit(item, self._run_here(item), now))
+        """Emit the line's items that can go now; submit the encode job it hands the rest to."""
+        drained = self._playout.drain()
+        outputs = self._emit_ready(drained.ready, now)
+        if drained.job is not None:
+            batch, payload = drained.job
+            outputs.append(Submit(batch, ENCODE_WORKER, payload))
         return outputs
 
-    def _needs_worker(self, item: _LineItem) -> bool:
-        if not self._offload:
-            return False
-        if isinstance(item, _Encode):
-            return True
-        # A finish or reset with no codec stream begun has nothing for FFmpeg to do.
-        return isinstance(item, EncoderOp) and self._stream_open
+    def _emit_ready(self, ready: list[Ready], now: float) -> list[Output]:
+        outputs: list[Output] = []
+        for item, data in ready:
+            outputs.extend(self._emit(item, data, now))
+            if self.done:  # the session's end was in it
+                break
+        return outputs
 
-    def _run_here(self, item: _LineItem) -> bytes:
-        """An item's encoder call on the event loop: PCM/WAV only (no FFmpeg)."""
-        if self._offload:
-            return b""  # an op without a codec stream: nothing to call
-        if isinstance(item, _Encode):
-            return self._encoder.encode(item.pcm)
-        if item is EncoderOp.FINISH:
-            return self._encoder.finish()
-        if item is EncoderOp.RESET:
-            self._encoder.reset()
-        return b""
-
-    def _submit_encode(self) -> Submit:
-        """Hand the encoder, with every item in the line, to one encode job."""
-        items: list[tuple[_LineItem, int | None]] = []
-        ops: list[bytes | EncoderOp] = []
-        for item in self._line:
-            op = None
-            if isinstance(item, _Encode) or (isinstance(item, EncoderOp) and self._stream_open):
-                op = len(ops)
-                ops.append(item.pcm if isinstance(item, _Encode) else item)
-            if isinstance(item, (_Encode, EncoderOp)):  # a chunk opens a stream; these end it
-                self._stream_open = isinstance(item, _Encode)
-            items.append((item, op))
-        self._line.clear()
-        self._encode_job = _EncodeBatch(items)
-        job = EncodeJob(self._encoder, tuple(ops))
-        self._encoder = None  # the job owns it until its result hands it back
-        return Submit(self._encode_job, ENCODE_WORKER, job)
-
-    def _emit(self, item: _LineItem, data: bytes, now: float) -> list[Output]:
+    def _emit(self, item: LineItem, data: bytes, now: float) -> list[Output]:
         """What one of the line's items says, with its encoder output."""
-        if isinstance(item, _Encode):
-            item.generation.encoding -= 1
+        if isinstance(item, Chunk):
+            generation: _Generation = item.owner
+            generation.encoding -= 1
             if not data:
                 return []  # the codec holds it back (less than a frame so far)
-            item.generation.unacked += 1
+            generation.unacked += 1
             metrics.AUDIO_BYTES_SENT.inc(len(data))
             if not self._first_audio_sent:
                 self._first_audio_sent = True
-                ready_at = item.generation.chunk.ready_at
+                ready_at = generation.chunk.ready_at
                 metrics.TIME_TO_FIRST_AUDIO.observe(max(now - ready_at, 0.0))
-            return [Audio(data, ack=item.generation)]
+            return [Audio(data, ack=generation)]
         if isinstance(item, EncoderOp):
             return [Audio(data)] if data else []  # a turn's tail: nothing waits for it
-        if isinstance(item, _EndSession):
+        if isinstance(item, EndOfLine):
             return self._end(None, Ended())
         return [item]
 
@@ -634,29 +560,23 @@ class TtsCore:
         if not self._alive:
             return self._drain(now)
         head = self._alive[0]
-        items: list[_LineItem] = []
         while head.pending:
             pcm = head.pending.popleft()
             if head.start_s is None:
-                items.append(self._audio_start(head))
-            items.append(_Encode(pcm, head))
+                self._playout.add([self._audio_start(head)])
+            self._playout.add_audio(pcm, head)
             head.encoding += 1
-            self._samples_in += len(pcm) // 2
-        return self._push(items, now)
-
-    def _timeline_s(self) -> float:
-        """Seconds of audio given to the encoder (the resampler's delay does not shift it)."""
-        return round(self._samples_in / self._source_rate, 4)
+        return self._drain(now)
 
     def _audio_start(self, generation: _Generation) -> AudioStart:
-        generation.start_s = self._timeline_s()
+        generation.start_s = self._playout.timeline_s()
         return AudioStart(
             generation=generation.number, text=generation.chunk.text, start_s=generation.start_s
         )
 
     def _retire(self, generation: _Generation, now: float) -> list[Output]:
         """A generation's audio is all written: its events, and a turn's end."""
-        items: list[_LineItem] = []
+        items: list[LineItem] = []
         if generation.start_s is None:  # it made no audio at all
             items.append(self._audio_start(generation))
         if generation.words is not None:
@@ -665,7 +585,7 @@ class TtsCore:
             generation=generation.number,
             text=generation.chunk.text,
             start_s=generation.start_s,
-            end_s=self._timeline_s(),
+            end_s=self._playout.timeline_s(),
         )
         items.append(done)
         if generation.chunk.after:
@@ -689,8 +609,10 @@ class TtsCore:
         if ending and not self._ending:
             self._ending = True
             self.outcome = "ok"
-            done = SessionDone(generations=self._generation_count, audio_s=self._timeline_s())
-            outputs.extend(self._push([EncoderOp.FINISH, done, _END_SESSION], now))
+            done = SessionDone(
+                generations=self._generation_count, audio_s=self._playout.timeline_s()
+            )
+            outputs.extend(self._push([EncoderOp.FINISH, done, END], now))
         return outputs
 
     # -- endings ---------------------------------------------------------------------------------
@@ -710,13 +632,11 @@ class TtsCore:
                 metrics.ABORTED_GENERATIONS.labels(reason=reason).inc()
                 logger.info("generation %s aborted (%s)", generation.request_id, reason)
         outputs = self._cancel_all()
-        if self._encode_job is not None:  # its encoder goes with it: nothing else holds it
-            outputs.append(Cancel(self._encode_job))
-            self._encode_job = None
+        if self._playout is not None:
+            if self._playout.job is not None:  # its encoder goes with it: nothing else holds it
+                outputs.append(Cancel(self._playout.job))
+            self._playout.close()  # nothing more goes out: release what the codec holds
         self._alive.clear()
         self._chunks.clear()
-        self._line.clear()
-        if self._encoder is not None:
-            self._encoder.reset()  # nothing more goes out: release what the codec holds
         self.phase = Phase.DONE
         return outputs + ([ending] if ending is not None else [])
