@@ -23,6 +23,7 @@ from speech_common.audio import alaw_decode, alaw_encode, mulaw_encode
 from speech_common.driver import Cancel, Close, Command, Send, Submit
 from speech_common.vad import WINDOW_SAMPLES, VadResult
 from speech_common.ws import CloseCode, ProtocolError
+from tests.whisper_helpers import PUBLISHED_TRANSCRIPTION_KEYS
 from whisper_streaming.codec_session import CodecSession
 from whisper_streaming.dialects import (
     BasetenCodec,
@@ -552,16 +553,7 @@ def test_without_events_the_published_protocol_is_unchanged() -> None:
     h.whisper()
     h.speak(1.5, speech=False)
     assert [m["type"] for m in h.sent] == ["transcription"]
-    assert set(h.sent[0]) == {
-        "type",
-        "is_final",
-        "transcript",
-        "transcription_num",
-        "language_code",
-        "language_prob",
-        "audio_length_sec",
-        "segments",
-    }
+    assert set(h.sent[0]) == set(PUBLISHED_TRANSCRIPTION_KEYS)
     for control in ("finalize", "keep_alive"):
         h2 = baseten()
         h2.text({"type": control})

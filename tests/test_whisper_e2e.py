@@ -13,7 +13,7 @@ import websockets
 
 from scripts.clients.stt import FRAME_SAMPLES, frames_of, stream, v1_metadata
 from speech_common.audio import mulaw_encode
-from tests.whisper_helpers import sample, wer
+from tests.whisper_helpers import PUBLISHED_TRANSCRIPTION_KEYS, sample, wer
 
 pytestmark = pytest.mark.e2e
 
@@ -40,16 +40,7 @@ def stream_unpaced(url: str, audio: np.ndarray, on_message=None):
 
 
 def check_transcription_message(msg: dict) -> None:
-    for key in (
-        "type",
-        "is_final",
-        "transcript",
-        "transcription_num",
-        "language_code",
-        "language_prob",
-        "audio_length_sec",
-        "segments",
-    ):
+    for key in PUBLISHED_TRANSCRIPTION_KEYS:
         assert key in msg, key
     for seg in msg["segments"]:
         assert {"text", "start_time", "end_time", "log_prob"} <= seg.keys()

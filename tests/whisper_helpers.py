@@ -21,3 +21,15 @@ def sample(name: str, rate: int = 16000) -> tuple[np.ndarray, dict]:
 
 
 from scripts.bench.alignment import whisper_base_dir  # noqa: E402,F401 (one helper)
+
+# Every key of the published protocol's transcription message (partials and finals alike).
+PUBLISHED_TRANSCRIPTION_KEYS = (
+    "type",
+    "is_final",
+    "transcript",
+    "transcription_num",
+    "language_code",
+    "language_prob",
+    "audio_length_sec",
+    "segments",
+)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import time
 import wave
 from collections import Counter
 from dataclasses import dataclass
@@ -829,6 +830,7 @@ def turn_scores(streams_dir: Path, tail_s: float, thresholds: tuple[float, ...])
 
     model = SmartTurn()
     scores: dict[str, list] = {"head": [], "finished": []}
+    call_s: list[float] = []  # each call's time (features + model, batch 1, one thread)
     for meta_path in sorted(streams_dir.glob("conv-*.json")):
         meta = json.loads(meta_path.read_text())
         audio = read_pcm16(meta_path.with_suffix(".wav")).astype(np.float32) / 32768.0
@@ -841,7 +843,9 @@ def turn_scores(streams_dir: Path, tail_s: float, thresholds: tuple[float, ...])
             first = parts[i - 1] if part["part"] == "tail" else part
             lo = round((first["voiced_start_s"] - PRE_SPEECH_MS / 1000) * RATE)
             hi = round((part["voiced_end_s"] + tail_s) * RATE)
+            t0 = time.perf_counter()
             p = float(model.probabilities([audio[max(lo, 0) : hi]])[0])
+            call_s.append(time.perf_counter() - t0)
             scores[key].append({"clip": part["clip"], "text_end": part["text"][-25:], "p": p})
     return {
         "scores": scores,
@@ -849,6 +853,7 @@ def turn_scores(streams_dir: Path, tail_s: float, thresholds: tuple[float, ...])
             t: {k: sum(r["p"] > t for r in v) for k, v in scores.items()} for t in thresholds
         },
         "count": {k: len(v) for k, v in scores.items()},
+        "call_ms_p50": round(float(np.median(call_s)) * 1000, 1) if call_s else None,
     }
 
 
@@ -905,6 +910,7 @@ def main() -> None:
         for key, rows in result["scores"].items():
             print(key, " ".join(f"{r['p']:.3f}" for r in sorted(rows, key=lambda r: r["p"])))
         print("of", json.dumps(result["count"]), "above:", json.dumps(result["above"]))
+        print(f"Smart Turn, one call (batch 1, one thread): p50 {result['call_ms_p50']} ms")
     elif args.command == "turns":
         print_turns(score_turns(json.loads(args.report.read_text())))
     elif args.command == "diagnose":
