@@ -237,18 +237,21 @@ async def _settled(served: Any, within_s: float = 1.0) -> None:
 
 @pytest.mark.parametrize("cut", ["rst", "fin", "clean"])
 @pytest.mark.parametrize(
-    "point", ["before_config", "mid_text", "mid_generation", "after_bad_frame"]
+    "point",
+    ["before_config", "mid_text", "mid_generation", "mid_generation_mp3", "after_bad_frame"],
 )
 async def test_disconnect_at_every_point_frees_the_session(
     orpheus_server: Any, point: str, cut: str
 ) -> None:
+    """mid_generation_mp3: mp3 audio, so an encode job holds the session's encoder too."""
+    config = {**SHORT_CONFIG, "response_format": "mp3"} if "mp3" in point else SHORT_CONFIG
     async with connect(orpheus_server.ws_url) as ws:
         if point != "before_config":
-            await ws.send(json.dumps(SHORT_CONFIG))
-        if point in ("mid_text", "mid_generation"):
+            await ws.send(json.dumps(config))
+        if point.startswith(("mid_text", "mid_generation")):
             for word in "A first sentence to speak. And a second one".split():
                 await ws.send(word)
-        if point == "mid_generation":
+        if point.startswith("mid_generation"):
             await ws.send("__END__")
             assert isinstance(await asyncio.wait_for(ws.recv(), 60), bytes)  # audio flows
         if point == "after_bad_frame":
