@@ -112,7 +112,8 @@ def test_a_stream_that_opens_with_speech_keeps_its_first_word(whisper_server):
 
 def test_stable_partials_opt_in(whisper_server):
     """With stable_partials every partial carries its stable prefix, which only grows (3.5 s of
-    one long utterance at real-time pace); the final carries none."""
+    one long utterance at real-time pace); the final carries none and begins with the words its
+    partials promised."""
     from scripts import SAMPLES_DIR
     from scripts.clients.stt import read_wav
     from whisper_streaming.stability import normalise
@@ -129,6 +130,12 @@ def test_stable_partials_opt_in(whisper_server):
         assert words[: len(before)] == before
         promised[p["transcription_num"]] = words
     assert not any("stable_text" in f or "stable_word_count" in f for f in result.finals)
+    last_stable = {p["transcription_num"]: p["stable_text"] for p in result.partials}
+    assert any(last_stable.values()), "no words promised: nothing to check"
+    for final in result.finals:
+        stable = [normalise(w) for w in last_stable.get(final["transcription_num"], "").split()]
+        heard = [normalise(w) for w in final["transcript"].split()]
+        assert heard[: len(stable)] == stable, (final["transcript"], stable)
 
 
 def test_end_of_turn_opt_in(whisper_server):

@@ -385,3 +385,60 @@ def test_a_final_cut_inside_a_phrase_that_loops_falls_back(engine, monkeypatch):
     assert looping, "beam 5 no longer loops on this cut: nothing to guard"
     [result] = engine.run([final(looping[0])])
     assert result.text.count("produced the block books") == 1, result.text
+
+
+def test_a_final_begins_with_its_forced_prefix_and_goes_on_from_it(engine, first_sentence):
+    """Stable partials' promise: the final is decoded beginning with the promised words, even
+    where its own decode would differ (tiny.en hears espeak's "quick brown fox" as "round-fark"),
+    and its words are aligned as any final's."""
+    audio, _ = first_sentence
+    [free] = engine.run([TranscribeJob(JobKind.FINAL, audio, EN)])
+    assert "brown fox" not in free.text.lower()
+    forced = DecodeOptions(language="en", prefix="The quick brown fox", word_timestamps=True)
+    [result] = engine.run([TranscribeJob(JobKind.FINAL, audio, forced, offset_s=0.5)])
+    assert result.text.startswith("The quick brown fox "), result.text
+    assert "lazy" in result.text.lower()  # decoded on past the prefix
+    words = [w.word for s in result.segments for w in s.words]
+    assert words[:4] == ["The", "quick", "brown", "fox"]
+
+
+def test_a_final_that_keeps_its_promise_is_decoded_once_and_batches_with_any(
+    engine, first_sentence, monkeypatch
+):
+    audio, _ = first_sentence
+    [free] = engine.run([TranscribeJob(JobKind.FINAL, audio, EN)])
+    promised = " ".join(free.text.upper().split()[:3])  # case and punctuation do not count
+    kept = TranscribeJob(JobKind.FINAL, audio, DecodeOptions(language="en", prefix=promised))
+    broken = TranscribeJob(JobKind.FINAL, audio, DecodeOptions(language="en", prefix="A quick"))
+    free_job = TranscribeJob(JobKind.FINAL, audio, EN)
+    assert engine.batch_key(kept) == engine.batch_key(broken) == engine.batch_key(free_job)
+    decodes = []
+    original = engine._decode
+    monkeypatch.setattr(engine, "_decode", lambda *a, **k: decodes.append(1) or original(*a, **k))
+    assert engine.run([kept])[0].text == free.text and len(decodes) == 1
+    alone = [engine.run([job])[0].text for job in (kept, broken, free_job)]
+    assert [t.text for t in engine.run([kept, broken, free_job])] == alone
+    assert alone[1].startswith("A quick")
+
+
+def test_a_forced_final_goes_on_only_where_the_free_decode_heard_more():
+    n = engine_module.MEL_FRAMES_PER_S
+    forced = [{"start": 0.0, "end": 6.6, "tokens": []}]
+    assert engine_module._seek_after_forced_prefix(forced, 790, free_end=788) == 660
+    assert engine_module._seek_after_forced_prefix(forced, 790, free_end=660 + n // 10) == 790
+
+
+def test_a_final_closed_right_after_its_long_prefix_is_decoded_on_to_its_last_word(engine):
+    """tiny.en ends the window straight after a long forced prefix (a single timestamp, then
+    end of text) with "letters" still in LJ001-0012's audio: the rest is decoded on, as after
+    any early stop."""
+    from scripts import SAMPLES_DIR
+    from scripts.clients.stt import read_wav
+
+    audio = read_wav(SAMPLES_DIR / "real" / "LJ001-0012.wav").astype(np.float32) / 32768.0
+    # "costs": the free decode says "cost", so the promise is forced
+    promised = "especially as no more time is occupied or costs incurred in casting, setting or"
+    options = DecodeOptions(language="en", beam_size=5, prefix=f"{promised} printing beautiful")
+    [result] = engine.run([TranscribeJob(JobKind.FINAL, audio, options)])
+    assert result.text.startswith(f"{promised} printing beautiful")
+    assert result.text.rstrip(".").endswith("beautiful letters"), result.text

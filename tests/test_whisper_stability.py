@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scripts.clients.stt import v1_metadata
-from speech_common.driver import Send, Submit
+from speech_common.driver import Cancel, Send, Submit
 from speech_common.vad import WINDOW_SAMPLES, VadResult
 from whisper_streaming.codec_session import CodecSession
 from whisper_streaming.engine import JobKind, Segment, Transcript
@@ -153,13 +153,17 @@ def test_properties(
 class Session:
     """A Baseten session whose Whisper partials say what the test scripts."""
 
-    def __init__(self, log_prob: float = -0.2, **streaming: object) -> None:
-        self.session = CodecSession.baseten(CoreLimits(speculative_finals=False), ["en"])
+    def __init__(
+        self, log_prob: float = -0.2, limits: CoreLimits | None = None, **streaming: object
+    ) -> None:
+        limits = limits or CoreLimits(speculative_finals=False)
+        self.session = CodecSession.baseten(limits, ["en"])
         self.log_prob = log_prob  # every partial's decode
         self.now = 0.0
         self.jobs: dict[int, Submit] = {}
         self.sent: list[dict] = []
         self.events: list[Transcription] = []
+        self.finals_asked: list[str] = []  # each final job's promised words, in order
         self.apply(self.session.start(self.now))
         meta = v1_metadata()
         meta["streaming_whisper_params"].update(streaming)
@@ -171,6 +175,10 @@ class Session:
                 self.sent.append(command.message)
             elif isinstance(command, Submit):
                 self.jobs[command.job_id] = command
+                if command.worker == WHISPER_WORKER and command.payload.kind is JobKind.FINAL:
+                    self.finals_asked.append(command.payload.options.prefix)
+            elif isinstance(command, Cancel):
+                self.jobs.pop(command.job_id, None)
 
     def speak(self, seconds: float, speech: bool = True) -> None:
         for _ in range(round(seconds * 16000 / WINDOW_SAMPLES)):
@@ -239,6 +247,37 @@ def test_partials_carry_their_stable_prefix_only_when_the_session_opts_in() -> N
         assert "stable_text" not in without and "stable_word_count" not in without
         extra = {k: with_it.pop(k) for k in ("stable_text", "stable_word_count")}
         assert with_it == without and set(extra) == {"stable_text", "stable_word_count"}
+
+
+def test_a_final_is_asked_to_keep_the_words_its_partials_promised() -> None:
+    on = Session(stable_partials=True)
+    run_utterances(on, UTTERANCE, ["Second"])
+    assert on.finals_asked == ["hello world how", ""]  # one partial promises nothing
+    off = Session()
+    run_utterances(off, UTTERANCE)
+    assert off.finals_asked == [""]
+
+
+def test_a_speculative_final_is_decoded_again_when_a_partial_promised_more_since() -> None:
+    s = Session(limits=CoreLimits(), stable_partials=True)  # speculative finals on
+    scripted = iter(["Hello", "Hello world,"])
+    while len(s.partials()) < 2:
+        s.speak(0.1)
+        s.whisper(scripted)
+    assert s.partials()[-1]["stable_text"] == "Hello"
+    s.speak(0.6)  # a partial is asked for and not answered yet
+    (late,) = [j for j, job in s.jobs.items() if job.payload.kind is JobKind.PARTIAL]
+    s.speak(0.2, speech=False)  # the pause is long enough to speculate
+    assert s.finals_asked == ["Hello"]
+    text = "Hello world, how are"
+    seg = Segment(text, 0.0, 1.0, -0.2, 0.01)
+    s.apply(s.session.on_result(late, Transcript([seg], "en", 0.99), s.now))
+    del s.jobs[late]
+    assert s.partials()[-1]["stable_text"] == "Hello world,"
+    s.speak(0.5, speech=False)  # the pause lasted: the final, with the longer promise
+    assert s.finals_asked == ["Hello", "Hello world,"]
+    finals = [j for j in s.jobs.values() if j.worker == WHISPER_WORKER]
+    assert [j.payload.options.prefix for j in finals] == ["Hello world,"]  # spec cancelled
 
 
 def test_the_core_gives_the_rule_each_partials_log_prob() -> None:

@@ -19,7 +19,10 @@ recorded partials (``--rules n:hold_back:min_log_prob``; the rule is a pure func
 partials' texts and log-probs, so a replay is exactly what the server would have sent): the
 words marked, their share of the finals' words, how many changed (by position, the issue's bar;
 and aligned with the final, where one inserted or dropped word counts once), and how long
-before its final a marked word was first marked (its lead). Writes JSON (``--out``); ``--replay`` re-scores
+before its final a marked word was first marked (its lead). The server's finals keep the
+words their partials promised (a final that would not is decoded again with them forced), so
+a wrong promise costs accuracy instead: the report gives the finals' WER against each clip's reference (``<clip>.json``), to set against the
+same clips' finals decoded freely (``scripts/bench/replay.py --files``). Writes JSON (``--out``); ``--replay`` re-scores
 written JSONs (pooled) without streaming.
 """
 
@@ -38,6 +41,7 @@ from pathlib import Path
 from scripts import REPO_ROOT
 from scripts.bench.stats import percentile
 from scripts.bench.stt import START_JITTER_S
+from scripts.bench.wer import wer
 from scripts.clients.auth import API_KEY_ENV
 from scripts.clients.stt import (
     CLIENT_RATE_HZ,
@@ -109,8 +113,10 @@ async def one_clip(url: str, wav: Path, interval_s: float, api_key: str | None) 
                     "stable_word_count": msg.get("stable_word_count"),
                 }
             )
+    reference = wav.with_suffix(".json")
     return {
         "clip": wav.stem,
+        "reference": json.loads(reference.read_text())["text"] if reference.exists() else None,
         "finished": result.finished,
         "errors": [m.get("body", m) for m in result.errors],
         "close_code": result.close_code,
@@ -280,6 +286,15 @@ def report(
         lines.append(
             f"  {change['clip']} #{change['num']} word {change['position']}: marked "
             f"{change['marked']!r}, final {change['final']!r} ({change['final_text']!r})"
+        )
+    scored = [c for c in clips if c.get("reference")]
+    if scored:
+        finals = [
+            " ".join(u["final"]["text"] for u in c["utterances"] if u["final"]) for c in scored
+        ]
+        lines.append(
+            f"finals' WER: {wer([c['reference'] for c in scored], finals) * 100:.1f} % "
+            f"({len(scored)} clips; each final keeps its promised words)"
         )
     bad = [c for c in clips if not c["finished"] or c["errors"] or c["close_code"] != 1000]
     for c in bad:

@@ -27,6 +27,7 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_suppressed_tokens
 
 from speech_common.audio import WHISPER_RATE_HZ as SAMPLE_RATE_HZ
+from whisper_streaming.stability import normalise as normalise_word
 
 MEL_FRAMES_PER_S = 100
 FULL_WINDOW_FRAMES = 3000  # Whisper's 30 s
@@ -104,6 +105,10 @@ class DecodeOptions:
     # back only to the hotter FALLBACK_TEMPERATURES (OpenAI's transcription ``temperature``);
     # 0: beam search, then the whole fallback.
     temperature: float = 0.0
+    # Finals only: words the final must begin with (the utterance's stable partial words, so
+    # the final never takes a promised word back): a free decode that does not is decoded
+    # again with them forced, as Whisper's ``prefix`` (WhisperEngine._keep_promise).
+    prefix: str = ""
 
 
 @dataclass
@@ -325,11 +330,23 @@ class WhisperEngine:
             results, temperatures = self._fallback(
                 features, prompts, opts, tok0, results, durations
             )
+        forced_until: list[int | None] = [None] * len(jobs)  # see _keep_promise
+        if final:
+            for i, job in enumerate(jobs):
+                if job.options.prefix:
+                    tok = self._tokenizer(languages[i][0])
+                    kept = self._keep_promise(job, tok, features[i : i + 1], results[i], frames[i])
+                    if kept is not None:
+                        results[i], temperatures[i], forced_until[i] = kept
         parsed, seeks = [], []
-        for job, (lang, _), res, n_frames in zip(jobs, languages, results, frames, strict=True):
+        for i, (job, (lang, _), res, n_frames) in enumerate(
+            zip(jobs, languages, results, frames, strict=True)
+        ):
             duration = len(job.audio) / SAMPLE_RATE_HZ
             if final:
                 subsegments, seek = self._split(self._tokenizer(lang), res, 0, n_frames, duration)
+                if forced_until[i] is not None and subsegments:
+                    seek = _seek_after_forced_prefix(subsegments, seek, forced_until[i])
             else:
                 subsegments = [dict(seek=0, start=0.0, end=duration, tokens=res.sequences_ids[0])]
                 seek = n_frames
@@ -363,6 +380,27 @@ class WhisperEngine:
                 segments = drop_repeats(segments)
             out.append(Transcript(segments, lang, prob, max(t for _, _, t in passes)))
         return out
+
+    def _keep_promise(self, job: TranscribeJob, tok, features, free, n_frames: int):
+        """A final whose free decode does not begin with its promised words (``prefix``) is
+        decoded again, alone, beginning with them (forced), with the same fallback. Returns
+        (result, temperature, where the free decode's last segment ended in mel frames), or
+        None when the free decode keeps the promise (the usual case: no extra decode)."""
+        promised = [normalise_word(w) for w in job.options.prefix.split()]
+        heard = [normalise_word(w) for w in self._text(free, tok).split()]
+        if heard[: len(promised)] == promised:
+            return None
+        duration = len(job.audio) / SAMPLE_RATE_HZ
+        free_subsegments, _ = self._split(tok, free, 0, n_frames, duration)
+        free_end = round(free_subsegments[-1]["end"] * MEL_FRAMES_PER_S) if free_subsegments else 0
+        prompt = self.model.get_prompt(
+            tok, list(self.previous_tokens(job.options, job.kind)), prefix=job.options.prefix
+        )
+        opts = job.options
+        encoded = self.model.encode(features)
+        first = self._decode(encoded, [prompt], opts, True, tok, temperature=opts.temperature)
+        [res], [temperature] = self._fallback(features, [prompt], opts, tok, first, [duration])
+        return res, temperature, free_end
 
     def _split(self, tok, res, seek: int, n_frames: int, duration_s: float):
         """A final's tokens as timed segments (times from the job's start) and where the decode
@@ -549,6 +587,20 @@ class WhisperEngine:
             if not allowed or lang in allowed:
                 return lang, prob
         return probs[0]
+
+
+def _seek_after_forced_prefix(subsegments: list[dict], seek: int, free_end: int) -> int:
+    """Where a final decoded from a forced prefix goes on. Whisper often closes the window right
+    after a long forced prefix ("... printing beautiful" <|7.58|>, end of text, with "letters"
+    still in the audio: tiny.en on LJ001-0012), a single timestamp that ``transcribe()`` reads
+    as "nothing more in this window". When the free decode of the same audio heard speech past
+    that point (its last segment ends MIN_CONTINUATION_S or more later), the decode goes on
+    from the forced decode's last segment; otherwise the rest is the utterance's trailing
+    audio, where a continuation could only invent words ("It's good.", measured)."""
+    forced_end = round(subsegments[-1]["end"] * MEL_FRAMES_PER_S)
+    if free_end - forced_end < MIN_CONTINUATION_S * MEL_FRAMES_PER_S:
+        return seek
+    return min(seek, forced_end)
 
 
 def _seek_after_words(subsegments: list[dict], seek: int, n_frames: int) -> int:

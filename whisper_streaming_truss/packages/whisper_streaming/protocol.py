@@ -158,7 +158,7 @@ class SttCore:
         self._last_partial_sent: dict[int, int] = {}  # num -> seq of the newest partial sent
         self._stability: dict[int, LocalAgreement] = {}  # num -> its stable prefix (opt-in)
         self._finalised: set[int] = set()
-        self._spec: tuple[int, int, int] | None = None  # (num, samples, job id)
+        self._spec: tuple[int, int, int, str] | None = None  # (num, samples, job id, promised)
         self._spec_results: dict[int, Any] = {}  # speculative job -> result, before its final
         self._queue: deque[_Pending] = deque()
         self._context = ""  # previous finals' text, for conditioning (bounded: CONTEXT_MAX_CHARS)
@@ -441,11 +441,13 @@ class SttCore:
 
     # -- transcription requests ------------------------------------------------------------------
     def _submit_transcribe(
-        self, kind: JobKind, audio: np.ndarray, offset_s: float, handler: Handler
+        self, kind: JobKind, audio: np.ndarray, offset_s: float, handler: Handler, prefix: str = ""
     ) -> Submit:
         options = self._decode
         if kind is JobKind.FINAL and self.config.whisper.condition_on_previous_text:
             options = replace(options, context=self._context)
+        if prefix:
+            options = replace(options, prefix=prefix)
         job = TranscribeJob(kind, audio, options, offset_s)
         replace_key = "partial" if kind is JobKind.PARTIAL else None
         return self._submit(
@@ -479,10 +481,11 @@ class SttCore:
             outputs: list[Output] = []
             if self._spec is not None:
                 outputs.append(self._cancel(self._spec[2]))
+            promised = self._promised(request.num)
             submit = self._submit_transcribe(
-                JobKind.FINAL, request.audio, request.offset_s, self._on_transcript
+                JobKind.FINAL, request.audio, request.offset_s, self._on_transcript, promised
             )
-            self._spec = (request.num, len(request.audio), submit.job_id)
+            self._spec = (request.num, len(request.audio), submit.job_id, promised)
             return [*outputs, submit]
         if isinstance(request, FinalRequest):
             if cause is None:
@@ -508,18 +511,21 @@ class SttCore:
             self._intake.arrival_of(round(request.speech_end_s * SAMPLE_RATE_HZ), now),
             cause,
         )
+        promised = self._promised(request.num)
         if self._spec is not None:
-            num, length, job_id = self._spec
+            num, length, job_id, spec_promised = self._spec
             self._spec = None
-            if num == request.num and length == len(request.audio):
-                final.job_id = job_id  # the pause lasted: the speculative final is the final
+            # The pause lasted: the speculative final is the final, unless a partial since
+            # promised more words than it was decoded with.
+            if (num, length, spec_promised) == (request.num, len(request.audio), promised):
+                final.job_id = job_id
                 if job_id in self._spec_results:
                     final.result, final.ready = self._spec_results.pop(job_id), True
             else:
                 outputs.append(self._cancel(job_id))
         if final.job_id is None:
             submit = self._submit_transcribe(
-                JobKind.FINAL, request.audio, request.offset_s, self._on_transcript
+                JobKind.FINAL, request.audio, request.offset_s, self._on_transcript, promised
             )
             final.job_id = submit.job_id
             outputs.append(submit)
@@ -534,6 +540,12 @@ class SttCore:
         if not request.forced:  # speech goes on after a forced cut: no utterance end yet
             self._last_speech_end_s = request.speech_end_s
         return outputs + self._emit(now)
+
+    def _promised(self, num: int) -> str:
+        """The words the utterance's stable partials promised (``stable_partials``): its final
+        is decoded beginning with them, so no promised word changes."""
+        agreement = self._stability.get(num)
+        return " ".join(agreement.words) if agreement is not None else ""
 
     # -- end of turn ---------------------------------------------------------------------------------
     def _submit_turn_score(self, score: ScoreTurn) -> Submit:
