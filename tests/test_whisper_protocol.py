@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +18,13 @@ from speech_common.vad import WINDOW_SAMPLES, VadResult, VadStreamState
 from speech_common.ws import load_json
 from whisper_streaming.codec_session import CodecSession
 from whisper_streaming.engine import JobKind, Segment, Transcript
-from whisper_streaming.protocol import MAX_AUDIO_FRAME_BYTES, TURN_WORKER, VAD_WORKER, CoreLimits
+from whisper_streaming.protocol import (
+    MAX_AUDIO_FRAME_BYTES,
+    TURN_WORKER,
+    VAD_WORKER,
+    WHISPER_WORKER,
+    CoreLimits,
+)
 
 SPEECH, SILENCE = 0.95, 0.01
 FIRST_FRAME_TIMEOUT_S = 5.0
@@ -288,6 +295,34 @@ def test_speech_after_a_pause_continues_the_turn_and_voids_the_score() -> None:
     types = [m["type"] for m in h.sent]
     assert types == ["transcription", "transcription", "end_of_turn"]
     assert h.sent[-1]["transcription_num"] == 1
+    h.check_order()
+
+
+@pytest.mark.parametrize("score_first", [True, False])
+def test_a_final_that_trails_off_does_not_end_the_turn(score_first: bool) -> None:
+    """Whisper's "depending on..." is unfinished speech: a high turn score does not end the turn
+    (whichever comes back first, the score or the final); the timeout still does."""
+    h = _turn_harness(timeout_ms=1000)
+    speak(h, 1.0)
+    speak(h, 0.4, speech=False)
+    (turn,) = _jobs(h, TURN_WORKER)
+    (final,) = [i for i, j in h.jobs.items() if j.worker == WHISPER_WORKER]
+
+    def answer_final() -> None:
+        h.jobs.pop(final)
+        h.apply(h.core.on_result(final, transcript("depending on..."), h.now))
+
+    if score_first:
+        h.resolve(turn, turn_score=0.99)
+        assert h.sent == []
+        answer_final()
+    else:
+        answer_final()
+        assert h.sent == []  # the final waits for its turn score
+        h.resolve(turn, turn_score=0.99)
+    assert [m["type"] for m in h.sent] == ["transcription"]
+    speak(h, 1.0, speech=False)
+    assert h.sent[-1]["type"] == "end_of_turn" and h.sent[-1]["reason"] == "timeout"
     h.check_order()
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from speech_common.vad import SAMPLE_RATE_HZ, WINDOW_SAMPLES
-from whisper_streaming.turns import ScoreTurn, TurnEnded, TurnOptions, TurnTracker
+from whisper_streaming.turns import ScoreTurn, TurnEnded, TurnOptions, TurnTracker, trails_off
 
 WINDOW_S = WINDOW_SAMPLES / SAMPLE_RATE_HZ
 
@@ -77,6 +77,26 @@ def test_a_low_score_keeps_the_turn_open_until_the_timeout() -> None:
     assert s.ended == [] and s.turns.turn_open
     s.windows(1)
     assert s.ended == [TurnEnded("timeout", end_s, 0.2)]
+
+
+def test_a_final_that_trails_off_keeps_the_turn_open_whatever_the_score() -> None:
+    s = Stream(timeout_ms=1000)
+    s.turns.speech_started(0.0)
+    s.windows(30)
+    end_s = s.now_s
+    request = s.turns.utterance_ended(end_s)
+    assert s.turns.scored(request.ticket, 0.99, trailing_off=True) is None
+    assert s.turns.turn_open
+    s.windows(math.ceil(1.0 / WINDOW_S))
+    assert s.ended == [TurnEnded("timeout", end_s, 0.99)]
+
+
+def test_what_trails_off() -> None:
+    for text in ("depending on...", "principally of t-", "and then,", "as follows:",
+                 "so \u2026", "well; ", "the \u2013"):
+        assert trails_off(text), text
+    for text in ("It is over.", "Is it?", "Stop!", "the chemical is", "", "well-known"):
+        assert not trails_off(text), text
 
 
 def test_speech_before_the_score_comes_back_voids_it() -> None:

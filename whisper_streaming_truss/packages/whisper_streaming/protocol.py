@@ -50,7 +50,7 @@ from .events import (
 from .intake import AudioIntake
 from .schema import SessionConfig
 from .stability import LocalAgreement
-from .turns import ScoreTurn, TurnEnded, TurnOptions, TurnTracker
+from .turns import ScoreTurn, TurnEnded, TurnOptions, TurnTracker, trails_off
 from .utterance import (
     Dropped,
     FinalRequest,
@@ -132,6 +132,8 @@ class _Pending:
     ready: bool = False
     position_s: float = 0.0  # a finalize marker: the audio it covered
     turn_ticket: int | None = None  # a final waiting for this turn score before it goes out
+    turn_scored: bool = False  # the score is in (the verdict waits for the final's text)
+    turn_probability: float | None = None  # its P(complete) (None: the score failed)
     end_of_turn: bool | None = None  # the turn score's verdict on this final
     turn: TurnEnded | None = None  # an end_of_turn marker: how the turn ended
 
@@ -553,14 +555,25 @@ class SttCore:
         return self._submit(TURN_WORKER, score.audio, handler)
 
     def _on_turn_score(self, ticket: int, job_id: int, result: Any, now: float) -> list[Output]:
-        ended = None
+        probability = None
         if isinstance(result, BaseException):
             logger.warning("turn score failed: %r", result)  # the timeout still ends the turn
         else:
-            ended = self._turns.scored(ticket, float(result))
-        for item in self._queue:
-            if item.turn_ticket == ticket:
-                item.turn_ticket, item.end_of_turn = None, ended is not None
+            probability = float(result)
+        final = next((item for item in self._queue if item.turn_ticket == ticket), None)
+        if final is None:
+            return []  # the speaker went on before the score came back: void
+        final.turn_scored, final.turn_probability = True, probability
+        return self._turn_verdict(final, now) if final.ready else []
+
+    def _turn_verdict(self, final: _Pending, now: float) -> list[Output]:
+        """The turn score and the final's text are both in: did this utterance end the turn?"""
+        ticket, final.turn_ticket = final.turn_ticket, None
+        ended = None
+        if final.turn_probability is not None:
+            text = "" if isinstance(final.result, BaseException) else final.result.text
+            ended = self._turns.scored(ticket, final.turn_probability, trails_off(text))
+        final.end_of_turn = ended is not None
         return self._turn_ended(ended, now) if ended is not None else self._emit(now)
 
     def _release_turn_waits(self, now: float) -> list[Output]:
@@ -603,6 +616,8 @@ class SttCore:
         for final in self._queue:
             if final.kind == "final" and final.job_id == job_id:
                 final.result, final.ready = result, True
+                if final.turn_ticket is not None and final.turn_scored:
+                    return self._turn_verdict(final, now)
                 return self._emit(now)
         if self._spec is not None and self._spec[2] == job_id:
             self._spec_results[job_id] = result  # its FinalRequest may still come

@@ -3,8 +3,9 @@
 ``TurnTracker`` follows one stream's utterances. When an utterance ends on a pause it asks for a
 score of the turn so far (``ScoreTurn``: its audio from 0.5 s before its first onset to the end
 of its speech, at most ``speech_common.turn``'s 8 s, for the Smart Turn worker); a score above
-the threshold ends the turn. A low score keeps the turn open: the next utterance continues it,
-and after ``timeout_ms`` of silence the turn ends anyway. Speech before a score comes back voids it.
+the threshold ends the turn, unless the utterance's final trails off (``trails_off``). A low
+score keeps the turn open: the next utterance continues it, and after ``timeout_ms`` of silence
+the turn ends anyway. Speech before a score comes back voids it.
 Positions are stream samples at 16 kHz, as the VAD counts them.
 """
 
@@ -20,6 +21,17 @@ from speech_common.turn import COMPLETE_THRESHOLD, PRE_SPEECH_MS, TURN_CONTEXT_S
 from speech_common.vad import SAMPLE_RATE_HZ
 
 DEFAULT_TIMEOUT_MS = int(TURN_STOP_S * 1000)  # pipecat's STOP_SECS
+
+
+# Whisper writes these at the end of a final when the speaker trails off or breaks off a word
+# ("depending on...", "principally of t-"): the two hesitations of the hesitation set that
+# Smart Turn ended the turn at, and none of 41 finished sentences (docs/benchmarks.md).
+CONTINUATION_MARKS = ("...", "\u2026", "-", "\u2013", "\u2014", ",", ";", ":")
+
+
+def trails_off(text: str) -> bool:
+    """A final's text that ends as unfinished speech does."""
+    return text.rstrip().endswith(CONTINUATION_MARKS)
 
 
 @dataclass(frozen=True)
@@ -103,13 +115,16 @@ class TurnTracker:
         audio = self._recent.view()[start - first : max(end - first, start - first)].copy()
         return ScoreTurn(self._ticket, audio)
 
-    def scored(self, ticket: int, probability: float) -> TurnEnded | None:
-        """The model's answer; it ends the turn if it is still the one asked about."""
+    def scored(
+        self, ticket: int, probability: float, trailing_off: bool = False
+    ) -> TurnEnded | None:
+        """The model's answer; it ends the turn if it is still the one asked about and the
+        utterance's final did not trail off."""
         if ticket != self._waiting or not self._open:
             return None
         self._waiting = None
         self._last_probability = probability
-        if probability > self.options.threshold:
+        if probability > self.options.threshold and not trailing_off:
             return self._end("model", probability)
         return None
 
