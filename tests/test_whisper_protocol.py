@@ -298,6 +298,68 @@ def test_speech_after_a_pause_continues_the_turn_and_voids_the_score() -> None:
     h.check_order()
 
 
+def _recording(h: Harness) -> list[Command]:
+    """Every command the core answers with from now on, in order."""
+    seen: list[Command] = []
+    apply = h.apply
+
+    def recording(commands: list[Command]) -> None:
+        seen.extend(commands)
+        apply(commands)
+
+    h.apply = recording
+    return seen
+
+
+def test_the_turn_is_scored_with_the_speculative_final_and_the_score_serves_if_the_pause_lasts():
+    h = _turn_harness()
+    seen = _recording(h)
+    speak(h, 1.0)
+    speak(h, 0.2, speech=False)  # speculation (150 ms into the pause): final and turn score
+    (early,) = _jobs(h, TURN_WORKER)
+    assert [j.payload.kind for j in h.jobs.values() if j.worker == WHISPER_WORKER] == [
+        JobKind.FINAL
+    ]
+    h.resolve(early, turn_score=0.9)  # back before the silence timeout
+    speak(h, 0.2, speech=False)  # the pause lasts: the utterance ends, no second score
+    assert _jobs(h, TURN_WORKER) == []
+    h.drain()
+    assert [m["type"] for m in h.sent] == ["transcription", "end_of_turn"]
+    assert h.sent[1]["speech_end"] == 0.992 and h.sent[1]["probability"] == 0.9
+    turn_submits = [c for c in seen if isinstance(c, Submit) and c.worker == TURN_WORKER]
+    assert [c.job_id for c in turn_submits] == [early]
+    h.check_order()
+
+
+def test_an_early_turn_score_still_out_when_the_pause_lasts_is_waited_for() -> None:
+    h = _turn_harness()
+    speak(h, 1.0)
+    speak(h, 0.4, speech=False)
+    (early,) = _jobs(h, TURN_WORKER)
+    for job_id in [i for i, j in h.jobs.items() if j.worker == WHISPER_WORKER]:
+        h.resolve(job_id)
+    assert h.sent == []  # the final waits for its turn score
+    h.resolve(early, turn_score=0.9)
+    assert [m["type"] for m in h.sent] == ["transcription", "end_of_turn"]
+
+
+def test_speech_resuming_after_the_early_turn_score_cancels_it() -> None:
+    h = _turn_harness()
+    seen = _recording(h)
+    speak(h, 1.0)
+    speak(h, 0.2, speech=False)
+    (early,) = _jobs(h, TURN_WORKER)
+    speak(h, 0.5)  # the speaker goes on: the speculation and its turn score are void
+    assert early not in h.jobs and any(isinstance(c, Cancel) and c.job_id == early for c in seen)
+    speak(h, 0.4, speech=False)
+    (second,) = _jobs(h, TURN_WORKER)
+    assert second != early and len(h.jobs[second].payload) > 31 * WINDOW_SAMPLES
+    h.resolve(second, turn_score=0.9)
+    h.drain()
+    assert [m["type"] for m in h.sent] == ["transcription", "end_of_turn"]
+    h.check_order()
+
+
 @pytest.mark.parametrize("score_first", [True, False])
 def test_a_final_that_trails_off_does_not_end_the_turn(score_first: bool) -> None:
     """Whisper's "depending on..." is unfinished speech: a high turn score does not end the turn

@@ -149,6 +149,11 @@ class VadSegmenter:
         ].copy()
 
     @property
+    def last_speech_end_s(self) -> float:
+        """Where the last speech window ended (stream seconds)."""
+        return self._last_speech_end / SAMPLE_RATE_HZ
+
+    @property
     def speech_ms(self) -> float:
         """Speech in the open utterance so far, first to last speech window (pads excluded)."""
         if not self._in_speech:

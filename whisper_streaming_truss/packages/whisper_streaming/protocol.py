@@ -138,6 +138,19 @@ class _Pending:
     turn: TurnEnded | None = None  # an end_of_turn marker: how the turn ended
 
 
+@dataclass
+class _EarlyTurnScore:
+    """A turn score asked for with the speculative final, 150 ms into the pause: the model hears
+    the turn up to the end of its speech, so if the pause lasts the utterance's end asks about
+    the same audio and takes this score instead of waiting for a new one."""
+
+    audio: np.ndarray
+    job_id: int = -1
+    ticket: int | None = None  # the utterance end's ticket, once it took this score
+    result: Any = None
+    done: bool = False
+
+
 class SttCore:
     def __init__(self, limits: CoreLimits, supported_languages: list[str]) -> None:
         self.limits = limits
@@ -174,6 +187,7 @@ class SttCore:
         # end of turn (opt-in)
         self._turns: TurnTracker | None = None
         self._words_in_turn = False  # a final with words went out since the last EndOfTurn
+        self._early_turn: _EarlyTurnScore | None = None  # asked with the speculative final
 
     # -- the driver's side -------------------------------------------------------------------------
     @property
@@ -488,16 +502,18 @@ class SttCore:
                 JobKind.FINAL, request.audio, request.offset_s, self._on_transcript, promised
             )
             self._spec = (request.num, len(request.audio), submit.job_id, promised)
-            return [*outputs, submit]
+            return [*outputs, submit, *self._ask_early_turn_score(request.speech_end_s)]
         if isinstance(request, FinalRequest):
             if cause is None:
                 cause = FinalCause.FORCED if request.forced else FinalCause.PAUSE
             return self._on_final_request(request, now, cause)
         if isinstance(request, (Dropped, SpeculationVoid)):
+            outputs = self._drop_early_turn_score()
             if self._spec is not None and self._spec[0] == request.num:
                 job_id = self._spec[2]
                 self._spec = None
-                return [self._cancel(job_id)]
+                outputs.append(self._cancel(job_id))
+            return outputs
         return []
 
     def _on_final_request(
@@ -531,16 +547,28 @@ class SttCore:
             )
             final.job_id = submit.job_id
             outputs.append(submit)
+        early_result = None
         if self._turns is not None and cause is FinalCause.PAUSE:
             score = self._turns.utterance_ended(request.speech_end_s)
+            early, self._early_turn = self._early_turn, None
             if score is not None:
-                outputs.append(self._submit_turn_score(score))
                 final.turn_ticket = score.ticket
+                if early is not None and np.array_equal(early.audio, score.audio):
+                    early.ticket = score.ticket  # the pause lasted: its score is this one's
+                    early_result = (early.job_id, early.result) if early.done else None
+                else:
+                    if early is not None and not early.done:
+                        outputs.append(self._cancel(early.job_id))
+                    outputs.append(self._submit_turn_score(score))
+        else:
+            outputs.extend(self._drop_early_turn_score())
         self._finalised.add(request.num)
         self._stability.pop(request.num, None)
         self._queue.append(final)
         if not request.forced:  # speech goes on after a forced cut: no utterance end yet
             self._last_speech_end_s = request.speech_end_s
+        if early_result is not None:
+            outputs.extend(self._on_turn_score(final.turn_ticket, *early_result, now))
         return outputs + self._emit(now)
 
     def _promised(self, num: int) -> str:
@@ -553,6 +581,29 @@ class SttCore:
     def _submit_turn_score(self, score: ScoreTurn) -> Submit:
         handler = functools.partial(self._on_turn_score, score.ticket)
         return self._submit(TURN_WORKER, score.audio, handler)
+
+    def _ask_early_turn_score(self, speech_end_s: float) -> list[Output]:
+        outputs = self._drop_early_turn_score()
+        audio = self._turns.peek(speech_end_s) if self._turns is not None else None
+        if audio is None:
+            return outputs
+        early = _EarlyTurnScore(audio)
+        submit = self._submit(TURN_WORKER, audio, functools.partial(self._on_early_turn, early))
+        early.job_id = submit.job_id
+        self._early_turn = early
+        return [*outputs, submit]
+
+    def _drop_early_turn_score(self) -> list[Output]:
+        early, self._early_turn = self._early_turn, None
+        return [self._cancel(early.job_id)] if early is not None and not early.done else []
+
+    def _on_early_turn(
+        self, early: _EarlyTurnScore, job_id: int, result: Any, now: float
+    ) -> list[Output]:
+        if early.ticket is not None:  # its utterance ended and waits for it
+            return self._on_turn_score(early.ticket, job_id, result, now)
+        early.result, early.done = result, True  # kept until the utterance ends (or not)
+        return []
 
     def _on_turn_score(self, ticket: int, job_id: int, result: Any, now: float) -> list[Output]:
         probability = None

@@ -106,14 +106,24 @@ class TurnTracker:
         self._speech_end = round(speech_end_s * SAMPLE_RATE_HZ)
         self._ticket += 1
         self._waiting = self._ticket
+        return ScoreTurn(self._ticket, self._turn_audio(self._speech_end))
+
+    def peek(self, speech_end_s: float) -> np.ndarray | None:
+        """The audio ``utterance_ended(speech_end_s)`` would ask about now, asking nothing: a
+        score computed early in the pause (with the speculative final) serves the utterance's
+        end if its audio is the same."""
+        if not self._open:
+            return None
+        return self._turn_audio(round(speech_end_s * SAMPLE_RATE_HZ))
+
+    def _turn_audio(self, speech_end: int) -> np.ndarray:
         first = self._position - len(self._recent)  # the oldest sample kept
         start = max(self._turn_start - self._pre, first)
         # Up to the end of its speech, no silence after it: the score rises with the silence the
         # model hears (pipecat gives it its VAD's 0.2 s stop; on the hesitation set that ended
         # the turn at 6 of 14 pauses inside a sentence, with none at 2: docs/benchmarks.md).
-        end = min(self._speech_end, self._position)
-        audio = self._recent.view()[start - first : max(end - first, start - first)].copy()
-        return ScoreTurn(self._ticket, audio)
+        end = min(speech_end, self._position)
+        return self._recent.view()[start - first : max(end - first, start - first)].copy()
 
     def scored(
         self, ticket: int, probability: float, trailing_off: bool = False

@@ -48,6 +48,7 @@ class SpeculativeFinal:
     num: int
     audio: np.ndarray
     offset_s: float
+    speech_end_s: float  # as its FinalRequest's, should the pause last
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,11 @@ class UtteranceTracker:
             long_enough = seg.speech_ms >= self.options.vad.min_speech_duration_ms
             if audio is not None and long_enough and len(audio) != self._speculated_len:
                 self._speculated_len = len(audio)
-                return [SpeculativeFinal(self._num, audio, seg.utterance_start_s)]
+                return [
+                    SpeculativeFinal(
+                        self._num, audio, seg.utterance_start_s, seg.last_speech_end_s
+                    )
+                ]
             return []
         requests: list[Request] = []
         if self._speculated_len and seg.silence_ms == 0:
