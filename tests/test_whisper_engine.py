@@ -18,6 +18,7 @@ from whisper_streaming.engine import (
     TranscribeJob,
     WhisperEngine,
     is_hallucination,
+    says_twice_in_a_row,
     too_many_words,
 )
 
@@ -234,6 +235,7 @@ def test_one_word_looped_by_beam_search_is_decoded_again(monkeypatch):
     # AVX-512 one): the first of these cuts that loops without the guard is the case.
     with monkeypatch.context() as mp:
         mp.setattr(engine_module, "MAX_WORDS_PER_S", float("inf"))
+        mp.setattr(engine_module, "SHORT_FINAL_S", 0.0)  # nor the full window's retry
         looping = [
             cut for cut in (0.6, 0.65, 0.69, 0.72, 0.75)
             if engine.run([final(cut)])[0].text.lower().count("now") >= 4
@@ -442,3 +444,78 @@ def test_a_final_closed_right_after_its_long_prefix_is_decoded_on_to_its_last_wo
     [result] = engine.run([TranscribeJob(JobKind.FINAL, audio, options)])
     assert result.text.startswith(f"{promised} printing beautiful")
     assert result.text.rstrip(".").endswith("beautiful letters"), result.text
+
+
+# -- a short final that says a word twice in a row: Whisper's own window once more ------------------
+def test_says_twice_in_a_row():
+    assert says_twice_in_a_row("However, however,")
+    assert says_twice_in_a_row("Now... Now...")
+    assert says_twice_in_a_row("I think that that is it")  # a phrase too: then the retry decides
+    assert says_twice_in_a_row("ask not, ask not what")
+    assert not says_twice_in_a_row("However,")
+    assert not says_twice_in_a_row("And so it begins. This is what a crocodile sounds like.")
+    assert not says_twice_in_a_row("")
+
+
+def _fleurs_opening() -> np.ndarray:
+    """fleurs-en-000's opening "However," alone, as the replay's final holds it (0.806 s to
+    1.782 s: the pause pre-roll, the word, the post-roll)."""
+    from scripts import SAMPLES_DIR
+    from scripts.clients.stt import read_wav
+
+    pcm = read_wav(SAMPLES_DIR / "real_speakers" / "fleurs-en-000.wav", 16000)
+    return pcm[int(0.806 * 16000) : int(1.782 * 16000)].astype(np.float32) / 32768
+
+
+def test_a_short_final_said_twice_is_decoded_again_with_the_full_window(engine, monkeypatch):
+    """tiny.en with the 10 s window says "However, however," for the lone word; the full 30 s
+    window says it once, and that retry is what the final keeps."""
+    job = TranscribeJob(JobKind.FINAL, _fleurs_opening(), DecodeOptions("en", beam_size=5))
+    with monkeypatch.context() as mp:
+        mp.setattr(engine_module, "SHORT_FINAL_S", 0.0)  # the guard off
+        [unguarded] = engine.run([job])
+    if not says_twice_in_a_row(unguarded.text):  # the CPU's int8 kernels decide (as above)
+        pytest.skip(f"the 10 s window no longer repeats the word here: {unguarded.text!r}")
+    spy = _GenerateSpy(engine.model.model)
+    monkeypatch.setattr(engine.model, "model", spy)
+    [guarded] = engine.run([job])
+    assert not says_twice_in_a_row(guarded.text) and "however" in guarded.text.lower()
+    _assert_retried_once(spy)
+
+
+def _assert_retried_once(spy: _GenerateSpy) -> None:
+    """The final's decodes (a greedy fallback try too, when its log-prob asks for one), then
+    one retry with the session's beam; nothing sampled."""
+    assert all(temperature == 0.0 for _, temperature in spy.calls), spy.calls
+    assert spy.beams[0] == spy.beams[-1] == 5 and len(spy.beams) in (2, 3), spy.beams
+
+
+def test_a_repetition_the_full_window_hears_too_stays(engine, first_sentence, monkeypatch):
+    """The retry is kept only when it does not repeat: a genuine "no, no" (here every text
+    counts as repeated) keeps the first decode."""
+    audio = _fleurs_opening()
+    job = TranscribeJob(JobKind.FINAL, audio, DecodeOptions("en", beam_size=5))
+    with monkeypatch.context() as mp:
+        mp.setattr(engine_module, "SHORT_FINAL_S", 0.0)
+        [first] = engine.run([job])
+    monkeypatch.setattr(engine_module, "says_twice_in_a_row", lambda text: True)
+    spy = _GenerateSpy(engine.model.model)
+    monkeypatch.setattr(engine.model, "model", spy)
+    [kept] = engine.run([job])
+    assert kept.text == first.text
+    _assert_retried_once(spy)
+
+
+def test_no_retry_for_a_long_final_or_with_the_full_window(
+    engine, full_window_engine, first_sentence, monkeypatch
+):
+    """Over SHORT_FINAL_S (3.3 s here), or when the window is Whisper's own already, a final
+    is decoded once, whatever its text."""
+    monkeypatch.setattr(engine_module, "says_twice_in_a_row", lambda text: True)
+    audio, _ = first_sentence
+    short = _fleurs_opening()
+    for eng, clip in ((engine, audio), (full_window_engine, short)):
+        spy = _GenerateSpy(eng.model.model)
+        monkeypatch.setattr(eng.model, "model", spy)
+        eng.run([TranscribeJob(JobKind.FINAL, clip, EN)])
+        assert spy.calls == [(1, 0.0)]

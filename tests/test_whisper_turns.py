@@ -92,8 +92,15 @@ def test_a_final_that_trails_off_keeps_the_turn_open_whatever_the_score() -> Non
 
 
 def test_what_trails_off() -> None:
-    for text in ("depending on...", "principally of t-", "and then,", "as follows:",
-                 "so \u2026", "well; ", "the \u2013"):
+    for text in (
+        "depending on...",
+        "principally of t-",
+        "and then,",
+        "as follows:",
+        "so \u2026",
+        "well; ",
+        "the \u2013",
+    ):
         assert trails_off(text), text
     for text in ("It is over.", "Is it?", "Stop!", "the chemical is", "", "well-known"):
         assert not trails_off(text), text

@@ -75,6 +75,15 @@ MAX_PREVIOUS_TOKENS = 223  # Whisper's own bound: half the text context, less <|
 # the VAD heard, not only a final's trailing audio, where Whisper could invent a "Thank you.".
 MIN_CONTINUATION_S = 0.3
 MAX_CONTINUATIONS = 3
+# A shortened encoder window (encoder_context_s < 30) is out of Whisper's training: a short
+# final is then a second of speech in a window of padding, and tiny.en with the 10 s window
+# said "However, however," for fleurs-en-000's 1 s opening word and "Now... Now..." for
+# LJ001-0010's "Now", where Whisper's own 30 s window said "However," and "Now" (measured,
+# docs/benchmarks.md). A final of at most SHORT_FINAL_S whose text says a word or phrase twice
+# back to back is decoded again, alone, with the full window, and the retry is kept when it
+# does not. A genuine "no, no" stays (the retry says it too); the cost is one 30 s encode
+# (~0.4 s on the 2-core CPU, tiny.en) for such a final only.
+SHORT_FINAL_S = 2.0
 SAMPLES_PER_MEL_FRAME = SAMPLE_RATE_HZ // MEL_FRAMES_PER_S
 
 
@@ -181,6 +190,16 @@ def repeats_a_phrase(text: str) -> bool:
     return any(count > MAX_PHRASE_REPEATS and len(set(g)) > 1 for g, count in grams.items())
 
 
+def says_twice_in_a_row(text: str) -> bool:
+    """A word or phrase followed at once by itself ("However, however,", "Now... Now...")."""
+    words = _words(text)
+    return any(
+        words[i : i + n] == words[i + n : i + 2 * n]
+        for n in range(1, len(words) // 2 + 1)
+        for i in range(len(words) - 2 * n + 1)
+    )
+
+
 def too_many_words(text: str, duration_s: float) -> bool:
     """More words than ``duration_s`` of audio can hold: a decoding loop."""
     words = len(_words(text))
@@ -267,12 +286,31 @@ class WhisperEngine:
 
     def run(self, jobs: list[TranscribeJob]) -> list[Transcript]:
         """Scheduler entry point: one batch of jobs sharing a ``batch_key``."""
-        features, frames = self._features(jobs)
+        out = self._run(jobs, self.min_context_frames)
+        if jobs[0].kind is JobKind.FINAL and self.min_context_frames < FULL_WINDOW_FRAMES:
+            for i, job in enumerate(jobs):
+                if self._short_repeat(job, out[i]):  # see SHORT_FINAL_S
+                    (retry,) = self._run([job], FULL_WINDOW_FRAMES)
+                    if not says_twice_in_a_row(retry.text):
+                        out[i] = retry
+        return out
+
+    @staticmethod
+    def _short_repeat(job: TranscribeJob, transcript: Transcript) -> bool:
+        short = len(job.audio) <= SHORT_FINAL_S * SAMPLE_RATE_HZ
+        return (
+            short
+            and not job.options.language_detection_only
+            and says_twice_in_a_row(transcript.text)
+        )
+
+    def _run(self, jobs: list[TranscribeJob], context_frames: int) -> list[Transcript]:
+        features, frames = self._features(jobs, context_frames)
         encoded = self.model.encode(features)
         languages = self._languages(jobs, encoded)
         if jobs[0].options.language_detection_only:  # its own job: no decoding
             return [Transcript([], lang, prob) for lang, prob in languages]
-        return self._generate(jobs, languages, features, encoded, frames)
+        return self._generate(jobs, languages, features, encoded, frames, context_frames)
 
     def previous_tokens(self, options: DecodeOptions, kind: JobKind) -> tuple[int, ...]:
         """The tokens after <|startofprev|>: the session's prompt, then (finals only) the last
@@ -281,14 +319,16 @@ class WhisperEngine:
         return self._previous_tokens(options.prompt, context)
 
     # -- steps ---------------------------------------------------------------------------------
-    def _features(self, jobs: list[TranscribeJob]) -> tuple[np.ndarray, list[int]]:
+    def _features(
+        self, jobs: list[TranscribeJob], context_frames: int
+    ) -> tuple[np.ndarray, list[int]]:
         mels = [self.model.feature_extractor(job.audio) for job in jobs]
         frames = [
             min(int(len(job.audio) * MEL_FRAMES_PER_S / SAMPLE_RATE_HZ), FULL_WINDOW_FRAMES)
             for job in jobs
         ]
         needed = max(frames) + int(CONTEXT_PAD_S * MEL_FRAMES_PER_S)
-        width = min(max(self.min_context_frames, needed), FULL_WINDOW_FRAMES)
+        width = min(max(context_frames, needed), FULL_WINDOW_FRAMES)
         width += width % 2  # the encoder's conv stride is 2
         return np.stack([pad_or_trim(m, width) for m in mels]).astype(np.float32), frames
 
@@ -310,7 +350,9 @@ class WhisperEngine:
                 out.append(self._pick_language(probs, job.options))
         return out
 
-    def _generate(self, jobs, languages, features, encoded, frames) -> list[Transcript]:
+    def _generate(
+        self, jobs, languages, features, encoded, frames, context_frames: int
+    ) -> list[Transcript]:
         final = jobs[0].kind is JobKind.FINAL
         prompts = [
             self.model.get_prompt(
@@ -370,7 +412,7 @@ class WhisperEngine:
             tok = self._tokenizer(lang)
             passes = [(parsed[i], results[i], temperatures[i])]
             if final:
-                passes += self._continue(job, tok, parsed[i], seeks[i], frames[i])
+                passes += self._continue(job, tok, parsed[i], seeks[i], frames[i], context_frames)
             segments = [
                 seg
                 for subsegments, res, _ in passes
@@ -415,7 +457,9 @@ class WhisperEngine:
         )
         return subsegments, next_seek
 
-    def _continue(self, job: TranscribeJob, tok, subsegments, seek: int, n_frames: int):
+    def _continue(
+        self, job: TranscribeJob, tok, subsegments, seek: int, n_frames: int, context_frames: int
+    ):
         """Decode what a final's decode left over (see MIN_CONTINUATION_S), alone: the prompt
         holds the text so far (the segments kept, as transcribe(): not an unfinished one), so it
         batches with nothing, and a batched final still equals the same final alone. Returns
@@ -430,7 +474,9 @@ class WhisperEngine:
         opts = job.options
         while seek + min_frames <= n_frames and len(passes) < MAX_CONTINUATIONS:
             tail = job.audio[seek * SAMPLES_PER_MEL_FRAME :]
-            features, [tail_frames] = self._features([TranscribeJob(job.kind, tail, opts)])
+            features, [tail_frames] = self._features(
+                [TranscribeJob(job.kind, tail, opts)], context_frames
+            )
             encoded = self.model.encode(features)
             tail_prompt = self.model.get_prompt(tok, previous[-MAX_PREVIOUS_TOKENS:])
             tail_s = len(tail) / SAMPLE_RATE_HZ

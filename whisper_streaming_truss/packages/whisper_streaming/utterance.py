@@ -133,9 +133,7 @@ class UtteranceTracker:
             if audio is not None and long_enough and len(audio) != self._speculated_len:
                 self._speculated_len = len(audio)
                 return [
-                    SpeculativeFinal(
-                        self._num, audio, seg.utterance_start_s, seg.last_speech_end_s
-                    )
+                    SpeculativeFinal(self._num, audio, seg.utterance_start_s, seg.last_speech_end_s)
                 ]
             return []
         requests: list[Request] = []
