@@ -573,7 +573,7 @@ class SttCore:
 
     def _promised(self, num: int) -> str:
         """The words the utterance's stable partials promised (``stable_partials``): its final
-        is decoded beginning with them, so no promised word changes."""
+        keeps them (``WhisperEngine`` decodes it again with them forced if it would not)."""
         agreement = self._stability.get(num)
         return " ".join(agreement.words) if agreement is not None else ""
 
