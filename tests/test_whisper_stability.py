@@ -258,7 +258,10 @@ def test_a_final_is_asked_to_keep_the_words_its_partials_promised() -> None:
     assert off.finals_asked == [""]
 
 
-def test_a_speculative_final_is_decoded_again_when_a_partial_promised_more_since() -> None:
+def test_a_partial_back_during_the_speculative_final_promises_nothing_more() -> None:
+    """The speculative final was asked to keep the words promised when the pause began; a
+    partial that comes back in the pause keeps the promise as it was, so the speculative final
+    is the final (no second decode)."""
     s = Session(limits=CoreLimits(), stable_partials=True)  # speculative finals on
     scripted = iter(["Hello", "Hello world,"])
     while len(s.partials()) < 2:
@@ -269,15 +272,15 @@ def test_a_speculative_final_is_decoded_again_when_a_partial_promised_more_since
     (late,) = [j for j, job in s.jobs.items() if job.payload.kind is JobKind.PARTIAL]
     s.speak(0.2, speech=False)  # the pause is long enough to speculate
     assert s.finals_asked == ["Hello"]
-    text = "Hello world, how are"
-    seg = Segment(text, 0.0, 1.0, -0.2, 0.01)
+    seg = Segment("Hello world, how are", 0.0, 1.0, -0.2, 0.01)
     s.apply(s.session.on_result(late, Transcript([seg], "en", 0.99), s.now))
     del s.jobs[late]
-    assert s.partials()[-1]["stable_text"] == "Hello world,"
-    s.speak(0.5, speech=False)  # the pause lasted: the final, with the longer promise
-    assert s.finals_asked == ["Hello", "Hello world,"]
-    finals = [j for j in s.jobs.values() if j.worker == WHISPER_WORKER]
-    assert [j.payload.options.prefix for j in finals] == ["Hello world,"]  # spec cancelled
+    assert s.partials()[-1]["transcript"] == "Hello world, how are"
+    assert s.partials()[-1]["stable_text"] == "Hello"  # would be "Hello world," outside a pause
+    s.speak(0.5, speech=False)  # the pause lasted: the speculative final is the final
+    assert s.finals_asked == ["Hello"]
+    s.whisper(iter(()))
+    assert [m["transcript"] for m in s.sent if m.get("is_final")] == ["the final words"]
 
 
 def test_the_core_gives_the_rule_each_partials_log_prob() -> None:

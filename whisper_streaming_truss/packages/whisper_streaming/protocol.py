@@ -533,8 +533,8 @@ class SttCore:
         if self._spec is not None:
             num, length, job_id, spec_promised = self._spec
             self._spec = None
-            # The pause lasted: the speculative final is the final, unless a partial since
-            # promised more words than it was decoded with.
+            # The pause lasted: the speculative final is the final (it was asked to keep the
+            # words promised then, and partials promise nothing more while it runs).
             if (num, length, spec_promised) == (request.num, len(request.audio), promised):
                 final.job_id = job_id
                 if job_id in self._spec_results:
@@ -659,7 +659,13 @@ class SttCore:
         if self.config.streaming.stable_partials:
             probs = [s.avg_logprob for s in result.segments if s.avg_logprob is not None]
             agreement = self._stability.setdefault(num, LocalAgreement())
-            stable = agreement.update(result.text, min(probs) if probs else None)
+            if self._spec is not None and self._spec[0] == num:
+                # The pause began and the final is being decoded to keep the words promised so
+                # far: a partial back now promises nothing more, or that final would have to be
+                # decoded again (latency) when the pause lasts.
+                stable = agreement.words
+            else:
+                stable = agreement.update(result.text, min(probs) if probs else None)
         audio_s = samples / SAMPLE_RATE_HZ
         return [Transcription(num, False, result, audio_s, offset_s, stable=stable)]
 
