@@ -111,15 +111,15 @@ def test_a_stream_that_opens_with_speech_keeps_its_first_word(whisper_server):
 
 
 def test_stable_partials_opt_in(whisper_server):
-    """With stable_partials every partial carries its stable prefix, which only grows (3.5 s of
-    one long utterance at real-time pace); the final carries none and begins with the words its
-    partials promised."""
+    """With stable_partials every partial carries its stable prefix, which only grows (LJ001-0001
+    at real-time pace, partials every 0.3 s); the finals carry none and begin with the words
+    their partials promised."""
     from scripts import SAMPLES_DIR
     from scripts.clients.stt import read_wav
     from whisper_streaming.stability import normalise
 
-    audio = read_wav(SAMPLES_DIR / "real" / "LJ001-0001.wav")[: int(3.5 * 16000)]
-    meta = v1_metadata(stable_partials=True)
+    audio = read_wav(SAMPLES_DIR / "real" / "LJ001-0001.wav")
+    meta = v1_metadata(stable_partials=True, partial_transcript_interval_s=0.3)
     result = run(stream(whisper_server.ws_url, frames_of(audio), meta, frame_s=FRAME_S))
     assert result.finished and result.partials and result.finals
     promised: dict[int, list[str]] = {}  # transcription_num -> its stable words so far
@@ -131,6 +131,7 @@ def test_stable_partials_opt_in(whisper_server):
         promised[p["transcription_num"]] = words
     assert not any("stable_text" in f or "stable_word_count" in f for f in result.finals)
     last_stable = {p["transcription_num"]: p["stable_text"] for p in result.partials}
+    # (A loaded machine sheds partials; two sure ones in a row still come in 9.6 s of speech.)
     assert any(last_stable.values()), "no words promised: nothing to check"
     for final in result.finals:
         stable = [normalise(w) for w in last_stable.get(final["transcription_num"], "").split()]
