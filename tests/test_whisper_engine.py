@@ -519,3 +519,20 @@ def test_no_retry_for_a_long_final_or_with_the_full_window(
         monkeypatch.setattr(eng.model, "model", spy)
         eng.run([TranscribeJob(JobKind.FINAL, clip, EN)])
         assert spy.calls == [(1, 0.0)]
+
+
+def test_the_guards_never_drop_a_promised_segment(engine, first_sentence):
+    """A sentence said twice: the partials promise both copies, the final's second segment
+    repeats its first word for word (the loop guard's case), and the final still keeps it."""
+    from whisper_streaming.stability import normalise
+
+    audio, _ = first_sentence
+    twice = np.concatenate([audio, np.zeros(8000, np.float32), audio])
+    [partial] = engine.run([TranscribeJob(JobKind.PARTIAL, twice, EN)])
+    promise = " ".join(partial.text.split()[:-1])  # what LocalAgreement-2 would mark
+    [free] = engine.run([TranscribeJob(JobKind.FINAL, twice, EN)])
+    assert len(free.text.split()) < len(promise.split())  # the guard drops the repeat
+    job = TranscribeJob(JobKind.FINAL, twice, DecodeOptions(language="en", prefix=promise))
+    [final] = engine.run([job])
+    promised = [normalise(w) for w in promise.split()]
+    assert [normalise(w) for w in final.text.split()][: len(promised)] == promised, final.text

@@ -25,6 +25,7 @@ from whisper_streaming.protocol import (
     WHISPER_WORKER,
     CoreLimits,
 )
+from whisper_streaming.stability import normalise
 
 SPEECH, SILENCE = 0.95, 0.01
 FIRST_FRAME_TIMEOUT_S = 5.0
@@ -360,6 +361,47 @@ def test_speech_resuming_after_the_early_turn_score_cancels_it() -> None:
     h.check_order()
 
 
+def test_an_early_turn_score_serves_a_turn_longer_than_the_models_8_s() -> None:
+    h = _turn_harness(timeout_ms=3000)
+    seen = _recording(h)
+    speak(h, 9.0)  # one utterance of 9 s: the turn model hears its last 8 s
+    speak(h, 0.2, speech=False)  # speculation: the early score
+    (early,) = _jobs(h, TURN_WORKER)
+    h.resolve(early, turn_score=0.9)
+    speak(h, 0.2, speech=False)  # the pause lasts: the same 8 s, no second call
+    turn_submits = [c.job_id for c in seen if isinstance(c, Submit) and c.worker == TURN_WORKER]
+    assert turn_submits == [early]
+
+
+def test_a_timeout_while_the_final_is_out_reports_the_score_already_in() -> None:
+    h = _turn_harness(timeout_ms=1000)
+    speak(h, 1.0)
+    speak(h, 0.4, speech=False)
+    (turn,) = _jobs(h, TURN_WORKER)
+    h.resolve(turn, turn_score=0.3)
+    speak(h, 1.0, speech=False)  # past the timeout; the final is still out
+    for job_id in _jobs(h, WHISPER_WORKER):
+        h.resolve(job_id)
+    (eot,) = [m for m in h.sent if m["type"] == "end_of_turn"]
+    assert eot["reason"] == "timeout" and eot["probability"] == 0.3
+    h.check_order()
+
+
+def test_a_turn_cut_by_finalize_still_times_out() -> None:
+    h = Harness()
+    h.text(v1_metadata(partials=False, events=True, end_of_turn=True, end_of_turn_timeout_ms=1000))
+    speak(h, 1.0)
+    h.text({"type": "finalize"})
+    speak(h, 0.9, speech=False)
+    h.drain()
+    assert "end_of_turn" not in [m["type"] for m in h.sent]
+    speak(h, 0.2, speech=False)  # 1 s after the speech end
+    h.drain()
+    (eot,) = [m for m in h.sent if m["type"] == "end_of_turn"]
+    assert eot["reason"] == "timeout"
+    h.check_order()
+
+
 @pytest.mark.parametrize("score_first", [True, False])
 def test_a_final_that_trails_off_does_not_end_the_turn(score_first: bool) -> None:
     """Whisper's "depending on..." is unfinished speech: a high turn score does not end the turn
@@ -591,3 +633,141 @@ def test_every_interleaving_ends_releases_and_keeps_order(
     h.apply(h.core.on_bytes(b"\x00" * 1024, h.now))
     h.apply(h.core.on_text('{"type": "end_audio"}', h.now))
     h.apply(h.core.on_disconnect(h.now))
+
+
+# -- stable partials, end of turn and finalize over arbitrary interleavings ----------------------
+# (A reviewer's property: every final begins with its utterance's promised words, the stable count
+# never goes down, end_of_turn follows the turn's last final with words, and nothing leaks.)
+PROMISE_PARTIALS = ["a b", "a b c", "a b c d", "a x", "a b c d e"]
+FINAL_TAILS = ["end.", "and...", "so,", ""]
+
+
+def words(text):
+    return [normalise(w) for w in text.split()]
+
+
+class PromiseHarness(Harness):
+    """Finals that keep their prefix (as the engine does) and trail off or come back empty;
+    end_of_turn follows the last final with words."""
+
+    def resolve_with(self, job_id, data, fail=False):
+        command = self.jobs.pop(job_id)
+        if fail:
+            result = RuntimeError("failed")
+        elif command.worker == TURN_WORKER:
+            result = data.draw(st.sampled_from([0.1, 0.9]))
+        elif command.worker == VAD_WORKER:
+            pattern = data.draw(st.sampled_from([[True]] * 4 + [[False]] * 4 + [[True, False]]))
+            windows = command.payload[1]
+            probs = [SPEECH if pattern[i % len(pattern)] else SILENCE for i in range(len(windows))]
+            result = VadResult(np.array(probs), command.payload[0])
+        else:
+            job = command.payload
+            if job.kind is JobKind.FINAL:
+                text = f"{job.options.prefix} {data.draw(st.sampled_from(FINAL_TAILS))}".strip()
+            else:
+                text = data.draw(st.sampled_from(PROMISE_PARTIALS))
+            result = (
+                Transcript([Segment(text, 0.0, 1.0, -0.1, 0.01)], "en", None)
+                if text
+                else Transcript([], "en", None)
+            )
+        self.apply(self.core.on_result(job_id, result, self.now))
+
+    def check_order(self):
+        last_final, last_with_words, finals_seen, words_since = -1, -1, set(), False
+        for m in self.sent:
+            t = m.get("type")
+            if t == "end_of_turn":
+                assert m["transcription_num"] == last_with_words, "end_of_turn before its final"
+                assert words_since, "end_of_turn twice"
+                words_since = False
+            elif t == "transcription":
+                n = m["transcription_num"]
+                if m["is_final"]:
+                    assert n > last_final, "finals out of order"
+                    last_final = n
+                    finals_seen.add(n)
+                    if m["transcript"]:
+                        last_with_words, words_since = n, True
+                else:
+                    assert n not in finals_seen, "partial after its final"
+        assert len(self.closes) <= 1
+
+    def check_promises(self):
+        stable = {}
+        counts = {}
+        for m in self.sent:
+            if m.get("type") != "transcription":
+                continue
+            n = m["transcription_num"]
+            if not m["is_final"]:
+                assert m["stable_word_count"] >= counts.get(n, 0), "stable count went down"
+                counts[n] = m["stable_word_count"]
+                stable[n] = m["stable_text"]
+            else:
+                promised = words(stable.get(n, ""))
+                assert words(m["transcript"])[: len(promised)] == promised, (
+                    n,
+                    stable.get(n),
+                    m["transcript"],
+                )
+
+
+PROMISE_ACTIONS = st.sampled_from(["audio"] * 8 + ["resolve"] * 8 + ["fail", "tick", "finalize"])
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    actions=st.lists(PROMISE_ACTIONS, min_size=10, max_size=300),
+    end_at=st.none() | st.integers(0, 200),
+    data=st.data(),
+)
+def test_interleavings_with_promises_turns_finalize(actions, end_at, data):
+    h = PromiseHarness()
+    h.text(
+        v1_metadata(
+            partials=True,
+            stable_partials=True,
+            events=True,
+            end_of_turn=True,
+            end_of_turn_timeout_ms=500,
+        )
+    )
+    for step, action in enumerate(actions):
+        if h.core.done:
+            break
+        if step == end_at:
+            h.text({"type": "end_audio"})
+        if action == "audio":
+            h.audio(data.draw(st.sampled_from([WINDOW_SAMPLES] + [4096] * 4 + [16000] * 2)))
+        elif action == "resolve" and h.jobs:
+            h.resolve_with(data.draw(st.sampled_from(sorted(h.jobs))), data)
+        elif action == "fail" and h.jobs:
+            others = sorted(i for i, j in h.jobs.items() if j.worker != VAD_WORKER)
+            if others:
+                h.resolve_with(data.draw(st.sampled_from(others)), data, fail=True)
+        elif action == "tick":
+            h.tick(0.1)
+        elif action == "finalize":
+            h.text({"type": "finalize"})
+        h.check_order()
+        h.check_promises()
+    if not h.core.done:
+        h.text({"type": "end_audio"})
+        for _ in range(10_000):
+            if not h.jobs:
+                break
+            h.resolve_with(min(h.jobs), data)
+    assert h.core.done, "the flush never finished"
+    assert not h.jobs and h.core.outstanding_jobs == frozenset()
+    h.check_order()
+    h.check_promises()
+    types = [m.get("type") for m in h.sent]
+    event(f"eot: {'end_of_turn' in types}")
+    event(f"stable>0: {any(m.get('stable_word_count') for m in h.sent)}")
+    event(f"finalized: {'finalize' in types}")

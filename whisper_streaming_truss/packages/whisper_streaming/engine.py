@@ -16,6 +16,7 @@ import logging
 import re
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import lru_cache
@@ -215,13 +216,13 @@ def is_hallucination(seg: Segment) -> bool:
     return len(seg.text) > 20 and compression_ratio(seg.text) > MAX_COMPRESSION_RATIO
 
 
-def drop_repeats(segments: list[Segment]) -> list[Segment]:
+def drop_repeats(segments: list[Segment], before: Sequence[Segment] = ()) -> list[Segment]:
     """Remove what Whisper adds when it loops at the end of a window: segments of zero length
     (start == end: no audio under them) and segments that repeat an earlier segment of the same
     transcript word for word (3 words or more). A genuine repetition inside one segment
     ("no, no, no") or a short one stays."""
     kept: list[Segment] = []
-    seen: set[tuple[str, ...]] = set()
+    seen: set[tuple[str, ...]] = {_words(seg.text) for seg in before}  # kept already
     for seg in segments:
         words = _words(seg.text)
         if seg.end <= seg.start:
@@ -418,8 +419,14 @@ class WhisperEngine:
                 for subsegments, res, _ in passes
                 for seg in self._segments(job, tok, subsegments, res, opts.length_penalty)
             ]
+            # The segments that hold a final's promised words stay whatever the guards say: the
+            # partials heard them twice, surely, and a final never takes one back ("I don't
+            # know. I don't know." promised twice, then a repeat the loop guard would drop).
+            kept = _promised_segments(segments, job.options.prefix) if final else 0
+            rest = [seg for seg in segments[kept:] if not is_hallucination(seg)]
             if final:  # partials carry no timestamps: nothing to tell a loop by
-                segments = drop_repeats(segments)
+                rest = drop_repeats(rest, before=segments[:kept])
+            segments = segments[:kept] + rest
             out.append(Transcript(segments, lang, prob, max(t for _, _, t in passes)))
         return out
 
@@ -507,7 +514,7 @@ class WhisperEngine:
 
     @staticmethod
     def _segments(job: TranscribeJob, tok, subsegments, res, length_penalty) -> list[Segment]:
-        """One decode's segments: absolute times, words when asked, hallucinations dropped."""
+        """One decode's segments with text: absolute times, words when asked."""
         avg_logprob = _avg_logprob(res, length_penalty)
         duration = len(job.audio) / SAMPLE_RATE_HZ
         segments = []
@@ -531,7 +538,7 @@ class WhisperEngine:
                 tokens=list(sub["tokens"]),
                 seek=int(sub["seek"]),
             )
-            if seg.text and not is_hallucination(seg):
+            if seg.text:
                 segments.append(seg)
         return segments
 
@@ -633,6 +640,16 @@ class WhisperEngine:
             if not allowed or lang in allowed:
                 return lang, prob
         return probs[0]
+
+
+def _promised_segments(segments: list[Segment], promised: str) -> int:
+    """How many leading segments hold the ``promised`` words (0 if none were promised)."""
+    left = len(promised.split())
+    count = 0
+    while left > 0 and count < len(segments):
+        left -= len(segments[count].text.split())
+        count += 1
+    return count
 
 
 def _seek_after_forced_prefix(subsegments: list[dict], seek: int, free_end: int) -> int:

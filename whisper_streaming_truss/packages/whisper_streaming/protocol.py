@@ -562,6 +562,8 @@ class SttCore:
                     outputs.append(self._submit_turn_score(score))
         else:
             outputs.extend(self._drop_early_turn_score())
+            if self._turns is not None and cause is FinalCause.FINALIZE:
+                self._turns.utterance_cut(request.speech_end_s)  # the timeout still ends it
         self._finalised.add(request.num)
         self._stability.pop(request.num, None)
         self._queue.append(final)
@@ -615,6 +617,8 @@ class SttCore:
         if final is None:
             return []  # the speaker went on before the score came back: void
         final.turn_scored, final.turn_probability = True, probability
+        if probability is not None:
+            self._turns.heard(ticket, probability)
         return self._turn_verdict(final, now) if final.ready else []
 
     def _turn_verdict(self, final: _Pending, now: float) -> list[Output]:

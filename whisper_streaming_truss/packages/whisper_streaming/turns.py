@@ -61,7 +61,9 @@ class TurnTracker:
         self._pre = int(PRE_SPEECH_MS * SAMPLE_RATE_HZ / 1000)
         self._keep = TURN_CONTEXT_S * SAMPLE_RATE_HZ
         self._timeout = int(options.timeout_ms * SAMPLE_RATE_HZ / 1000)
-        self._recent = SampleBuffer(self._keep + self._pre)  # the stream's last samples
+        # The stream's last samples: a turn's last 8 s end at its speech end, which the
+        # utterance end hears up to min_silence_duration_ms later (at most _pre, 0.5 s, is kept).
+        self._recent = SampleBuffer(self._keep + self._pre)
         self._position = 0  # stream samples pushed
         self._open = False  # a turn has started and not ended
         self._turn_start = 0  # its first onset
@@ -79,8 +81,8 @@ class TurnTracker:
         """Audio through the VAD (in order, before that window's utterance events)."""
         self._recent.append(window)
         self._position += len(window)
-        if len(self._recent) > self._keep:
-            self._recent.consume(len(self._recent) - self._keep)
+        if len(self._recent) > self._keep + self._pre:
+            self._recent.consume(len(self._recent) - self._keep - self._pre)
         if (
             self._open
             and not self._in_speech
@@ -118,12 +120,28 @@ class TurnTracker:
 
     def _turn_audio(self, speech_end: int) -> np.ndarray:
         first = self._position - len(self._recent)  # the oldest sample kept
-        start = max(self._turn_start - self._pre, first)
+        # Anchored at the speech end, not at the present: asked 150 ms apart (the speculative
+        # final, then the utterance end), a long turn's audio is the same.
+        start = max(self._turn_start - self._pre, speech_end - self._keep, first)
         # Up to the end of its speech, no silence after it: the score rises with the silence the
         # model hears (pipecat gives it its VAD's 0.2 s stop; on the hesitation set that ended
         # the turn at 6 of 14 pauses inside a sentence, with none at 2: docs/benchmarks.md).
         end = min(speech_end, self._position)
         return self._recent.view()[start - first : max(end - first, start - first)].copy()
+
+    def utterance_cut(self, speech_end_s: float) -> None:
+        """An utterance ended without a pause the model should judge (the client's
+        ``finalize``): no score, but the timeout runs from its speech end."""
+        if self._open:
+            self._in_speech = False
+            self._speech_end = round(speech_end_s * SAMPLE_RATE_HZ)
+            self._waiting = None
+
+    def heard(self, ticket: int, probability: float) -> None:
+        """The model's answer is in, its verdict waits (for the final's text): a timeout in
+        between reports it."""
+        if ticket == self._waiting and self._open:
+            self._last_probability = probability
 
     def scored(
         self, ticket: int, probability: float, trailing_off: bool = False
