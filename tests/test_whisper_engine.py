@@ -536,3 +536,27 @@ def test_the_guards_never_drop_a_promised_segment(engine, first_sentence):
     [final] = engine.run([job])
     promised = [normalise(w) for w in promise.split()]
     assert [normalise(w) for w in final.text.split()][: len(promised)] == promised, final.text
+
+
+def test_a_forced_prefix_counts_no_log_probability_of_its_own():
+    """CTranslate2 returns a forced prefix's tokens and divides the score by the whole length,
+    but scores only the tokens the model chose: the average is over those."""
+    from types import SimpleNamespace
+
+    raw = SimpleNamespace(sequences_ids=[[7] * 10], scores=[-0.5], no_speech_prob=0.0)
+    assert engine_module._avg_logprob(raw, 1.0) == pytest.approx(-0.5 * 10 / 11)
+    forced = engine_module._Forced(raw, 4)
+    assert engine_module._avg_logprob(forced, 1.0) == pytest.approx(-0.5 * 10 / 7)
+
+
+def test_a_forced_final_knows_which_tokens_were_forced(engine, first_sentence):
+    audio, _ = first_sentence
+    job = TranscribeJob(JobKind.FINAL, audio, DecodeOptions(language="en", prefix="A quick"))
+    tok = engine._tokenizer("en")
+    features, [frames] = engine._features([job], engine.min_context_frames)
+    [free] = engine._decode(engine.model.encode(features), [engine.model.get_prompt(tok, [])],
+                            job.options, True, tok, 0.0)  # fmt: skip
+    res, _, _ = engine._keep_promise(job, tok, features, free, frames)
+    prefix = engine.model.hf_tokenizer.encode(" A quick", add_special_tokens=False).ids
+    assert res.forced == 1 + len(prefix)  # <|0.00|> and the prefix
+    assert res.sequences_ids[0][: res.forced] == [tok.timestamp_begin, *prefix]

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from faster_whisper import WhisperModel
@@ -442,13 +443,15 @@ class WhisperEngine:
         duration = len(job.audio) / SAMPLE_RATE_HZ
         free_subsegments, _ = self._split(tok, free, 0, n_frames, duration)
         free_end = round(free_subsegments[-1]["end"] * MEL_FRAMES_PER_S) if free_subsegments else 0
-        prompt = self.model.get_prompt(
-            tok, list(self.previous_tokens(job.options, job.kind)), prefix=job.options.prefix
-        )
+        previous = list(self.previous_tokens(job.options, job.kind))
+        prompt = self.model.get_prompt(tok, previous, prefix=job.options.prefix)
+        forced = len(prompt) - len(self.model.get_prompt(tok, previous))
         opts = job.options
         encoded = self.model.encode(features)
-        first = self._decode(encoded, [prompt], opts, True, tok, temperature=opts.temperature)
-        [res], [temperature] = self._fallback(features, [prompt], opts, tok, first, [duration])
+        first = self._decode(encoded, [prompt], opts, True, tok, opts.temperature, forced=forced)
+        [res], [temperature] = self._fallback(
+            features, [prompt], opts, tok, first, [duration], forced
+        )
         return res, temperature, free_end
 
     def _split(self, tok, res, seek: int, n_frames: int, duration_s: float):
@@ -543,14 +546,24 @@ class WhisperEngine:
         return segments
 
     def _decode(
-        self, encoded, prompts, opts: DecodeOptions, final: bool, tok0, temperature, greedy=False
+        self,
+        encoded,
+        prompts,
+        opts: DecodeOptions,
+        final: bool,
+        tok0,
+        temperature,
+        greedy=False,
+        forced: int = 0,
     ):
+        """generate() for a batch; ``forced``: the prompts end with that many forced tokens
+        (a prefix), which the results hold but the model did not choose (``_Forced``)."""
         sampling = {}
         if temperature > 0:  # as Whisper: sample, best of BEST_OF
             sampling = dict(
                 sampling_topk=0, sampling_temperature=temperature, num_hypotheses=BEST_OF
             )
-        return self.model.model.generate(
+        results = self.model.model.generate(
             encoded,
             prompts,
             beam_size=opts.beam_size if final and temperature == 0 and not greedy else 1,
@@ -564,8 +577,11 @@ class WhisperEngine:
             suppress_tokens=list(get_suppressed_tokens(tok0, [-1])),
             **sampling,
         )
+        return [_Forced(r, forced) for r in results] if forced else results
 
-    def _fallback(self, features, prompts, opts: DecodeOptions, tok0, results, durations):
+    def _fallback(
+        self, features, prompts, opts: DecodeOptions, tok0, results, durations, forced: int = 0
+    ):
         """Whisper's temperature fallback for the finals of a batch that look like a loop or are
         improbable (and are not silence): decoded again, together, greedily if the first decode
         was a beam search (GREEDY_RETRY), then at rising temperatures."""
@@ -583,7 +599,14 @@ class WhisperEngine:
                 break
             encoded = self.model.encode(features[pending])  # a subset: encode it again (rare)
             retry = self._decode(
-                encoded, [prompts[i] for i in pending], opts, True, tok0, temperature, is_greedy
+                encoded,
+                [prompts[i] for i in pending],
+                opts,
+                True,
+                tok0,
+                temperature,
+                is_greedy,
+                forced,
             )
             for i, res in zip(pending, retry, strict=True):
                 tries[i].append((res, temperature))
@@ -676,11 +699,34 @@ def _seek_after_words(subsegments: list[dict], seek: int, n_frames: int) -> int:
 
 
 def _avg_logprob(res, length_penalty: float) -> float | None:
-    """faster-whisper's average log-probability of a generate() result's best sequence."""
+    """faster-whisper's average log-probability of a generate() result's best sequence: of
+    the tokens the model chose (a forced prefix's are in the sequence and in the length
+    CTranslate2 divides the score by, but carry no log-probability)."""
     if not res.scores:
         return None
     n = max(len(res.sequences_ids[0]), 1)
-    return res.scores[0] * (n**length_penalty) / (n + 1)
+    chosen = n - getattr(res, "forced", 0)
+    return res.scores[0] * (n**length_penalty) / (chosen + 1)
+
+
+@dataclass(frozen=True)
+class _Forced:
+    """A generate() result whose first ``forced`` tokens are its prompt's forced prefix."""
+
+    result: Any
+    forced: int
+
+    @property
+    def sequences_ids(self):
+        return self.result.sequences_ids
+
+    @property
+    def scores(self):
+        return self.result.scores
+
+    @property
+    def no_speech_prob(self):
+        return self.result.no_speech_prob
 
 
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
