@@ -560,3 +560,18 @@ def test_a_forced_final_knows_which_tokens_were_forced(engine, first_sentence):
     prefix = engine.model.hf_tokenizer.encode(" A quick", add_special_tokens=False).ids
     assert res.forced == 1 + len(prefix)  # <|0.00|> and the prefix
     assert res.sequences_ids[0][: res.forced] == [tok.timestamp_begin, *prefix]
+
+
+def test_jobs_longer_than_the_window_batch_only_with_their_width(engine, full_window_engine):
+    """A batch is encoded at one width: on the 10 s window a 12 s final widens it, so a short
+    final never shares its batch (it would not be decoded as alone); on Whisper's 30 s window
+    every job is encoded at 30 s and any two batch."""
+    short, long = np.zeros(2 * 16000, np.float32), np.zeros(12 * 16000, np.float32)
+    jobs = [TranscribeJob(JobKind.FINAL, a, EN) for a in (short, long)]
+    assert engine.batch_key(jobs[0]) != engine.batch_key(jobs[1])
+    assert engine.batch_key(jobs[0]) == engine.batch_key(
+        TranscribeJob(JobKind.FINAL, long[: 9 * 16000], EN)
+    )
+    assert full_window_engine.batch_key(jobs[0]) == full_window_engine.batch_key(jobs[1])
+    partials = [TranscribeJob(JobKind.PARTIAL, a, EN) for a in (short, long)]
+    assert engine.batch_key(partials[0]) != engine.batch_key(partials[1])

@@ -92,7 +92,7 @@ def test_detection_only_is_its_own_job_and_does_not_depend_on_the_batch(engine, 
     assert len(set(alone.values())) >= 3  # not one answer for everything
     # No text is decoded for detection-only jobs.
     assert all(not t.segments for t in engine.run([jobs[names[0]], jobs[names[-1]]]))
-    assert engine.batch_key(jobs[names[0]]) == ("detect",)
+    assert engine.batch_key(jobs[names[0]])[0] == "detect"
 
 
 def test_language_options_restrict_the_answer(engine, clips) -> None:

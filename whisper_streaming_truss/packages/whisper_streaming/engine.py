@@ -267,16 +267,21 @@ class WhisperEngine:
         CTranslate2 needs <|startoftranscript|> at one position in every prompt of a batch, so
         the prompt's length in tokens is part of the key (the language token is one token, but
         None means detection), and a batch's decoding settings and alignment tokenizer are its
-        first job's, so those are too.
+        first job's, so those are too. A batch is encoded at one width, so the width the job
+        gets alone is too: with a shortened window (the CPU stand-in's 10 s) a job longer than
+        it widens the encoder input, and a short final batched with one was decoded otherwise
+        than alone (a reviewer's finding); with Whisper's 30 s window every job's is 30 s.
         """
         o = job.options
+        width = self._width(_frames(job), self.min_context_frames)
         if o.language_detection_only:
-            return ("detect",)  # encode + detect, no decoding: any jobs share a batch
+            return ("detect", width)  # encode + detect, no decoding: any jobs share a batch
         prompt = (len(self.previous_tokens(o, job.kind)), o.language)
         if job.kind is JobKind.PARTIAL:
-            return (job.kind, *prompt)
+            return (job.kind, width, *prompt)
         return (
             job.kind,
+            width,
             *prompt,
             o.beam_size,
             o.length_penalty,
@@ -325,14 +330,17 @@ class WhisperEngine:
         self, jobs: list[TranscribeJob], context_frames: int
     ) -> tuple[np.ndarray, list[int]]:
         mels = [self.model.feature_extractor(job.audio) for job in jobs]
-        frames = [
-            min(int(len(job.audio) * MEL_FRAMES_PER_S / SAMPLE_RATE_HZ), FULL_WINDOW_FRAMES)
-            for job in jobs
-        ]
-        needed = max(frames) + int(CONTEXT_PAD_S * MEL_FRAMES_PER_S)
-        width = min(max(context_frames, needed), FULL_WINDOW_FRAMES)
-        width += width % 2  # the encoder's conv stride is 2
+        frames = [_frames(job) for job in jobs]
+        width = self._width(max(frames), context_frames)
         return np.stack([pad_or_trim(m, width) for m in mels]).astype(np.float32), frames
+
+    @staticmethod
+    def _width(frames: int, context_frames: int) -> int:
+        """The encoder's input width (mel frames) for audio of ``frames``: the window, or the
+        audio and CONTEXT_PAD_S when that is longer, at most Whisper's 30 s."""
+        needed = frames + int(CONTEXT_PAD_S * MEL_FRAMES_PER_S)
+        width = min(max(context_frames, needed), FULL_WINDOW_FRAMES)
+        return width + width % 2  # the encoder's conv stride is 2
 
     def _languages(self, jobs: list[TranscribeJob], encoded) -> list[tuple[str, float | None]]:
         """Each job's language: its session's, or detected from its own audio (for
@@ -687,6 +695,11 @@ def _seek_after_forced_prefix(subsegments: list[dict], seek: int, free_end: int)
     if free_end - forced_end < MIN_CONTINUATION_S * MEL_FRAMES_PER_S:
         return seek
     return min(seek, forced_end)
+
+
+def _frames(job: TranscribeJob) -> int:
+    """A job's audio in mel frames (at most Whisper's 30 s)."""
+    return min(int(len(job.audio) * MEL_FRAMES_PER_S / SAMPLE_RATE_HZ), FULL_WINDOW_FRAMES)
 
 
 def _seek_after_words(subsegments: list[dict], seek: int, n_frames: int) -> int:
