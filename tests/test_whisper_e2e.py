@@ -422,22 +422,32 @@ def _settled(served, names=("whisper_active_sessions", "whisper_queue_depth"), w
 @pytest.mark.parametrize("cut", ["rst", "fin", "clean"])
 @pytest.mark.parametrize(
     "point",
-    ["before_metadata", "mid_audio", "final_pending", "after_end_audio", "after_bad_frame"],
+    [
+        "before_metadata",
+        "mid_audio",
+        "final_pending",
+        "turn_score_pending",
+        "after_end_audio",
+        "after_bad_frame",
+    ],
 )
 def test_disconnect_at_every_point_frees_the_session(whisper_server, point, cut):
     audio, _ = sample("order_en")
+    metadata = v1_metadata()
+    if point == "turn_score_pending":  # finals that keep promises, turn scores (early and late)
+        metadata = v1_metadata(stable_partials=True, end_of_turn=True)
 
     async def go():
         async with websockets.connect(whisper_server.ws_url) as ws:
             if point != "before_metadata":
-                await ws.send(json.dumps(v1_metadata()))
+                await ws.send(json.dumps(metadata))
             frames = frames_of(audio)
             if point == "mid_audio":
                 frames = frames[:50]  # inside the first sentence
             if point != "before_metadata":
                 for frame in frames:
                     await ws.send(frame)
-            if point == "final_pending":
+            if point in ("final_pending", "turn_score_pending"):
                 await asyncio.sleep(0.15)  # the VAD has ended an utterance; its final runs
             elif point == "after_end_audio":
                 await ws.send(json.dumps({"type": "end_audio"}))  # finals + flush pending
