@@ -80,11 +80,11 @@ MAX_CONTINUATIONS = 3
 # A shortened encoder window (encoder_context_s < 30) is out of Whisper's training: a short
 # final is then a second of speech in a window of padding, and tiny.en with the 10 s window
 # said "However, however," for fleurs-en-000's 1 s opening word and "Now... Now..." for
-# LJ001-0010's "Now", where Whisper's own 30 s window said "However," and "Now" (measured,
-# docs/benchmarks.md). A final of at most SHORT_FINAL_S whose text says a word or phrase twice
-# back to back is decoded again, alone, with the full window, and the retry is kept when it
-# does not. A genuine "no, no" stays (the retry says it too); the cost is one 30 s encode
-# (~0.4 s on the 2-core CPU, tiny.en) for such a final only.
+# LJ001-0010's "Now", where Whisper's own 30 s window said "However," and "Now"
+# (docs/benchmarks.md, "What the gap is made of"). A final of at most SHORT_FINAL_S whose
+# text says a word or phrase twice back to back is decoded again, alone, with the full window,
+# and the retry is kept when it does not. A genuine "no, no" stays (the retry says it too); the cost is one 30 s encode
+# for such a final only.
 SHORT_FINAL_S = 2.0
 SAMPLES_PER_MEL_FRAME = SAMPLE_RATE_HZ // MEL_FRAMES_PER_S
 
