@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.bench.wer import normalise, repeated_phrases, wer
+from scripts.bench.wer import errors, normalise, repeated_phrases, respace, wer
 
 
 def test_whisper_normalisation() -> None:
@@ -39,3 +39,37 @@ def test_a_phrase_said_twice_counts_only_when_the_reference_does_not_say_it_twic
     assert repeated_phrases(kennedy, kennedy) == set()
     assert repeated_phrases("No, no, no.", "") == set()  # one 3-word phrase, said once
     assert repeated_phrases("now now now now", "now") == {("now", "now", "now")}
+
+
+@pytest.mark.parametrize(
+    ("reference", "hypothesis", "respaced"),
+    [
+        ("before the woodcutters of", "before the wood cutters of", "before the woodcutters of"),
+        ("fasten your seat belts we", "fasten your seatbelts we", "fasten your seat belts we"),
+        # a pair the reference holds as it is stays, though its join is a reference word too
+        (
+            "wood blocks and woodblocks",
+            "wood blocks and wood blocks",
+            "wood blocks and wood blocks",
+        ),
+        # a joined word the reference also holds alone is not split
+        ("a seatbelts and seat belts", "a seatbelts", "a seatbelts"),
+        # never a letter changed: a wrong word stays wrong
+        ("the letterpress", "the letter pressed", "the letter pressed"),
+        ("", "a b", "a b"),
+    ],
+)
+def test_respace_changes_only_the_spacing_of_a_compound(
+    reference: str, hypothesis: str, respaced: str
+) -> None:
+    assert respace(reference, hypothesis) == respaced
+
+
+def test_errors_count_a_compound_spelt_open_as_two_errors_unless_respaced() -> None:
+    reference = "Composed to form letterpress."
+    assert errors(reference, "composed to form letter press") == 2
+    assert errors(reference, "composed to form letter press", respaced=True) == 0
+    assert errors(reference, "composed to form letter dress", respaced=True) == 2
+    assert errors(reference, "") == 4
+    with pytest.raises(ValueError):
+        errors("", "a")

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from scripts import REPO_ROOT
-from scripts.bench import conversation
+from scripts.bench import conversation, paired
 from scripts.bench.stt import add_session_options, session_options
 from scripts.bench.wer import wer
 from scripts.clients.stt import CLIENT_RATE_HZ, FRAME_SAMPLES, final_text, read_wav, v1_metadata
@@ -233,6 +233,9 @@ def main() -> None:
         named = [n for n in report["files"] if n in offline]
         if named:
             print(f"offline: WER {wer([refs[n] for n in named], [offline[n] for n in named]):.2%}")
+        clip_by_clip = paired.one_clip_vs_offline(report)
+        if clip_by_clip is not None:
+            paired.print_paired(clip_by_clip, "one clip per socket", "offline")
     if args.conversation:
         conversation.print_diagnosis(conversation.diagnose(report))
     if args.conversation and args.end_of_turn:

@@ -37,7 +37,7 @@ import numpy as np
 import websockets
 
 from scripts import REPO_ROOT
-from scripts.bench import conversation
+from scripts.bench import conversation, paired
 from scripts.bench.stats import percentile
 from scripts.bench.wer import repeated_phrases, wer
 from scripts.clients.auth import API_KEY_ENV
@@ -571,6 +571,9 @@ def main() -> None:
     if one_clip_rows:
         print("\nthe same clips, one socket per clip")
         print(table(one_clip_rows, report["one_clip_offline_wer_vs_reference"]))
+        clip_by_clip = paired.one_clip_vs_offline(report)
+        if clip_by_clip is not None:
+            paired.print_paired(clip_by_clip, "one clip per socket", "offline")
     failures = failed_sessions(rows + one_clip_rows)
     if failures:
         print("\nadmitted sessions that got an error frame or an abnormal close:")
