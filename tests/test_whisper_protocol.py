@@ -84,6 +84,7 @@ class Harness:
         speech: list[bool] | None = None,
         fail: bool = False,
         turn_score: float = 0.9,
+        final_text: str = "final words",
     ) -> None:
         command = self.jobs.pop(job_id)
         if fail:
@@ -97,7 +98,7 @@ class Harness:
             result = VadResult(np.array(probs), command.payload[0])
         else:
             kind = command.payload.kind
-            result = transcript("final words" if kind is JobKind.FINAL else "partial words")
+            result = transcript(final_text if kind is JobKind.FINAL else "partial words")
         self.apply(self.core.on_result(job_id, result, self.now))
 
     def tick(self, seconds: float) -> None:
@@ -118,13 +119,16 @@ class Harness:
     # checks
     def check_order(self) -> None:
         finals_seen: set[int] = set()
-        last_final = -1
+        last_final = last_final_with_words = -1
         finished = 0
         words_since_turn_end = False
         for message in self.sent:
             if message.get("type") == "end_of_turn":
-                # after the turn's last final with words, once per turn
-                assert message["transcription_num"] == last_final, "end_of_turn before its final"
+                # after the turn's last final with words (an empty final may follow it), once
+                # per turn
+                assert message["transcription_num"] == last_final_with_words, (
+                    "end_of_turn before its final"
+                )
                 assert words_since_turn_end, "end_of_turn without words since the last one"
                 words_since_turn_end = False
             elif message.get("type") == "transcription":
@@ -133,7 +137,9 @@ class Harness:
                     assert num > last_final, "finals out of order"
                     last_final = num
                     finals_seen.add(num)
-                    words_since_turn_end |= bool(message["transcript"])
+                    if message["transcript"]:
+                        last_final_with_words = num
+                        words_since_turn_end = True
                 else:
                     assert num not in finals_seen, f"partial {num} after its final"
             elif message.get("type") == "end_audio" and message["body"]["status"] == "finished":
@@ -264,6 +270,28 @@ def test_end_of_turn_follows_the_final_the_turn_model_ended() -> None:
         "reason": "model",
         "probability": 0.9,
     }
+    h.check_order()
+
+
+def test_end_of_turn_names_the_turns_last_final_with_words_not_an_empty_one_after_it() -> None:
+    """A noise the VAD took for speech, after the words, gets an empty final; the turn's end
+    still points at the transcript to act on."""
+    h = _turn_harness()
+    speak(h, 1.0)
+    speak(h, 0.4, speech=False)
+    h.resolve(_jobs(h, TURN_WORKER)[0], turn_score=0.2)  # not over yet
+    h.drain()
+    speak(h, 0.5)  # the noise
+    speak(h, 0.4, speech=False)
+    h.resolve(_jobs(h, TURN_WORKER)[0], turn_score=0.9)
+    for job_id in sorted(h.jobs):
+        h.resolve(job_id, final_text="")
+    finals = [m for m in h.sent if m.get("type") == "transcription"]
+    assert [(m["transcription_num"], m["transcript"]) for m in finals] == [
+        (0, "final words"),
+        (1, ""),
+    ]
+    assert h.sent[-1]["type"] == "end_of_turn" and h.sent[-1]["transcription_num"] == 0
     h.check_order()
 
 
