@@ -139,6 +139,19 @@ class _Pending:
 
 
 @dataclass
+class _SpeculativeFinal:
+    """A final asked for ``speculation_lead_ms`` before the pause is long enough: if the pause
+    lasts and the utterance's final asks for the same audio and promise, this job is that final."""
+
+    num: int
+    samples: int  # the audio it decodes
+    job_id: int
+    promised: str  # the stable words it was asked to keep
+    result: Any = None  # its transcript, when it came back before the final was asked for
+    done: bool = False
+
+
+@dataclass
 class _EarlyTurnScore:
     """A turn score asked for with the speculative final, 150 ms into the pause: the model hears
     the turn up to the end of its speech, so if the pause lasts the utterance's end asks about
@@ -173,8 +186,7 @@ class SttCore:
         self._last_partial_sent: dict[int, int] = {}  # num -> seq of the newest partial sent
         self._stability: dict[int, LocalAgreement] = {}  # num -> its stable prefix (opt-in)
         self._finalised: set[int] = set()
-        self._spec: tuple[int, int, int, str] | None = None  # (num, samples, job id, promised)
-        self._spec_results: dict[int, Any] = {}  # speculative job -> result, before its final
+        self._spec: _SpeculativeFinal | None = None
         self._queue: deque[_Pending] = deque()
         self._context = ""  # previous finals' text, for conditioning (bounded: CONTEXT_MAX_CHARS)
         self._flushed = False
@@ -472,7 +484,6 @@ class SttCore:
 
     def _cancel(self, job_id: int) -> Cancel:
         self._handlers.pop(job_id, None)
-        self._spec_results.pop(job_id, None)
         return Cancel(job_id)
 
     def _dispatch(
@@ -496,12 +507,12 @@ class SttCore:
         if isinstance(request, SpeculativeFinal):
             outputs: list[Output] = []
             if self._spec is not None:
-                outputs.append(self._cancel(self._spec[2]))
+                outputs.append(self._cancel(self._spec.job_id))
             promised = self._promised(request.num)
             submit = self._submit_transcribe(
                 JobKind.FINAL, request.audio, request.offset_s, self._on_transcript, promised
             )
-            self._spec = (request.num, len(request.audio), submit.job_id, promised)
+            self._spec = _SpeculativeFinal(request.num, len(request.audio), submit.job_id, promised)
             return [*outputs, submit, *self._ask_early_turn_score(request.speech_end_s)]
         if isinstance(request, FinalRequest):
             if cause is None:
@@ -509,10 +520,9 @@ class SttCore:
             return self._on_final_request(request, now, cause)
         if isinstance(request, (Dropped, SpeculationVoid)):
             outputs = self._drop_early_turn_score()
-            if self._spec is not None and self._spec[0] == request.num:
-                job_id = self._spec[2]
+            if self._spec is not None and self._spec.num == request.num:
+                outputs.append(self._cancel(self._spec.job_id))
                 self._spec = None
-                outputs.append(self._cancel(job_id))
             return outputs
         return []
 
@@ -530,17 +540,19 @@ class SttCore:
             cause,
         )
         promised = self._promised(request.num)
-        if self._spec is not None:
-            num, length, job_id, spec_promised = self._spec
-            self._spec = None
+        spec, self._spec = self._spec, None
+        if spec is not None:
             # The pause lasted: the speculative final is the final (it was asked to keep the
             # words promised then, and partials promise nothing more while it runs).
-            if (num, length, spec_promised) == (request.num, len(request.audio), promised):
-                final.job_id = job_id
-                if job_id in self._spec_results:
-                    final.result, final.ready = self._spec_results.pop(job_id), True
+            if (spec.num, spec.samples, spec.promised) == (
+                request.num,
+                len(request.audio),
+                promised,
+            ):
+                final.job_id = spec.job_id
+                final.result, final.ready = spec.result, spec.done
             else:
-                outputs.append(self._cancel(job_id))
+                outputs.append(self._cancel(spec.job_id))
         if final.job_id is None:
             submit = self._submit_transcribe(
                 JobKind.FINAL, request.audio, request.offset_s, self._on_transcript, promised
@@ -663,7 +675,7 @@ class SttCore:
         if self.config.streaming.stable_partials:
             probs = [s.avg_logprob for s in result.segments if s.avg_logprob is not None]
             agreement = self._stability.setdefault(num, LocalAgreement())
-            if self._spec is not None and self._spec[0] == num:
+            if self._spec is not None and self._spec.num == num:
                 # The pause began and the final is being decoded to keep the words promised so
                 # far: a partial back now promises nothing more, or that final would have to be
                 # decoded again (latency) when the pause lasts.
@@ -680,8 +692,8 @@ class SttCore:
                 if final.turn_ticket is not None and final.turn_scored:
                     return self._turn_verdict(final, now)
                 return self._emit(now)
-        if self._spec is not None and self._spec[2] == job_id:
-            self._spec_results[job_id] = result  # its FinalRequest may still come
+        if self._spec is not None and self._spec.job_id == job_id:
+            self._spec.result, self._spec.done = result, True  # its FinalRequest may still come
         return []
 
     def _emit(self, now: float) -> list[Output]:
@@ -751,6 +763,6 @@ class SttCore:
         """Cancel everything outstanding; the session is over."""
         outputs: list[Output] = [Cancel(job_id) for job_id in sorted(self._handlers)]
         self._handlers.clear()
-        self._spec_results.clear()
+        self._spec = None
         self.phase = Phase.DONE
         return outputs + ([ended] if ended is not None else [])
