@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from scripts import SAMPLES_DIR
+from scripts.bench.conversation import SEED
 from scripts.bench.wer import errors, normalise
 
 RESAMPLES = 10_000
 CONFIDENCE = 0.95
-SEED = 23  # issue 23
 
 
 @dataclass(frozen=True)
