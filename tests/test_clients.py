@@ -306,6 +306,33 @@ def test_deepgram_clients_transcribe_real_speech(
         assert finals[-1]["finalized"] and not any(f["finalized"] for f in finals[:-1])
 
 
+# -- Deepgram Flux's clients: livekit-plugins-deepgram's STTv2, pipecat's DeepgramFluxSTTService -----------
+@pytest.mark.parametrize("client", ["livekit", "pipecat"])
+def test_flux_clients_get_one_turn_of_real_speech(
+    whisper_server: Any, tmp_path: Path, client: str
+) -> None:
+    """Real speech at real-time pace through each Flux client (two utterances, one turn): the
+    turn's final as good as our own client's transcript of the clip, after its interims, and the
+    turn's start and end in order; a clean end."""
+    url = whisper_server.ws_url if client == "livekit" else f"{whisper_server.ws_url}?_p="
+    result = run_client("deepgram_flux.py", client, url, tmp_path, "--sample", str(DEEPGRAM_SAMPLE))
+    assert_ok(result)
+    assert_no_errors(result)
+    reference = json.loads(DEEPGRAM_SAMPLE.with_suffix(".json").read_text())["text"]
+    (final,) = result["finals"]  # the clip's two utterances are one turn
+    own = own_client_transcript(whisper_server, DEEPGRAM_SAMPLE)
+    assert wer(reference, final) <= wer(reference, own) + 0.05, (final, own)
+    assert wer(reference, final) <= 0.15, final
+    kinds = [e["type"] for e in result["events"]]
+    if client == "livekit":
+        # StartOfTurn, Updates, EndOfTurn: LiveKit's START_OF_SPEECH, interims, FINAL, END_OF_SPEECH.
+        assert kinds[0] == "start_of_speech" and kinds[-2:] == ["final_transcript", "end_of_speech"]
+        assert "interim_transcript" in kinds
+    else:
+        assert kinds[0] == "InterimTranscriptionFrame" and kinds[-1] == "TranscriptionFrame", kinds
+        assert result["events"][-1]["finalized"]
+
+
 # -- docs/clients.md shows exactly the suite's lines -----------------------------------------------------
 REGION = re.compile(
     r"^[ \t]*# --- docs:(?P<name>[\w-]+) ---\n(?P<body>.*?)^[ \t]*# --- end ---$", re.M | re.S

@@ -45,6 +45,9 @@ class Transcription:
     # A final of a session that asked for end-of-turn detection, cut on a pause: whether the
     # turn model said the speaker's turn is over with it (None: not asked, or not a pause).
     end_of_turn: bool | None = None
+    # ... and the turn model's P(complete) at that pause (None: not asked, not scored, or the
+    # speaker went on before the score came back).
+    turn_probability: float | None = None
 
 
 @dataclass(frozen=True)

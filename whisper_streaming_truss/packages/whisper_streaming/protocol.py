@@ -315,6 +315,14 @@ class SttCore:
             self._decode = replace(self._decode, prompt=prompt)
         return []
 
+    def set_turn_options(self, options: TurnOptions) -> list[Output]:
+        """New end-of-turn threshold and timeout from now on (a session that asked for end of
+        turn; the turn already open keeps its start and its pending score)."""
+        if self._turns is not None:
+            self._turns.reconfigure(options)
+            self.events = replace(self.events, turns=options)
+        return []
+
     def end_audio(self, now: float) -> list[Output]:
         """No more audio: flush, send every final, then ``finished`` and the end."""
         if self.phase is not Phase.STREAMING:
@@ -647,7 +655,7 @@ class SttCore:
         """Speech resumed: a final still waiting for its turn score did not end the turn."""
         waiting = [item for item in self._queue if item.turn_ticket is not None]
         for item in waiting:
-            item.turn_ticket, item.end_of_turn = None, False
+            item.turn_ticket, item.end_of_turn, item.turn_probability = None, False, None
         return self._emit(now) if waiting else []
 
     def _turn_ended(self, ended: TurnEnded, now: float) -> list[Output]:
@@ -739,6 +747,9 @@ class SttCore:
                     item.cause,
                     item.flush,
                     end_of_turn=item.end_of_turn,
+                    turn_probability=item.turn_probability
+                    if item.end_of_turn is not None
+                    else None,
                 )  # fmt: skip
             )
             self._remember(item.result, item.num)

@@ -73,6 +73,11 @@ class TurnTracker:
         self._waiting: int | None = None  # the ticket whose score would end the turn
         self._last_probability: float | None = None
 
+    def reconfigure(self, options: TurnOptions) -> None:
+        """A new threshold and timeout (a client's mid-stream Configure)."""
+        self.options = options
+        self._timeout = int(options.timeout_ms * SAMPLE_RATE_HZ / 1000)
+
     @property
     def turn_open(self) -> bool:
         return self._open

@@ -1,6 +1,6 @@
 """The wire formats at the edge of the one STT core, a codec each (``base.Codec``): Baseten's
-protocol (``baseten``, the default) and Deepgram's live protocol (``deepgram``), chosen by the
-WebSocket handshake's query string.
+protocol (``baseten``, the default), Deepgram's live protocol (``deepgram``) and Deepgram Flux's
+turn-based one (``flux``), chosen by the WebSocket handshake's query string.
 
 Vendor SDKs that append their own path to a base URL (``/v1/listen``) are given the Truss
 WebSocket URL followed by ``?_p=``: the path, and any query the SDK adds after it, land in the
@@ -16,8 +16,9 @@ from ..protocol import SttCore
 from .base import Codec
 from .baseten import BasetenCodec
 from .deepgram import DeepgramCodec, wants_deepgram
+from .flux import FluxCodec, wants_flux
 
-__all__ = ["BasetenCodec", "Codec", "DeepgramCodec", "choose_codec", "query_items"]
+__all__ = ["BasetenCodec", "Codec", "DeepgramCodec", "FluxCodec", "choose_codec", "query_items"]
 
 PATH_PARAM = "_p"
 
@@ -42,9 +43,13 @@ def query_items(websocket: Any) -> list[tuple[str, str]]:
 
 
 def choose_codec(core: SttCore, query: Iterable[tuple[str, str]] = (), **deepgram: Any) -> Codec:
-    """Deepgram's protocol when the query names one of its parameters (or its path), else
-    Baseten's. ``deepgram``: the Deepgram codec's model_name, request_id, created."""
+    """Flux's protocol when the query names a flux model (or Flux's path), Deepgram's when it
+    names one of Deepgram's parameters (or its path), else Baseten's. ``deepgram``: the Deepgram
+    codecs' model_name, request_id, created."""
     query = list(query)
+    if wants_flux(query):
+        deepgram.pop("created", None)  # Flux's messages carry no creation time
+        return FluxCodec(core, query, **deepgram)
     if wants_deepgram(query):
         return DeepgramCodec(core, query, **deepgram)
     return BasetenCodec(core)

@@ -1,0 +1,404 @@
+"""Deepgram Flux's turn-based protocol (``wss://api.deepgram.com/v2/listen``) on the same
+WebSocket, for Flux's clients (LiveKit's ``deepgram.STTv2``, pipecat's
+``DeepgramFluxSTTService``, the deepgram-sdk's ``listen.v2``): a transcript per *turn*, and the
+turn's end decided by the turn model (Smart Turn), not by a fixed silence.
+
+client -> server              this core
+binary audio                  ``audio`` (linear16, linear32, mulaw, alaw)
+``CloseStream``               ``end_audio``: the turn's last words as an ``Update``, then close 1000
+``ForceEndTurn``              ``finalize``: the open utterance's final, then ``EndOfTurn``
+                              (``trigger: manual``) once it went out
+``Configure``                 thresholds and key terms from now on; ``ConfigureSuccess``
+``KeepAlive``                 the idle deadline starts again
+
+server -> client: ``Connected`` at once; ``TurnInfo`` events: ``StartOfTurn`` (the turn's first
+words), ``Update`` (a partial or a final changed the turn's transcript), ``EagerEndOfTurn`` (with
+``eager_eot_threshold``: an utterance ended and the turn model's score reached it, not
+``eot_threshold``), ``TurnResumed`` (speech after an eager end), ``EndOfTurn`` (the score above
+``eot_threshold``, or ``eot_timeout_ms`` of silence: ``trigger`` model / timeout / manual);
+``Error`` before an error's close. Every message carries ``sequence_id`` (0, 1, 2, ...) and
+``request_id``; a ``TurnInfo`` the turn's whole ``transcript`` so far and its ``words``
+(punctuated and cased, as Flux's are, with confidence and times).
+
+Flux scores the turn continuously; here the turn model is asked at each pause of
+``MIN_ENDPOINTING_MS`` (Whisper transcribes whole utterances), so ``end_of_turn_confidence`` is
+that pause's score and 0 while the speaker talks. docs/stt.md lists every parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from speech_common.driver import Close, Command, Send
+from speech_common.ws import CloseCode, ProtocolError, describe_validation_error, load_json
+
+from ..events import (
+    Ended,
+    EndOfTurn,
+    Event,
+    Finalized,
+    Output,
+    SpeechStarted,
+    Transcription,
+)
+from ..protocol import EventOptions
+from ..schema import SessionConfig, StreamingParams, VadParams, WhisperParams
+from ..turns import TurnOptions, trails_off
+from .base import Codec
+from .deepgram import (
+    EOT_THRESHOLD,
+    EOT_TIMEOUT_MS,
+    ERRORS,
+    IDLE_TIMEOUT_S,
+    MIN_ENDPOINTING_MS,
+    PARTIAL_INTERVAL_S,
+    Transcoder,
+    Word,
+    _bool,
+    _float,
+    _int,
+    _language,
+    _words,
+    invalid,
+    prompt_for,
+)
+
+logger = logging.getLogger(__name__)
+
+FLUX_PATH = "/v2/listen"  # what Flux's clients put at the end of their base URL
+MODEL_PREFIX = "flux"  # flux-general-en, flux-general-multi
+MULTILINGUAL_MODEL = "flux-general-multi"
+# Flux's documented defaults and ranges (developers.deepgram.com, "Turn-based Audio (Flux)").
+DEFAULT_EOT_THRESHOLD = 0.7
+DEFAULT_EOT_TIMEOUT_MS = 5000
+EAGER_EOT_THRESHOLD = (0.3, 0.9)
+ENCODINGS = ("linear16", "linear32", "mulaw", "alaw")  # Flux's raw encodings this server decodes
+MAX_PROMPT_CHARS = 2000
+QUERY_KEYS = frozenset(
+    """model encoding sample_rate eot_threshold eager_eot_threshold eot_timeout_ms keyterm
+    mip_opt_out tag language_hint numerals profanity_filter redact""".split()
+)
+
+
+def wants_flux(query: Iterable[tuple[str, str]]) -> bool:
+    """Flux's clients name a flux model, or end their URL's path with /v2/listen (``_p``)."""
+    for key, value in query:
+        if key == "model" and value.strip().lower().startswith(MODEL_PREFIX):
+            return True
+        if key == "_p" and value.rstrip("/").endswith(FLUX_PATH):
+            return True
+    return False
+
+
+@dataclass
+class FluxOptions:
+    model: str = "flux-general-en"
+    language: str = "en"  # Whisper's code; "auto" for flux-general-multi
+    language_hints: list[str] = field(default_factory=list)
+    encoding: str = "linear16"
+    sample_rate: int = 16000
+    eot_threshold: float = DEFAULT_EOT_THRESHOLD
+    eager_eot_threshold: float | None = None  # None: no EagerEndOfTurn / TurnResumed
+    eot_timeout_ms: int = DEFAULT_EOT_TIMEOUT_MS
+    keyterms: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # given, cannot change the result
+
+    @property
+    def turns(self) -> TurnOptions:
+        return TurnOptions(threshold=self.eot_threshold, timeout_ms=self.eot_timeout_ms)
+
+
+def parse_flux_query(query: Iterable[tuple[str, str]]) -> FluxOptions:
+    """Flux's query parameters as options; raises ProtocolError (``invalid_query``) for a value
+    Flux refuses or a feature this server cannot honour. Anything not Flux's is ignored."""
+    o = FluxOptions()
+    for key, value in query:
+        if key == "model":
+            o.model = value.strip()
+            if o.model == MULTILINGUAL_MODEL:
+                o.language = "auto"
+            elif not o.model.startswith(MODEL_PREFIX):
+                raise invalid(f"model: {value!r} is not a Flux model (flux-general-en)")
+        elif key == "encoding":
+            o.encoding = value.strip().lower()
+        elif key == "sample_rate":
+            o.sample_rate = _int(key, value, 1, 10**6)
+        elif key == "eot_threshold":
+            o.eot_threshold = _float(key, value, *EOT_THRESHOLD)
+        elif key == "eager_eot_threshold":
+            o.eager_eot_threshold = _float(key, value, *EAGER_EOT_THRESHOLD)
+        elif key == "eot_timeout_ms":
+            o.eot_timeout_ms = _int(key, value, *EOT_TIMEOUT_MS)
+        elif key == "keyterm":
+            o.keyterms += [value.strip()] if value.strip() else []
+        elif key == "language_hint":
+            o.language_hints += [_language(v)[0] for v in value.split(",") if v.strip()]
+        elif key == "profanity_filter":
+            if _bool(key, value):
+                raise invalid("profanity_filter=true is not supported by this Whisper deployment")
+        elif key == "redact":
+            if value.strip().lower() != "false":
+                raise invalid(f"redact={value} is not supported by this Whisper deployment")
+        elif key in ("mip_opt_out", "tag", "numerals"):
+            o.ignored.append(key)
+        # anything else (``_p``, a token, an unknown key) is not Flux's: ignored
+    if o.encoding not in ENCODINGS:
+        raise ProtocolError(
+            "unsupported_encoding",
+            f"encoding {o.encoding!r} is not supported here; use one of {', '.join(ENCODINGS)}",
+        )
+    o.keyterms = list(dict.fromkeys(o.keyterms))
+    return o
+
+
+@dataclass
+class _Turn:
+    """The open turn, as the client has been told of it."""
+
+    index: int = 0
+    words: list[Word] = field(default_factory=list)  # its finals' words so far
+    started: bool = False  # StartOfTurn went out
+    eager: bool = False  # an EagerEndOfTurn went out and no TurnResumed since
+    start_s: float | None = None  # where its audio starts (the first utterance's offset)
+    sent: str = ""  # the transcript of the last TurnInfo
+
+
+class FluxCodec(Codec):
+    name = "flux"
+
+    def __init__(
+        self,
+        core: Any,
+        query: Iterable[tuple[str, str]],
+        *,
+        model_name: str = "whisper",
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(core)
+        self.query = list(query)
+        self.model_name = model_name
+        self.request_id = request_id or str(uuid.uuid4())
+        self.options = FluxOptions()
+        self._transcoder: Transcoder | None = None
+        self._sequence = 0
+        self._turn = _Turn()
+        self._closing = False  # CloseStream came: the turn's words go out as an Update
+        self._forced = False  # ForceEndTurn came: its final ends the turn
+
+    # -- decoding ------------------------------------------------------------------------------
+    def start(self, now: float) -> list[Output]:
+        self.options = o = parse_flux_query(self.query)
+        if o.ignored:
+            logger.info("flux parameters accepted without effect: %s", sorted(set(o.ignored)))
+        self._transcoder = Transcoder(o.encoding, 1)
+        try:
+            config = SessionConfig(
+                vad=VadParams(min_silence_duration_ms=MIN_ENDPOINTING_MS),
+                streaming=StreamingParams(
+                    encoding=self._transcoder.core_encoding,
+                    sample_rate=o.sample_rate,
+                    enable_partial_transcripts=True,
+                    partial_transcript_interval_s=PARTIAL_INTERVAL_S,
+                ),
+                whisper=WhisperParams(
+                    audio_language=o.language,
+                    language_options=o.language_hints if o.language == "auto" else [],
+                    prompt=prompt_for(o.keyterms)[:MAX_PROMPT_CHARS],
+                    show_word_timestamps=True,
+                ),
+                shape="deepgram",
+            )
+        except ValidationError as exc:
+            raise invalid(describe_validation_error(exc, "query", limit=3)) from None
+        events = EventOptions(
+            speech_started=True,  # TurnResumed as soon as the speaker goes on
+            idle_timeout_s=IDLE_TIMEOUT_S,
+            turns=o.turns,
+        )
+        connected = Send(self._message("Connected"))
+        return [connected, *self.core.configure(config, events)]
+
+    def binary(self, data: bytes, now: float) -> list[Output]:
+        if not data:
+            return self._close_stream(now)
+        return self.core.audio(self._transcoder.feed(data), now)
+
+    def text(self, text: str, now: float) -> list[Output]:
+        try:
+            message = load_json(text)
+            kind = message.get("type") if isinstance(message, dict) else None
+        except ValueError:
+            kind = None
+        if kind == "CloseStream":
+            return self._close_stream(now)
+        if kind == "ForceEndTurn":
+            self._forced = True
+            return self.core.finalize(now)
+        if kind == "KeepAlive":
+            return self.core.keep_alive(now)
+        if kind == "Configure":
+            return self._configure(message)
+        raise ProtocolError(
+            "invalid_message", f"unknown or malformed control message: {text[:200]}"
+        )
+
+    def _close_stream(self, now: float) -> list[Output]:
+        self._closing = True
+        return self.core.end_audio(now)
+
+    def _configure(self, message: dict[str, Any]) -> list[Output]:
+        """Flux's mid-stream Configure: thresholds and key terms (language hints and numerals
+        are taken as they are: nothing here to change)."""
+        o = self.options
+        thresholds = message.get("thresholds") or {}
+        keyterms = message.get("keyterms")
+        try:
+            if not isinstance(thresholds, dict):
+                raise invalid("thresholds: expected an object")
+            if keyterms is not None and not (
+                isinstance(keyterms, list) and all(isinstance(k, str) for k in keyterms)
+            ):
+                raise invalid("keyterms: expected a list of strings")
+            eot = thresholds.get("eot_threshold", o.eot_threshold)
+            eager = thresholds.get("eager_eot_threshold", o.eager_eot_threshold)
+            timeout = thresholds.get("eot_timeout_ms", o.eot_timeout_ms)
+            eot = _float("eot_threshold", str(eot), *EOT_THRESHOLD)
+            eager = None if eager is None else _float("eager_eot_threshold", str(eager),
+                                                      *EAGER_EOT_THRESHOLD)  # fmt: skip
+            timeout = _int("eot_timeout_ms", str(timeout), *EOT_TIMEOUT_MS)
+        except ProtocolError as exc:
+            return [Send(self._message("ConfigureFailure", code="INVALID_CONFIGURATION",
+                                       description=exc.message))]  # fmt: skip
+        o.eot_threshold, o.eager_eot_threshold, o.eot_timeout_ms = eot, eager, timeout
+        outputs = list(self.core.set_turn_options(o.turns))
+        if keyterms is not None:
+            o.keyterms = list(dict.fromkeys(k.strip() for k in keyterms if k.strip()))
+            outputs += self.core.set_prompt(prompt_for(o.keyterms)[:MAX_PROMPT_CHARS])
+        answer = self._message(
+            "ConfigureSuccess",
+            thresholds={"eot_threshold": eot, "eager_eot_threshold": eager,
+                        "eot_timeout_ms": timeout},
+            keyterms=o.keyterms,
+        )  # fmt: skip
+        return [*outputs, Send(answer)]
+
+    # -- encoding ------------------------------------------------------------------------------
+    def encode(self, event: Event, now: float) -> list[Command]:
+        if isinstance(event, Transcription):
+            return self._transcription(event)
+        if isinstance(event, SpeechStarted):
+            if self._turn.eager:  # the speaker went on after an eager end
+                self._turn.eager = False
+                return [self._turn_info("TurnResumed", self._turn.words, event.timestamp_s)]
+            return []
+        if isinstance(event, EndOfTurn):
+            if self._closing:
+                return []  # Flux: CloseStream ends with the turn's Updates, no EndOfTurn
+            return self._end_of_turn(event.reason, event.probability, event.speech_end_s)
+        if isinstance(event, Finalized) and self._forced:
+            self._forced = False  # every final ForceEndTurn asked for went out: the turn is over
+            return [] if self._closing else self._end_of_turn("manual", None, event.position_s)
+        if isinstance(event, Ended):
+            return self._ended(event.error)
+        return []  # UtteranceEnd, EndAudio, Health, FinalFailed: no Flux frame
+
+    def _transcription(self, event: Transcription) -> list[Command]:
+        turn = self._turn
+        heard = _words(event)
+        words = turn.words + heard
+        if event.is_final:
+            turn.words = words
+        if not words:
+            return []  # nothing said in this turn yet (an empty final, a blip)
+        if turn.start_s is None:
+            turn.start_s = event.offset_s
+        end_s = event.offset_s + event.audio_s
+        out: list[Command] = []
+        if not turn.started:
+            turn.started = True
+            out.append(self._turn_info("StartOfTurn", words, end_s))
+        elif turn.eager and heard:  # words after an eager end: the turn goes on
+            turn.eager = False
+            out.append(self._turn_info("TurnResumed", words, end_s))
+        elif _text(words) != turn.sent:
+            out.append(self._turn_info("Update", words, end_s))
+        if not event.is_final:
+            return out
+        eager = self.options.eager_eot_threshold
+        p = event.turn_probability
+        if (
+            event.end_of_turn is False
+            and eager is not None
+            and p is not None
+            and p >= eager
+            and not trails_off(event.result.text)
+            and not self._closing
+        ):
+            turn.eager = True
+            out.append(self._turn_info("EagerEndOfTurn", words, end_s, p))
+        return out
+
+    def _end_of_turn(self, trigger: str, probability: float | None, end_s: float) -> list[Command]:
+        turn = self._turn
+        if not turn.started:
+            return []  # the turn the core ended had no words the client saw (or was forced)
+        message = self._turn_info(
+            "EndOfTurn", turn.words, end_s, probability or 0.0, trigger=trigger
+        )
+        self._turn = _Turn(index=turn.index + 1)
+        return [message]
+
+    def _turn_info(
+        self, event: str, words: list[Word], end_s: float, confidence: float = 0.0, **extra: Any
+    ) -> Send:
+        turn = self._turn
+        turn.sent = _text(words)
+        return Send(
+            self._message(
+                "TurnInfo",
+                event=event,
+                turn_index=turn.index,
+                audio_window_start=round(turn.start_s or 0.0, 3),
+                audio_window_end=round(max(end_s, turn.start_s or 0.0), 3),
+                transcript=turn.sent,
+                words=[
+                    {
+                        "word": w.punctuated,
+                        "confidence": round(w.confidence, 4),
+                        "start": round(w.start, 3),
+                        "end": round(w.end, 3),
+                    }
+                    for w in words
+                ],  # fmt: skip
+                end_of_turn_confidence=round(confidence, 4),
+                **extra,
+            )
+        )
+
+    def _message(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """A server message with Flux's envelope: ``sequence_id`` counts every message sent."""
+        message = {"type": kind, "request_id": self.request_id, "sequence_id": self._sequence}
+        self._sequence += 1
+        return {**message, **fields}
+
+    def _ended(self, error: ProtocolError | None) -> list[Command]:
+        if error is None:
+            return [Close(CloseCode.NORMAL)]
+        code, close = ERRORS.get(error.error_type, (error.error_type.upper(), error.close_code))
+        if error.error_type == "invalid_message":
+            code = "UNPARSABLE_CLIENT_MESSAGE"
+        message = self._message("Error", code=code, description=error.message)
+        return [Send(message), Close(close, code)]
+
+    def refusal(self, error: ProtocolError) -> list[Command]:
+        return self._ended(error)
+
+
+def _text(words: list[Word]) -> str:
+    return " ".join(w.punctuated for w in words)
