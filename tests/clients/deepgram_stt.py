@@ -13,40 +13,23 @@ holds the finals, the events in order and any error."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import sys
-import time
-import wave
 
 import aiohttp
 from _result import API_KEY, Result, parser, run
+from _speech import FRAME_S, chunks, livekit_stream, read_pcm
 
-FRAME_S = 0.02
 TRAILING_SILENCE_S = 1.5  # the server's VAD ends the utterance (speech_final) within it
 PIPECAT_STOP_S = 0.2  # pipecat's VADParams.stop_secs: its VAD's "user stopped speaking"
 FINALIZE_WAIT_S = 20.0  # pipecat ends its stream at once at the pipeline's end: wait for the
 # answer to its Finalize first, as an agent's pipeline would still be running
 
 
-def read_pcm(path: str, silence_s: float = TRAILING_SILENCE_S) -> tuple[bytes, int]:
-    """16-bit mono PCM and its rate, with trailing silence."""
-    with wave.open(path) as w:
-        rate, pcm = w.getframerate(), w.readframes(w.getnframes())
-    return pcm + b"\0\0" * int(rate * silence_s), rate
-
-
-def chunks(pcm: bytes, rate: int) -> list[bytes]:
-    step = int(rate * FRAME_S) * 2
-    return [pcm[i : i + step] for i in range(0, len(pcm), step)]
-
-
 async def livekit_case(url: str, sample: str, result: Result) -> None:
-    from livekit import rtc
-    from livekit.agents import stt as lk_stt
     from livekit.plugins import deepgram
 
-    pcm, rate = read_pcm(sample)
+    pcm, rate = read_pcm(sample, TRAILING_SILENCE_S)
     api_key = API_KEY
     async with aiohttp.ClientSession() as http_session:
         # --- docs:livekit-deepgram ---
@@ -54,26 +37,7 @@ async def livekit_case(url: str, sample: str, result: Result) -> None:
         stream = stt.stream()
         # --- end ---
 
-        async def push() -> None:
-            t0 = time.monotonic()
-            for i, chunk in enumerate(chunks(pcm, rate)):
-                await asyncio.sleep(max(t0 + i * FRAME_S - time.monotonic(), 0))
-                stream.push_frame(rtc.AudioFrame(chunk, rate, 1, len(chunk) // 2))
-            stream.end_input()  # flush (Finalize), then CloseStream
-
-        pusher = asyncio.create_task(push())
-        finals = []
-        async with asyncio.timeout(60):
-            async for event in stream:
-                kind = event.type
-                if kind == lk_stt.SpeechEventType.RECOGNITION_USAGE:
-                    continue
-                text = event.alternatives[0].text if event.alternatives else ""
-                words = len(event.alternatives[0].words or []) if event.alternatives else 0
-                result.event(type=kind.value, text=text, words=words)
-                if kind == lk_stt.SpeechEventType.FINAL_TRANSCRIPT:
-                    finals.append(text)
-        await pusher
+        finals = await livekit_stream(stream, pcm, rate, result)
         result.data["finals"] = finals
         await stt.aclose()
 

@@ -1,0 +1,55 @@
+"""What the STT client scripts share: a WAV as 16-bit PCM with trailing silence, cut into 20 ms
+frames, and a LiveKit STT stream fed at real-time pace with its events collected. Standard
+library only at import (these scripts run in .venv-clients)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import wave
+from typing import Any
+
+from _result import Result
+
+FRAME_S = 0.02
+
+
+def read_pcm(path: str, silence_s: float) -> tuple[bytes, int]:
+    """16-bit mono PCM and its rate, with ``silence_s`` of trailing silence."""
+    with wave.open(path) as w:
+        rate, pcm = w.getframerate(), w.readframes(w.getnframes())
+    return pcm + b"\0\0" * int(rate * silence_s), rate
+
+
+def chunks(pcm: bytes, rate: int) -> list[bytes]:
+    step = int(rate * FRAME_S) * 2
+    return [pcm[i : i + step] for i in range(0, len(pcm), step)]
+
+
+async def livekit_stream(stream: Any, pcm: bytes, rate: int, result: Result) -> list[str]:
+    """Push the audio into a LiveKit ``SpeechStream`` at real-time pace, then end its input;
+    record every event (but usage) as it comes and return the final transcripts."""
+    from livekit import rtc
+    from livekit.agents import stt as lk_stt
+
+    async def push() -> None:
+        t0 = time.monotonic()
+        for i, chunk in enumerate(chunks(pcm, rate)):
+            await asyncio.sleep(max(t0 + i * FRAME_S - time.monotonic(), 0))
+            stream.push_frame(rtc.AudioFrame(chunk, rate, 1, len(chunk) // 2))
+        stream.end_input()
+
+    pusher = asyncio.create_task(push())
+    finals = []
+    async with asyncio.timeout(60):
+        async for event in stream:
+            kind = event.type
+            if kind == lk_stt.SpeechEventType.RECOGNITION_USAGE:
+                continue
+            text = event.alternatives[0].text if event.alternatives else ""
+            words = len(event.alternatives[0].words or []) if event.alternatives else 0
+            result.event(type=kind.value, text=text, words=words)
+            if kind == lk_stt.SpeechEventType.FINAL_TRANSCRIPT:
+                finals.append(text)
+    await pusher
+    return finals
