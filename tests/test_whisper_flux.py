@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
-from speech_common.ws import CloseCode
-from tests.test_whisper_dialects import Harness, items
+from speech_common.vad import WINDOW_SAMPLES, VadResult
+from speech_common.ws import CloseCode, ProtocolError
+from tests.test_whisper_dialects import SILENCE, SPEECH, WINDOW_S, Harness, items
 from whisper_streaming.dialects import DeepgramCodec, FluxCodec, choose_codec
 from whisper_streaming.dialects.flux import parse_flux_query
-from whisper_streaming.protocol import TURN_WORKER, CoreLimits, SttCore
+from whisper_streaming.engine import JobKind, Segment, Transcript, Word
+from whisper_streaming.protocol import TURN_WORKER, VAD_WORKER, CoreLimits, SttCore
 
 # LiveKit's deepgram.STTv2 (livekit-plugins-deepgram 1.8.9) and pipecat's
 # DeepgramFluxSTTService (pipecat-ai 1.14.0) defaults, as their URLs are built.
@@ -191,3 +194,262 @@ def test_an_unknown_message_is_an_error_then_1008() -> None:
     h.text({"type": "Finalize"})  # v1's, not Flux's
     assert h.sent[-1]["type"] == "Error" and h.sent[-1]["code"] == "UNPARSABLE_CLIENT_MESSAGE"
     assert h.closes[0].code == CloseCode.POLICY_VIOLATION
+
+
+# -- edge cases (a reviewer's probes: each failed on the first version) ---------------------------
+def answer(h: Harness, kind: JobKind, words: list[Word]) -> None:
+    """Answer only the pending Whisper jobs of one kind (partial or final)."""
+    for job_id, job in sorted(h.jobs.items()):
+        if job.worker in (VAD_WORKER, TURN_WORKER) or job.payload.kind is not kind:
+            continue
+        h.jobs.pop(job_id)
+        text = " ".join(w.word for w in words)
+        seg = Segment(
+            text,
+            job.payload.offset_s,
+            job.payload.offset_s + 1,
+            -0.2,
+            0.01,
+            words if kind is JobKind.FINAL else [],
+        )
+        h.apply(h.session.on_result(job_id, Transcript([seg], "en", None), h.now))
+
+
+A = [Word("Alpha", 0.1, 0.4, 0.9), Word("one.", 0.4, 0.8, 0.9)]
+B = [Word("Bravo", 0.1, 0.4, 0.9), Word("two.", 0.4, 0.8, 0.9)]
+
+
+def check_flux_invariants(h: Flux) -> None:
+    """Flux's state machine (developers.deepgram.com/docs/flux/state)."""
+    started, eager, index, last_eager = False, False, 0, None
+    for m in h.turn_infos():
+        assert m["turn_index"] == index, m
+        if m["event"] == "StartOfTurn":
+            assert not started, m
+            started = True
+        else:
+            assert started, m
+        if m["event"] == "TurnResumed":
+            assert eager, m
+            eager = False
+        if m["event"] == "EagerEndOfTurn":
+            eager, last_eager = True, m["transcript"]
+        if m["event"] == "EndOfTurn":
+            if eager:
+                assert m["transcript"] == last_eager
+            started, eager, index = False, False, index + 1
+
+
+# Two turns merge into one when their EndOfTurn is due after CloseStream arrived.
+def test_close_stream_does_not_swallow_an_earlier_turns_end_and_merge_turns() -> None:
+    h = Flux(f"{BASE}&eot_timeout_ms=500")
+    h.speak(1.0)
+    answer(h, JobKind.PARTIAL, A)  # StartOfTurn "Alpha one."
+    h.speak(1.0, speech=False)  # pause: final A asked, scored low
+    h.score(0.3)
+    # 1 s of silence > eot_timeout_ms: turn 0 is over in the audio; final A still decoding
+    h.speak(1.0)  # turn 1's speech
+    h.text({"type": "CloseStream"})
+    answer(h, JobKind.FINAL, A)  # final A (the timeout's EndOfTurn queued after it)
+    for _ in range(5):
+        h.vad(False)
+        h.score(0.3)
+        answer(h, JobKind.FINAL, B)  # the flush's final of turn 1
+    check_flux_invariants(h)
+    assert "EndOfTurn" in h.events(), h.events()  # turn 0 ended before CloseStream
+
+
+# A second ForceEndTurn sent before the first one's final came back is lost.
+def test_each_force_end_turn_ends_its_turn() -> None:
+    h = Flux(BASE)
+    h.speak(1.0)
+    h.text({"type": "ForceEndTurn"})  # final A decoding
+    h.speak(1.0)  # the speaker goes on: turn 1
+    h.text({"type": "ForceEndTurn"})
+    h.whisper()
+    h.whisper()
+    ends = [m for m in h.turn_infos() if m["event"] == "EndOfTurn"]
+    assert [(m["turn_index"], m["trigger"]) for m in ends] == [(0, "manual"), (1, "manual")], (
+        h.events()
+    )
+
+
+# ForceEndTurn, then CloseStream before its final came back: no EndOfTurn.
+def test_force_end_turn_then_close_stream_still_ends_the_turn() -> None:
+    h = Flux(BASE)
+    h.speak(1.0)
+    h.text({"type": "ForceEndTurn"})
+    h.text({"type": "CloseStream"})
+    for _ in range(3):
+        h.vad(False)
+        h.whisper()
+    assert h.events()[-1] == "EndOfTurn", h.events()
+
+
+# Connected's sequence_id is spent before core.configure can refuse the query.
+def test_a_refused_language_hint_is_an_error_with_sequence_id_0() -> None:
+    h = Flux("model=flux-general-multi&language_hint=fr")  # the harness serves en, de
+    assert [m["type"] for m in h.sent] == ["Error"]
+    assert h.sent[0]["sequence_id"] == 0, h.sent
+
+
+# Partial of the next utterance before the previous final: the turn's transcript
+# drops the words it already showed (and they reappear later).
+def test_an_update_never_drops_words_of_a_final_still_decoding() -> None:
+    h = Flux(BASE)
+    h.speak(1.0)
+    answer(h, JobKind.PARTIAL, A)  # StartOfTurn "Alpha one."
+    h.speak(0.7, speech=False)
+    h.score(0.3)  # turn stays open; final A still decoding
+    h.speak(1.0)
+    answer(h, JobKind.PARTIAL, B)  # partial of B before final A
+    transcripts = [m["transcript"] for m in h.turn_infos()]
+    assert all("Alpha" in t for t in transcripts), transcripts
+
+
+# ForceEndTurn with speech going on: turn 0's Update carries turn 1's words.
+def test_a_turns_updates_never_hold_the_next_turns_words() -> None:
+    h = Flux(BASE)
+    h.speak(1.0)
+    h.text({"type": "ForceEndTurn"})
+    h.speak(1.0)
+    answer(h, JobKind.PARTIAL, B)  # partial of the continuation first
+    answer(h, JobKind.FINAL, A)
+    answer(h, JobKind.FINAL, B)
+    turn0 = [m["transcript"] for m in h.turn_infos() if m["turn_index"] == 0]
+    assert not any("Bravo" in t for t in turn0), h.turn_infos()
+
+
+# An onset too short to transcribe (a click) after an EagerEndOfTurn: TurnResumed,
+# and then the turn never ends (the core's turn tracker stays "in speech").
+def test_a_click_after_an_eager_end_does_not_keep_the_turn_open_forever() -> None:
+    h = Flux(f"{BASE}&eager_eot_threshold=0.5&eot_timeout_ms=1000")
+    h.utterance(0.6)
+    assert h.events()[-1] == "EagerEndOfTurn"
+    h.speak(0.1)  # a click, under min_speech_duration_ms
+    h.speak(3.0, speech=False)
+    h.whisper()
+    check_flux_invariants(h)
+    assert h.events()[-1] == "EndOfTurn", h.events()
+
+
+# Flux's fully-manual mode (docs/flux/own-turn-detection, changelog 2026-08-28):
+# eot_threshold=1.0 with eot_timeout_ms=30000.
+def test_fully_manual_mode_is_accepted() -> None:
+    o = parse_flux_query(items("model=flux-general-en&eot_threshold=1.0&eot_timeout_ms=30000"))
+    assert o.eot_threshold == 1.0
+
+
+def test_configure_to_manual_mode_is_accepted() -> None:
+    h = Flux(BASE)
+    h.text({"type": "Configure", "thresholds": {"eot_threshold": 1.0}})
+    assert h.sent[-1]["type"] == "ConfigureSuccess", h.sent[-1]
+
+
+# eager_eot_threshold must be <= eot_threshold (Flux's docs); accepted here, and then
+# EagerEndOfTurn can never fire.
+def test_eager_above_eot_is_refused() -> None:
+    with pytest.raises(ProtocolError):
+        parse_flux_query(items("model=flux-general-en&eot_threshold=0.6&eager_eot_threshold=0.8"))
+
+
+def test_configure_eager_above_eot_is_refused() -> None:
+    h = Flux(BASE)
+    h.text({"type": "Configure", "thresholds": {"eager_eot_threshold": 0.9}})
+    assert h.sent[-1]["type"] == "ConfigureFailure", h.sent[-1]
+
+
+# The SDK types Configure.keyterms as str | list[str].
+def test_configure_accepts_a_single_keyterm_string() -> None:
+    h = Flux(BASE)
+    h.text({"type": "Configure", "keyterms": "Baseten"})
+    assert h.sent[-1]["type"] == "ConfigureSuccess", h.sent[-1]
+
+
+# Configure.language_hints (LiveKit sends it from update_options(language_hint=...)): the
+# language options cannot change mid-stream here; refused, nothing applied.
+def test_configure_language_hints_are_refused_not_ignored() -> None:
+    h = Flux("model=flux-general-multi&language_hint=en")
+    h.text({"type": "Configure", "language_hints": ["de"], "thresholds": {"eot_threshold": 0.9}})
+    assert h.sent[-1]["type"] == "ConfigureFailure", h.sent[-1]
+    assert h.core.events.turns.threshold == 0.7  # nothing of the message applied
+
+
+# Flux's docs: with flux-general-multi every TurnInfo carries `languages`.
+def test_flux_general_multi_turn_infos_carry_languages() -> None:
+    h = Flux("model=flux-general-multi")
+    h.utterance(0.9)
+    assert all("languages" in m for m in h.turn_infos()), h.turn_infos()[0]
+
+
+# docs/stt.md: "any other name is refused" (only flux-general-en / -multi).
+def test_an_unknown_flux_model_name_is_refused() -> None:
+    with pytest.raises(ProtocolError):
+        parse_flux_query(items("model=flux-general-es"))
+
+
+# wants_flux lowercases the model; parse_flux_query does not.
+def test_a_flux_model_in_capitals_is_flux() -> None:
+    assert parse_flux_query(items("model=Flux-General-En")).model == "flux-general-en"
+
+
+# Configure carrying profanity_filter=true (pipecat sends it mid-stream) is answered
+# ConfigureSuccess although the query refuses profanity_filter=true.
+def test_configure_profanity_filter_true_is_refused_like_the_query() -> None:
+    h = Flux(BASE)
+    h.text({"type": "Configure", "profanity_filter": True})
+    assert h.sent[-1]["type"] == "ConfigureFailure", h.sent[-1]
+
+
+# A turn that showed StartOfTurn (from a partial) whose only final comes back empty
+# never gets an EndOfTurn: neither the model's nor the timeout's.
+def test_a_started_turn_always_ends_even_if_its_final_is_empty() -> None:
+    h = Flux(f"{BASE}&eot_timeout_ms=1000")
+    h.speak(1.0)
+    answer(h, JobKind.PARTIAL, A)  # StartOfTurn "Alpha one."
+    h.speak(0.7, speech=False)
+    h.score(0.9)
+    answer(h, JobKind.FINAL, [])  # the final heard nothing (noise)
+    h.speak(3.0, speech=False)
+    assert h.events()[-1] == "EndOfTurn", h.events()
+
+
+# Same with a final whose transcription failed (FinalFailed).
+def test_a_started_turn_always_ends_even_if_its_final_failed() -> None:
+    h = Flux(f"{BASE}&eot_timeout_ms=1000")
+    h.speak(1.0)
+    answer(h, JobKind.PARTIAL, A)
+    h.speak(0.7, speech=False)
+    h.score(0.9)
+    h.whisper(fail=True)
+    h.speak(3.0, speech=False)
+    assert h.events()[-1] == "EndOfTurn", h.events()
+
+
+# The same, as a client that streams a recording faster than real time and then sends
+# CloseStream (LiveKit: push_frame ... end_input()): every turn in the recording merges
+# into turn 0, and no EndOfTurn at all goes out.
+def test_faster_than_real_time_stream_then_close_stream_keeps_its_turns() -> None:
+    h = Flux(f"{BASE}&eot_timeout_ms=1000")
+    plan = [True] * 32 + [False] * 63 + [True] * 32 + [False] * 63  # 1 s, 2 s, 1 s, 2 s
+    for _ in plan:
+        h.now += WINDOW_S / 10  # ten times real time
+        h.audio(b"\x01\x00" * WINDOW_SAMPLES)
+    h.text({"type": "CloseStream"})
+    done = 0
+    for _ in range(200):
+        for job_id, job in sorted(h.jobs.items()):
+            if job.worker == VAD_WORKER:
+                h.jobs.pop(job_id)
+                n = len(job.payload[1])
+                probs = np.array(
+                    [SPEECH if plan[min(done + i, len(plan) - 1)] else SILENCE for i in range(n)]
+                )
+                done += n
+                h.apply(h.session.on_result(job_id, VadResult(probs, job.payload[0]), h.now))
+        h.score(0.3)
+        answer(h, JobKind.FINAL, A)
+        if h.closes:
+            break
+    assert [m["event"] for m in h.turn_infos()].count("EndOfTurn") >= 1, h.turn_infos()
+    assert max(m["turn_index"] for m in h.turn_infos()) == 1

@@ -152,3 +152,32 @@ def test_the_model_hears_the_turn_up_to_the_end_of_its_speech() -> None:
     s.windows(15)  # 480 ms of silence before the VAD ended the utterance
     request = s.turns.utterance_ended(speech_end / SAMPLE_RATE_HZ)
     np.testing.assert_array_equal(request.audio, np.arange(0, speech_end))
+
+
+def test_a_click_after_a_pause_does_not_hold_the_turn_open() -> None:
+    """An utterance too short to be speech (Dropped) is as if it had not begun: the turn still
+    times out from its last real utterance's end (before, it stayed open for good)."""
+    s = Stream(timeout_ms=1000)
+    s.turns.speech_started(0.0)
+    s.windows(30)
+    end_s = s.now_s
+    request = s.turns.utterance_ended(end_s)
+    assert s.turns.scored(request.ticket, 0.2) is None
+    s.windows(10)
+    s.turns.speech_started(s.now_s)  # the click
+    s.windows(3)
+    s.turns.speech_dropped()
+    s.windows(math.ceil(1.0 / WINDOW_S) - 13)
+    assert s.ended == [TurnEnded("timeout", end_s, 0.2)]
+
+
+def test_a_click_that_opened_a_turn_closes_it_unheard() -> None:
+    s = Stream(timeout_ms=1000)
+    s.turns.speech_started(0.0)
+    s.windows(3)
+    s.turns.speech_dropped()
+    assert not s.turns.turn_open
+    s.windows(100)
+    assert s.ended == []
+    s.turns.speech_dropped()  # nothing in speech: nothing to undo
+    assert not s.turns.turn_open

@@ -527,6 +527,8 @@ class SttCore:
                 cause = FinalCause.FORCED if request.forced else FinalCause.PAUSE
             return self._on_final_request(request, now, cause)
         if isinstance(request, (Dropped, SpeculationVoid)):
+            if isinstance(request, Dropped) and self._turns is not None:
+                self._turns.speech_dropped()
             outputs = self._drop_early_turn_score()
             if self._spec is not None and self._spec.num == request.num:
                 outputs.append(self._cancel(self._spec.job_id))

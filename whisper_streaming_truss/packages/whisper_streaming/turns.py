@@ -68,6 +68,7 @@ class TurnTracker:
         self._open = False  # a turn has started and not ended
         self._turn_start = 0  # its first onset
         self._in_speech = False
+        self._opened_by_onset = False  # the utterance in speech opened the turn
         self._speech_end = 0  # the open turn's last utterance end (while not in speech)
         self._ticket = 0
         self._waiting: int | None = None  # the ticket whose score would end the turn
@@ -98,12 +99,23 @@ class TurnTracker:
 
     def speech_started(self, start_s: float) -> None:
         """An utterance's onset: it opens a turn or continues the open one."""
+        self._opened_by_onset = not self._open
         if not self._open:
             self._open = True
             self._turn_start = round(start_s * SAMPLE_RATE_HZ)
             self._last_probability = None
         self._in_speech = True
         self._waiting = None  # the speaker went on: a score still out is void
+
+    def speech_dropped(self) -> None:
+        """The utterance that began was too short to be speech (a click): as if it had not
+        begun. The turn it opened closes unheard; a turn it continued times out from its last
+        utterance's end (the score that the click voided is not asked again)."""
+        if not self._in_speech:
+            return
+        self._in_speech = False
+        if self._opened_by_onset:
+            self._open = False
 
     def utterance_ended(self, speech_end_s: float) -> ScoreTurn | None:
         """An utterance ended on a pause (not a forced cut): score the turn so far."""

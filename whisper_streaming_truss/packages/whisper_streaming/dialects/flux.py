@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ from ..events import (
     Ended,
     EndOfTurn,
     Event,
+    FinalFailed,
     Finalized,
     Output,
     SpeechStarted,
@@ -71,12 +73,18 @@ from .deepgram import (
 
 logger = logging.getLogger(__name__)
 
-FLUX_PATH = "/v2/listen"  # what Flux's clients put at the end of their base URL
-MODEL_PREFIX = "flux"  # flux-general-en, flux-general-multi
+FLUX_PATH = "/v2/listen"
+EMPTY_TRIGGER = "empty"  # EndOfTurn's trigger (an open enum) for a turn whose words came to nothing  # what Flux's clients put at the end of their base URL
+MODEL_PREFIX = "flux"
+ENGLISH_MODEL = "flux-general-en"
 MULTILINGUAL_MODEL = "flux-general-multi"
-# Flux's documented defaults and ranges (developers.deepgram.com, "Turn-based Audio (Flux)").
+# Flux's documented defaults and ranges (developers.deepgram.com, "Turn-based Audio (Flux)");
+# eot_threshold 1.0 with eot_timeout_ms up to 30000 is its documented "own turn detection"
+# mode (the model never ends a turn; ForceEndTurn or the timeout does).
 DEFAULT_EOT_THRESHOLD = 0.7
 DEFAULT_EOT_TIMEOUT_MS = 5000
+FLUX_EOT_THRESHOLD = (EOT_THRESHOLD[0], 1.0)
+FLUX_EOT_TIMEOUT_MS = (EOT_TIMEOUT_MS[0], 30_000)
 EAGER_EOT_THRESHOLD = (0.3, 0.9)
 ENCODINGS = ("linear16", "linear32", "mulaw", "alaw")  # Flux's raw encodings this server decodes
 MAX_PROMPT_CHARS = 2000
@@ -120,21 +128,21 @@ def parse_flux_query(query: Iterable[tuple[str, str]]) -> FluxOptions:
     o = FluxOptions()
     for key, value in query:
         if key == "model":
-            o.model = value.strip()
-            if o.model == MULTILINGUAL_MODEL:
-                o.language = "auto"
-            elif not o.model.startswith(MODEL_PREFIX):
-                raise invalid(f"model: {value!r} is not a Flux model (flux-general-en)")
+            o.model = value.strip().lower()
+            if o.model not in (ENGLISH_MODEL, MULTILINGUAL_MODEL):
+                raise invalid(f"model: {value!r} is not served here ({ENGLISH_MODEL}, "
+                              f"{MULTILINGUAL_MODEL})")  # fmt: skip
+            o.language = "auto" if o.model == MULTILINGUAL_MODEL else "en"
         elif key == "encoding":
             o.encoding = value.strip().lower()
         elif key == "sample_rate":
             o.sample_rate = _int(key, value, 1, 10**6)
         elif key == "eot_threshold":
-            o.eot_threshold = _float(key, value, *EOT_THRESHOLD)
+            o.eot_threshold = _float(key, value, *FLUX_EOT_THRESHOLD)
         elif key == "eager_eot_threshold":
             o.eager_eot_threshold = _float(key, value, *EAGER_EOT_THRESHOLD)
         elif key == "eot_timeout_ms":
-            o.eot_timeout_ms = _int(key, value, *EOT_TIMEOUT_MS)
+            o.eot_timeout_ms = _int(key, value, *FLUX_EOT_TIMEOUT_MS)
         elif key == "keyterm":
             o.keyterms += [value.strip()] if value.strip() else []
         elif key == "language_hint":
@@ -153,8 +161,21 @@ def parse_flux_query(query: Iterable[tuple[str, str]]) -> FluxOptions:
             "unsupported_encoding",
             f"encoding {o.encoding!r} is not supported here; use one of {', '.join(ENCODINGS)}",
         )
+    _check_eager(o.eager_eot_threshold, o.eot_threshold)
     o.keyterms = list(dict.fromkeys(o.keyterms))
     return o
+
+
+def _check_eager(eager: float | None, eot: float) -> None:
+    if eager is not None and eager > eot:
+        raise invalid(f"eager_eot_threshold {eager} is above eot_threshold {eot}")
+
+
+def _threshold(name: str, value: Any, low: float, high: float) -> float:
+    """A Configure message's number (JSON: a bool is no number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise invalid(f"{name}: expected a number, got {value!r}")
+    return _float(name, str(value), low, high)
 
 
 @dataclass
@@ -167,6 +188,7 @@ class _Turn:
     eager: bool = False  # an EagerEndOfTurn went out and no TurnResumed since
     start_s: float | None = None  # where its audio starts (the first utterance's offset)
     sent: str = ""  # the transcript of the last TurnInfo
+    languages: Counter[str] = field(default_factory=Counter)  # its finals' words per language
 
 
 class FluxCodec(Codec):
@@ -188,8 +210,9 @@ class FluxCodec(Codec):
         self._transcoder: Transcoder | None = None
         self._sequence = 0
         self._turn = _Turn()
-        self._closing = False  # CloseStream came: the turn's words go out as an Update
-        self._forced = False  # ForceEndTurn came: its final ends the turn
+        self._forced = 0  # ForceEndTurns whose finals have not all gone out (each ends a turn)
+        self._last_final = -1  # the newest utterance whose final (or its failure) went out
+        self._partial_language: tuple[str, int] | None = None  # (language, words) being sent
 
     # -- decoding ------------------------------------------------------------------------------
     def start(self, now: float) -> list[Output]:
@@ -221,12 +244,12 @@ class FluxCodec(Codec):
             idle_timeout_s=IDLE_TIMEOUT_S,
             turns=o.turns,
         )
-        connected = Send(self._message("Connected"))
-        return [connected, *self.core.configure(config, events)]
+        configured = self.core.configure(config, events)  # may refuse: then no Connected
+        return [Send(self._message("Connected")), *configured]
 
     def binary(self, data: bytes, now: float) -> list[Output]:
         if not data:
-            return self._close_stream(now)
+            return self.core.end_audio(now)
         return self.core.audio(self._transcoder.feed(data), now)
 
     def text(self, text: str, now: float) -> list[Output]:
@@ -236,9 +259,9 @@ class FluxCodec(Codec):
         except ValueError:
             kind = None
         if kind == "CloseStream":
-            return self._close_stream(now)
+            return self.core.end_audio(now)
         if kind == "ForceEndTurn":
-            self._forced = True
+            self._forced += 1
             return self.core.finalize(now)
         if kind == "KeepAlive":
             return self.core.keep_alive(now)
@@ -248,45 +271,60 @@ class FluxCodec(Codec):
             "invalid_message", f"unknown or malformed control message: {text[:200]}"
         )
 
-    def _close_stream(self, now: float) -> list[Output]:
-        self._closing = True
-        return self.core.end_audio(now)
-
     def _configure(self, message: dict[str, Any]) -> list[Output]:
-        """Flux's mid-stream Configure: thresholds and key terms (language hints and numerals
-        are taken as they are: nothing here to change)."""
+        """Flux's mid-stream Configure: thresholds and key terms from now on; what cannot change
+        here (language hints, profanity filtering) is a ConfigureFailure, nothing applied."""
         o = self.options
-        thresholds = message.get("thresholds") or {}
-        keyterms = message.get("keyterms")
         try:
-            if not isinstance(thresholds, dict):
-                raise invalid("thresholds: expected an object")
-            if keyterms is not None and not (
-                isinstance(keyterms, list) and all(isinstance(k, str) for k in keyterms)
-            ):
-                raise invalid("keyterms: expected a list of strings")
-            eot = thresholds.get("eot_threshold", o.eot_threshold)
-            eager = thresholds.get("eager_eot_threshold", o.eager_eot_threshold)
-            timeout = thresholds.get("eot_timeout_ms", o.eot_timeout_ms)
-            eot = _float("eot_threshold", str(eot), *EOT_THRESHOLD)
-            eager = None if eager is None else _float("eager_eot_threshold", str(eager),
-                                                      *EAGER_EOT_THRESHOLD)  # fmt: skip
-            timeout = _int("eot_timeout_ms", str(timeout), *EOT_TIMEOUT_MS)
+            thresholds, keyterms = self._configure_values(message)
         except ProtocolError as exc:
             return [Send(self._message("ConfigureFailure", code="INVALID_CONFIGURATION",
                                        description=exc.message))]  # fmt: skip
-        o.eot_threshold, o.eager_eot_threshold, o.eot_timeout_ms = eot, eager, timeout
+        o.eot_threshold, o.eager_eot_threshold, o.eot_timeout_ms = thresholds
         outputs = list(self.core.set_turn_options(o.turns))
         if keyterms is not None:
-            o.keyterms = list(dict.fromkeys(k.strip() for k in keyterms if k.strip()))
+            o.keyterms = keyterms
             outputs += self.core.set_prompt(prompt_for(o.keyterms)[:MAX_PROMPT_CHARS])
         answer = self._message(
             "ConfigureSuccess",
-            thresholds={"eot_threshold": eot, "eager_eot_threshold": eager,
-                        "eot_timeout_ms": timeout},
+            thresholds={"eot_threshold": o.eot_threshold,
+                        "eager_eot_threshold": o.eager_eot_threshold,
+                        "eot_timeout_ms": o.eot_timeout_ms},
             keyterms=o.keyterms,
         )  # fmt: skip
         return [*outputs, Send(answer)]
+
+    def _configure_values(
+        self, message: dict[str, Any]
+    ) -> tuple[tuple[float, float | None, int], list[str] | None]:
+        """(eot, eager, timeout) and key terms (None: unchanged) of a Configure message, checked
+        as the query's are; raises ProtocolError for anything that cannot be applied."""
+        o = self.options
+        thresholds = message.get("thresholds") or {}
+        if not isinstance(thresholds, dict):
+            raise invalid("thresholds: expected an object")
+        if message.get("language_hints") is not None:
+            raise invalid("language_hints cannot be changed mid-stream here")
+        if message.get("profanity_filter") is True:
+            raise invalid("profanity_filter is not supported by this Whisper deployment")
+        eot = thresholds.get("eot_threshold", o.eot_threshold)
+        eot = _threshold("eot_threshold", eot, *FLUX_EOT_THRESHOLD)
+        eager = thresholds.get("eager_eot_threshold", o.eager_eot_threshold)
+        if eager is not None:
+            eager = _threshold("eager_eot_threshold", eager, *EAGER_EOT_THRESHOLD)
+        _check_eager(eager, eot)
+        timeout = _threshold("eot_timeout_ms", thresholds.get("eot_timeout_ms", o.eot_timeout_ms),
+                             *FLUX_EOT_TIMEOUT_MS)  # fmt: skip
+        if timeout != int(timeout):
+            raise invalid(f"eot_timeout_ms: expected whole milliseconds, got {timeout}")
+        keyterms = message.get("keyterms")
+        if isinstance(keyterms, str):  # the SDK types it str | list[str]
+            keyterms = [keyterms]
+        if keyterms is not None:
+            if not (isinstance(keyterms, list) and all(isinstance(k, str) for k in keyterms)):
+                raise invalid("keyterms: expected a string or a list of strings")
+            keyterms = list(dict.fromkeys(k.strip() for k in keyterms if k.strip()))
+        return (eot, eager, int(timeout)), keyterms
 
     # -- encoding ------------------------------------------------------------------------------
     def encode(self, event: Event, now: float) -> list[Command]:
@@ -298,24 +336,33 @@ class FluxCodec(Codec):
                 return [self._turn_info("TurnResumed", self._turn.words, event.timestamp_s)]
             return []
         if isinstance(event, EndOfTurn):
-            if self._closing:
-                return []  # Flux: CloseStream ends with the turn's Updates, no EndOfTurn
             return self._end_of_turn(event.reason, event.probability, event.speech_end_s)
         if isinstance(event, Finalized) and self._forced:
-            self._forced = False  # every final ForceEndTurn asked for went out: the turn is over
-            return [] if self._closing else self._end_of_turn("manual", None, event.position_s)
+            self._forced -= 1  # every final this ForceEndTurn asked for went out: turn over
+            return self._end_of_turn("manual", None, event.position_s)
+        if isinstance(event, FinalFailed):
+            self._last_final = max(self._last_final, event.num)
+            return self._unheard_turn_end()
         if isinstance(event, Ended):
             return self._ended(event.error)
-        return []  # UtteranceEnd, EndAudio, Health, FinalFailed: no Flux frame
+        return []  # UtteranceEnd, EndAudio, Health: no Flux frame
 
     def _transcription(self, event: Transcription) -> list[Command]:
         turn = self._turn
+        if not event.is_final and event.num > self._last_final + 1:
+            return []  # an earlier utterance's final is still out: its words come first
         heard = _words(event)
         words = turn.words + heard
+        self._partial_language = None
         if event.is_final:
+            self._last_final = max(self._last_final, event.num)
             turn.words = words
+            if heard:
+                turn.languages[event.result.language] += len(heard)
+        elif heard:
+            self._partial_language = (event.result.language, len(heard))
         if not words:
-            return []  # nothing said in this turn yet (an empty final, a blip)
+            return self._unheard_turn_end() if event.is_final else []
         if turn.start_s is None:
             turn.start_s = event.offset_s
         end_s = event.offset_s + event.audio_s
@@ -338,14 +385,22 @@ class FluxCodec(Codec):
             and p is not None
             and p >= eager
             and not trails_off(event.result.text)
-            and not self._closing
         ):
             turn.eager = True
             out.append(self._turn_info("EagerEndOfTurn", words, end_s, p))
         return out
 
+    def _unheard_turn_end(self) -> list[Command]:
+        """A turn that a partial started (StartOfTurn) and whose finals all came to nothing (no
+        words, or failed): the core never ends a turn without words, so it ends here, empty
+        (LiveKit's END_OF_SPEECH with no final; pipecat drops an empty transcript)."""
+        if self._turn.started and not self._turn.words:
+            return self._end_of_turn(EMPTY_TRIGGER, None, self._turn.start_s or 0.0)
+        return []
+
     def _end_of_turn(self, trigger: str, probability: float | None, end_s: float) -> list[Command]:
         turn = self._turn
+        self._partial_language = None  # the turn's languages are its finals'
         if not turn.started:
             return []  # the turn the core ended had no words the client saw (or was forced)
         message = self._turn_info(
@@ -377,9 +432,20 @@ class FluxCodec(Codec):
                     for w in words
                 ],  # fmt: skip
                 end_of_turn_confidence=round(confidence, 4),
+                **self._languages(),
                 **extra,
             )
         )
+
+    def _languages(self) -> dict[str, list[str]]:
+        """flux-general-multi's ``languages``: the turn's (its finals' and the partial's being
+        sent), most words first."""
+        if self.options.model != MULTILINGUAL_MODEL:
+            return {}
+        counts = Counter(self._turn.languages)
+        if self._partial_language is not None:
+            counts[self._partial_language[0]] += self._partial_language[1]
+        return {"languages": [lang for lang, _ in counts.most_common()]}
 
     def _message(self, kind: str, **fields: Any) -> dict[str, Any]:
         """A server message with Flux's envelope: ``sequence_id`` counts every message sent."""
