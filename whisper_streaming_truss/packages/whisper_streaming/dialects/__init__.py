@@ -47,9 +47,8 @@ def choose_codec(core: SttCore, query: Iterable[tuple[str, str]] = (), **deepgra
     names one of Deepgram's parameters (or its path), else Baseten's. ``deepgram``: the Deepgram
     codecs' model_name, request_id, created."""
     query = list(query)
-    if wants_flux(query):
-        deepgram.pop("created", None)  # Flux's messages carry no creation time
-        return FluxCodec(core, query, **deepgram)
+    if wants_flux(query):  # Flux's messages name no model and no creation time
+        return FluxCodec(core, query, request_id=deepgram.get("request_id"))
     if wants_deepgram(query):
         return DeepgramCodec(core, query, **deepgram)
     return BasetenCodec(core)

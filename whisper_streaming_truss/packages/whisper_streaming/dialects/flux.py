@@ -199,12 +199,10 @@ class FluxCodec(Codec):
         core: Any,
         query: Iterable[tuple[str, str]],
         *,
-        model_name: str = "whisper",
         request_id: str | None = None,
     ) -> None:
         super().__init__(core)
         self.query = list(query)
-        self.model_name = model_name
         self.request_id = request_id or str(uuid.uuid4())
         self.options = FluxOptions()
         self._transcoder: Transcoder | None = None
