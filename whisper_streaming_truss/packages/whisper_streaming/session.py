@@ -1,5 +1,6 @@
 """One WebSocket session of streaming transcription: admission, then the typed core behind its
-codec (Baseten's protocol, or Deepgram's when the handshake's query string says so) on the shared
+codec (Baseten's protocol, or Deepgram's or Deepgram Flux's when the handshake's query string
+says so) on the shared
 driver (``speech_common.driver.run_session``), which always releases the session's slot, gauge
 and scheduler state however the session ends."""
 

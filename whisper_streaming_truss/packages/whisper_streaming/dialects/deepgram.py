@@ -73,7 +73,7 @@ logger = logging.getLogger(__name__)
 # turns on end-of-turn detection, and then ``speech_final`` is true on the final that ends the
 # speaker's turn (the Smart Turn model's verdict at that pause), not on every pause.
 EOT_KEYS = frozenset({"eot_threshold", "eot_timeout_ms"})
-EOT_THRESHOLD = (0.5, 0.9)  # Flux's documented range
+EOT_THRESHOLD = (0.5, 0.9)  # the v1 dialect's range (Flux's own goes to 1.0: flux.py)
 EOT_TIMEOUT_MS = (500, 10_000)
 # Every query parameter of Deepgram's live endpoint (its AsyncAPI reference and the deepgram-sdk
 # 7.17 ``listen.v1.connect``), plus ``filler_words`` and ``no_delay`` (documented features that

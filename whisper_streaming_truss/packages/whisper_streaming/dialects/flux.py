@@ -5,7 +5,8 @@ turn's end decided by the turn model (Smart Turn), not by a fixed silence.
 
 client -> server              this core
 binary audio                  ``audio`` (linear16, linear32, mulaw, alaw)
-``CloseStream``               ``end_audio``: the turn's last words as an ``Update``, then close 1000
+``CloseStream``               ``end_audio``: turns that ended keep their ``EndOfTurn``; the open
+                              turn's last words as an ``Update``, then close 1000
 ``ForceEndTurn``              ``finalize``: the open utterance's final, then ``EndOfTurn``
                               (``trigger: manual``) once it went out
 ``Configure``                 thresholds and key terms from now on; ``ConfigureSuccess``
@@ -15,7 +16,7 @@ server -> client: ``Connected`` at once; ``TurnInfo`` events: ``StartOfTurn`` (t
 words), ``Update`` (a partial or a final changed the turn's transcript), ``EagerEndOfTurn`` (with
 ``eager_eot_threshold``: an utterance ended and the turn model's score reached it, not
 ``eot_threshold``), ``TurnResumed`` (speech after an eager end), ``EndOfTurn`` (the score above
-``eot_threshold``, or ``eot_timeout_ms`` of silence: ``trigger`` model / timeout / manual);
+``eot_threshold``, or ``eot_timeout_ms`` of silence: ``trigger`` model / timeout / manual / empty);
 ``Error`` before an error's close. Every message carries ``sequence_id`` (0, 1, 2, ...) and
 ``request_id``; a ``TurnInfo`` the turn's whole ``transcript`` so far and its ``words``
 (punctuated and cased, as Flux's are, with confidence and times).
@@ -73,8 +74,9 @@ from .deepgram import (
 
 logger = logging.getLogger(__name__)
 
-FLUX_PATH = "/v2/listen"
-EMPTY_TRIGGER = "empty"  # EndOfTurn's trigger (an open enum) for a turn whose words came to nothing  # what Flux's clients put at the end of their base URL
+FLUX_PATH = "/v2/listen"  # what Flux's clients put at the end of their base URL
+# EndOfTurn's trigger (an open enum) for a turn whose words came to nothing
+EMPTY_TRIGGER = "empty"
 MODEL_PREFIX = "flux"
 ENGLISH_MODEL = "flux-general-en"
 MULTILINGUAL_MODEL = "flux-general-multi"
