@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from speech_common.vad import WINDOW_SAMPLES, VadResult
 from speech_common.ws import CloseCode, ProtocolError
@@ -453,3 +455,73 @@ def test_faster_than_real_time_stream_then_close_stream_keeps_its_turns() -> Non
             break
     assert [m["event"] for m in h.turn_infos()].count("EndOfTurn") >= 1, h.turn_infos()
     assert max(m["turn_index"] for m in h.turn_infos()) == 1
+
+
+# -- a property over arbitrary interleavings ----------------------------------------------------
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+@given(
+    actions=st.lists(
+        st.sampled_from(
+            ["speech"] * 4
+            + ["silence"] * 4
+            + [
+                "partial",
+                "final",
+                "final",
+                "empty",
+                "fail",
+                "score",
+                "score",
+                "force",
+                "configure",
+                "tick",
+            ]
+        ),  # fmt: skip
+        min_size=5,
+        max_size=100,
+    ),
+    # under eager, in the eager band (0.4-0.7), over eot (0.7; 0.8 after a Configure)
+    scores=st.lists(st.sampled_from([0.2, 0.5, 0.6, 0.75, 0.95]), min_size=1, max_size=8),
+    eager=st.sampled_from([True, True, False]),
+    close_at=st.none() | st.integers(0, 100),
+)
+def test_every_flux_interleaving_keeps_flux_order_and_ends_clean(actions, scores, eager, close_at):
+    """Whatever the order of audio, results, scores, ForceEndTurn, Configure and CloseStream:
+    Flux's state machine holds (StartOfTurn first in a turn, TurnResumed only after an eager
+    end, EndOfTurn's transcript the eager one's, turn_index counting turns), sequence_id counts
+    every message, and the session ends with every job released."""
+    h = Flux(f"{BASE}&eot_timeout_ms=1000" + ("&eager_eot_threshold=0.4" if eager else ""))
+    for step, action in enumerate(actions):
+        if h.core.done:
+            break
+        if step == close_at:
+            h.text({"type": "CloseStream"})
+        elif action in ("speech", "silence"):
+            h.speak(0.2, speech=action == "speech")
+        elif action == "partial":
+            answer(h, JobKind.PARTIAL, A)
+        elif action in ("final", "empty"):
+            answer(h, JobKind.FINAL, B if action == "final" else [])
+        elif action == "fail":
+            h.whisper(fail=True)
+        elif action == "score":
+            h.score(scores[step % len(scores)])
+        elif action == "force":
+            h.text({"type": "ForceEndTurn"})
+        elif action == "configure":
+            h.text({"type": "Configure", "thresholds": {"eot_threshold": 0.8}})
+        else:
+            h.tick(3.0)
+    if not h.core.done:
+        h.text({"type": "CloseStream"})
+        for _ in range(100):
+            if h.core.done:
+                break
+            h.vad(False)
+            h.score(0.5)
+            h.whisper()
+    assert h.core.done and not h.jobs and not h.core.outstanding_jobs
+    assert [m["sequence_id"] for m in h.sent] == list(range(len(h.sent)))
+    check_flux_invariants(h)
+    assert len(h.closes) == 1
