@@ -120,6 +120,51 @@ def test_eager_end_of_turn_then_turn_resumed_when_the_speaker_goes_on() -> None:
     assert h.events()[-1] == "EndOfTurn" and h.events().count("TurnResumed") == 1
 
 
+def _early_in_the_pause(h: Flux, probability: float) -> None:
+    """An utterance, then 0.2 s of silence: the speculative final and the turn score of the
+    same audio are asked for (and answered) before the pause is long enough for the final."""
+    h.speak(1.0)
+    h.whisper()  # partials
+    h.speak(0.2, speech=False)
+    h.whisper()  # the speculative final
+    h.score(probability)  # the early turn score
+
+
+def test_the_eager_end_comes_early_in_the_pause_and_end_of_turn_repeats_it() -> None:
+    h = Flux(f"{BASE}&eager_eot_threshold=0.5")
+    _early_in_the_pause(h, 0.9)
+    assert h.events() == ["StartOfTurn", "EagerEndOfTurn"]  # before the final was asked for
+    assert not any(m.get("is_final") for m in h.sent)
+    eager = h.turn_infos()[-1]
+    assert eager["transcript"] == "Um, hello world." and eager["end_of_turn_confidence"] == 0.9
+    h.speak(0.5, speech=False)  # the pause lasts: the speculative final is the final
+    assert h.events() == ["StartOfTurn", "EagerEndOfTurn", "EndOfTurn"]
+    assert h.turn_infos()[-1]["transcript"] == eager["transcript"]
+    check_flux_invariants(h)
+    plain = Flux(BASE)  # no eager_eot_threshold: no eager end
+    _early_in_the_pause(plain, 0.9)
+    plain.speak(0.5, speech=False)
+    assert plain.events() == ["StartOfTurn", "EndOfTurn"]
+
+
+def test_speech_within_the_pause_after_an_early_eager_end_resumes_the_turn() -> None:
+    h = Flux(f"{BASE}&eager_eot_threshold=0.5")
+    _early_in_the_pause(h, 0.6)
+    assert h.events()[-1] == "EagerEndOfTurn"
+    h.speak(0.3)  # the speaker goes on before the pause is long enough: the same utterance
+    assert h.events()[-1] == "TurnResumed"
+    assert h.turn_infos()[-1]["transcript"] == "Um, hello world."
+    h.utterance(0.9)
+    assert h.events()[-1] == "EndOfTurn" and h.events().count("TurnResumed") == 1
+    check_flux_invariants(h)
+
+
+def test_an_early_score_under_eager_sends_nothing_early() -> None:
+    h = Flux(f"{BASE}&eager_eot_threshold=0.5")
+    _early_in_the_pause(h, 0.3)
+    assert h.events() == ["StartOfTurn"]
+
+
 def test_eager_end_then_silence_ends_the_turn_at_its_timeout_with_the_same_transcript() -> None:
     h = Flux(f"{BASE}&eager_eot_threshold=0.5&eot_timeout_ms=1000")
     h.utterance(0.6)

@@ -78,6 +78,27 @@ class EndOfTurn:
 
 
 @dataclass(frozen=True)
+class TurnEndLikely:
+    """Early in a pause (``speculation_lead_ms`` before it is long enough) the utterance's
+    speculative final and the turn model's score of the same audio are both in (when asked):
+    what its final and the turn's verdict will be if the pause lasts. ``TurnEndVoided`` follows
+    if the speaker goes on first."""
+
+    num: int
+    result: Transcript
+    audio_s: float
+    offset_s: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class TurnEndVoided:
+    """The speaker went on before the pause that a ``TurnEndLikely`` announced was long enough."""
+
+    num: int
+
+
+@dataclass(frozen=True)
 class Finalized:
     """Every final a finalize control asked for went out; ``answered``: one of them (the last
     one with ``FinalCause.FINALIZE``) did, False when nothing was pending."""
@@ -116,6 +137,8 @@ Event = (
     | SpeechStarted
     | UtteranceEnd
     | EndOfTurn
+    | TurnEndLikely
+    | TurnEndVoided
     | Finalized
     | EndAudio
     | Health

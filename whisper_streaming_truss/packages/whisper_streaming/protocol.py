@@ -45,6 +45,8 @@ from .events import (
     Output,
     SpeechStarted,
     Transcription,
+    TurnEndLikely,
+    TurnEndVoided,
     UtteranceEnd,
 )
 from .intake import AudioIntake
@@ -113,6 +115,9 @@ class EventOptions:
     utterance_end_ms: int | None = None  # an UtteranceEnd after this much silence after words
     idle_timeout_s: float | None = None  # no frame at all for this long ends the session
     turns: TurnOptions | None = None  # end-of-turn detection (the Smart Turn worker)
+    # With turns: TurnEndLikely early in each pause whose speculative final and turn score are
+    # both in (Flux's EagerEndOfTurn), TurnEndVoided if the speaker goes on before its final.
+    likely_turn_ends: bool = False
 
 
 @dataclass
@@ -145,10 +150,12 @@ class _SpeculativeFinal:
 
     num: int
     samples: int  # the audio it decodes
+    offset_s: float
     job_id: int
     promised: str  # the stable words it was asked to keep
     result: Any = None  # its transcript, when it came back before the final was asked for
     done: bool = False
+    announced: bool = False  # a TurnEndLikely went out for it
 
 
 @dataclass
@@ -515,12 +522,15 @@ class SttCore:
         if isinstance(request, SpeculativeFinal):
             outputs: list[Output] = []
             if self._spec is not None:
+                outputs.extend(self._void_likely_turn_end())
                 outputs.append(self._cancel(self._spec.job_id))
             promised = self._promised(request.num)
             submit = self._submit_transcribe(
                 JobKind.FINAL, request.audio, request.offset_s, self._on_transcript, promised
             )
-            self._spec = _SpeculativeFinal(request.num, len(request.audio), submit.job_id, promised)
+            self._spec = _SpeculativeFinal(
+                request.num, len(request.audio), request.offset_s, submit.job_id, promised
+            )
             return [*outputs, submit, *self._ask_early_turn_score(request.speech_end_s)]
         if isinstance(request, FinalRequest):
             if cause is None:
@@ -529,7 +539,8 @@ class SttCore:
         if isinstance(request, (Dropped, SpeculationVoid)):
             if isinstance(request, Dropped) and self._turns is not None:
                 self._turns.speech_dropped()
-            outputs = self._drop_early_turn_score()
+            outputs = self._void_likely_turn_end()
+            outputs += self._drop_early_turn_score()
             if self._spec is not None and self._spec.num == request.num:
                 outputs.append(self._cancel(self._spec.job_id))
                 self._spec = None
@@ -627,7 +638,7 @@ class SttCore:
         if early.ticket is not None:  # its utterance ended and waits for it
             return self._on_turn_score(early.ticket, job_id, result, now)
         early.result, early.done = result, True  # kept until the utterance ends (or not)
-        return []
+        return self._likely_turn_end()
 
     def _on_turn_score(self, ticket: int, job_id: int, result: Any, now: float) -> list[Output]:
         probability = None
@@ -704,6 +715,31 @@ class SttCore:
                 return self._emit(now)
         if self._spec is not None and self._spec.job_id == job_id:
             self._spec.result, self._spec.done = result, True  # its FinalRequest may still come
+            return self._likely_turn_end()
+        return []
+
+    def _likely_turn_end(self) -> list[Output]:
+        """The speculative final and the early turn score of the same pause are both in: say
+        what the turn's end will most likely be (once per speculative final; when asked)."""
+        spec, early = self._spec, self._early_turn
+        if (
+            not self.events.likely_turn_ends
+            or spec is None
+            or early is None
+            or not (spec.done and early.done)
+            or spec.announced
+            or isinstance(spec.result, BaseException)
+            or isinstance(early.result, BaseException)
+        ):
+            return []
+        spec.announced = True
+        audio_s = spec.samples / SAMPLE_RATE_HZ
+        return [TurnEndLikely(spec.num, spec.result, audio_s, spec.offset_s, float(early.result))]
+
+    def _void_likely_turn_end(self) -> list[Output]:
+        """The speculative final is given up (the speaker went on): so is what it announced."""
+        if self._spec is not None and self._spec.announced:
+            return [TurnEndVoided(self._spec.num)]
         return []
 
     def _emit(self, now: float) -> list[Output]:

@@ -14,8 +14,8 @@ binary audio                  ``audio`` (linear16, linear32, mulaw, alaw)
 
 server -> client: ``Connected`` at once; ``TurnInfo`` events: ``StartOfTurn`` (the turn's first
 words), ``Update`` (a partial or a final changed the turn's transcript), ``EagerEndOfTurn`` (with
-``eager_eot_threshold``: an utterance ended and the turn model's score reached it, not
-``eot_threshold``), ``TurnResumed`` (speech after an eager end), ``EndOfTurn`` (the score above
+``eager_eot_threshold``: the turn model's score reached it, early in the pause when the
+speculative final and the score are in, or with the final), ``TurnResumed`` (speech after an eager end), ``EndOfTurn`` (the score above
 ``eot_threshold``, or ``eot_timeout_ms`` of silence: ``trigger`` model / timeout / manual / empty);
 ``Error`` before an error's close. Every message carries ``sequence_id`` (0, 1, 2, ...) and
 ``request_id``; a ``TurnInfo`` the turn's whole ``transcript`` so far and its ``words``
@@ -49,6 +49,8 @@ from ..events import (
     Output,
     SpeechStarted,
     Transcription,
+    TurnEndLikely,
+    TurnEndVoided,
 )
 from ..protocol import EventOptions
 from ..schema import SessionConfig, StreamingParams, VadParams, WhisperParams
@@ -188,8 +190,10 @@ class _Turn:
     words: list[Word] = field(default_factory=list)  # its finals' words so far
     started: bool = False  # StartOfTurn went out
     eager: bool = False  # an EagerEndOfTurn went out and no TurnResumed since
+    eager_num: int | None = None  # the utterance whose pause it was sent in
     start_s: float | None = None  # where its audio starts (the first utterance's offset)
     sent: str = ""  # the transcript of the last TurnInfo
+    sent_words: list[Word] = field(default_factory=list)  # ... and its words
     languages: Counter[str] = field(default_factory=Counter)  # its finals' words per language
 
 
@@ -243,6 +247,7 @@ class FluxCodec(Codec):
             speech_started=True,  # TurnResumed as soon as the speaker goes on
             idle_timeout_s=IDLE_TIMEOUT_S,
             turns=o.turns,
+            likely_turn_ends=True,  # EagerEndOfTurn early in the pause
         )
         configured = self.core.configure(config, events)  # may refuse: then no Connected
         return [Send(self._message("Connected")), *configured]
@@ -331,9 +336,12 @@ class FluxCodec(Codec):
         if isinstance(event, Transcription):
             return self._transcription(event)
         if isinstance(event, SpeechStarted):
-            if self._turn.eager:  # the speaker went on after an eager end
-                self._turn.eager = False
-                return [self._turn_info("TurnResumed", self._turn.words, event.timestamp_s)]
+            return self._resumed(event.timestamp_s)  # the speaker went on (after an eager end?)
+        if isinstance(event, TurnEndLikely):
+            return self._likely_end(event)
+        if isinstance(event, TurnEndVoided):
+            if self._turn.eager_num == event.num:  # went on within the pause it was sent in
+                return self._resumed(self._turn.start_s or 0.0)
             return []
         if isinstance(event, EndOfTurn):
             return self._end_of_turn(event.reason, event.probability, event.speech_end_s)
@@ -351,6 +359,8 @@ class FluxCodec(Codec):
         turn = self._turn
         if not event.is_final and event.num > self._last_final + 1:
             return []  # an earlier utterance's final is still out: its words come first
+        if not event.is_final and turn.eager and turn.eager_num == event.num:
+            return []  # a partial from before the pause its eager end was sent in
         heard = _words(event)
         words = turn.words + heard
         self._partial_language = None
@@ -370,8 +380,8 @@ class FluxCodec(Codec):
         if not turn.started:
             turn.started = True
             out.append(self._turn_info("StartOfTurn", words, end_s))
-        elif turn.eager and heard:  # words after an eager end: the turn goes on
-            turn.eager = False
+        elif turn.eager and _text(words) != turn.sent:  # not what the eager end said
+            turn.eager, turn.eager_num = False, None
             out.append(self._turn_info("TurnResumed", words, end_s))
         elif _text(words) != turn.sent:
             out.append(self._turn_info("Update", words, end_s))
@@ -381,14 +391,50 @@ class FluxCodec(Codec):
         p = event.turn_probability
         if (
             event.end_of_turn is False
+            and not turn.eager  # already said early in this pause
             and eager is not None
             and p is not None
             and p >= eager
             and not trails_off(event.result.text)
         ):
-            turn.eager = True
+            turn.eager, turn.eager_num = True, event.num
             out.append(self._turn_info("EagerEndOfTurn", words, end_s, p))
         return out
+
+    def _likely_end(self, event: TurnEndLikely) -> list[Command]:
+        """Early in a pause the speculative final and the turn score are in: an eager end now,
+        if the score reaches ``eager_eot_threshold`` (above ``eot_threshold`` too: EndOfTurn
+        follows with the same transcript when the pause lasts)."""
+        turn, eager = self._turn, self.options.eager_eot_threshold
+        if (
+            eager is None
+            or event.probability < eager
+            or turn.eager
+            or event.num > self._last_final + 1  # an earlier final is still out
+            or trails_off(event.result.text)
+        ):
+            return []
+        heard = _words(Transcription(event.num, True, event.result, event.audio_s, event.offset_s))
+        words = turn.words + heard
+        if not heard:
+            return []
+        if turn.start_s is None:
+            turn.start_s = event.offset_s
+        end_s = event.offset_s + event.audio_s
+        out: list[Command] = []
+        if not turn.started:
+            turn.started = True
+            out.append(self._turn_info("StartOfTurn", words, end_s))
+        turn.eager, turn.eager_num = True, event.num
+        out.append(self._turn_info("EagerEndOfTurn", words, end_s, event.probability))
+        return out
+
+    def _resumed(self, at_s: float) -> list[Command]:
+        turn = self._turn
+        if not turn.eager:
+            return []
+        turn.eager, turn.eager_num = False, None
+        return [self._turn_info("TurnResumed", turn.sent_words, at_s)]
 
     def _unheard_turn_end(self) -> list[Command]:
         """A turn that a partial started (StartOfTurn) and whose finals all came to nothing (no
@@ -413,7 +459,7 @@ class FluxCodec(Codec):
         self, event: str, words: list[Word], end_s: float, confidence: float = 0.0, **extra: Any
     ) -> Send:
         turn = self._turn
-        turn.sent = _text(words)
+        turn.sent, turn.sent_words = _text(words), list(words)
         return Send(
             self._message(
                 "TurnInfo",
