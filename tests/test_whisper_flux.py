@@ -18,6 +18,7 @@ from tests.test_whisper_dialects import SILENCE, SPEECH, WINDOW_S, Harness, item
 from whisper_streaming.dialects import DeepgramCodec, FluxCodec, choose_codec
 from whisper_streaming.dialects.flux import parse_flux_query
 from whisper_streaming.engine import JobKind, Segment, Transcript, Word
+from whisper_streaming.events import TurnEndLikely, TurnEndVoided
 from whisper_streaming.protocol import TURN_WORKER, VAD_WORKER, CoreLimits, SttCore
 
 # LiveKit's deepgram.STTv2 (livekit-plugins-deepgram 1.8.9) and pipecat's
@@ -500,6 +501,99 @@ def test_faster_than_real_time_stream_then_close_stream_keeps_its_turns() -> Non
             break
     assert [m["event"] for m in h.turn_infos()].count("EndOfTurn") >= 1, h.turn_infos()
     assert max(m["turn_index"] for m in h.turn_infos()) == 1
+
+
+# -- the early eager end against forced cuts, ForceEndTurn and resumes (a reviewer's probes) --------
+EAGER = f"{BASE}&eager_eot_threshold=0.5&eot_timeout_ms=1000"
+
+
+def _long_utterance_cut_in_its_pause(h: Flux, p: float) -> None:
+    """29.8 s of speech: 0.2 s into the pause the speculative final and the early score are in
+    (eager end sent), then the 30 s cap cuts the utterance inside the pause (a forced final whose
+    audio differs from the speculative one: the speculative job is cancelled, re-decoded)."""
+    h.speak(29.8)
+    answer(h, JobKind.PARTIAL, A)
+    h.speak(0.2, speech=False)
+    answer(h, JobKind.FINAL, A)  # the speculative final
+    h.score(p)
+
+
+def test_forced_cut_after_early_eager_then_final_fails() -> None:
+    h = Flux(EAGER)
+    _long_utterance_cut_in_its_pause(h, 0.9)
+    assert h.events()[-1] == "EagerEndOfTurn", h.events()
+    h.speak(0.2, speech=False)  # the cap: a forced final (new job)
+    h.whisper(fail=True)
+    h.speak(3.0, speech=False)
+    check_flux_invariants(h)
+
+
+def test_forced_cut_after_early_eager_then_final_empty() -> None:
+    h = Flux(EAGER)
+    _long_utterance_cut_in_its_pause(h, 0.9)
+    h.speak(0.2, speech=False)
+    answer(h, JobKind.FINAL, [])
+    h.speak(3.0, speech=False)
+    check_flux_invariants(h)
+
+
+def test_a_forced_cut_that_changes_the_announced_final_resumes_the_turn() -> None:
+    """The eager end's transcript will not be the final's: TurnResumed says so (the reply
+    prepared for it is void), then EndOfTurn carries the final's words."""
+    h = Flux(EAGER)
+    _long_utterance_cut_in_its_pause(h, 0.9)
+    h.speak(0.2, speech=False)
+    answer(h, JobKind.FINAL, B)
+    h.speak(3.0, speech=False)
+    check_flux_invariants(h)
+    assert h.events()[-3:] == ["TurnResumed", "Update", "EndOfTurn"], h.events()
+    assert h.turn_infos()[-1]["transcript"] == "Bravo two."
+
+
+def test_forced_cut_in_a_pause_without_eager_ends_the_turn() -> None:
+    h = Flux(f"{BASE}&eot_timeout_ms=1000")
+    _long_utterance_cut_in_its_pause(h, 0.9)
+    h.speak(0.2, speech=False)
+    answer(h, JobKind.FINAL, B)
+    h.speak(3.0, speech=False)
+    assert h.events()[-1] == "EndOfTurn", h.events()
+
+
+def test_force_end_turn_after_early_eager_keeps_the_eager_transcript() -> None:
+    h = Flux(EAGER)
+    _early_in_the_pause(h, 0.6)
+    h.text({"type": "ForceEndTurn"})
+    h.speak(0.2, speech=False)
+    h.whisper()
+    h.speak(2.0, speech=False)
+    check_flux_invariants(h)
+    assert h.events()[-1] == "EndOfTurn"
+
+
+def test_turn_resumed_window_does_not_go_back_to_the_turn_start() -> None:
+    h = Flux(EAGER)
+    _early_in_the_pause(h, 0.6)
+    h.speak(0.3)  # speech within the pause: TurnEndVoided -> TurnResumed
+    eager, resumed = h.turn_infos()[-2:]
+    assert resumed["event"] == "TurnResumed"
+    assert resumed["audio_window_end"] >= eager["audio_window_end"], (eager, resumed)
+
+
+def test_core_announces_once_and_voids_only_what_it_announced() -> None:
+    h = Flux(EAGER)
+    seen: list = []
+    encode = h.session.codec.encode
+    h.session.codec.encode = lambda e, now: (seen.append(e), encode(e, now))[1]
+    _early_in_the_pause(h, 0.6)
+    h.speak(0.3)
+    h.whisper()
+    h.speak(0.2, speech=False)
+    h.whisper()
+    h.score(0.9)
+    h.speak(0.5, speech=False)
+    kinds = [type(e).__name__ for e in seen if isinstance(e, (TurnEndLikely, TurnEndVoided))]
+    assert kinds == ["TurnEndLikely", "TurnEndVoided", "TurnEndLikely"], kinds
+    check_flux_invariants(h)
 
 
 # -- a property over arbitrary interleavings ----------------------------------------------------

@@ -181,3 +181,21 @@ def test_a_click_that_opened_a_turn_closes_it_unheard() -> None:
     assert s.ended == []
     s.turns.speech_dropped()  # nothing in speech: nothing to undo
     assert not s.turns.turn_open
+
+
+def test_a_forced_cut_whose_rest_comes_to_nothing_times_out_from_the_cut() -> None:
+    """An utterance cut at its maximum length goes on in a continuation; when that is only the
+    pause (too short: Dropped), the turn's speech ended at the cut and the timeout runs from
+    there (before, the turn stayed in speech for good)."""
+    s = Stream(timeout_ms=1000)
+    s.turns.speech_started(0.0)
+    s.windows(30)
+    cut_s = s.now_s
+    s.turns.speech_forced(cut_s)
+    s.windows(5)
+    s.turns.speech_dropped(continuation=True)
+    assert s.turns.turn_open
+    s.windows(math.ceil(1.0 / WINDOW_S) - 6)
+    assert s.ended == []
+    s.windows(1)  # 1 s after the cut
+    assert s.ended == [TurnEnded("timeout", cut_s, None)]

@@ -207,6 +207,7 @@ class SttCore:
         self._turns: TurnTracker | None = None
         self._words_in_turn = False  # a final with words went out since the last EndOfTurn
         self._early_turn: _EarlyTurnScore | None = None  # asked with the speculative final
+        self._continuation = False  # the open utterance goes on after a forced cut (no Started)
 
     # -- the driver's side -------------------------------------------------------------------------
     @property
@@ -505,6 +506,7 @@ class SttCore:
         self, request: Request, now: float, cause: FinalCause | None = None
     ) -> list[Output]:
         if isinstance(request, Started):
+            self._continuation = False
             outputs: list[Output] = []
             if self._turns is not None:
                 self._turns.speech_started(request.start_s)
@@ -533,12 +535,13 @@ class SttCore:
             )
             return [*outputs, submit, *self._ask_early_turn_score(request.speech_end_s)]
         if isinstance(request, FinalRequest):
+            self._continuation = request.forced  # its speech goes on without a Started
             if cause is None:
                 cause = FinalCause.FORCED if request.forced else FinalCause.PAUSE
             return self._on_final_request(request, now, cause)
         if isinstance(request, (Dropped, SpeculationVoid)):
             if isinstance(request, Dropped) and self._turns is not None:
-                self._turns.speech_dropped()
+                self._turns.speech_dropped(continuation=self._continuation)
             outputs = self._void_likely_turn_end()
             outputs += self._drop_early_turn_score()
             if self._spec is not None and self._spec.num == request.num:
@@ -573,6 +576,8 @@ class SttCore:
                 final.job_id = spec.job_id
                 final.result, final.ready = spec.result, spec.done
             else:
+                if spec.announced:  # what it announced will not be this final
+                    outputs.append(TurnEndVoided(spec.num))
                 outputs.append(self._cancel(spec.job_id))
         if final.job_id is None:
             submit = self._submit_transcribe(
@@ -597,6 +602,8 @@ class SttCore:
             outputs.extend(self._drop_early_turn_score())
             if self._turns is not None and cause is FinalCause.FINALIZE:
                 self._turns.utterance_cut(request.speech_end_s)  # the timeout still ends it
+            if self._turns is not None and cause is FinalCause.FORCED:
+                self._turns.speech_forced(request.speech_end_s)  # speech goes on: no verdict
         self._finalised.add(request.num)
         self._stability.pop(request.num, None)
         self._queue.append(final)

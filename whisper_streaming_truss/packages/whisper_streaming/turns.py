@@ -69,6 +69,7 @@ class TurnTracker:
         self._turn_start = 0  # its first onset
         self._in_speech = False
         self._opened_by_onset = False  # the utterance in speech opened the turn
+        self._forced_end = 0  # where the last forced cut's speech ended
         self._speech_end = 0  # the open turn's last utterance end (while not in speech)
         self._ticket = 0
         self._waiting: int | None = None  # the ticket whose score would end the turn
@@ -107,14 +108,24 @@ class TurnTracker:
         self._in_speech = True
         self._waiting = None  # the speaker went on: a score still out is void
 
-    def speech_dropped(self) -> None:
+    def speech_forced(self, speech_end_s: float) -> None:
+        """An utterance was cut by force (its maximum length): its speech goes on in a
+        continuation, so no verdict; remembered in case the continuation comes to nothing."""
+        if self._open:
+            self._forced_end = round(speech_end_s * SAMPLE_RATE_HZ)
+
+    def speech_dropped(self, continuation: bool = False) -> None:
         """The utterance that began was too short to be speech (a click): as if it had not
         begun. The turn it opened closes unheard; a turn it continued times out from its last
-        utterance's end (the score that the click voided is not asked again)."""
+        utterance's end (the score that the click voided is not asked again). ``continuation``:
+        it was the rest of a forced cut, so the turn's speech ended at that cut and times out
+        from there."""
         if not self._in_speech:
             return
         self._in_speech = False
-        if self._opened_by_onset:
+        if continuation:
+            self._speech_end = self._forced_end
+        elif self._opened_by_onset:
             self._open = False
 
     def utterance_ended(self, speech_end_s: float) -> ScoreTurn | None:

@@ -194,6 +194,7 @@ class _Turn:
     start_s: float | None = None  # where its audio starts (the first utterance's offset)
     sent: str = ""  # the transcript of the last TurnInfo
     sent_words: list[Word] = field(default_factory=list)  # ... and its words
+    sent_end_s: float = 0.0  # ... and its audio window's end
     languages: Counter[str] = field(default_factory=Counter)  # its finals' words per language
 
 
@@ -341,7 +342,7 @@ class FluxCodec(Codec):
             return self._likely_end(event)
         if isinstance(event, TurnEndVoided):
             if self._turn.eager_num == event.num:  # went on within the pause it was sent in
-                return self._resumed(self._turn.start_s or 0.0)
+                return self._resumed(self._turn.sent_end_s)
             return []
         if isinstance(event, EndOfTurn):
             return self._end_of_turn(event.reason, event.probability, event.speech_end_s)
@@ -434,7 +435,7 @@ class FluxCodec(Codec):
         if not turn.eager:
             return []
         turn.eager, turn.eager_num = False, None
-        return [self._turn_info("TurnResumed", turn.sent_words, at_s)]
+        return [self._turn_info("TurnResumed", turn.sent_words, max(at_s, turn.sent_end_s))]
 
     def _unheard_turn_end(self) -> list[Command]:
         """A turn that a partial started (StartOfTurn) and whose finals all came to nothing (no
@@ -449,24 +450,28 @@ class FluxCodec(Codec):
         self._partial_language = None  # the turn's languages are its finals'
         if not turn.started:
             return []  # the turn the core ended had no words the client saw (or was forced)
-        message = self._turn_info(
-            "EndOfTurn", turn.words, end_s, probability or 0.0, trigger=trigger
+        out: list[Command] = []
+        if turn.eager and _text(turn.words) != turn.sent:  # Flux: EndOfTurn repeats the eager
+            out.append(self._turn_info("TurnResumed", turn.words, end_s))  # end, or resumes
+        out.append(
+            self._turn_info("EndOfTurn", turn.words, end_s, probability or 0.0, trigger=trigger)
         )
         self._turn = _Turn(index=turn.index + 1)
-        return [message]
+        return out
 
     def _turn_info(
         self, event: str, words: list[Word], end_s: float, confidence: float = 0.0, **extra: Any
     ) -> Send:
         turn = self._turn
         turn.sent, turn.sent_words = _text(words), list(words)
+        turn.sent_end_s = max(end_s, turn.start_s or 0.0)
         return Send(
             self._message(
                 "TurnInfo",
                 event=event,
                 turn_index=turn.index,
                 audio_window_start=round(turn.start_s or 0.0, 3),
-                audio_window_end=round(max(end_s, turn.start_s or 0.0), 3),
+                audio_window_end=round(turn.sent_end_s, 3),
                 transcript=turn.sent,
                 words=[
                     {
