@@ -307,13 +307,14 @@ def test_deepgram_clients_transcribe_real_speech(
 
 
 # -- Deepgram Flux's clients: livekit-plugins-deepgram's STTv2, pipecat's DeepgramFluxSTTService -----------
-@pytest.mark.parametrize("client", ["livekit", "pipecat"])
+@pytest.mark.parametrize("client", ["livekit", "pipecat", "sdk"])
 def test_flux_clients_get_one_turn_of_real_speech(
     whisper_server: Any, tmp_path: Path, client: str
 ) -> None:
     """Real speech at real-time pace through each Flux client (two utterances, one turn): the
-    turn's final as good as our own client's transcript of the clip, after its interims, and the
-    turn's start and end in order; a clean end."""
+    turn's final within 5 WER points of our own client's transcript of the clip, after its
+    interims, and the turn's start and end in order; a clean end. The SDK ends the turn by hand
+    (ForceEndTurn) and sends a Configure."""
     url = whisper_server.ws_url if client == "livekit" else f"{whisper_server.ws_url}?_p="
     result = run_client("deepgram_flux.py", client, url, tmp_path, "--sample", str(DEEPGRAM_SAMPLE))
     assert_ok(result)
@@ -328,6 +329,11 @@ def test_flux_clients_get_one_turn_of_real_speech(
         # StartOfTurn, Updates, EndOfTurn: LiveKit's START_OF_SPEECH, interims, FINAL, END_OF_SPEECH.
         assert kinds[0] == "start_of_speech" and kinds[-2:] == ["final_transcript", "end_of_speech"]
         assert "interim_transcript" in kinds
+    elif client == "sdk":
+        events = [e["event"] for e in result["events"] if e["type"] == "TurnInfo"]
+        assert kinds[0] == "Connected" and "ConfigureSuccess" in kinds, kinds
+        assert events[0] == "StartOfTurn" and events[-1] == "EndOfTurn", events
+        assert result["events"][-1]["trigger"] == "manual"  # ForceEndTurn ended it
     else:
         assert kinds[0] == "InterimTranscriptionFrame" and kinds[-1] == "TranscriptionFrame", kinds
         assert result["events"][-1]["finalized"]
