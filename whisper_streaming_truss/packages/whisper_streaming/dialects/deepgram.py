@@ -633,11 +633,7 @@ class DeepgramCodec(Codec):
         return self.core.audio(self._transcoder.feed(data), now)
 
     def text(self, text: str, now: float) -> list[Output]:
-        try:
-            message = load_json(text)
-            kind = message.get("type") if isinstance(message, dict) else None
-        except ValueError:
-            kind = None
+        kind, message = control(text)
         if kind == "KeepAlive":
             return self.core.keep_alive(now)
         if kind == "Finalize":
@@ -808,6 +804,15 @@ class DeepgramCodec(Codec):
 
     def refusal(self, error: ProtocolError) -> list[Command]:
         return self._ended(error)
+
+
+def control(text: str) -> tuple[str | None, Any]:
+    """A control frame's ``type`` (None: not JSON, or no object with one) and its JSON."""
+    try:
+        message = load_json(text)
+    except ValueError:
+        return None, None
+    return (message.get("type") if isinstance(message, dict) else None), message
 
 
 def error_frame(variant: str, description: str, message: str | None = None) -> dict[str, Any]:

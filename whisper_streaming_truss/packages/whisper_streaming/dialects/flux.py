@@ -38,7 +38,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from speech_common.driver import Close, Command, Send
-from speech_common.ws import CloseCode, ProtocolError, describe_validation_error, load_json
+from speech_common.ws import CloseCode, ProtocolError, describe_validation_error
 
 from ..events import (
     Ended,
@@ -70,6 +70,7 @@ from .deepgram import (
     _int,
     _language,
     _words,
+    control,
     invalid,
     prompt_for,
 )
@@ -259,11 +260,7 @@ class FluxCodec(Codec):
         return self.core.audio(self._transcoder.feed(data), now)
 
     def text(self, text: str, now: float) -> list[Output]:
-        try:
-            message = load_json(text)
-            kind = message.get("type") if isinstance(message, dict) else None
-        except ValueError:
-            kind = None
+        kind, message = control(text)
         if kind == "CloseStream":
             return self.core.end_audio(now)
         if kind == "ForceEndTurn":
@@ -374,17 +371,13 @@ class FluxCodec(Codec):
             self._partial_language = (event.result.language, len(heard))
         if not words:
             return self._unheard_turn_end() if event.is_final else []
-        if turn.start_s is None:
-            turn.start_s = event.offset_s
         end_s = event.offset_s + event.audio_s
-        out: list[Command] = []
-        if not turn.started:
-            turn.started = True
-            out.append(self._turn_info("StartOfTurn", words, end_s))
-        elif turn.eager and _text(words) != turn.sent:  # not what the eager end said
+        out = self._start(words, event.offset_s, end_s)  # the turn's first words
+        changed = not out and _text(words) != turn.sent
+        if changed and turn.eager:  # not what the eager end said
             turn.eager, turn.eager_num = False, None
             out.append(self._turn_info("TurnResumed", words, end_s))
-        elif _text(words) != turn.sent:
+        elif changed:
             out.append(self._turn_info("Update", words, end_s))
         if not event.is_final:
             return out
@@ -419,16 +412,21 @@ class FluxCodec(Codec):
         words = turn.words + heard
         if not heard:
             return []
-        if turn.start_s is None:
-            turn.start_s = event.offset_s
         end_s = event.offset_s + event.audio_s
-        out: list[Command] = []
-        if not turn.started:
-            turn.started = True
-            out.append(self._turn_info("StartOfTurn", words, end_s))
+        out = self._start(words, event.offset_s, end_s)
         turn.eager, turn.eager_num = True, event.num
         out.append(self._turn_info("EagerEndOfTurn", words, end_s, event.probability))
         return out
+
+    def _start(self, words: list[Word], offset_s: float, end_s: float) -> list[Command]:
+        """``StartOfTurn`` with the turn's first words, once per turn ([] after that)."""
+        turn = self._turn
+        if turn.start_s is None:
+            turn.start_s = offset_s
+        if turn.started:
+            return []
+        turn.started = True
+        return [self._turn_info("StartOfTurn", words, end_s)]
 
     def _resumed(self, at_s: float) -> list[Command]:
         turn = self._turn
