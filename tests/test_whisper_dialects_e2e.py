@@ -92,28 +92,36 @@ def test_baseten_events_opt_in(whisper_server: Any) -> None:
 @pytest.mark.parametrize(
     "point",
     ["before_audio", "mid_audio", "final_pending", "turn_pending", "after_finalize",
-     "after_close_stream", "after_bad_control"],
+     "after_close_stream", "after_bad_control", "flux_eager_pending", "flux_force_end_turn",
+     "flux_close_stream"],
 )  # fmt: skip
 def test_deepgram_disconnect_at_every_point_frees_the_session(whisper_server, point, cut):
-    """A Deepgram client that leaves at any point (TCP reset, FIN without a close frame, or a
-    clean close) frees its slot and its queued work, as Baseten's clients do."""
+    """A Deepgram (or Deepgram Flux) client that leaves at any point (TCP reset, FIN without a
+    close frame, or a clean close) frees its slot and its queued work, as Baseten's clients do.
+    Flux's points: an utterance's speculative final, early and late turn scores in flight (eager
+    end of turn on); a ForceEndTurn's final pending; a CloseStream's flush pending."""
     from tests.test_whisper_e2e import _settled
 
     audio, _ = sample("order_en")
     query = "?model=nova-3&encoding=linear16&sample_rate=16000&interim_results=true"
     if point == "turn_pending":
         query += "&eot_threshold=0.5"
+    if point.startswith("flux_"):
+        query = "?model=flux-general-en&encoding=linear16&sample_rate=16000"
+        query += "&eager_eot_threshold=0.5" if point == "flux_eager_pending" else ""
 
     async def go():
         async with websockets.connect(whisper_server.ws_url + query) as ws:
             frames = [] if point == "before_audio" else frames_of(audio)
             for frame in frames[:50] if point == "mid_audio" else frames:
                 await ws.send(frame)
-            if point in ("final_pending", "turn_pending"):
+            if point in ("final_pending", "turn_pending", "flux_eager_pending"):
                 await asyncio.sleep(0.15)  # an utterance ended: its final (and score) run
+            elif point == "flux_force_end_turn":
+                await ws.send(json.dumps({"type": "ForceEndTurn"}))
             elif point == "after_finalize":
                 await ws.send(json.dumps({"type": "Finalize"}))
-            elif point == "after_close_stream":
+            elif point in ("after_close_stream", "flux_close_stream"):
                 await ws.send(json.dumps({"type": "CloseStream"}))  # finals + Metadata pending
             elif point == "after_bad_control":
                 await ws.send(json.dumps({"type": "Bogus"}))
