@@ -276,3 +276,14 @@ def test_flush_drops_a_click() -> None:
     d = Driver(_opts(min_speech_duration_ms=250))
     d.push(*[SILENCE] * 3, SPEECH)
     assert d.flush() == [Dropped(0)]
+
+
+def test_a_forced_cut_inside_a_pause_drops_its_rest_as_a_continuation() -> None:
+    """The cap cuts an utterance in its pause: the rest holds no speech, so it is Dropped, marked
+    as the rest of a forced cut (its speech ended at the cut, not as a click that began)."""
+    d = Driver(_opts(max_utterance_s=3.0))
+    d.push(SILENCE, *[SPEECH] * 90, *[SILENCE] * 20)  # 2.88 s of speech; the cap in the pause
+    assert [f.forced for f in d.of(FinalRequest)] == [True]
+    assert d.of(Dropped) == [Dropped(1, continuation=True)]
+    d.push(*[SPEECH] * 3, *[SILENCE] * 12)  # a click that begins an utterance of its own
+    assert d.of(Dropped)[-1] == Dropped(1, continuation=False)

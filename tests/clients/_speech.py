@@ -1,5 +1,5 @@
 """What the STT client scripts share: a WAV as 16-bit PCM with trailing silence, cut into 20 ms
-frames, and a LiveKit STT stream fed at real-time pace with its events collected. Standard
+frames and paced at real time, and a LiveKit STT stream fed so with its events collected. Standard
 library only at import (these scripts run in .venv-clients)."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import wave
+from collections.abc import AsyncIterator
 from typing import Any
 
 from _result import Result
@@ -26,16 +27,23 @@ def chunks(pcm: bytes, rate: int) -> list[bytes]:
     return [pcm[i : i + step] for i in range(0, len(pcm), step)]
 
 
-async def livekit_stream(stream: Any, pcm: bytes, rate: int, result: Result) -> list[str]:
+async def paced(pcm: bytes, rate: int) -> AsyncIterator[bytes]:
+    """The 20 ms frames, each when real time reaches it."""
+    t0 = time.monotonic()
+    for i, chunk in enumerate(chunks(pcm, rate)):
+        await asyncio.sleep(max(t0 + i * FRAME_S - time.monotonic(), 0))
+        yield chunk
+
+
+async def livekit_stream(stt: Any, stream: Any, pcm: bytes, rate: int, result: Result) -> None:
     """Push the audio into a LiveKit ``SpeechStream`` at real-time pace, then end its input;
-    record every event (but usage) as it comes and return the final transcripts."""
+    record every event (but usage) as it comes and the final transcripts (``finals``), then
+    close the STT."""
     from livekit import rtc
     from livekit.agents import stt as lk_stt
 
     async def push() -> None:
-        t0 = time.monotonic()
-        for i, chunk in enumerate(chunks(pcm, rate)):
-            await asyncio.sleep(max(t0 + i * FRAME_S - time.monotonic(), 0))
+        async for chunk in paced(pcm, rate):
             stream.push_frame(rtc.AudioFrame(chunk, rate, 1, len(chunk) // 2))
         stream.end_input()
 
@@ -52,4 +60,5 @@ async def livekit_stream(stream: Any, pcm: bytes, rate: int, result: Result) -> 
             if kind == lk_stt.SpeechEventType.FINAL_TRANSCRIPT:
                 finals.append(text)
     await pusher
-    return finals
+    result.data["finals"] = finals
+    await stt.aclose()

@@ -17,11 +17,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
-import time
 
 import aiohttp
 from _result import API_KEY, Result, parser, run
-from _speech import FRAME_S, chunks, livekit_stream, read_pcm
+from _speech import FRAME_S, chunks, livekit_stream, paced, read_pcm
 
 EOT_TIMEOUT_MS = 2000
 TRAILING_SILENCE_S = EOT_TIMEOUT_MS / 1000 + 1.0  # the turn ends within it, by model or timeout
@@ -45,9 +44,7 @@ async def livekit_case(url: str, sample: str, result: Result) -> None:
         stream = stt.stream()
         # --- end ---
 
-        finals = await livekit_stream(stream, pcm, rate, result)
-        result.data["finals"] = finals
-        await stt.aclose()
+        await livekit_stream(stt, stream, pcm, rate, result)
 
 
 async def pipecat_case(url: str, sample: str, result: Result) -> None:
@@ -131,9 +128,7 @@ async def sdk_case(url: str, sample: str, result: Result) -> None:
         turn_ended = asyncio.Event()
 
         async def send() -> None:
-            t0 = time.monotonic()
-            for i, chunk in enumerate(chunks(pcm, rate)):
-                await asyncio.sleep(max(t0 + i * FRAME_S - time.monotonic(), 0))
+            async for chunk in paced(pcm, rate):
                 await connection.send_media(chunk)
             await connection.send_force_end_turn()
             await connection.send_configure({"type": "Configure", "keyterms": ["printing"]})

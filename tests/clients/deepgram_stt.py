@@ -37,9 +37,7 @@ async def livekit_case(url: str, sample: str, result: Result) -> None:
         stream = stt.stream()
         # --- end ---
 
-        finals = await livekit_stream(stream, pcm, rate, result)
-        result.data["finals"] = finals
-        await stt.aclose()
+        await livekit_stream(stt, stream, pcm, rate, result)
 
 
 async def pipecat_case(url: str, sample: str, result: Result) -> None:

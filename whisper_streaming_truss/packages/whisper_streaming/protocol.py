@@ -207,7 +207,6 @@ class SttCore:
         self._turns: TurnTracker | None = None
         self._words_in_turn = False  # a final with words went out since the last EndOfTurn
         self._early_turn: _EarlyTurnScore | None = None  # asked with the speculative final
-        self._continuation = False  # the open utterance goes on after a forced cut (no Started)
 
     # -- the driver's side -------------------------------------------------------------------------
     @property
@@ -506,7 +505,6 @@ class SttCore:
         self, request: Request, now: float, cause: FinalCause | None = None
     ) -> list[Output]:
         if isinstance(request, Started):
-            self._continuation = False
             outputs: list[Output] = []
             if self._turns is not None:
                 self._turns.speech_started(request.start_s)
@@ -535,13 +533,12 @@ class SttCore:
             )
             return [*outputs, submit, *self._ask_early_turn_score(request.speech_end_s)]
         if isinstance(request, FinalRequest):
-            self._continuation = request.forced  # its speech goes on without a Started
             if cause is None:
                 cause = FinalCause.FORCED if request.forced else FinalCause.PAUSE
             return self._on_final_request(request, now, cause)
         if isinstance(request, (Dropped, SpeculationVoid)):
             if isinstance(request, Dropped) and self._turns is not None:
-                self._turns.speech_dropped(continuation=self._continuation)
+                self._turns.speech_dropped(continuation=request.continuation)
             outputs = self._void_likely_turn_end()
             outputs += self._drop_early_turn_score()
             if self._spec is not None and self._spec.num == request.num:

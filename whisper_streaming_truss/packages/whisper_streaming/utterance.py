@@ -63,6 +63,7 @@ class Dropped:
     """An utterance too short to transcribe (a click): its number is not used."""
 
     num: int
+    continuation: bool = False  # the rest of a forced cut (its speech ended at the cut)
 
 
 Request = Started | PartialRequest | FinalRequest | SpeculativeFinal | SpeculationVoid | Dropped
@@ -87,6 +88,7 @@ class UtteranceTracker:
         self._last_partial_at = 0.0  # stream seconds of the last partial request
         self._speculated_len = 0  # audio length of the last speculative final of this utterance
         self._continues = False  # the last utterance was cut by force: its speech goes on
+        self._continuing = False  # the open utterance is such a continuation (no Started)
 
     @property
     def current_num(self) -> int:
@@ -112,14 +114,14 @@ class UtteranceTracker:
             self._next_num += 1
             self._last_partial_at = self.segmenter.position_s
             self._speculated_len = 0
-            continues, self._continues = self._continues, False
-            return [] if continues else [Started(self._num, event.start_s)]
+            self._continuing, self._continues = self._continues, False
+            return [] if self._continuing else [Started(self._num, event.start_s)]
         num = self._num
         self._num = -1
         self._continues = event.forced
         if event.too_short:
             self._next_num = num  # reuse the number: the client never saw it
-            return [Dropped(num)]
+            return [Dropped(num, self._continuing)]
         speech_end = event.end_s if event.speech_end_s is None else event.speech_end_s
         return [FinalRequest(num, event.audio, event.start_s, event.forced, speech_end)]
 

@@ -15,8 +15,9 @@ binary audio                  ``audio`` (linear16, linear32, mulaw, alaw)
 server -> client: ``Connected`` at once; ``TurnInfo`` events: ``StartOfTurn`` (the turn's first
 words), ``Update`` (a partial or a final changed the turn's transcript), ``EagerEndOfTurn`` (with
 ``eager_eot_threshold``: the turn model's score reached it, early in the pause when the
-speculative final and the score are in, or with the final), ``TurnResumed`` (speech after an eager end), ``EndOfTurn`` (the score above
-``eot_threshold``, or ``eot_timeout_ms`` of silence: ``trigger`` model / timeout / manual / empty);
+speculative final and the score are in, or with the final), ``TurnResumed`` (speech after an
+eager end), ``EndOfTurn`` (the score above ``eot_threshold``, or ``eot_timeout_ms`` of silence:
+``trigger`` model / timeout / manual / empty);
 ``Error`` before an error's close. Every message carries ``sequence_id`` (0, 1, 2, ...) and
 ``request_id``; a ``TurnInfo`` the turn's whole ``transcript`` so far and its ``words``
 (punctuated and cased, as Flux's are, with confidence and times).
@@ -190,13 +191,22 @@ class _Turn:
     index: int = 0
     words: list[Word] = field(default_factory=list)  # its finals' words so far
     started: bool = False  # StartOfTurn went out
-    eager: bool = False  # an EagerEndOfTurn went out and no TurnResumed since
-    eager_num: int | None = None  # the utterance whose pause it was sent in
+    # The utterance in whose pause an EagerEndOfTurn went out (None: none since the last
+    # TurnResumed).
+    eager_num: int | None = None
     start_s: float | None = None  # where its audio starts (the first utterance's offset)
-    sent: str = ""  # the transcript of the last TurnInfo
-    sent_words: list[Word] = field(default_factory=list)  # ... and its words
+    sent_words: list[Word] = field(default_factory=list)  # the words of the last TurnInfo
     sent_end_s: float = 0.0  # ... and its audio window's end
     languages: Counter[str] = field(default_factory=Counter)  # its finals' words per language
+
+    @property
+    def eager(self) -> bool:
+        return self.eager_num is not None
+
+    @property
+    def sent(self) -> str:
+        """The transcript of the last TurnInfo."""
+        return _text(self.sent_words)
 
 
 class FluxCodec(Codec):
@@ -357,7 +367,7 @@ class FluxCodec(Codec):
         turn = self._turn
         if not event.is_final and event.num > self._last_final + 1:
             return []  # an earlier utterance's final is still out: its words come first
-        if not event.is_final and turn.eager and turn.eager_num == event.num:
+        if not event.is_final and turn.eager_num == event.num:
             return []  # a partial from before the pause its eager end was sent in
         heard = _words(event)
         words = turn.words + heard
@@ -375,38 +385,37 @@ class FluxCodec(Codec):
         out = self._start(words, event.offset_s, end_s)  # the turn's first words
         changed = not out and _text(words) != turn.sent
         if changed and turn.eager:  # not what the eager end said
-            turn.eager, turn.eager_num = False, None
+            turn.eager_num = None
             out.append(self._turn_info("TurnResumed", words, end_s))
         elif changed:
             out.append(self._turn_info("Update", words, end_s))
         if not event.is_final:
             return out
-        eager = self.options.eager_eot_threshold
         p = event.turn_probability
-        if (
-            event.end_of_turn is False
-            and not turn.eager  # already said early in this pause
-            and eager is not None
-            and p is not None
-            and p >= eager
-            and not trails_off(event.result.text)
-        ):
-            turn.eager, turn.eager_num = True, event.num
+        if event.end_of_turn is False and self._eager_due(p, event.result.text):
+            turn.eager_num = event.num
             out.append(self._turn_info("EagerEndOfTurn", words, end_s, p))
         return out
+
+    def _eager_due(self, probability: float | None, text: str) -> bool:
+        """An eager end is asked for, not yet sent, and this score and text call for one."""
+        eager = self.options.eager_eot_threshold
+        return (
+            eager is not None
+            and not self._turn.eager  # said once per pause (early, or with the final)
+            and probability is not None
+            and probability >= eager
+            and not trails_off(text)
+        )
 
     def _likely_end(self, event: TurnEndLikely) -> list[Command]:
         """Early in a pause the speculative final and the turn score are in: an eager end now,
         if the score reaches ``eager_eot_threshold`` (above ``eot_threshold`` too: EndOfTurn
         follows with the same transcript when the pause lasts)."""
-        turn, eager = self._turn, self.options.eager_eot_threshold
-        if (
-            eager is None
-            or event.probability < eager
-            or turn.eager
-            or event.num > self._last_final + 1  # an earlier final is still out
-            or trails_off(event.result.text)
-        ):
+        turn = self._turn
+        if not self._eager_due(event.probability, event.result.text):
+            return []
+        if event.num > self._last_final + 1:  # an earlier final is still out
             return []
         heard = _words(Transcription(event.num, True, event.result, event.audio_s, event.offset_s))
         words = turn.words + heard
@@ -414,7 +423,7 @@ class FluxCodec(Codec):
             return []
         end_s = event.offset_s + event.audio_s
         out = self._start(words, event.offset_s, end_s)
-        turn.eager, turn.eager_num = True, event.num
+        turn.eager_num = event.num
         out.append(self._turn_info("EagerEndOfTurn", words, end_s, event.probability))
         return out
 
@@ -432,13 +441,14 @@ class FluxCodec(Codec):
         turn = self._turn
         if not turn.eager:
             return []
-        turn.eager, turn.eager_num = False, None
+        turn.eager_num = None
         return [self._turn_info("TurnResumed", turn.sent_words, max(at_s, turn.sent_end_s))]
 
     def _unheard_turn_end(self) -> list[Command]:
         """A turn that a partial started (StartOfTurn) and whose finals all came to nothing (no
         words, or failed): the core never ends a turn without words, so it ends here, empty
-        (LiveKit's END_OF_SPEECH with no final; pipecat drops an empty transcript)."""
+        (LiveKit's END_OF_SPEECH with no final; pipecat's user aggregator drops an empty
+        transcript)."""
         if self._turn.started and not self._turn.words:
             return self._end_of_turn(EMPTY_TRIGGER, None, self._turn.start_s or 0.0)
         return []
@@ -461,7 +471,7 @@ class FluxCodec(Codec):
         self, event: str, words: list[Word], end_s: float, confidence: float = 0.0, **extra: Any
     ) -> Send:
         turn = self._turn
-        turn.sent, turn.sent_words = _text(words), list(words)
+        turn.sent_words = list(words)
         turn.sent_end_s = max(end_s, turn.start_s or 0.0)
         return Send(
             self._message(
