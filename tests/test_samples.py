@@ -92,3 +92,32 @@ def test_word_boundary_clips_match_their_generator() -> None:
         for (start, end), (next_start, _) in zip(bounds, bounds[1:], strict=False):
             assert start < end <= next_start
             assert np.abs(audio[start:end]).max() > 0 and not audio[end:next_start].any()
+
+
+HELD_OUT = REAL.parent / "real_heldout"
+
+
+def test_held_out_clips_are_usable_documented_and_new() -> None:
+    """samples/real_heldout: the same format, each source's revision and licence written down,
+    every clip with a speaker in the conversational set's spec, and none of them a clip (or a
+    recording) of the development sets."""
+    clips = sorted(HELD_OUT.glob("*.wav"))
+    assert len(clips) == 27
+    total_s = 0.0
+    for clip in clips:
+        with wave.open(str(clip)) as w:
+            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+            total_s += w.getnframes() / 16000
+        assert json.loads(clip.with_suffix(".json").read_text())["text"].strip(), clip.name
+    assert sum(p.stat().st_size for p in clips) < 7 * 2**20
+    assert 150 < total_s < 220
+    readme = (HELD_OUT / "README.md").read_text()
+    for needed in ("CC BY 4.0", "public domain", "a79cc864e427", "d7dfbc83d68e", "bf5854c59952",
+                   "dbf1a08a0d4e", "185cd24e046c", "511126b492dc"):  # fmt: skip
+        assert needed in readme
+    speakers = json.loads((REAL.parent / "conversation.json").read_text())["speakers"]
+    development = {p.stem for p in [*REAL.glob("*.wav"), *SPEAKERS.glob("*.wav")]}
+    recordings = {p.read_bytes()[44:] for p in [*REAL.glob("*.wav"), *SPEAKERS.glob("*.wav")]}
+    for clip in clips:
+        assert any(clip.stem.startswith(prefix) for prefix in speakers), clip.name
+        assert clip.stem not in development and clip.read_bytes()[44:] not in recordings

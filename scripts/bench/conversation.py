@@ -46,6 +46,7 @@ from scripts.bench.wer import normalise
 
 RATE = 16000
 SOURCES = (SAMPLES_DIR / "real", SAMPLES_DIR / "real_speakers")
+HELD_OUT = SAMPLES_DIR / "real_heldout"  # never tuned on: --sources samples/real_heldout
 SPEC = SAMPLES_DIR / "conversation.json"
 DEFAULT_OUT = REPO_ROOT / "bench_results" / "conversation"
 SEED = 23  # issue 23
@@ -371,14 +372,14 @@ FUNCTION_WORDS = frozenset(
 )
 
 
-def find_cuts(hesitation: bool = False) -> dict[str, dict]:
+def find_cuts(hesitation: bool = False, sources: tuple[Path, ...] = SOURCES) -> dict[str, dict]:
     from faster_whisper import WhisperModel
 
     from scripts.local.serve import embedded_whisper_dir
 
     model = WhisperModel(embedded_whisper_dir(), device="cpu", compute_type="int8")
     cuts = {}
-    for clip in load_clips():
+    for clip in load_clips(sources):
         cut = find_cut(clip, model, hesitation)
         if cut is not None:
             cuts[clip.name] = cut
@@ -893,6 +894,7 @@ def main() -> None:
     ts.add_argument("--tail", type=float, default=0.2, help="seconds after the last voiced sample")
     c = sub.add_parser("cuts", help="find each clip's in-sentence cut point (prints JSON)")
     c.add_argument("--hesitations", action="store_true", help="after a function word instead")
+    c.add_argument("--sources", type=Path, nargs="+", default=list(SOURCES))
     args = parser.parse_args()
     if args.command == "build":
         paths = build(
@@ -917,7 +919,7 @@ def main() -> None:
         one_clip = json.loads(args.one_clip.read_text()) if args.one_clip else None
         print_diagnosis(diagnose(json.loads(args.report.read_text()), one_clip), args.examples)
     else:
-        print(json.dumps(find_cuts(args.hesitations), indent=1))
+        print(json.dumps(find_cuts(args.hesitations, tuple(args.sources)), indent=1))
 
 
 if __name__ == "__main__":
