@@ -79,11 +79,12 @@ def test_connected_comes_first_and_every_message_counts_in_sequence_id() -> None
     assert all(m["request_id"] == "req-1" for m in h.sent)
 
 
-def test_a_turn_starts_with_its_first_words_and_the_model_ends_it() -> None:
+def test_a_turn_starts_as_soon_as_there_is_speech_its_words_follow_the_model_ends_it() -> None:
     h = Flux(BASE)
     h.utterance(0.9)
     infos = h.turn_infos()
-    assert infos[0]["event"] == "StartOfTurn" and infos[0]["transcript"]
+    assert infos[0]["event"] == "StartOfTurn" and infos[0]["transcript"] == ""
+    assert infos[1]["event"] == "Update" and infos[1]["transcript"] == "Um, hello world."
     end = infos[-1]
     assert end["event"] == "EndOfTurn" and end["trigger"] == "model"
     assert end["transcript"] == "Um, hello world." and end["end_of_turn_confidence"] == 0.9
@@ -134,18 +135,18 @@ def _early_in_the_pause(h: Flux, probability: float) -> None:
 def test_the_eager_end_comes_early_in_the_pause_and_end_of_turn_repeats_it() -> None:
     h = Flux(f"{BASE}&eager_eot_threshold=0.5")
     _early_in_the_pause(h, 0.9)
-    assert h.events() == ["StartOfTurn", "EagerEndOfTurn"]  # before the final was asked for
+    assert h.events() == ["StartOfTurn", "Update", "EagerEndOfTurn"]  # before the final
     assert not any(m.get("is_final") for m in h.sent)
     eager = h.turn_infos()[-1]
     assert eager["transcript"] == "Um, hello world." and eager["end_of_turn_confidence"] == 0.9
     h.speak(0.5, speech=False)  # the pause lasts: the speculative final is the final
-    assert h.events() == ["StartOfTurn", "EagerEndOfTurn", "EndOfTurn"]
+    assert h.events() == ["StartOfTurn", "Update", "EagerEndOfTurn", "EndOfTurn"]
     assert h.turn_infos()[-1]["transcript"] == eager["transcript"]
     check_flux_invariants(h)
     plain = Flux(BASE)  # no eager_eot_threshold: no eager end
     _early_in_the_pause(plain, 0.9)
     plain.speak(0.5, speech=False)
-    assert plain.events() == ["StartOfTurn", "EndOfTurn"]
+    assert plain.events() == ["StartOfTurn", "Update", "EndOfTurn"]
 
 
 def test_speech_within_the_pause_after_an_early_eager_end_resumes_the_turn() -> None:
@@ -163,7 +164,7 @@ def test_speech_within_the_pause_after_an_early_eager_end_resumes_the_turn() -> 
 def test_an_early_score_under_eager_sends_nothing_early() -> None:
     h = Flux(f"{BASE}&eager_eot_threshold=0.5")
     _early_in_the_pause(h, 0.3)
-    assert h.events() == ["StartOfTurn"]
+    assert h.events() == ["StartOfTurn", "Update"]
 
 
 def test_eager_end_then_silence_ends_the_turn_at_its_timeout_with_the_same_transcript() -> None:
@@ -351,7 +352,7 @@ def test_an_update_never_drops_words_of_a_final_still_decoding() -> None:
     h.score(0.3)  # turn stays open; final A still decoding
     h.speak(1.0)
     answer(h, JobKind.PARTIAL, B)  # partial of B before final A
-    transcripts = [m["transcript"] for m in h.turn_infos()]
+    transcripts = [m["transcript"] for m in h.turn_infos()[1:]]  # after the empty StartOfTurn
     assert all("Alpha" in t for t in transcripts), transcripts
 
 
@@ -449,7 +450,7 @@ def test_configure_profanity_filter_true_is_refused_like_the_query() -> None:
     assert h.sent[-1]["type"] == "ConfigureFailure", h.sent[-1]
 
 
-# A turn that showed StartOfTurn (from a partial) whose only final comes back empty
+# A turn that showed StartOfTurn (and a partial's words) whose only final comes back empty
 # never gets an EndOfTurn: neither the model's nor the timeout's.
 def test_a_started_turn_always_ends_even_if_its_final_is_empty() -> None:
     h = Flux(f"{BASE}&eot_timeout_ms=1000")
@@ -664,3 +665,85 @@ def test_every_flux_interleaving_keeps_flux_order_and_ends_clean(actions, scores
     assert [m["sequence_id"] for m in h.sent] == list(range(len(h.sent)))
     check_flux_invariants(h)
     assert len(h.closes) == 1
+
+
+# -- StartOfTurn as soon as there is speech to transcribe -----------------------------------------
+def test_start_of_turn_comes_with_min_speech_before_any_transcript() -> None:
+    """Flux's StartOfTurn is its barge-in signal (pipecat interrupts the bot on it): it goes out in
+    the VAD window that completes min_speech_duration_ms (250 ms), not with the first partial
+    (0.5 s of speech and a decode later); its transcript is empty, the words come as Updates."""
+    h = Flux(BASE)
+    h.speak(0.5, speech=False)
+    h.speak(0.224)  # 7 windows: under 250 ms of speech
+    assert h.events() == []
+    h.speak(0.032)  # the 8th completes it
+    (start,) = h.turn_infos()
+    assert (start["event"], start["transcript"], start["words"]) == ("StartOfTurn", "", [])
+    assert start["audio_window_start"] < 0.5 < start["audio_window_end"]
+    assert not any(j.worker not in (VAD_WORKER, TURN_WORKER) for j in h.jobs.values())
+    h.speak(0.5)
+    h.whisper()  # the first partial
+    assert h.events() == ["StartOfTurn", "Update"]
+    check_flux_invariants(h)
+
+
+def test_a_click_starts_no_turn() -> None:
+    h = Flux(f"{BASE}&eot_timeout_ms=1000")
+    for _ in range(3):
+        h.speak(0.128)  # 4 windows: a click, Dropped
+        h.speak(0.5, speech=False)
+    h.speak(2.0, speech=False)
+    assert h.turn_infos() == []
+
+
+def test_a_turn_whose_only_utterance_is_heard_as_nothing_ends_empty() -> None:
+    h = Flux(BASE)
+    h.speak(1.0)
+    h.whisper([])  # partials of noise: no words
+    h.speak(0.7, speech=False)
+    h.score(0.9)
+    h.whisper([])  # the final: no words
+    assert h.events() == ["StartOfTurn", "EndOfTurn"]
+    assert (h.turn_infos()[-1]["trigger"], h.turn_infos()[-1]["transcript"]) == ("empty", "")
+    h.utterance(0.9)  # the next turn starts afresh
+    assert h.events()[2:] == ["StartOfTurn", "Update", "EndOfTurn"]
+    assert h.turn_infos()[-1]["turn_index"] == 1
+    check_flux_invariants(h)
+
+
+def test_an_empty_final_keeps_the_turn_open_while_the_next_utterance_is_heard() -> None:
+    """Noise, a short pause, then speech: the noise's empty final comes back while the speech is
+    under way, so the turn it started is the speech's turn, with one StartOfTurn."""
+    h = Flux(BASE)
+    h.speak(1.0)
+    h.speak(0.35, speech=False)  # the noise's final is asked for
+    h.speak(0.5)  # speech, confirmed, before that final is back
+    answer(h, JobKind.FINAL, [])
+    assert h.events() == ["StartOfTurn"]
+    h.whisper()  # its partial
+    h.speak(0.7, speech=False)
+    h.score(0.9)
+    h.whisper()
+    assert h.events() == ["StartOfTurn", "Update", "EndOfTurn"]
+    assert h.turn_infos()[-1]["trigger"] == "model"
+    check_flux_invariants(h)
+
+
+def test_the_next_turn_starts_at_once_when_its_speech_came_before_the_end_of_turn() -> None:
+    """ForceEndTurn, and the speaker goes on while the forced final is still decoding: the next
+    turn's StartOfTurn follows the EndOfTurn at once, not with its first partial."""
+    h = Flux(BASE)
+    h.speak(1.0)
+    answer(h, JobKind.PARTIAL, A)
+    h.text({"type": "ForceEndTurn"})  # A's final is asked for
+    h.speak(0.3)  # the next turn's speech, confirmed
+    assert h.events() == ["StartOfTurn", "Update"]
+    answer(h, JobKind.FINAL, A)
+    assert h.events() == ["StartOfTurn", "Update", "EndOfTurn", "StartOfTurn"]
+    assert [m["turn_index"] for m in h.turn_infos()] == [0, 0, 0, 1]
+    assert h.turn_infos()[2]["trigger"] == "manual"
+    assert h.turn_infos()[-1]["transcript"] == ""
+    h.speak(0.5)
+    answer(h, JobKind.PARTIAL, B)
+    assert h.events()[-1] == "Update" and h.turn_infos()[-1]["transcript"] == "Bravo two."
+    check_flux_invariants(h)

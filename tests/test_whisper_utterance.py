@@ -11,6 +11,7 @@ import pytest
 from speech_common.vad import SAMPLE_RATE_HZ, WINDOW_SAMPLES, VadOptions
 from whisper_streaming.utterance import (
     MIN_PARTIAL_AUDIO_S,
+    Confirmed,
     Dropped,
     FinalRequest,
     PartialRequest,
@@ -229,6 +230,32 @@ def test_no_speculation_for_a_burst_that_will_be_dropped() -> None:
     d.push(*[SILENCE] * 5, *[SPEECH] * 4, *[SILENCE] * 10)
     assert d.of(Dropped) == [Dropped(0)]
     assert d.of(SpeculativeFinal) == []
+
+
+# -- confirmation ---------------------------------------------------------------------------------
+def test_an_utterance_is_confirmed_once_in_the_window_that_completes_min_speech() -> None:
+    d = Driver(_opts(min_speech_duration_ms=250))
+    d.push(*[SILENCE] * 5, *[SPEECH] * 30, *[SILENCE] * 12)
+    ((position, confirmed),) = [(p, r) for p, r in d.log if isinstance(r, Confirmed)]
+    # Speech from window 5: 250 ms is 7.8 windows of 32 ms, so the 8th speech window (the 13th
+    # window) completes it; the utterance starts a pad before its first speech window.
+    assert position == 13 * WINDOW_SAMPLES
+    assert confirmed == Confirmed(0, (5 * WINDOW_SAMPLES - PAD) / SAMPLE_RATE_HZ,
+                                  13 * WINDOW_SAMPLES / SAMPLE_RATE_HZ)  # fmt: skip
+    kinds = [type(r).__name__ for _, r in d.log]
+    assert kinds.index("Confirmed") < kinds.index("PartialRequest") < kinds.index("FinalRequest")
+
+
+def test_a_click_is_never_confirmed_and_every_transcribed_utterance_is() -> None:
+    d = Driver(_opts(min_speech_duration_ms=250, max_utterance_s=3.0))
+    d.push(*[SILENCE] * 5, *[SPEECH] * 4, *[SILENCE] * 12)  # a click: Dropped
+    assert d.of(Confirmed) == [] and d.of(Dropped) == [Dropped(0)]
+    d.push(*[SPEECH] * 200, *[SILENCE] * 12)  # 6.4 s: forced cuts, their rests continue it
+    finals = d.of(FinalRequest)
+    assert len(finals) >= 3 and [c.num for c in d.of(Confirmed)] == [0]  # not the rests
+    d.push(*[SPEECH] * 20, *[SILENCE] * 12)
+    nums = [c.num for c in d.of(Confirmed)]
+    assert nums == [0, finals[-1].num + 1] == [0, d.of(FinalRequest)[-1].num]
 
 
 # -- drops, forced cuts, flush --------------------------------------------------------------------

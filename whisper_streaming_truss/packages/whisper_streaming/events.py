@@ -59,6 +59,16 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True)
+class SpeechConfirmed:
+    """The utterance has ``min_speech_duration_ms`` of speech: it will be transcribed, it is no
+    click (only when the session asked for it)."""
+
+    num: int
+    start_s: float  # where the utterance (with its pre-roll) starts in the stream
+    at_s: float  # the stream position where the VAD had heard that much
+
+
+@dataclass(frozen=True)
 class UtteranceEnd:
     """``utterance_end_ms`` of silence followed the last final with words (when asked)."""
 
@@ -135,6 +145,7 @@ class Ended:
 Event = (
     Transcription
     | SpeechStarted
+    | SpeechConfirmed
     | UtteranceEnd
     | EndOfTurn
     | TurnEndLikely

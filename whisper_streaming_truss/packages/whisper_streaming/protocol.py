@@ -43,6 +43,7 @@ from .events import (
     Finalized,
     Health,
     Output,
+    SpeechConfirmed,
     SpeechStarted,
     Transcription,
     TurnEndLikely,
@@ -54,6 +55,7 @@ from .schema import SessionConfig
 from .stability import LocalAgreement
 from .turns import ScoreTurn, TurnEnded, TurnOptions, TurnTracker, trails_off
 from .utterance import (
+    Confirmed,
     Dropped,
     FinalRequest,
     PartialRequest,
@@ -112,6 +114,7 @@ class EventOptions:
     """What a session asked for beyond transcripts (a codec sets it from its handshake)."""
 
     speech_started: bool = False  # a SpeechStarted event at each utterance's onset
+    speech_confirmed: bool = False  # a SpeechConfirmed event when it has enough speech
     utterance_end_ms: int | None = None  # an UtteranceEnd after this much silence after words
     idle_timeout_s: float | None = None  # no frame at all for this long ends the session
     turns: TurnOptions | None = None  # end-of-turn detection (the Smart Turn worker)
@@ -512,6 +515,10 @@ class SttCore:
             if self.events.speech_started:
                 outputs.append(SpeechStarted(request.num, round(request.start_s, 3)))
             return outputs
+        if isinstance(request, Confirmed):
+            if not self.events.speech_confirmed:
+                return []
+            return [SpeechConfirmed(request.num, round(request.start_s, 3), round(request.at_s, 3))]
         if isinstance(request, PartialRequest):
             self._partial_seq += 1
             asked = (request.num, self._partial_seq, len(request.audio), request.offset_s)

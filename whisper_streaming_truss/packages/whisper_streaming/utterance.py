@@ -26,6 +26,16 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Confirmed:
+    """The open utterance has ``min_speech_duration_ms`` of speech: it will be transcribed, never
+    Dropped (a click does not get this far). Once per utterance, not for a forced cut's rest."""
+
+    num: int
+    start_s: float  # where the utterance (with its pre-roll) starts in the stream
+    at_s: float  # the stream position where the VAD had heard that much
+
+
+@dataclass(frozen=True)
 class PartialRequest:
     num: int
     audio: np.ndarray
@@ -66,7 +76,15 @@ class Dropped:
     continuation: bool = False  # the rest of a forced cut (its speech ended at the cut)
 
 
-Request = Started | PartialRequest | FinalRequest | SpeculativeFinal | SpeculationVoid | Dropped
+Request = (
+    Started
+    | Confirmed
+    | PartialRequest
+    | FinalRequest
+    | SpeculativeFinal
+    | SpeculationVoid
+    | Dropped
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,7 @@ class UtteranceTracker:
         self._speculated_len = 0  # audio length of the last speculative final of this utterance
         self._continues = False  # the last utterance was cut by force: its speech goes on
         self._continuing = False  # the open utterance is such a continuation (no Started)
+        self._confirmed = False  # the open utterance got its Confirmed (or needs none)
 
     @property
     def current_num(self) -> int:
@@ -99,8 +118,19 @@ class UtteranceTracker:
         for event in self.segmenter.push(window, prob):
             requests.extend(self._on_event(event))
         if self.segmenter.in_speech:
+            requests.extend(self._confirm())
             requests.extend(self._in_speech_requests())
         return requests
+
+    def _confirm(self) -> list[Request]:
+        """``Confirmed`` once the open utterance has enough speech to be transcribed: in the
+        window that completes it, which comes before any window that could end the utterance
+        (it ends after silence), so every FinalRequest but a forced cut's rest follows one."""
+        seg = self.segmenter
+        if self._confirmed or seg.speech_ms < self.options.vad.min_speech_duration_ms:
+            return []
+        self._confirmed = True
+        return [Confirmed(self._num, seg.utterance_start_s, seg.position_s)]
 
     def flush(self) -> list[Request]:
         requests: list[Request] = []
@@ -115,6 +145,7 @@ class UtteranceTracker:
             self._last_partial_at = self.segmenter.position_s
             self._speculated_len = 0
             self._continuing, self._continues = self._continues, False
+            self._confirmed = self._continuing
             return [] if self._continuing else [Started(self._num, event.start_s)]
         num = self._num
         self._num = -1

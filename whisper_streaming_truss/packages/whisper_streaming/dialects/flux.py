@@ -48,6 +48,7 @@ from ..events import (
     FinalFailed,
     Finalized,
     Output,
+    SpeechConfirmed,
     SpeechStarted,
     Transcription,
     TurnEndLikely,
@@ -228,6 +229,7 @@ class FluxCodec(Codec):
         self._turn = _Turn()
         self._forced = 0  # ForceEndTurns whose finals have not all gone out (each ends a turn)
         self._last_final = -1  # the newest utterance whose final (or its failure) went out
+        self._heard: SpeechConfirmed | None = None  # the newest utterance heard as speech
         self._partial_language: tuple[str, int] | None = None  # (language, words) being sent
 
     # -- decoding ------------------------------------------------------------------------------
@@ -257,6 +259,7 @@ class FluxCodec(Codec):
             raise invalid(describe_validation_error(exc, "query", limit=3)) from None
         events = EventOptions(
             speech_started=True,  # TurnResumed as soon as the speaker goes on
+            speech_confirmed=True,  # StartOfTurn as soon as there is speech to transcribe
             idle_timeout_s=IDLE_TIMEOUT_S,
             turns=o.turns,
             likely_turn_ends=True,  # EagerEndOfTurn early in the pause
@@ -345,6 +348,9 @@ class FluxCodec(Codec):
             return self._transcription(event)
         if isinstance(event, SpeechStarted):
             return self._resumed(event.timestamp_s)  # the speaker went on (after an eager end?)
+        if isinstance(event, SpeechConfirmed):
+            self._heard = event
+            return self._start(self._turn.words, event.start_s, event.at_s)
         if isinstance(event, TurnEndLikely):
             return self._likely_end(event)
         if isinstance(event, TurnEndVoided):
@@ -358,7 +364,7 @@ class FluxCodec(Codec):
             return self._end_of_turn("manual", None, event.position_s)
         if isinstance(event, FinalFailed):
             self._last_final = max(self._last_final, event.num)
-            return self._unheard_turn_end()
+            return self._unheard_turn_end(event.num)
         if isinstance(event, Ended):
             return self._ended(event.error)
         return []  # UtteranceEnd, EndAudio, Health: no Flux frame
@@ -380,7 +386,7 @@ class FluxCodec(Codec):
         elif heard:
             self._partial_language = (event.result.language, len(heard))
         if not words:
-            return self._unheard_turn_end() if event.is_final else []
+            return self._unheard_turn_end(event.num) if event.is_final else []
         end_s = event.offset_s + event.audio_s
         out = self._start(words, event.offset_s, end_s)  # the turn's first words
         changed = not out and _text(words) != turn.sent
@@ -444,12 +450,13 @@ class FluxCodec(Codec):
         turn.eager_num = None
         return [self._turn_info("TurnResumed", turn.sent_words, max(at_s, turn.sent_end_s))]
 
-    def _unheard_turn_end(self) -> list[Command]:
-        """A turn that a partial started (StartOfTurn) and whose finals all came to nothing (no
-        words, or failed): the core never ends a turn without words, so it ends here, empty
-        (LiveKit's END_OF_SPEECH with no final; pipecat's user aggregator drops an empty
-        transcript)."""
-        if self._turn.started and not self._turn.words:
+    def _unheard_turn_end(self, num: int) -> list[Command]:
+        """A turn that started (StartOfTurn) and whose finals up to utterance ``num`` all came to
+        nothing (no words, or failed), while no later utterance is being heard: the core never
+        ends a turn without words, so it ends here, empty (LiveKit's END_OF_SPEECH with no
+        final; pipecat's user aggregator drops an empty transcript). With a later utterance
+        under way the turn stays open for its words."""
+        if self._turn.started and not self._turn.words and self._heard_num <= num:
             return self._end_of_turn(EMPTY_TRIGGER, None, self._turn.start_s or 0.0)
         return []
 
@@ -465,7 +472,14 @@ class FluxCodec(Codec):
             self._turn_info("EndOfTurn", turn.words, end_s, probability or 0.0, trigger=trigger)
         )
         self._turn = _Turn(index=turn.index + 1)
+        heard = self._heard
+        if heard is not None and heard.num > self._last_final:  # the next turn is under way
+            out.extend(self._start([], heard.start_s, max(heard.at_s, end_s)))
         return out
+
+    @property
+    def _heard_num(self) -> int:
+        return -1 if self._heard is None else self._heard.num
 
     def _turn_info(
         self, event: str, words: list[Word], end_s: float, confidence: float = 0.0, **extra: Any
