@@ -275,6 +275,7 @@ def check_flux_invariants(h: Flux) -> None:
         assert m["turn_index"] == index, m
         if m["event"] == "StartOfTurn":
             assert not started, m
+            assert m["transcript"] == "", m  # here: as soon as there is speech, before words
             started = True
         else:
             assert started, m
@@ -704,7 +705,9 @@ def test_a_turn_whose_only_utterance_is_heard_as_nothing_ends_empty() -> None:
     h.score(0.9)
     h.whisper([])  # the final: no words
     assert h.events() == ["StartOfTurn", "EndOfTurn"]
-    assert (h.turn_infos()[-1]["trigger"], h.turn_infos()[-1]["transcript"]) == ("empty", "")
+    end = h.turn_infos()[-1]
+    assert (end["trigger"], end["transcript"]) == ("empty", "")
+    assert end["audio_window_end"] >= h.turn_infos()[0]["audio_window_end"]  # not its start
     h.utterance(0.9)  # the next turn starts afresh
     assert h.events()[2:] == ["StartOfTurn", "Update", "EndOfTurn"]
     assert h.turn_infos()[-1]["turn_index"] == 1
@@ -747,3 +750,63 @@ def test_the_next_turn_starts_at_once_when_its_speech_came_before_the_end_of_tur
     answer(h, JobKind.PARTIAL, B)
     assert h.events()[-1] == "Update" and h.turn_infos()[-1]["transcript"] == "Bravo two."
     check_flux_invariants(h)
+
+
+# -- a reviewer's probes: stale ends, a forced cut heard as nothing -------------------------------
+def test_a_stale_end_of_turn_does_not_end_the_next_turn_before_its_speech() -> None:
+    """Turn 0 gets two ends (ForceEndTurn's manual one, then the eot timeout's), both queued
+    behind A's slow final; meanwhile the user starts B (confirmed), whose StartOfTurn follows
+    the first end at once. The second end is stale: it must not end B's turn before its words
+    (a reviewer's probe)."""
+    h = Flux(f"{BASE}&eot_timeout_ms=1000")
+    h.speak(1.0)  # A: StartOfTurn
+    answer(h, JobKind.PARTIAL, A)  # Update "Alpha one."
+    h.speak(0.4, speech=False)  # A's final asked for (still decoding), its score too
+    h.score(0.3)  # under eot_threshold: the turn stays open
+    h.text({"type": "ForceEndTurn"})  # the client ends the turn: Finalized queued behind A
+    h.speak(1.0, speech=False)  # eot_timeout_ms of silence: the core's timeout end, queued too
+    h.speak(0.5)  # B: the user starts the next turn (confirmed)
+    answer(h, JobKind.FINAL, A)  # A's final is back: everything queued goes out
+    check_flux_invariants(h)
+    ends = [m for m in h.turn_infos() if m["event"] == "EndOfTurn"]
+    # Turn 0 ends once, with A; B's turn stays open for B's words (nothing has ended it yet).
+    assert [(m["turn_index"], m["transcript"]) for m in ends] == [(0, "Alpha one.")], [
+        (m["event"], m["turn_index"], m["transcript"], m.get("trigger")) for m in h.turn_infos()
+    ]
+
+
+def test_a_forced_cut_whose_first_part_is_unheard_does_not_end_the_turn_mid_speech() -> None:
+    """31 s of uninterrupted speech whose first 30 s Whisper hears as nothing (noise, music, a
+    language it drops) and whose rest is words: the 30 s cut's empty final must not end the turn
+    (``trigger: empty``) while its rest, confirmed as speech too, goes on (a reviewer's probe)."""
+    h = Flux(f"{BASE}&eot_timeout_ms=1000")
+    h.speak(31.0)  # the 30 s cap cuts the utterance; the speech goes on in its continuation
+    answer(h, JobKind.PARTIAL, [])  # the partials hear nothing
+    answer(h, JobKind.FINAL, [])  # the cut's final: nothing either
+    h.speak(1.0)  # still the same stretch of speech
+    answer(h, JobKind.PARTIAL, A)
+    h.speak(0.4, speech=False)
+    h.score(0.9)
+    answer(h, JobKind.FINAL, A)
+    h.speak(2.0, speech=False)
+    check_flux_invariants(h)
+    got = [(m["event"], m["turn_index"], m["transcript"], m.get("trigger")) for m in h.turn_infos()]
+    ends = [(i, t, trig) for e, i, t, trig in got if e == "EndOfTurn"]
+    assert ends == [(0, "Alpha one.", "model")], got  # one turn, ended once, after the speech
+
+
+def test_a_second_force_end_turn_for_the_same_turn_does_not_end_the_next_one() -> None:
+    """Two ForceEndTurns (a client's retry, or an app and its framework both sending one) while
+    A's final decodes and before B begins: both end A's turn; the second must not end B's,
+    which started when the first ended (a reviewer's probe)."""
+    h = Flux(BASE)
+    h.speak(1.0)
+    answer(h, JobKind.PARTIAL, A)
+    h.text({"type": "ForceEndTurn"})
+    h.text({"type": "ForceEndTurn"})  # both before B: A's turn is the one they end
+    h.speak(0.5)  # B, confirmed
+    answer(h, JobKind.FINAL, A)
+    check_flux_invariants(h)
+    got = [(m["event"], m["turn_index"], m["transcript"], m.get("trigger")) for m in h.turn_infos()]
+    ends = [(i, t) for e, i, t, _ in got if e == "EndOfTurn"]
+    assert ends == [(0, "Alpha one.")], got

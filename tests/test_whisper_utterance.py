@@ -251,11 +251,19 @@ def test_a_click_is_never_confirmed_and_every_transcribed_utterance_is() -> None
     d.push(*[SILENCE] * 5, *[SPEECH] * 4, *[SILENCE] * 12)  # a click: Dropped
     assert d.of(Confirmed) == [] and d.of(Dropped) == [Dropped(0)]
     d.push(*[SPEECH] * 200, *[SILENCE] * 12)  # 6.4 s: forced cuts, their rests continue it
-    finals = d.of(FinalRequest)
-    assert len(finals) >= 3 and [c.num for c in d.of(Confirmed)] == [0]  # not the rests
     d.push(*[SPEECH] * 20, *[SILENCE] * 12)
-    nums = [c.num for c in d.of(Confirmed)]
-    assert nums == [0, finals[-1].num + 1] == [0, d.of(FinalRequest)[-1].num]
+    order = [(type(r).__name__, r.num) for _, r in d.log]
+    finals = d.of(FinalRequest)
+    assert len(finals) >= 4 and [c.num for c in d.of(Confirmed)] == [f.num for f in finals]
+    for f in finals:  # each confirmed before its final: a forced cut's rest too
+        assert order.index(("Confirmed", f.num)) < order.index(("FinalRequest", f.num))
+
+
+def test_a_forced_cut_in_a_pause_leaves_a_rest_that_is_never_confirmed() -> None:
+    d = Driver(_opts(max_utterance_s=3.0))
+    d.push(SILENCE, *[SPEECH] * 90, *[SILENCE] * 20)  # the cap falls in the pause
+    assert d.of(Dropped) == [Dropped(1, continuation=True)]
+    assert [c.num for c in d.of(Confirmed)] == [0]
 
 
 # -- drops, forced cuts, flush --------------------------------------------------------------------

@@ -28,7 +28,8 @@ class Started:
 @dataclass(frozen=True)
 class Confirmed:
     """The open utterance has ``min_speech_duration_ms`` of speech: it will be transcribed, never
-    Dropped (a click does not get this far). Once per utterance, not for a forced cut's rest."""
+    Dropped (a click does not get this far). Once per utterance, a forced cut's rest included
+    (its speech goes on; a rest that is only pause is Dropped and never gets this far)."""
 
     num: int
     start_s: float  # where the utterance (with its pre-roll) starts in the stream
@@ -107,7 +108,7 @@ class UtteranceTracker:
         self._speculated_len = 0  # audio length of the last speculative final of this utterance
         self._continues = False  # the last utterance was cut by force: its speech goes on
         self._continuing = False  # the open utterance is such a continuation (no Started)
-        self._confirmed = False  # the open utterance got its Confirmed (or needs none)
+        self._confirmed = False  # the open utterance got its Confirmed
 
     @property
     def current_num(self) -> int:
@@ -125,7 +126,7 @@ class UtteranceTracker:
     def _confirm(self) -> list[Request]:
         """``Confirmed`` once the open utterance has enough speech to be transcribed: in the
         window that completes it, which comes before any window that could end the utterance
-        (it ends after silence), so every FinalRequest but a forced cut's rest follows one."""
+        (it ends after silence), so every FinalRequest follows one."""
         seg = self.segmenter
         if self._confirmed or seg.speech_ms < self.options.vad.min_speech_duration_ms:
             return []
@@ -145,7 +146,7 @@ class UtteranceTracker:
             self._last_partial_at = self.segmenter.position_s
             self._speculated_len = 0
             self._continuing, self._continues = self._continues, False
-            self._confirmed = self._continuing
+            self._confirmed = False
             return [] if self._continuing else [Started(self._num, event.start_s)]
         num = self._num
         self._num = -1

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,6 +190,9 @@ class _Turn:
     """The open turn, as the client has been told of it."""
 
     index: int = 0
+    # The first utterance that can be in it: those before had their finals out when the turn
+    # before ended, so an end the core decided for them is stale here.
+    first_num: int = 0
     words: list[Word] = field(default_factory=list)  # its finals' words so far
     started: bool = False  # StartOfTurn went out
     # The utterance in whose pause an EagerEndOfTurn went out (None: none since the last
@@ -227,7 +230,9 @@ class FluxCodec(Codec):
         self._transcoder: Transcoder | None = None
         self._sequence = 0
         self._turn = _Turn()
-        self._forced = 0  # ForceEndTurns whose finals have not all gone out (each ends a turn)
+        # Each ForceEndTurn whose finals have not all gone out: the newest utterance heard when
+        # it came (it ends the turn that holds that utterance).
+        self._forced: deque[int] = deque()
         self._last_final = -1  # the newest utterance whose final (or its failure) went out
         self._heard: SpeechConfirmed | None = None  # the newest utterance heard as speech
         self._partial_language: tuple[str, int] | None = None  # (language, words) being sent
@@ -277,7 +282,7 @@ class FluxCodec(Codec):
         if kind == "CloseStream":
             return self.core.end_audio(now)
         if kind == "ForceEndTurn":
-            self._forced += 1
+            self._forced.append(self._heard_num)
             return self.core.finalize(now)
         if kind == "KeepAlive":
             return self.core.keep_alive(now)
@@ -358,9 +363,14 @@ class FluxCodec(Codec):
                 return self._resumed(self._turn.sent_end_s)
             return []
         if isinstance(event, EndOfTurn):
+            if event.num < self._turn.first_num:
+                return []  # the turn it ends already ended (ForceEndTurn got there first)
             return self._end_of_turn(event.reason, event.probability, event.speech_end_s)
         if isinstance(event, Finalized) and self._forced:
-            self._forced -= 1  # every final this ForceEndTurn asked for went out: turn over
+            # Every final this ForceEndTurn asked for went out: its turn is over, unless another
+            # end (the model's, the timeout's, an earlier ForceEndTurn) got there first.
+            if self._forced.popleft() < self._turn.first_num:
+                return []
             return self._end_of_turn("manual", None, event.position_s)
         if isinstance(event, FinalFailed):
             self._last_final = max(self._last_final, event.num)
@@ -457,7 +467,7 @@ class FluxCodec(Codec):
         final; pipecat's user aggregator drops an empty transcript). With a later utterance
         under way the turn stays open for its words."""
         if self._turn.started and not self._turn.words and self._heard_num <= num:
-            return self._end_of_turn(EMPTY_TRIGGER, None, self._turn.start_s or 0.0)
+            return self._end_of_turn(EMPTY_TRIGGER, None, self._turn.sent_end_s)
         return []
 
     def _end_of_turn(self, trigger: str, probability: float | None, end_s: float) -> list[Command]:
@@ -471,7 +481,7 @@ class FluxCodec(Codec):
         out.append(
             self._turn_info("EndOfTurn", turn.words, end_s, probability or 0.0, trigger=trigger)
         )
-        self._turn = _Turn(index=turn.index + 1)
+        self._turn = _Turn(index=turn.index + 1, first_num=self._last_final + 1)
         heard = self._heard
         if heard is not None and heard.num > self._last_final:  # the next turn is under way
             out.extend(self._start([], heard.start_s, max(heard.at_s, end_s)))
