@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import websockets
 
 from scripts import REPO_ROOT
 from scripts.bench.conversation import voiced_extent
+from scripts.bench.report import LOCAL_WHISPER, machine
 from scripts.bench.stats import percentile
 from scripts.clients.auth import API_KEY_ENV
 from scripts.clients.connect import open_websocket
@@ -129,12 +129,8 @@ def main() -> None:
             clips = asyncio.run(run(server.ws_url))
     summary = summarise(clips)
     report = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_avg_at_end": os.getloadavg(),
-        },
-        "url": args.url or "local whisper_streaming_truss (scripts/local/serve.py defaults)",
+        "machine": machine(),
+        "url": args.url or LOCAL_WHISPER,
         "corpus": str(args.corpus),
         "summary": summary,
         "clips": clips,

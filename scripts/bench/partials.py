@@ -33,12 +33,12 @@ import asyncio
 import difflib
 import json
 import os
-import platform
 import random
 import time
 from pathlib import Path
 
 from scripts import REPO_ROOT
+from scripts.bench.report import LOCAL_WHISPER, machine
 from scripts.bench.stats import percentile
 from scripts.bench.stt import START_JITTER_S
 from scripts.bench.wer import wer
@@ -360,12 +360,8 @@ def main() -> None:
             )
     rows, text = report(clips, rules)
     out = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_avg_at_end": os.getloadavg(),
-        },
-        "url": args.url or "local whisper_streaming_truss (scripts/local/serve.py defaults)",
+        "machine": machine(),
+        "url": args.url or LOCAL_WHISPER,
         "corpus": str(args.corpus),
         "sessions": args.sessions,
         "partial_interval_s": args.interval,

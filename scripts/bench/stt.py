@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import time
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ import websockets
 
 from scripts import REPO_ROOT
 from scripts.bench import conversation, paired
+from scripts.bench.report import LOCAL_WHISPER, machine
 from scripts.bench.stats import percentile
 from scripts.bench.wer import repeated_phrases, wer
 from scripts.clients.auth import API_KEY_ENV
@@ -536,12 +536,8 @@ def main() -> None:
 
     ok = [r["sessions"] for r in rows if on_time(r)]
     report = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_avg_at_end": os.getloadavg(),
-        },
-        "url": args.url or "local whisper_streaming_truss (scripts/local/serve.py defaults)",
+        "machine": machine(),
+        "url": args.url or LOCAL_WHISPER,
         "files": args.files,
         "corpus": str(args.corpus) if args.corpus else None,
         "offline_wer_vs_reference": offline_wer_of(args.files),
