@@ -10,16 +10,23 @@ from pathlib import Path
 REAL = Path(__file__).resolve().parents[1] / "samples" / "real"
 
 
-def test_real_speech_clips_are_usable_and_documented() -> None:
-    clips = sorted(REAL.glob("*.wav"))
-    assert 15 <= len(clips) <= 30
+def seconds_of(clips: list[Path], min_words: int = 3) -> float:
+    """Every clip 16 kHz mono s16le with a reference of at least ``min_words`` words beside it;
+    their total length."""
     total_s = 0.0
     for clip in clips:
         with wave.open(str(clip)) as w:
             assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
             total_s += w.getnframes() / 16000
         text = json.loads(clip.with_suffix(".json").read_text())["text"]
-        assert len(text.split()) >= 3, clip.name
+        assert len(text.split()) >= min_words, clip.name
+    return total_s
+
+
+def test_real_speech_clips_are_usable_and_documented() -> None:
+    clips = sorted(REAL.glob("*.wav"))
+    assert 15 <= len(clips) <= 30
+    total_s = seconds_of(clips)
     assert sum(p.stat().st_size for p in clips) < 5 * 2**20  # a few MB at most
     readme = (REAL / "README.md").read_text()
     for needed in ("public domain", "revision", "dbf1a08a0d4e", "185cd24e046c", "sox",
@@ -37,13 +44,7 @@ def test_more_real_speakers_are_usable_and_documented() -> None:
     conversational set's spec (samples/conversation.json)."""
     clips = sorted(SPEAKERS.glob("*.wav"))
     assert len(clips) == 15
-    total_s = 0.0
-    for clip in clips:
-        with wave.open(str(clip)) as w:
-            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
-            total_s += w.getnframes() / 16000
-        text = json.loads(clip.with_suffix(".json").read_text())["text"]
-        assert len(text.split()) >= 3, clip.name
+    total_s = seconds_of(clips)
     assert sum(p.stat().st_size for p in clips) < 4 * 2**20
     assert 90 < total_s < 150
     readme = (SPEAKERS / "README.md").read_text()
@@ -103,12 +104,7 @@ def test_held_out_clips_are_usable_documented_and_new() -> None:
     recording) of the development sets."""
     clips = sorted(HELD_OUT.glob("*.wav"))
     assert len(clips) == 27
-    total_s = 0.0
-    for clip in clips:
-        with wave.open(str(clip)) as w:
-            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
-            total_s += w.getnframes() / 16000
-        assert json.loads(clip.with_suffix(".json").read_text())["text"].strip(), clip.name
+    total_s = seconds_of(clips)
     assert sum(p.stat().st_size for p in clips) < 7 * 2**20
     assert 150 < total_s < 220
     readme = (HELD_OUT / "README.md").read_text()
