@@ -12,8 +12,8 @@ binary audio                  ``audio`` (linear16, linear32, mulaw, alaw)
 ``Configure``                 thresholds and key terms from now on; ``ConfigureSuccess``
 ``KeepAlive``                 the idle deadline starts again
 
-server -> client: ``Connected`` at once; ``TurnInfo`` events: ``StartOfTurn`` (the turn's first
-words), ``Update`` (a partial or a final changed the turn's transcript), ``EagerEndOfTurn`` (with
+server -> client: ``Connected`` at once; ``TurnInfo`` events: ``StartOfTurn`` (the VAD heard
+``min_speech_duration_ms`` of speech: empty, before any words), ``Update`` (a partial or a final changed the turn's transcript), ``EagerEndOfTurn`` (with
 ``eager_eot_threshold``: the turn model's score reached it, early in the pause when the
 speculative final and the score are in, or with the final), ``TurnResumed`` (speech after an
 eager end), ``EndOfTurn`` (the score above ``eot_threshold``, or ``eot_timeout_ms`` of silence:
@@ -444,7 +444,8 @@ class FluxCodec(Codec):
         return out
 
     def _start(self, words: list[Word], offset_s: float, end_s: float) -> list[Command]:
-        """``StartOfTurn`` with the turn's first words, once per turn ([] after that)."""
+        """``StartOfTurn`` once per turn ([] after that), with ``words`` (the turn's: none yet when
+        the VAD's confirmation starts it, which it always does before a transcript can)."""
         turn = self._turn
         if turn.start_s is None:
             turn.start_s = offset_s
