@@ -1,13 +1,14 @@
 """What the STT client scripts share: a WAV as 16-bit PCM with trailing silence, cut into 20 ms
-frames and paced at real time, and a LiveKit STT stream fed so with its events collected. Standard
-library only at import (these scripts run in .venv-clients)."""
+frames and paced at real time, and a LiveKit STT stream or pipecat's test pipeline fed so with
+their events collected. Standard library only at import (these scripts run in .venv-clients)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from _result import Result
@@ -62,3 +63,60 @@ async def livekit_stream(stt: Any, stream: Any, pcm: bytes, rate: int, result: R
     await pusher
     result.data["finals"] = finals
     await stt.aclose()
+
+
+def pipecat_audio(pcm: bytes, rate: int) -> list:
+    """pipecat's input frames for the audio: each 20 ms chunk, then a sleep of as long."""
+    from pipecat.frames.frames import InputAudioRawFrame
+    from pipecat.tests.utils import SleepFrame
+
+    return [frame for chunk in chunks(pcm, rate)
+            for frame in (InputAudioRawFrame(audio=chunk, sample_rate=rate, num_channels=1),
+                          SleepFrame(sleep=FRAME_S))]  # fmt: skip
+
+
+async def pipecat_run(
+    stt: Any,
+    frames: list,
+    answered: Callable[[Any], bool],
+    wait_s: float,
+    result: Result,
+    also: tuple[str, ...] = (),
+) -> None:
+    """Run pipecat's test pipeline over ``stt``: the frames, then 0.1 s sleeps until a pushed
+    frame is ``answered`` (or ``wait_s`` passed); record every transcript, interim and error
+    (and the frames named in ``also``) as events, the finals and errors in ``result.data``."""
+    from pipecat.frames.frames import ErrorFrame, InterimTranscriptionFrame, TranscriptionFrame
+    from pipecat.observers.base_observer import BaseObserver
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    class Answered(BaseObserver):
+        seen = False
+
+        async def on_push_frame(self, data) -> None:
+            if answered(data.frame):
+                Answered.seen = True
+
+    def until_answered():
+        for _ in range(int(wait_s / 0.1)):
+            if Answered.seen:
+                return
+            yield SleepFrame(sleep=0.1)
+
+    # run_test iterates frames_to_send as it sends them: the wait is decided as it goes.
+    sent = itertools.chain(frames, until_answered())
+    down, up = await run_test(stt, frames_to_send=sent, observers=[Answered()])
+    finals = []
+    for frame in [*down, *up]:
+        name = type(frame).__name__
+        if isinstance(frame, TranscriptionFrame):
+            finals.append(frame.text)
+            result.event(type=name, text=frame.text, finalized=frame.finalized)
+        elif isinstance(frame, InterimTranscriptionFrame):
+            result.event(type=name, text=frame.text)
+        elif isinstance(frame, ErrorFrame):
+            result.event(type=name, error=frame.error)
+        elif name in also:
+            result.event(type=name)
+    result.data["finals"] = finals
+    result.data["errors"] = [f.error for f in [*down, *up] if isinstance(f, ErrorFrame)]

@@ -15,12 +15,11 @@ the events in order and any error."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import sys
 
 import aiohttp
 from _result import API_KEY, Result, parser, run
-from _speech import FRAME_S, chunks, livekit_stream, paced, read_pcm
+from _speech import livekit_stream, paced, pipecat_audio, pipecat_run, read_pcm
 
 EOT_TIMEOUT_MS = 2000
 TRAILING_SILENCE_S = EOT_TIMEOUT_MS / 1000 + 1.0  # the turn ends within it, by model or timeout
@@ -48,15 +47,8 @@ async def livekit_case(url: str, sample: str, result: Result) -> None:
 
 
 async def pipecat_case(url: str, sample: str, result: Result) -> None:
-    from pipecat.frames.frames import (
-        ErrorFrame,
-        InputAudioRawFrame,
-        InterimTranscriptionFrame,
-        TranscriptionFrame,
-    )
-    from pipecat.observers.base_observer import BaseObserver
+    from pipecat.frames.frames import TranscriptionFrame
     from pipecat.services.deepgram.flux.stt import DeepgramFluxSTTService
-    from pipecat.tests.utils import SleepFrame, run_test
 
     pcm, rate = read_pcm(sample, TRAILING_SILENCE_S)
     api_key = API_KEY
@@ -70,42 +62,10 @@ async def pipecat_case(url: str, sample: str, result: Result) -> None:
     )
     # --- end ---
 
-    def audio(data: bytes) -> list:
-        return [frame for chunk in chunks(data, rate)
-                for frame in (InputAudioRawFrame(audio=chunk, sample_rate=rate, num_channels=1),
-                              SleepFrame(sleep=FRAME_S))]  # fmt: skip
-
-    class TurnEnded(BaseObserver):
-        """Sees the turn's final (pipecat's ``TranscriptionFrame``, pushed at EndOfTurn)."""
-
-        seen = False
-
-        async def on_push_frame(self, data) -> None:
-            if isinstance(data.frame, TranscriptionFrame):
-                TurnEnded.seen = True
-
-    def until_turn_ended():
-        for _ in range(int(FINAL_WAIT_S / 0.1)):
-            if TurnEnded.seen:
-                return
-            yield SleepFrame(sleep=0.1)
-
-    sent = itertools.chain(audio(pcm), until_turn_ended())
-    down, up = await run_test(stt, frames_to_send=sent, observers=[TurnEnded()])
-    finals = []
-    for frame in [*down, *up]:
-        name = type(frame).__name__
-        if isinstance(frame, TranscriptionFrame):
-            finals.append(frame.text)
-            result.event(type=name, text=frame.text, finalized=frame.finalized)
-        elif isinstance(frame, InterimTranscriptionFrame):
-            result.event(type=name, text=frame.text)
-        elif isinstance(frame, ErrorFrame):
-            result.event(type=name, error=frame.error)
-        elif name in ("EagerTranscriptionFrame", "EagerEndOfTurnCancelFrame"):
-            result.event(type=name)
-    result.data["finals"] = finals
-    result.data["errors"] = [f.error for f in [*down, *up] if isinstance(f, ErrorFrame)]
+    # The turn's final: pipecat's TranscriptionFrame, pushed at EndOfTurn.
+    await pipecat_run(stt, pipecat_audio(pcm, rate),
+                      lambda frame: isinstance(frame, TranscriptionFrame), FINAL_WAIT_S, result,
+                      also=("EagerTranscriptionFrame", "EagerEndOfTurnCancelFrame"))  # fmt: skip
 
 
 async def sdk_case(url: str, sample: str, result: Result) -> None:

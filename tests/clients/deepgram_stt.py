@@ -13,12 +13,11 @@ holds the finals, the events in order and any error."""
 
 from __future__ import annotations
 
-import itertools
 import sys
 
 import aiohttp
 from _result import API_KEY, Result, parser, run
-from _speech import FRAME_S, chunks, livekit_stream, read_pcm
+from _speech import livekit_stream, pipecat_audio, pipecat_run, read_pcm
 
 TRAILING_SILENCE_S = 1.5  # the server's VAD ends the utterance (speech_final) within it
 PIPECAT_STOP_S = 0.2  # pipecat's VADParams.stop_secs: its VAD's "user stopped speaking"
@@ -42,16 +41,11 @@ async def livekit_case(url: str, sample: str, result: Result) -> None:
 
 async def pipecat_case(url: str, sample: str, result: Result) -> None:
     from pipecat.frames.frames import (
-        ErrorFrame,
-        InputAudioRawFrame,
-        InterimTranscriptionFrame,
         TranscriptionFrame,
         VADUserStartedSpeakingFrame,
         VADUserStoppedSpeakingFrame,
     )
-    from pipecat.observers.base_observer import BaseObserver
     from pipecat.services.deepgram.stt import DeepgramSTTService
-    from pipecat.tests.utils import SleepFrame, run_test
 
     pcm, rate = read_pcm(sample, PIPECAT_STOP_S)
     silence = b"\0\0" * int(rate * (TRAILING_SILENCE_S - PIPECAT_STOP_S))
@@ -60,45 +54,13 @@ async def pipecat_case(url: str, sample: str, result: Result) -> None:
     stt = DeepgramSTTService(api_key=api_key, base_url=url)
     # --- end ---
 
-    def audio(data: bytes) -> list:
-        return [frame for chunk in chunks(data, rate)
-                for frame in (InputAudioRawFrame(audio=chunk, sample_rate=rate, num_channels=1),
-                              SleepFrame(sleep=FRAME_S))]  # fmt: skip
-
-    class Finalized(BaseObserver):
-        """Sees the final that answers the Finalize (pipecat marks it ``finalized``)."""
-
-        seen = False
-
-        async def on_push_frame(self, data) -> None:
-            if isinstance(data.frame, TranscriptionFrame) and data.frame.finalized:
-                Finalized.seen = True
-
-    def until_finalized():
-        """Sleep frames until the finalized final came (or FINALIZE_WAIT_S passed)."""
-        for _ in range(int(FINALIZE_WAIT_S / 0.1)):
-            if Finalized.seen:
-                return
-            yield SleepFrame(sleep=0.1)
-
-    # Speech, then pipecat's VAD: the user stopped speaking (Finalize); the audio goes on.
-    frames = [VADUserStartedSpeakingFrame(), *audio(pcm), VADUserStoppedSpeakingFrame(),
-              *audio(silence)]  # fmt: skip
-    # run_test iterates frames_to_send as it sends them: the wait is decided as it goes.
-    sent = itertools.chain(frames, until_finalized())
-    down, up = await run_test(stt, frames_to_send=sent, observers=[Finalized()])
-    finals = []
-    for frame in [*down, *up]:
-        if isinstance(frame, TranscriptionFrame):
-            finals.append(frame.text)
-            result.event(type="TranscriptionFrame", text=frame.text,
-                         finalized=frame.finalized)  # fmt: skip
-        elif isinstance(frame, InterimTranscriptionFrame):
-            result.event(type="InterimTranscriptionFrame", text=frame.text)
-        elif isinstance(frame, ErrorFrame):
-            result.event(type="ErrorFrame", error=frame.error)
-    result.data["finals"] = finals
-    result.data["errors"] = [f.error for f in [*down, *up] if isinstance(f, ErrorFrame)]
+    # Speech, then pipecat's VAD: the user stopped speaking (Finalize); the audio goes on, until
+    # the final that answers the Finalize (pipecat marks it ``finalized``).
+    frames = [VADUserStartedSpeakingFrame(), *pipecat_audio(pcm, rate),
+              VADUserStoppedSpeakingFrame(), *pipecat_audio(silence, rate)]  # fmt: skip
+    await pipecat_run(stt, frames,
+                      lambda frame: isinstance(frame, TranscriptionFrame) and frame.finalized,
+                      FINALIZE_WAIT_S, result)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
