@@ -92,14 +92,15 @@ def test_baseten_events_opt_in(whisper_server: Any) -> None:
 @pytest.mark.parametrize(
     "point",
     ["before_audio", "mid_audio", "final_pending", "turn_pending", "after_finalize",
-     "after_close_stream", "after_bad_control", "flux_eager_pending", "flux_force_end_turn",
-     "flux_close_stream"],
+     "after_close_stream", "after_bad_control", "flux_turn_started", "flux_eager_pending",
+     "flux_force_end_turn", "flux_close_stream"],
 )  # fmt: skip
 def test_deepgram_disconnect_at_every_point_frees_the_session(whisper_server, point, cut):
     """A Deepgram (or Deepgram Flux) client that leaves at any point (TCP reset, FIN without a
     close frame, or a clean close) frees its slot and its queued work, as Baseten's clients do.
-    Flux's points: an utterance's speculative final, early and late turn scores in flight (eager
-    end of turn on); a ForceEndTurn's final pending; a CloseStream's flush pending."""
+    Flux's points: a turn just started (StartOfTurn came, the speech goes on, its partials run);
+    an utterance's speculative final, early and late turn scores in flight (eager end of turn
+    on); a ForceEndTurn's final pending; a CloseStream's flush pending."""
     from tests.test_whisper_e2e import _settled
 
     audio, _ = sample("order_en")
@@ -113,9 +114,13 @@ def test_deepgram_disconnect_at_every_point_frees_the_session(whisper_server, po
     async def go():
         async with websockets.connect(whisper_server.ws_url + query) as ws:
             frames = [] if point == "before_audio" else frames_of(audio)
-            for frame in frames[:50] if point == "mid_audio" else frames:
+            for frame in frames[:50] if point in ("mid_audio", "flux_turn_started") else frames:
                 await ws.send(frame)
-            if point in ("final_pending", "turn_pending", "flux_eager_pending"):
+            if point == "flux_turn_started":
+                async with asyncio.timeout(30):
+                    while json.loads(await ws.recv()).get("event") != "StartOfTurn":
+                        pass
+            elif point in ("final_pending", "turn_pending", "flux_eager_pending"):
                 await asyncio.sleep(0.15)  # an utterance ended: its final (and score) run
             elif point == "flux_force_end_turn":
                 await ws.send(json.dumps({"type": "ForceEndTurn"}))

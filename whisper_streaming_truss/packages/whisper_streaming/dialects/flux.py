@@ -13,7 +13,8 @@ binary audio                  ``audio`` (linear16, linear32, mulaw, alaw)
 ``KeepAlive``                 the idle deadline starts again
 
 server -> client: ``Connected`` at once; ``TurnInfo`` events: ``StartOfTurn`` (the VAD heard
-``min_speech_duration_ms`` of speech: empty, before any words), ``Update`` (a partial or a final changed the turn's transcript), ``EagerEndOfTurn`` (with
+``min_speech_duration_ms`` of speech: empty, before any words), ``Update`` (a partial or a final
+changed the turn's transcript), ``EagerEndOfTurn`` (with
 ``eager_eot_threshold``: the turn model's score reached it, early in the pause when the
 speculative final and the score are in, or with the final), ``TurnResumed`` (speech after an
 eager end), ``EndOfTurn`` (the score above ``eot_threshold``, or ``eot_timeout_ms`` of silence:
@@ -355,7 +356,7 @@ class FluxCodec(Codec):
             return self._resumed(event.timestamp_s)  # the speaker went on (after an eager end?)
         if isinstance(event, SpeechConfirmed):
             self._heard = event
-            return self._start(self._turn.words, event.start_s, event.at_s)
+            return self._start([], event.start_s, event.at_s)  # [] once the turn has started
         if isinstance(event, TurnEndLikely):
             return self._likely_end(event)
         if isinstance(event, TurnEndVoided):
